@@ -1,0 +1,34 @@
+# Two entry points (see README): `make run` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# Choose another CUDA build of torch for older cluster drivers, e.g.
+#   make TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 run
+TORCH_INDEX_URL ?=
+CORES ?= all
+PIP_EXTRA := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
+
+export MPLBACKEND := Agg
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup run test dryrun clean-results
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet $(PIP_EXTRA) -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+run: setup
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
+
+dryrun: setup
+	$(VENV)/bin/snakemake --profile profiles/local -n
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+clean-results:
+	rm -rf results .snakemake

@@ -1,0 +1,139 @@
+"""The one interface every generator backend offers.
+
+A backend turns seeds into latents, latents (and classes) into images, and
+exposes the named feature maps it taps, each at its native resolution. Samples
+are addressed by ``(generator hash, seed, class)``: the hash is a digest of the
+architecture and weights, independent of the file format they came in.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from ..registry import Registry
+
+GENERATORS: Registry[type["GeneratorBackend"]] = Registry("generator backend")
+
+UNCONDITIONAL = -1  # the class recorded for samples of unconditional generators
+
+
+@dataclass
+class Synthesis:
+    """A batch from a generator: raw images ``[B,3,H,W]`` (range about [-1, 1])
+    and ``{layer: [B,C,h,w]}`` features (empty unless asked for)."""
+
+    images: torch.Tensor
+    features: dict[str, torch.Tensor]
+
+
+def content_hash(arch: str, arch_config: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over architecture, config and every tensor (sorted by name)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"arch": arch, "arch_config": arch_config}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Raw generator output ``[B,3,H,W]`` in [-1, 1] → uint8 ``[B,H,W,3]``."""
+    x = (images.detach().float().clamp(-1, 1) + 1) * 127.5
+    return (x + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class GeneratorBackend(abc.ABC):
+    """A pretrained generator with feature taps."""
+
+    arch: ClassVar[str]
+
+    def __init__(self, module: torch.nn.Module, arch_config: dict, generator_hash: str | None = None):
+        self.module = module.eval().requires_grad_(False)
+        self.arch_config = arch_config
+        self.generator_hash = generator_hash or content_hash(self.arch, arch_config, self.state_tensors())
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def from_tensors(cls, arch_config: dict, tensors: dict[str, torch.Tensor],
+                     generator_hash: str | None = None) -> "GeneratorBackend":
+        """Build from the canonical tensors and config (strict: every key must match)."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The canonical tensors (what a converted checkpoint stores)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+
+    # -- properties --------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def z_dim(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def resolution(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int:
+        """0 for unconditional generators."""
+        return 0
+
+    @abc.abstractmethod
+    def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """``{layer: (C, h, w)}`` for every tapped layer, in generator order."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def to(self, device) -> "GeneratorBackend":
+        self.module.to(device)
+        return self
+
+    # -- sampling ----------------------------------------------------------------
+    def sample_latents(self, seeds: Sequence[int]) -> np.ndarray:
+        """z ``[N, z_dim]`` float32: ``RandomState(seed).randn(z_dim)`` per seed, the
+        convention of NVIDIA's ``generate.py``, so seeds mean the same there."""
+        return np.stack([np.random.RandomState(int(s)).randn(self.z_dim) for s in seeds]).astype(np.float32)
+
+    def check_classes(self, classes: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+        """Validate the class of each of ``n`` samples; returns int64 ``[n]``."""
+        if self.num_classes == 0:
+            if classes is not None and np.any(np.asarray(classes) != UNCONDITIONAL):
+                raise ValueError(f"{self.arch} generator is unconditional; classes must be {UNCONDITIONAL} or absent")
+            return np.full(n, UNCONDITIONAL, dtype=np.int64)
+        if classes is None:
+            raise ValueError(f"{self.arch} generator is class-conditional: give a class per sample")
+        c = np.asarray(classes, dtype=np.int64).reshape(-1)
+        if c.shape[0] != n or c.min() < 0 or c.max() >= self.num_classes:
+            raise ValueError(f"need {n} classes in [0, {self.num_classes}), got {c.tolist()[:8]}...")
+        return c
+
+    @abc.abstractmethod
+    def synthesize(self, z: torch.Tensor, classes: torch.Tensor | None = None, truncation: float = 1.0,
+                   noise: str = "const", features: bool = True,
+                   generator: torch.Generator | None = None) -> Synthesis:
+        """Render latents. ``noise='const'`` re-renders a latent exactly."""
+
+    @torch.no_grad()
+    def render(self, z: np.ndarray, classes=None, truncation: float = 1.0, noise: str = "const",
+               batch_size: int = 16, noise_seed: int = 0) -> np.ndarray:
+        """Raw float32 images ``[N,3,H,W]`` for latents ``z`` (numpy in, numpy out)."""
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"latents must have shape [N, {self.z_dim}], got {list(z.shape)}")
+        cls = self.check_classes(classes, z.shape[0])
+        g = torch.Generator(device=self.device).manual_seed(noise_seed)
+        out = []
+        for i in range(0, len(z), batch_size):
+            zb = torch.from_numpy(z[i : i + batch_size]).to(self.device)
+            cb = None if self.num_classes == 0 else torch.from_numpy(cls[i : i + batch_size]).to(self.device)
+            out.append(self.synthesize(zb, cb, truncation, noise, features=False, generator=g).images.float().cpu())
+        return torch.cat(out).numpy()
