@@ -37,10 +37,10 @@ class GANTrainConfig:
     size: int = 32
     style_dim: int = 128
     n_mlp: int = 2
-    channels: dict[int, int] = field(default_factory=lambda: {4: 128, 8: 128, 16: 128, 32: 64})
-    d_channels: dict[int, int] = field(default_factory=lambda: {4: 128, 8: 128, 16: 128, 32: 64})
-    batch: int = 32
-    kimg: float = 200.0
+    channels: dict[int, int] = field(default_factory=lambda: {4: 128, 8: 128, 16: 64, 32: 32})
+    d_channels: dict[int, int] = field(default_factory=lambda: {4: 128, 8: 128, 16: 64, 32: 32})
+    batch: int = 16
+    kimg: float = 100.0
     lr: float = 0.0025
     r1_gamma: float = 0.05
     r1_every: int = 16
@@ -150,7 +150,7 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
 
     total_steps = int(math.ceil(cfg.kimg * 1000 / cfg.batch))
     state_path = out_dir / "state.pt"
-    step = 0
+    step, elapsed = 0, 0.0
     if state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         g.load_state_dict(st["g"])
@@ -158,12 +158,13 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
         g_ema.load_state_dict(st["g_ema"])
         g_opt.load_state_dict(st["g_opt"])
         d_opt.load_state_dict(st["d_opt"])
-        step = int(st["step"])
+        step, elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
         torch.set_rng_state(st["torch_rng"])
         log.info("resumed at step %d / %d", step, total_steps)
 
     history_path = out_dir / "history.jsonl"
     t0, seen0 = time.time(), step
+    r1 = torch.zeros(())  # last R1 penalty (computed every r1_every steps)
     while step < total_steps:
         real = real_batch(cfg, step)
         z = torch.randn(cfg.batch, cfg.style_dim)
@@ -175,7 +176,6 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         d_opt.step()
-        r1 = torch.zeros(())
         if step % cfg.r1_every == 0:
             real.requires_grad_(True)
             (grad,) = torch.autograd.grad(d(real).sum(), real, create_graph=True)
@@ -200,7 +200,7 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
         if step % 50 == 0 or step == total_steps:
             rate = (step - seen0) * cfg.batch / (time.time() - t0)
             rec = {"step": step, "kimg": nimg / 1000, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                   "r1": r1.item(), "img_per_s": rate}
+                   "r1": r1.item(), "img_per_s": rate, "elapsed_s": elapsed + time.time() - t0}
             with open(history_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if progress:
@@ -212,7 +212,8 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
             atomic_torch_save(
                 {"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
                  "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "step": step,
-                 "torch_rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg))},
+                 "torch_rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg)),
+                 "elapsed": elapsed + time.time() - t0},
                 state_path,
             )
     return state_path

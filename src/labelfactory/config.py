@@ -1,0 +1,141 @@
+"""Workflow configuration: schema validation with defaults, cross-checks, typed views.
+
+The JSON schema (``workflow/schemas/config.schema.yaml``) is the single source
+of truth for keys, types, ranges and defaults; :func:`validate_config` applies
+it (through Snakemake's validator, which fills defaults) and then checks what a
+schema cannot express (references between sections, files that must exist).
+The Snakefile calls it at parse time, so a bad value fails before any job.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    name: str
+    url: str
+    sha256: str | None = None
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class AnnotationSpec:
+    num_samples: int = 16
+    seed_start: int = 0
+    expected_count: int | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed_start, self.seed_start + self.num_samples))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    layers: str | tuple[str, ...] = "all"
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    checkpoint: str
+    annotations: str
+    labels: str
+    cls: int = -1
+    truncation: float = 1.0
+    noise: str = "const"
+    annotation: AnnotationSpec = field(default_factory=AnnotationSpec)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    device: str
+    checkpoints: dict[str, CheckpointSpec]
+    tasks: dict[str, TaskSpec]
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "WorkflowConfig":
+        """Typed view of an already validated config dict."""
+        ckpts = {n: CheckpointSpec(name=n, **c) for n, c in cfg["checkpoints"].items()}
+        tasks = {}
+        for n, t in cfg["tasks"].items():
+            t = dict(t)
+            layers = t["features"]["layers"]
+            tasks[n] = TaskSpec(
+                name=n,
+                checkpoint=t["checkpoint"],
+                annotations=t["annotations"],
+                labels=t["labels"] or str(Path(t["annotations"]) / "labels.yaml"),
+                cls=t["class"],
+                truncation=float(t["truncation"]),
+                noise=t["noise"],
+                annotation=AnnotationSpec(**t["annotation"]),
+                features=FeatureSpec(layers=layers if isinstance(layers, str) else tuple(layers),
+                                     batch_size=t["features"]["batch_size"]),
+            )
+        return cls(device=cfg["device"], checkpoints=ckpts, tasks=tasks)
+
+
+def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = True) -> dict:
+    """Validate against the schema (filling defaults) and cross-check; returns the filled dict.
+
+    ``base_dir`` is where relative paths in the config are resolved (the
+    workflow's working directory)."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(cfg)
+    try:
+        validate(cfg, str(SCHEMA_PATH), set_default=True)
+    except WorkflowError as e:
+        raise ConfigError(_schema_message(e)) from None
+    problems = []
+    for name, task in cfg["tasks"].items():
+        if task["checkpoint"] not in cfg["checkpoints"]:
+            problems.append(f"tasks.{name}.checkpoint: {task['checkpoint']!r} is not a key of `checkpoints` "
+                            f"(known: {sorted(cfg['checkpoints'])})")
+        if check_files:
+            ann = Path(base_dir) / task["annotations"]
+            labels = Path(base_dir) / (task["labels"] or Path(task["annotations"]) / "labels.yaml")
+            if not ann.is_dir():
+                problems.append(f"tasks.{name}.annotations: folder {ann} does not exist")
+            elif not labels.is_file():
+                problems.append(f"tasks.{name}.labels: {labels} does not exist")
+        exp = task["annotation"]["expected_count"]
+        if exp is not None and exp > 100000:
+            problems.append(f"tasks.{name}.annotation.expected_count: {exp} is implausibly large")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def _schema_message(err: Exception) -> str:
+    cause = err.__cause__ or err.__context__
+    text = str(err)
+    path = getattr(cause, "absolute_path", None)
+    where = ".".join(str(p) for p in path) if path else "<root>"
+    msg = getattr(cause, "message", None)
+    return f"invalid configuration at {where}: {msg}" if msg else f"invalid configuration: {text}"
+
+
+def load_config(path: str | Path, check_files: bool = True) -> dict:
+    """Read a YAML config file and validate it (paths relative to the current directory)."""
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the config must be a mapping")
+    return validate_config(cfg, ".", check_files)

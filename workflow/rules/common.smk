@@ -1,0 +1,47 @@
+"""Config validation (before any job) and the helpers every rule file uses."""
+
+import re
+from pathlib import Path
+
+from labelfactory.config import WorkflowConfig, validate_config
+
+_validated = validate_config(config, base_dir=".")
+config.clear()
+config.update(_validated)
+CFG = WorkflowConfig.from_dict(config)
+TASKS = sorted(CFG.tasks)
+CHECKPOINTS = sorted(CFG.checkpoints)
+# GPU rules ask the scheduler for a GPU unless the config pins them to the CPU.
+GPUS = 0 if CFG.device == "cpu" else 1
+
+
+wildcard_constraints:
+    task="|".join(map(re.escape, TASKS)) if TASKS else "(?!)",
+    ckpt="|".join(map(re.escape, CHECKPOINTS)) if CHECKPOINTS else "(?!)",
+
+
+def task_of(wildcards):
+    return CFG.tasks[wildcards.task]
+
+
+def checkpoint_weights(wildcards):
+    return f"resources/checkpoints/{task_of(wildcards).checkpoint}.safetensors"
+
+
+def local_source(url):
+    """A checkpoint URL that names a local file is an input (edits re-run the fetch)."""
+    if url.startswith("file://"):
+        return url[len("file://") :]
+    return url if "://" not in url else []
+
+
+def annotation_files(wildcards):
+    """Every file of the task's annotation folder, so any edit there re-runs the import."""
+    task = task_of(wildcards)
+    files = sorted(str(p) for p in Path(task.annotations).iterdir() if p.is_file())
+    return files + [task.labels]
+
+
+def attempt_scaled(base):
+    """A resource that grows with each retry (OOM or timeout kills are retried bigger)."""
+    return lambda wildcards, attempt: base * attempt

@@ -1,0 +1,20 @@
+rule extract_features:
+    """Re-render the annotated latents; store each layer's features at native resolution."""
+    input:
+        weights=checkpoint_weights,
+        annotations="results/{task}/annotations.h5",
+    output:
+        "results/{task}/features.h5",
+    params:
+        layers=lambda w: task_of(w).features.layers,
+        batch_size=lambda w: task_of(w).features.batch_size,
+        device=CFG.device,
+    log:
+        "results/logs/extract_features/{task}.log",
+    threads: 2
+    resources:
+        mem_mb=attempt_scaled(8000),
+        runtime=attempt_scaled(60),
+        gpu=GPUS,
+    script:
+        "../../scripts/extract_features.py"
