@@ -115,9 +115,6 @@ def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = T
                 problems.append(f"tasks.{name}.annotations: folder {ann} does not exist")
             elif not labels.is_file():
                 problems.append(f"tasks.{name}.labels: {labels} does not exist")
-        exp = task["annotation"]["expected_count"]
-        if exp is not None and exp > 100000:
-            problems.append(f"tasks.{name}.annotation.expected_count: {exp} is implausibly large")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return cfg

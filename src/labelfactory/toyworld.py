@@ -232,7 +232,11 @@ _SCALE = {"car": (0.62, 0.88), "face": (0.6, 0.82), "house": (0.6, 0.82), "tree"
 
 
 def class_index(cls: int | str) -> int:
-    return CLASSES.index(cls) if isinstance(cls, str) else int(cls)
+    """Index of a class given by name or index; unknown classes are an error."""
+    idx = CLASSES.index(cls) if cls in CLASSES else cls
+    if isinstance(idx, str) or not 0 <= int(idx) < len(CLASSES):
+        raise ValueError(f"unknown toy-world class {cls!r}; classes are {CLASSES}")
+    return int(idx)
 
 
 def render(seed: int, cls: int | str, size: int = 64) -> Scene:

@@ -1,0 +1,79 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labelfactory.config import ConfigError, WorkflowConfig, load_config, validate_config
+
+from helpers import REPO
+
+
+def minimal(tmp_path: Path) -> dict:
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "labels.yaml").write_text("names: [background, thing]\n")
+    return {"checkpoints": {"g": {"url": "g.pt"}}, "tasks": {"t": {"checkpoint": "g", "annotations": str(ann)}}}
+
+
+def test_default_config_is_valid_and_typed():
+    cfg = load_config(REPO / "config" / "config.yaml", check_files=False)
+    typed = WorkflowConfig.from_dict(cfg)
+    task = typed.tasks["toy-car"]
+    assert task.annotation.seeds == list(range(16)) and task.noise == "const"
+    assert task.labels == "config/annotations/toy-car/labels.yaml"
+
+
+def test_defaults_are_filled(tmp_path):
+    cfg = validate_config(minimal(tmp_path))
+    t = cfg["tasks"]["t"]
+    assert cfg["device"] == "auto" and cfg["checkpoints"]["g"]["format"] == "auto"
+    assert t["truncation"] == 1.0 and t["noise"] == "const" and t["class"] == -1
+    assert t["annotation"] == {"num_samples": 16, "seed_start": 0, "expected_count": None}
+    assert t["features"] == {"layers": "all", "batch_size": 8}
+
+
+@pytest.mark.parametrize(
+    "edit, where",
+    [
+        (lambda c: c["tasks"]["t"].update(truncation=0), "tasks.t.truncation"),
+        (lambda c: c["tasks"]["t"].update(truncation=1.5), "tasks.t.truncation"),
+        (lambda c: c["tasks"]["t"].update(noise="sometimes"), "tasks.t.noise"),
+        (lambda c: c["tasks"]["t"].update(unknown_key=1), "tasks.t"),
+        (lambda c: c["tasks"]["t"].update(annotation={"num_samples": 0}), "tasks.t.annotation.num_samples"),
+        (lambda c: c["tasks"]["t"].update(features={"layers": "some"}), "tasks.t.features.layers"),
+        (lambda c: c["tasks"]["t"].update(features={"layers": []}), "tasks.t.features.layers"),
+        (lambda c: c["checkpoints"]["g"].update(sha256="abc"), "checkpoints.g.sha256"),
+        (lambda c: c["checkpoints"]["g"].update(format="onnx"), "checkpoints.g.format"),
+        (lambda c: c.update(device="gpu"), "device"),
+        (lambda c: c.update(tasks={}), "tasks"),
+        (lambda c: c["tasks"].update({"bad name!": c["tasks"]["t"]}), "tasks"),
+    ],
+)
+def test_bad_values_are_named(tmp_path, edit, where):
+    cfg = minimal(tmp_path)
+    edit(cfg)
+    with pytest.raises(ConfigError, match=f"at {where}"):
+        validate_config(cfg)
+
+
+def test_cross_references_and_files_are_checked(tmp_path):
+    cfg = minimal(tmp_path)
+    bad = copy.deepcopy(cfg)
+    bad["tasks"]["t"]["checkpoint"] = "nope"
+    with pytest.raises(ConfigError, match="tasks.t.checkpoint: 'nope' is not a key of `checkpoints`"):
+        validate_config(bad)
+    bad = copy.deepcopy(cfg)
+    bad["tasks"]["t"]["annotations"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="tasks.t.annotations: folder .*missing does not exist"):
+        validate_config(bad)
+    (tmp_path / "ann" / "labels.yaml").unlink()
+    with pytest.raises(ConfigError, match="tasks.t.labels: .*labels.yaml does not exist"):
+        validate_config(cfg)
+
+
+def test_load_config_rejects_non_mapping(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(p)

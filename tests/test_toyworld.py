@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from labelfactory import toyworld as tw
+
+
+@pytest.mark.parametrize("cls", tw.CLASSES)
+def test_render_is_deterministic_and_seed_dependent(cls):
+    a, b, c = tw.render(7, cls, 64), tw.render(7, cls, 64), tw.render(8, cls, 64)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.parts, b.parts)
+    assert not np.array_equal(a.image, c.image)
+    # the class is part of the address: the same seed of another class is another scene
+    other = tw.CLASSES[(tw.CLASSES.index(cls) + 1) % len(tw.CLASSES)]
+    assert not np.array_equal(a.image, tw.render(7, other, 64).image)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("cls", tw.CLASSES)
+def test_labels_are_consistent(cls, size):
+    n_parts = len(tw.PARTS[cls])
+    present = np.zeros(n_parts + 1)
+    for seed in range(40):
+        s = tw.render(seed, cls, size)
+        assert s.image.shape == (size, size, 3) and s.image.dtype == np.uint8
+        assert s.parts.shape == (size, size) and s.parts.dtype == np.uint8
+        assert s.parts.max() <= n_parts
+        assert np.array_equal(s.object, (s.parts > 0).astype(np.uint8))
+        assert s.cls == tw.CLASSES.index(cls)
+        cover = s.object.mean()
+        assert 0.08 < cover < 0.8, f"object covers {cover:.2f} of seed {seed}"
+        present += np.bincount(s.parts.ravel(), minlength=n_parts + 1) > 0
+    # every part is visible in nearly every scene
+    assert (present / 40 >= 0.9).all(), present
+
+
+def test_part_colours_overlap_so_colour_alone_cannot_segment():
+    """A 15-NN pixel classifier on RGB alone, fitted on other scenes, stays far from
+    a usable segmentation (mIoU < 0.5), because part colour ranges overlap."""
+    rng = np.random.default_rng(0)
+    for cls in ("car", "house"):
+        imgs, parts, _ = tw.render_batch(range(150), cls, 32)
+        x = imgs.reshape(-1, 3).astype(np.float32)
+        y = parts.reshape(-1)
+        idx = rng.permutation(len(x))
+        tr, te = idx[:8000], idx[8000:10000]
+        d = ((x[te, None] - x[None, tr]) ** 2).sum(-1)
+        nn = np.argpartition(d, 15, axis=1)[:, :15]
+        k = len(tw.PARTS[cls]) + 1
+        pred = np.array([np.bincount(y[tr][r], minlength=k).argmax() for r in nn])
+        ious = [((pred == c) & (y[te] == c)).sum() / max(((pred == c) | (y[te] == c)).sum(), 1) for c in range(k)]
+        assert np.mean(ious) < 0.5, (cls, ious)
+
+
+def test_adjacent_parts_differ_in_colour_within_a_scene():
+    for seed in range(20):
+        s = tw.render(seed, "car", 64)
+        means = [s.image[s.parts == p].astype(float).mean(0) for p in range(1, 5) if (s.parts == p).any()]
+        assert all(np.linalg.norm(a - b) > 15 for a, b in zip(means, means[1:]))
+
+
+def test_global_label_space():
+    names = tw.global_part_labels()
+    assert names[0] == "background"
+    for cls in tw.CLASSES:
+        off = tw.global_part_offset(cls)
+        for i, part in enumerate(tw.PARTS[cls], start=1):
+            assert names[off + i] == f"{cls}/{part}"
+    assert tw.part_labels("car") == ("background", "body", "window", "wheel", "light")
+
+
+def test_unknown_class_is_an_error():
+    with pytest.raises(ValueError, match="unknown toy-world class 'boat'"):
+        tw.render(0, "boat")
+    with pytest.raises(ValueError, match="unknown toy-world class 4"):
+        tw.render(0, 4)
+
+
+def test_sample_sheet(tmp_path):
+    from PIL import Image
+
+    tw.sample_sheet(tmp_path / "s.png", size=32, per_class=3)
+    img = np.asarray(Image.open(tmp_path / "s.png"))
+    assert img.shape == (32 * 2 * len(tw.CLASSES), 32 * 3, 3)
