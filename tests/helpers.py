@@ -32,3 +32,53 @@ def load_script(path: Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16) -> dict:
+    """A complete tiny workflow project under ``root``: a rosinality-format generator
+    checkpoint, an annotation folder (sampled images, latents, manifest, masks derived
+    from the images) and ``config.yaml``. Returns the config dict."""
+    import argparse
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from labelfactory.annotations import sample_for_annotation
+    from labelfactory.io import sha256_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    b = tiny_generator(size=size)
+    sd = {k: v for k, v in b.module.state_dict().items() if k != "latent_avg"}
+    torch.save({"g_ema": sd, "latent_avg": b.module.latent_avg.clone(), "args": argparse.Namespace(size=size)},
+               root / "gen.pt")
+    df = sample_for_annotation(b, range(n_annotations), root / "ann")
+    for i in df["id"]:
+        img = np.asarray(Image.open(root / "ann" / f"{i}.image.png")).astype(np.float32)
+        mask = (img.mean(-1) > img.mean()).astype(np.uint8) + (img[..., 0] > img[..., 2]).astype(np.uint8)
+        Image.fromarray(mask).save(root / "ann" / f"{i}.png")
+    (root / "ann" / "labels.yaml").write_text(yaml.safe_dump({"names": ["background", "a", "b"]}))
+    cfg = {
+        "device": "cpu",
+        "checkpoints": {"tiny": {"url": "gen.pt", "sha256": sha256_file(root / "gen.pt")}},
+        "tasks": {"tiny": {"checkpoint": "tiny", "annotations": "ann",
+                           "annotation": {"num_samples": n_annotations, "expected_count": n_annotations}}},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+def snakemake(root: Path, *args: str, timeout: float = 600, check: bool = True):
+    """Run the project's workflow in ``root`` with its config.yaml; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("snakemake")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [str(exe), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(root),
+           "--configfile", str(root / "config.yaml"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc

@@ -115,7 +115,7 @@ def _interp(size: int, knots: int) -> np.ndarray:
 
 def _value_noise(rng: np.random.Generator, size: int, knots: int, channels: int) -> np.ndarray:
     a = _interp(size, knots)
-    g = rng.standard_normal((channels, knots, knots)).astype(np.float32)
+    g = rng.standard_normal((channels, knots, knots), dtype=np.float32)
     return np.moveaxis(a @ g @ a.T, 0, -1)
 
 
@@ -274,7 +274,7 @@ def render(seed: int, cls: int | str, size: int = 64) -> Scene:
     obj = parts > 0
     img[obj] = table[parts[obj]] * shade[obj]
 
-    img = img + rng.uniform(0.01, 0.04) * rng.standard_normal(img.shape).astype(np.float32)
+    img = img + rng.uniform(0.01, 0.04) * rng.standard_normal(img.shape, dtype=np.float32)
     image = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return Scene(image=image, parts=parts, object=(parts > 0).astype(np.uint8), cls=ci, seed=int(seed))
 

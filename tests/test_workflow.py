@@ -1,0 +1,95 @@
+"""The workflow spine end to end on a tiny project (real Snakemake, real jobs)."""
+
+import json
+
+import h5py
+import pytest
+import yaml
+
+from labelfactory.annotations import load_annotation_set
+from labelfactory.features import FeatureStore
+
+from helpers import make_tiny_project, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wf")
+    make_tiny_project(root)
+    return root
+
+
+def test_dry_run_shows_the_dag(project):
+    out = snakemake(project, "-n", "--quiet", "rules").stdout
+    for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations", "extract_features", "all"):
+        assert rule in out
+
+
+def test_runs_end_to_end_and_reruns_nothing(project):
+    snakemake(project)
+    meta = json.loads((project / "resources/checkpoints/tiny.json").read_text())
+    assert meta["arch"] == "stylegan2" and meta["converted_from"] == "rosinality"
+    ann = load_annotation_set(project / "results/tiny/annotations.h5")
+    assert len(ann) == 4 and ann.generator_hash == meta["generator_hash"]
+    store = FeatureStore.open(project / "results/tiny/features.h5")
+    assert store.ids == ann.ids and store.generator_hash == meta["generator_hash"]
+    assert store.shapes["b16.conv1"] == (8, 16, 16)
+    assert len(list((project / "results/tiny/for_annotation").glob("*.image.png"))) == 4
+    for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations", "extract_features"):
+        assert (project / "results/logs" / rule / "tiny.log").stat().st_size > 0
+    assert "Nothing to be done" in snakemake(project, "-n").stdout + snakemake(project, "-n").stderr
+
+
+def test_editing_a_param_reruns_exactly_its_rules(project):
+    snakemake(project)
+    cfg = yaml.safe_load((project / "config.yaml").read_text())
+    cfg["tasks"]["tiny"]["features"] = {"layers": ["b16.conv1"]}
+    (project / "config.yaml").write_text(yaml.safe_dump(cfg))
+    try:
+        out = snakemake(project, "-n", "--quiet", "rules").stdout
+        assert "extract_features" in out
+        for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations"):
+            assert rule not in out
+        snakemake(project)
+        with h5py.File(project / "results/tiny/features.h5") as f:
+            assert json.loads(f.attrs["layers"]) == ["b16.conv1"]
+    finally:
+        cfg["tasks"]["tiny"]["features"] = {"layers": "all"}
+        (project / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    make_tiny_project(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg["tasks"]["tiny"]["truncation"] = 3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "tasks.tiny.truncation: 3 is greater than the maximum of 1" in proc.stdout + proc.stderr
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_wrong_checksum_is_an_error_and_no_output(tmp_path):
+    make_tiny_project(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg["checkpoints"]["tiny"]["sha256"] = "0" * 64
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "results/logs/fetch_checkpoint/tiny.log").read_text()
+    assert "sha256" in log
+    assert not (tmp_path / "resources/checkpoints/tiny.safetensors").exists()
+
+
+def test_bad_annotation_is_reported_by_file(tmp_path):
+    from PIL import Image
+
+    make_tiny_project(tmp_path)
+    Image.new("RGB", (16, 16)).save(tmp_path / "ann" / "s00000001.png")
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "results/logs/import_annotations/tiny.log").read_text()
+    assert "s00000001.png" in log and "RGB" in log
+    assert not (tmp_path / "results/tiny/annotations.h5").exists()
