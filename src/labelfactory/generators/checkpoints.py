@@ -245,7 +245,10 @@ def stylegan2_from_nvidia(g: PersistentObject) -> RawCheckpoint:
 
 
 def _read_nvidia_pickle(path: Path) -> RawCheckpoint:
-    data = load_network_pickle(path)
+    try:
+        data = load_network_pickle(path)
+    except ValueError as e:  # truncated or corrupt (UntrustedPickleError is not a ValueError and passes)
+        raise CheckpointError(str(e)) from e
     g = data.get("G_ema")
     if not isinstance(g, PersistentObject):
         raise CheckpointError(f"{path}: network pickle has no G_ema module (keys: {sorted(data)})")
