@@ -1,0 +1,23 @@
+"""Interpreters: networks that label every pixel of a generated image from its generator features.
+
+``INTERPRETERS`` maps a name to an interpreter class offering ``config_class``,
+``fit(store, masks, num_classes, cfg, **kwargs)``, ``load(path)``, ``save(path)``
+and ``member_probabilities(features)``.
+"""
+
+from ..registry import Registry
+
+INTERPRETERS: Registry[type] = Registry("interpreter")
+
+from .mlp import (  # noqa: E402  (registers "mlp" in INTERPRETERS)
+    MLPEnsemble,
+    MLPEnsembleConfig,
+    MemberHistory,
+    PixelFeatures,
+    build_member,
+    fit_members,
+    train_mlp_ensemble,
+)
+
+__all__ = ["INTERPRETERS", "MLPEnsemble", "MLPEnsembleConfig", "MemberHistory", "PixelFeatures", "build_member",
+           "fit_members", "train_mlp_ensemble"]

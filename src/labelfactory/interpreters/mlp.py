@@ -1,0 +1,489 @@
+"""DatasetGAN's style interpreter: an ensemble of per-pixel MLP classifiers.
+
+Each member classifies a pixel from the concatenation of the chosen generator
+feature maps, bilinearly upsampled to the image resolution (as DatasetGAN's
+``nn.Upsample``, ``align_corners=False``). That ``[pixels, D]`` volume (85 GB in
+float32 for 16 images at 512² with D = 5056) is never materialised:
+
+- training keeps only the native-resolution maps (float16, as stored) and
+  computes the features of each sampled pixel from its four bilinear source
+  neighbours per map (:class:`PixelFeatures`);
+- inference applies each member's first Linear to every map at its native
+  resolution (a 1×1 conv with that layer's slice of the weight) and upsamples
+  the narrow result. Upsampling and the first layer are both linear, so this is
+  exact; the rest of the MLP (ReLU, BatchNorm in eval mode, ...) runs per pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..features import FeatureStore, FeatureStoreError
+from ..io import atomic_path, atomic_write_json
+from . import INTERPRETERS
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_EVAL_CHUNK = 8192  # held-out pixels per forward pass
+_GATHER_CHUNK = 1024  # held-out pixels per feature gather (its temporaries are 4 × this × the widest group)
+
+Progress = Callable[[int, int, float, float], None]  # (member, batch, held-out loss, held-out accuracy)
+
+
+@dataclass
+class MLPEnsembleConfig:
+    """Hyperparameters of the ensemble and its training.
+
+    Members, optimiser, batch size, epoch cap and patience follow DatasetGAN's
+    release (which counts patience over training-loss checks). Here the
+    held-out pixels are scored every ``eval_every`` batches; a member stops when
+    ``patience`` evaluations in a row bring no lower held-out loss, after
+    ``max_epochs`` passes over its training pixels, or after ``max_batches``.
+    """
+
+    num_members: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    patience: int = 50
+    eval_every: int = 100
+    max_epochs: int = 100
+    max_batches: int | None = None
+    holdout_pixels: int = 4096
+    seed: int = 0
+    upsample: str = "bilinear"
+    align_corners: bool = False
+
+    def __post_init__(self):
+        positive = {k: getattr(self, k) for k in ("num_members", "patience", "eval_every", "max_epochs",
+                                                   "holdout_pixels")}
+        bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
+        if self.max_batches is not None and self.max_batches < 1:
+            bad.append(f"max_batches={self.max_batches}")
+        if self.batch_size < 2:  # BatchNorm1d needs two samples per batch
+            bad.append(f"batch_size={self.batch_size} (need >= 2)")
+        if not self.lr > 0:
+            bad.append(f"lr={self.lr}")
+        if self.upsample != "bilinear":
+            bad.append(f"upsample={self.upsample!r} (only 'bilinear')")
+        if bad:
+            raise ValueError("invalid MLP ensemble config: " + ", ".join(bad))
+
+
+@dataclass
+class MemberHistory:
+    """How one member was trained: its seed, the pixels it saw, and where it stopped."""
+
+    seed: int
+    train_pixels: int
+    holdout_pixels: int
+    batches: int = 0
+    best_batch: int = 0
+    best_loss: float = math.inf
+    best_accuracy: float = 0.0
+    stop_reason: str = ""  # early_stopping | max_batches | max_epochs
+
+
+def build_member(dim: int, num_classes: int, generator: torch.Generator | None = None) -> nn.Sequential:
+    """DatasetGAN's pixel classifier; with a ``generator``, initialised as released
+    (Linear weights N(0, 0.02), biases 0, BatchNorm at its defaults)."""
+    w1, w2 = (256, 128) if num_classes >= 32 else (128, 32)
+    net = nn.Sequential(
+        nn.Linear(dim, w1), nn.ReLU(), nn.BatchNorm1d(w1),
+        nn.Linear(w1, w2), nn.ReLU(), nn.BatchNorm1d(w2),
+        nn.Linear(w2, num_classes),
+    )
+    if generator is not None:
+        with torch.no_grad():
+            for m in net:
+                if isinstance(m, nn.Linear):
+                    m.weight.normal_(0.0, 0.02, generator=generator)
+                    m.bias.zero_()
+    return net
+
+
+# -- per-pixel features from native-resolution maps -------------------------------
+def bilinear_taps(out_size: int, in_size: int, align_corners: bool = False,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """For each output index, its two source indices ``[out, 2]`` (long) and their
+    weights ``[out, 2]``, computed as ``F.interpolate(mode='bilinear')`` does."""
+    d = torch.arange(out_size, dtype=torch.float32, device=device)
+    if align_corners:
+        src = d * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(d)
+    else:
+        src = ((d + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=in_size - 1)
+    hi = (lo + 1).clamp(max=in_size - 1)
+    frac = (src - lo).clamp(0, 1)
+    return torch.stack([lo, hi], 1), torch.stack([1 - frac, frac], 1)
+
+
+@dataclass
+class _Group:
+    """Consecutive layers of one spatial size, stored channels-last as ``[N*h*w, C]`` float16."""
+
+    layers: list[str]
+    h: int
+    w: int
+    offset: int
+    channels: int
+    maps: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # [size, 2] source row offsets (index · w) of each output row
+    row_weights: torch.Tensor | None = None
+    cols: torch.Tensor | None = None  # [size, 2] source columns of each output column
+    col_weights: torch.Tensor | None = None
+
+
+class PixelFeatures:
+    """Upsampled, concatenated features of chosen output pixels, from native-resolution maps.
+
+    Holds the maps of ``num_images`` images as stored (float16) and returns, for
+    flat pixel indices into ``[num_images, size, size]``, the float32 rows of the
+    virtual ``[pixels, D]`` matrix: per map the bilinear combination of the
+    pixel's four source neighbours, i.e. ``F.interpolate`` of the whole map read
+    at that pixel. Memory is the native feature volume, whatever ``size`` is.
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, int, int]], num_images: int, size: int,
+                 align_corners: bool = False, device: torch.device | str = "cpu"):
+        self.layers = list(shapes)
+        self.shapes = {l: tuple(s) for l, s in shapes.items()}
+        self.num_images, self.size = num_images, size
+        self.groups: list[_Group] = []
+        offset = 0
+        for layer, (c, h, w) in self.shapes.items():
+            g = self.groups[-1] if self.groups else None
+            if g is not None and (g.h, g.w) == (h, w):
+                g.layers.append(layer)
+                g.channels += c
+            else:
+                self.groups.append(_Group([layer], h, w, offset, c))
+            offset += c
+        self.dim = offset
+        for g in self.groups:
+            g.maps = torch.empty(num_images * g.h * g.w, g.channels, dtype=torch.float16, device=device)
+            rows, g.row_weights = bilinear_taps(size, g.h, align_corners, device)
+            g.rows = rows * g.w
+            g.cols, g.col_weights = bilinear_taps(size, g.w, align_corners, device)
+
+    @classmethod
+    def from_store(cls, store: FeatureStore, ids: Sequence[str], layers: Sequence[str],
+                   align_corners: bool = False, device: torch.device | str = "cpu") -> "PixelFeatures":
+        """Load the ``layers`` of images ``ids`` from a feature store, one image at a time."""
+        feats = cls({l: store.shapes[l] for l in layers}, len(ids), store.resolution, align_corners, device)
+        for n, image_id in enumerate(ids):
+            feats.put(n, store.read(image_id, list(layers)))
+        return feats
+
+    def put(self, index: int, maps: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Store image ``index``'s maps ``{layer: [C, h, w]}``."""
+        for l in self.layers:
+            if tuple(maps[l].shape) != self.shapes[l]:
+                raise ValueError(f"layer {l}: expected shape {list(self.shapes[l])}, got {list(maps[l].shape)}")
+        for g in self.groups:
+            x = torch.cat([torch.as_tensor(maps[l]) for l in g.layers]).reshape(g.channels, g.h * g.w)
+            g.maps[index * g.h * g.w : (index + 1) * g.h * g.w] = x.T
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float32 ``[B, D]`` features of flat pixel indices ``[B]``."""
+        b, s = len(pixels), self.size
+        n = torch.div(pixels, s * s, rounding_mode="trunc")
+        rest = pixels - n * (s * s)
+        oy = torch.div(rest, s, rounding_mode="trunc")
+        ox = rest - oy * s
+        out = torch.empty(b, self.dim, dtype=torch.float32, device=pixels.device)
+        for g in self.groups:  # index_select: several times faster than advanced indexing on CPU
+            rows = (n * (g.h * g.w))[:, None, None] + g.rows.index_select(0, oy)[:, :, None] \
+                + g.cols.index_select(0, ox)[:, None, :]
+            weights = g.row_weights.index_select(0, oy)[:, :, None] * g.col_weights.index_select(0, ox)[:, None, :]
+            v = g.maps.index_select(0, rows.view(-1)).float().view(b, 4, g.channels)
+            out[:, g.offset : g.offset + g.channels] = torch.bmm(weights.view(b, 1, 4), v).view(b, g.channels)
+        return out
+
+
+# -- training ----------------------------------------------------------------------
+def _batches(train: torch.Tensor, batch_size: int, max_epochs: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Full batches of training pixels, reshuffled every epoch by ``gen``."""
+    per_epoch = len(train) // batch_size
+    for _ in range(max_epochs):
+        order = train[torch.randperm(len(train), generator=gen).to(train.device)]
+        for b in range(per_epoch):
+            yield order[b * batch_size : (b + 1) * batch_size]
+
+
+@torch.no_grad()
+def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Held-out cross-entropy and accuracy, with BatchNorm in eval mode."""
+    net.eval()
+    logits = torch.cat([net(c) for c in x.split(_EVAL_CHUNK)])
+    net.train()
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def _fit_member(net: nn.Module, features: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
+                train: torch.Tensor, hold_x: torch.Tensor, hold_y: torch.Tensor, cfg: MLPEnsembleConfig,
+                gen: torch.Generator, hist: MemberHistory, report: Callable[[int, float, float], None]) -> None:
+    """Train one member with early stopping on the held-out loss; leaves it at its best state."""
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
+    best_state: dict[str, torch.Tensor] = {}
+    stale = 0
+
+    def evaluate() -> bool:
+        nonlocal best_state, stale
+        loss, acc = _evaluate(net, hold_x, hold_y)
+        report(hist.batches, loss, acc)
+        if loss < hist.best_loss:
+            hist.best_loss, hist.best_accuracy, hist.best_batch = loss, acc, hist.batches
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            stale = 0
+        else:
+            stale += 1
+        return stale >= cfg.patience
+
+    net.train()
+    hist.stop_reason = "max_epochs"
+    for pix in _batches(train, min(cfg.batch_size, len(train)), cfg.max_epochs, gen):
+        loss = F.cross_entropy(net(features(pix)), labels.index_select(0, pix).long())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist.batches += 1
+        if hist.batches % cfg.eval_every == 0 and evaluate():
+            hist.stop_reason = "early_stopping"
+            break
+        if hist.batches == cfg.max_batches:
+            hist.stop_reason = "max_batches"
+            break
+    if hist.batches % cfg.eval_every:
+        evaluate()
+    net.load_state_dict(best_state)
+    net.eval()
+
+
+def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labels: torch.Tensor,
+                pixels: torch.Tensor, num_classes: int, cfg: MLPEnsembleConfig,
+                device: torch.device | str = "cpu",
+                progress: Progress | None = None) -> tuple[list[nn.Sequential], list[MemberHistory]]:
+    """Train ``cfg.num_members`` pixel classifiers on any per-pixel feature source.
+
+    ``pixels`` are the flat indices of the annotated pixels into ``labels``;
+    ``features(pixels[i:j])`` gives their float32 ``[B, dim]`` features. The
+    held-out pixels are drawn once with ``cfg.seed`` (at most a fifth of the
+    annotated ones) and never trained on; each member has its own seed, derived
+    from ``cfg.seed``, for its initial weights and its data order.
+    """
+    n_hold = min(cfg.holdout_pixels, len(pixels) // 5)
+    if n_hold < 1 or len(pixels) - n_hold < 2:
+        raise ValueError(f"{len(pixels)} annotated pixels are too few to train on and hold some out")
+    if n_hold < cfg.holdout_pixels:
+        log.info("holding out %d pixels (a fifth of the annotated ones), not %d", n_hold, cfg.holdout_pixels)
+    perm = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(cfg.seed)).to(pixels.device)
+    hold, train = pixels[perm[:n_hold]], pixels[perm[n_hold:]]
+    hold_x = torch.cat([features(c) for c in hold.split(_GATHER_CHUNK)])
+    hold_y = labels[hold].long()
+    seeds = [int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(cfg.num_members)]
+    log.info("training %d members on %d pixels (%d held out), %d features per pixel, %d classes",
+             cfg.num_members, len(train), n_hold, dim, num_classes)
+    members, histories = [], []
+    for m, seed in enumerate(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        net = build_member(dim, num_classes, gen).to(device)
+        hist = MemberHistory(seed=seed, train_pixels=len(train), holdout_pixels=n_hold)
+
+        def report(batch: int, loss: float, acc: float, m: int = m) -> None:
+            evals = batch // cfg.eval_every
+            log.log(logging.INFO if evals % 10 == 0 else logging.DEBUG,
+                    "member %d: batch %d, held-out loss %.4f, accuracy %.3f", m, batch, loss, acc)
+            if progress is not None:
+                progress(m, batch, loss, acc)
+
+        _fit_member(net, features, labels, train, hold_x, hold_y, cfg, gen, hist, report)
+        log.info("member %d: %s after %d batches; best held-out loss %.4f, accuracy %.3f (batch %d)",
+                 m, hist.stop_reason, hist.batches, hist.best_loss, hist.best_accuracy, hist.best_batch)
+        members.append(net)
+        histories.append(hist)
+    return members, histories
+
+
+def _check_inputs(store: FeatureStore, masks: np.ndarray, num_classes: int, ignore_index: int,
+                  ids: list[str], layers: Sequence[str] | None, generator_hash: str | None,
+                  label_names: Sequence[str] | None) -> list[str]:
+    """Refuse features that do not belong to the masks, and masks with unknown labels; returns
+    the chosen layers in the store's (generator) order."""
+    if generator_hash is not None and generator_hash != store.generator_hash:
+        raise FeatureStoreError(
+            f"{store.path}: features come from generator {store.generator_hash[:16]} but the annotations were "
+            f"made on generator {generator_hash[:16]}; re-extract the features with the annotated generator")
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W], got shape {list(masks.shape)}")
+    if masks.shape[1:] != (store.resolution, store.resolution):
+        raise FeatureStoreError(
+            f"{store.path}: resolution mismatch: features are for {store.resolution}x{store.resolution} images "
+            f"but the masks are {masks.shape[1]}x{masks.shape[2]}")
+    if len(ids) != len(masks):
+        raise ValueError(f"{len(masks)} masks but {len(ids)} image ids")
+    stored = set(store.ids)
+    missing = [i for i in ids if i not in stored]
+    if missing:
+        raise FeatureStoreError(f"{store.path}: no features for annotated images {missing[:5]}")
+    chosen = set(store.layers if layers is None else layers)
+    unknown = sorted(chosen - set(store.layers))
+    if unknown or not chosen:
+        raise ValueError(f"unknown feature layers {unknown}; the store has {store.layers}")
+    if num_classes < 2 or (label_names is not None and len(label_names) != num_classes):
+        raise ValueError(f"need >= 2 classes and one name per class, got {num_classes} and {label_names}")
+    annotated = masks != ignore_index
+    bad = np.unique(masks[annotated & (masks >= num_classes)])
+    if bad.size:
+        raise ValueError(f"mask values {bad.tolist()} are neither labels 0..{num_classes - 1} "
+                         f"nor ignore_index {ignore_index}")
+    return [l for l in store.layers if l in chosen]
+
+
+def train_mlp_ensemble(store: FeatureStore, masks: np.ndarray, num_classes: int,
+                       cfg: MLPEnsembleConfig | None = None, ignore_index: int = 255,
+                       layers: Sequence[str] | None = None, device: torch.device | str = "cpu",
+                       progress: Progress | None = None, *, ids: Sequence[str] | None = None,
+                       generator_hash: str | None = None,
+                       label_names: Sequence[str] | None = None) -> "MLPEnsemble":
+    """Train DatasetGAN's interpreter on annotated generated images.
+
+    ``masks`` uint8 ``[N, H, W]`` belong to the store's images ``ids`` (default:
+    all, in store order); pixels equal to ``ignore_index`` are skipped. ``layers``
+    (default: all) are read in the store's order. Give the annotations'
+    ``generator_hash`` to refuse features of another generator.
+    ``progress(member, batch, loss, accuracy)`` is called at every held-out
+    evaluation.
+    """
+    cfg = cfg or MLPEnsembleConfig()
+    masks = np.asarray(masks)
+    ids = list(store.ids) if ids is None else list(ids)
+    layers = _check_inputs(store, masks, num_classes, ignore_index, ids, layers, generator_hash, label_names)
+    feats = PixelFeatures.from_store(store, ids, layers, cfg.align_corners, device)
+    labels = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8).reshape(-1)).to(device)
+    pixels = torch.nonzero(labels != ignore_index).squeeze(1)
+    members, history = fit_members(feats, feats.dim, labels, pixels, num_classes, cfg, device, progress)
+    return MLPEnsemble(members, cfg, layers, [store.shapes[l][0] for l in layers], num_classes, store.resolution,
+                       store.generator_hash, history, label_names)
+
+
+# -- the trained ensemble ----------------------------------------------------------
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar beside a weights file: ``x.safetensors`` → ``x.json``."""
+    return Path(path).with_suffix(".json")
+
+
+@INTERPRETERS.register("mlp")
+class MLPEnsemble(nn.Module):
+    """A trained ensemble of pixel classifiers with what it needs to be applied and audited."""
+
+    config_class: ClassVar[type] = MLPEnsembleConfig
+
+    def __init__(self, members: Sequence[nn.Module], cfg: MLPEnsembleConfig, layers: Sequence[str],
+                 layer_dims: Sequence[int], num_classes: int, resolution: int, generator_hash: str,
+                 history: Sequence[MemberHistory], label_names: Sequence[str] | None = None):
+        super().__init__()
+        if len(layers) != len(layer_dims) or len(members) != len(history):
+            raise ValueError("need one dim per layer and one history per member")
+        self.members = nn.ModuleList(members)
+        self.cfg = cfg
+        self.layers = list(layers)
+        self.layer_dims = [int(c) for c in layer_dims]
+        self.num_classes = int(num_classes)
+        self.resolution = int(resolution)
+        self.generator_hash = generator_hash
+        self.history = list(history)
+        self.label_names = None if label_names is None else list(label_names)
+
+    fit = staticmethod(train_mlp_ensemble)
+
+    @property
+    def dim(self) -> int:
+        return sum(self.layer_dims)
+
+    def _maps(self, features: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The ensemble's layers from a batch of generator features, as float32 on its device."""
+        missing = [l for l in self.layers if l not in features]
+        if missing:
+            raise KeyError(f"features lack layers {missing} the interpreter was trained on")
+        device = self.members[0][0].weight.device
+        maps = [features[l].to(device, torch.float32) for l in self.layers]
+        for l, c, x in zip(self.layers, self.layer_dims, maps):
+            if x.ndim != 4 or x.shape[1] != c or x.shape[0] != maps[0].shape[0]:
+                raise ValueError(f"layer {l}: expected [B, {c}, h, w], got {list(x.shape)}")
+        return maps
+
+    def _first_layer(self, linear: nn.Linear, maps: list[torch.Tensor]) -> torch.Tensor:
+        """``linear`` over the upsampled concatenated maps, computed at native resolution: ``[B, w1, R, R]``."""
+        by_size: dict[tuple[int, int], torch.Tensor] = {}
+        offset = 0
+        for x, c in zip(maps, self.layer_dims):
+            y = F.conv2d(x, linear.weight[:, offset : offset + c, None, None])
+            offset += c
+            key = tuple(y.shape[-2:])
+            by_size[key] = by_size[key] + y if key in by_size else y
+        out = None
+        for y in by_size.values():
+            up = F.interpolate(y, size=(self.resolution, self.resolution), mode=self.cfg.upsample,
+                               align_corners=self.cfg.align_corners)
+            out = up if out is None else out.add_(up)
+        return out.add_(linear.bias[None, :, None, None])
+
+    @torch.no_grad()
+    def member_probabilities(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Softmax probabilities ``[M, B, C, R, R]`` of every member for generator
+        features ``{layer: [B, C_l, h, w]}`` (switches the ensemble to eval mode)."""
+        self.eval()
+        maps = self._maps(features)
+        b, r = maps[0].shape[0], self.resolution
+        out = torch.empty(len(self.members), b, self.num_classes, r, r, device=maps[0].device)
+        for m, member in enumerate(self.members):
+            h = self._first_layer(member[0], maps)
+            logits = member[1:](h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]))
+            out[m] = logits.softmax(1).reshape(b, r, r, -1).permute(0, 3, 1, 2)
+        return out
+
+    def metadata(self) -> dict:
+        """What the JSON sidecar records."""
+        return {
+            "interpreter": "mlp", "format_version": FORMAT_VERSION, "config": asdict(self.cfg),
+            "layers": self.layers, "layer_dims": self.layer_dims, "num_classes": self.num_classes,
+            "label_names": self.label_names, "resolution": self.resolution, "generator_hash": self.generator_hash,
+            "member_seeds": [h.seed for h in self.history], "history": [asdict(h) for h in self.history],
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Weights to ``path`` (safetensors) and :meth:`metadata` to its JSON sidecar, each atomically."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(sidecar_path(path), self.metadata())
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "MLPEnsemble":
+        """Read what :meth:`save` wrote; the ensemble comes back in eval mode."""
+        meta_path = sidecar_path(path)
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{meta_path}: unreadable interpreter sidecar ({e})") from e
+        if meta.get("interpreter") != "mlp" or meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: not an MLP ensemble of format version {FORMAT_VERSION}")
+        history = [MemberHistory(**h) for h in meta["history"]]
+        dim, classes = sum(meta["layer_dims"]), meta["num_classes"]
+        ens = cls([build_member(dim, classes) for _ in history], MLPEnsembleConfig(**meta["config"]),
+                  meta["layers"], meta["layer_dims"], classes, meta["resolution"], meta["generator_hash"],
+                  history, meta["label_names"])
+        ens.load_state_dict(load_file(str(path)))
+        return ens.to(device).eval()
