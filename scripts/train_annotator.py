@@ -23,13 +23,13 @@ from labelfactory.annotator import Annotator, AnnotatorConfig, config_to_dict, e
 
 
 def git_version() -> dict:
-    """HEAD commit and whether the tracked sources differ from it (None outside git)."""
+    """HEAD commit and whether src/ or scripts/ differ from it (None outside git)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         return {"commit": git("rev-parse", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "src", "scripts"))}
+                "dirty": bool(git("status", "--porcelain", "--", "src", "scripts"))}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = AnnotatorConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnnotatorConfig)})
     cfg.classes = tuple(cfg.classes)
+    version = git_version()  # before training: the code that runs, not what HEAD is later
 
     t0 = time.time()
     model, history = train_annotator(cfg, log_every=args.log_every)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         config=config_to_dict(cfg),
         metrics=metrics,
         history=history,
-        code_version=git_version(),
+        code_version=version,
         torch_version=torch.__version__,
         train_seconds=round(train_s, 1),
         eval_seconds=round(eval_s, 1),

@@ -61,8 +61,14 @@ def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16) -> dic
     cfg = {
         "device": "cpu",
         "checkpoints": {"tiny": {"url": "gen.pt", "sha256": sha256_file(root / "gen.pt")}},
-        "tasks": {"tiny": {"checkpoint": "tiny", "annotations": "ann",
-                           "annotation": {"num_samples": n_annotations, "expected_count": n_annotations}}},
+        "tasks": {"tiny": {
+            "checkpoint": "tiny", "annotations": "ann",
+            "annotation": {"num_samples": n_annotations, "expected_count": n_annotations},
+            "interpreter": {"num_members": 3, "eval_every": 10, "patience": 3, "max_epochs": 2,
+                            "holdout_pixels": 64},
+            "synthesis": {"num_shards": 2, "samples_per_shard": 6, "batch_size": 4},
+            "filter": {"ratio": 0.25},
+        }},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     return cfg

@@ -49,6 +49,28 @@ class FeatureSpec:
 
 
 @dataclass(frozen=True)
+class SynthesisSpec:
+    num_shards: int = 4
+    samples_per_shard: int = 500
+    seed_start: int = 100000
+    batch_size: int = 64
+    label_rule: str = "vote"
+    score_rule: str = "top10"
+    top_fraction: float = 0.1
+    store_latents: bool = False
+    store_uncertainty: bool = True
+
+    @property
+    def shards(self) -> list[str]:
+        return [f"{i:05d}" for i in range(self.num_shards)]
+
+    def seeds(self, shard: str | int) -> list[int]:
+        """Seeds of one shard: consecutive blocks, so every seed is in exactly one shard."""
+        start = self.seed_start + int(shard) * self.samples_per_shard
+        return list(range(start, start + self.samples_per_shard))
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     checkpoint: str
@@ -59,6 +81,9 @@ class TaskSpec:
     noise: str = "const"
     annotation: AnnotationSpec = field(default_factory=AnnotationSpec)
     features: FeatureSpec = field(default_factory=FeatureSpec)
+    interpreter: dict = field(default_factory=dict)
+    synthesis: SynthesisSpec = field(default_factory=SynthesisSpec)
+    filter_ratio: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -86,6 +111,9 @@ class WorkflowConfig:
                 annotation=AnnotationSpec(**t["annotation"]),
                 features=FeatureSpec(layers=layers if isinstance(layers, str) else tuple(layers),
                                      batch_size=t["features"]["batch_size"]),
+                interpreter=dict(t["interpreter"]),
+                synthesis=SynthesisSpec(**t["synthesis"]),
+                filter_ratio=float(t["filter"]["ratio"]),
             )
         return cls(device=cfg["device"], checkpoints=ckpts, tasks=tasks)
 
@@ -108,6 +136,13 @@ def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = T
         if task["checkpoint"] not in cfg["checkpoints"]:
             problems.append(f"tasks.{name}.checkpoint: {task['checkpoint']!r} is not a key of `checkpoints` "
                             f"(known: {sorted(cfg['checkpoints'])})")
+        ann_seeds = range(task["annotation"]["seed_start"],
+                          task["annotation"]["seed_start"] + task["annotation"]["num_samples"])
+        syn = task["synthesis"]
+        syn_seeds = range(syn["seed_start"], syn["seed_start"] + syn["num_shards"] * syn["samples_per_shard"])
+        if ann_seeds.start < syn_seeds.stop and syn_seeds.start < ann_seeds.stop:
+            problems.append(f"tasks.{name}.synthesis.seed_start: synthesis seeds {syn_seeds.start}.."
+                            f"{syn_seeds.stop - 1} overlap the annotation seeds {ann_seeds.start}..{ann_seeds.stop - 1}")
         if check_files:
             ann = Path(base_dir) / task["annotations"]
             labels = Path(base_dir) / (task["labels"] or Path(task["annotations"]) / "labels.yaml")

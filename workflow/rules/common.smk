@@ -18,6 +18,7 @@ GPUS = 0 if CFG.device == "cpu" else 1
 wildcard_constraints:
     task="|".join(map(re.escape, TASKS)) if TASKS else "(?!)",
     ckpt="|".join(map(re.escape, CHECKPOINTS)) if CHECKPOINTS else "(?!)",
+    shard=r"\d{5}",
 
 
 def task_of(wildcards):
@@ -45,3 +46,10 @@ def annotation_files(wildcards):
 def attempt_scaled(base):
     """A resource that grows with each retry (OOM or timeout kills are retried bigger)."""
     return lambda wildcards, attempt: base * attempt
+
+
+def synthesis_options(task):
+    """Keyword arguments of synthesize_shard that come straight from the config."""
+    s = task.synthesis
+    return dict(batch_size=s.batch_size, label_rule=s.label_rule, score_rule=s.score_rule,
+                top_fraction=s.top_fraction, store_latents=s.store_latents, store_uncertainty=s.store_uncertainty)

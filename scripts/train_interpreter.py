@@ -1,0 +1,15 @@
+"""Rule train_interpreter: fit the task's interpreter on the annotated samples' features."""
+from labelfactory.annotations import load_annotation_set
+from labelfactory.features import FeatureStore
+from labelfactory.interpreters import INTERPRETERS
+from labelfactory.runtime import resolve_device, snakemake_job
+
+with snakemake_job(snakemake):
+    params = dict(snakemake.params.interpreter)
+    kind = INTERPRETERS.get(params.pop("type"))
+    ann = load_annotation_set(snakemake.input.annotations)
+    model = kind.fit(FeatureStore.open(snakemake.input.features), ann.masks, len(ann.labels.names),
+                     kind.config_class(**params), ignore_index=ann.labels.ignore_index,
+                     device=resolve_device(snakemake.params.device), ids=ann.ids,
+                     generator_hash=ann.generator_hash, label_names=list(ann.labels.names))
+    model.save(snakemake.output.weights)

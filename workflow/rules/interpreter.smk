@@ -1,0 +1,20 @@
+rule train_interpreter:
+    """Fit the interpreter (DatasetGAN: an ensemble of pixel MLPs) on the annotated samples."""
+    input:
+        features="results/{task}/features.h5",
+        annotations="results/{task}/annotations.h5",
+    output:
+        weights="results/{task}/interpreter.safetensors",
+        sidecar="results/{task}/interpreter.json",
+    params:
+        interpreter=lambda w: task_of(w).interpreter,
+        device=CFG.device,
+    log:
+        "results/logs/train_interpreter/{task}.log",
+    threads: 2
+    resources:
+        mem_mb=attempt_scaled(8000),
+        runtime=attempt_scaled(120),
+        gpu=GPUS,
+    script:
+        "../../scripts/train_interpreter.py"
