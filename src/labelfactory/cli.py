@@ -42,19 +42,11 @@ def _render(args) -> None:
 
 
 def _latents(args) -> None:
+    from .config import parse_range
     from .generators.checkpoints import load_generator
 
     backend = load_generator(args.checkpoint, fmt=args.format)
-    np.save(args.out, backend.sample_latents(parse_seeds(args.seeds)))
-
-
-def parse_seeds(spec: str) -> list[int]:
-    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]`` (ranges inclusive, as NVIDIA's ``generate.py``)."""
-    seeds: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        seeds.extend(range(int(lo), int(hi or lo) + 1))
-    return seeds
+    np.save(args.out, backend.sample_latents(parse_range(args.seeds)))
 
 
 def _convert(args) -> None:

@@ -48,11 +48,26 @@ class FeatureSpec:
     batch_size: int = 8
 
 
+def parse_range(spec: str) -> list[int]:
+    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]`` (inclusive ranges, as NVIDIA's ``generate.py`` seeds)."""
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 @dataclass(frozen=True)
 class SynthesisSpec:
+    """Scattered synthesis: ``num_shards`` shards per class, each a block of seeds.
+
+    Shard ids are ``{i:05d}`` for a single class and ``c{class:04d}-{i:05d}`` when
+    sweeping the classes of a class-conditional generator."""
+
     num_shards: int = 4
     samples_per_shard: int = 500
     seed_start: int = 100000
+    classes: tuple[int, ...] | None = None
     batch_size: int = 64
     label_rule: str = "vote"
     score_rule: str = "top10"
@@ -62,11 +77,18 @@ class SynthesisSpec:
 
     @property
     def shards(self) -> list[str]:
-        return [f"{i:05d}" for i in range(self.num_shards)]
+        blocks = [f"{i:05d}" for i in range(self.num_shards)]
+        if self.classes is None:
+            return blocks
+        return [f"c{c:04d}-{b}" for c in self.classes for b in blocks]
 
-    def seeds(self, shard: str | int) -> list[int]:
-        """Seeds of one shard: consecutive blocks, so every seed is in exactly one shard."""
-        start = self.seed_start + int(shard) * self.samples_per_shard
+    def shard_class(self, shard: str, default: int) -> int:
+        """The class a shard synthesises (``default``, the task's class, for plain shard ids)."""
+        return int(shard[1:5]) if shard.startswith("c") else default
+
+    def seeds(self, shard: str) -> list[int]:
+        """Seeds of one shard: consecutive blocks, so every (seed, class) is in exactly one shard."""
+        start = self.seed_start + int(shard[-5:]) * self.samples_per_shard
         return list(range(start, start + self.samples_per_shard))
 
 
@@ -112,10 +134,16 @@ class WorkflowConfig:
                 features=FeatureSpec(layers=layers if isinstance(layers, str) else tuple(layers),
                                      batch_size=t["features"]["batch_size"]),
                 interpreter=dict(t["interpreter"]),
-                synthesis=SynthesisSpec(**t["synthesis"]),
+                synthesis=SynthesisSpec(**{**t["synthesis"], "classes": _classes(t["synthesis"]["classes"])}),
                 filter_ratio=float(t["filter"]["ratio"]),
             )
         return cls(device=cfg["device"], checkpoints=ckpts, tasks=tasks)
+
+
+def _classes(spec) -> tuple[int, ...] | None:
+    if spec is None:
+        return None
+    return tuple(parse_range(spec)) if isinstance(spec, str) else tuple(spec)
 
 
 def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = True) -> dict:

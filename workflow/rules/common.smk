@@ -18,7 +18,7 @@ GPUS = 0 if CFG.device == "cpu" else 1
 wildcard_constraints:
     task="|".join(map(re.escape, TASKS)) if TASKS else "(?!)",
     ckpt="|".join(map(re.escape, CHECKPOINTS)) if CHECKPOINTS else "(?!)",
-    shard=r"\d{5}",
+    shard=r"(c\d{4}-)?\d{5}",
 
 
 def task_of(wildcards):

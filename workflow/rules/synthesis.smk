@@ -7,7 +7,7 @@ rule synthesize:
         "results/{task}/shards/{shard}.h5",
     params:
         seeds=lambda w: task_of(w).synthesis.seeds(w.shard),
-        cls=lambda w: task_of(w).cls,
+        cls=lambda w: task_of(w).synthesis.shard_class(w.shard, task_of(w).cls),
         truncation=lambda w: task_of(w).truncation,
         noise=lambda w: task_of(w).noise,
         interpreter_type=lambda w: task_of(w).interpreter["type"],
