@@ -16,6 +16,7 @@ from labelfactory.annotator import (
     evaluate_annotator,
     iou_from_confusion,
     score_parts,
+    solid_object_share,
     train_annotator,
 )
 from labelfactory.generators.checkpoints import CheckpointError, sidecar_path
@@ -133,13 +134,15 @@ def test_object_found_uses_stored_thresholds(tmp_path):
     path = tmp_path / "ann.safetensors"
     Annotator(small_unet()).save(path, metrics=_metrics(0.25, 0.125))
     ann = Annotator.load(path)
-    masks = np.zeros((4, 8, 8), np.uint8)
+    masks = np.zeros((5, 8, 8), np.uint8)
     masks[0, :4] = 1  # half the image, all main part
     masks[1, :4] = 2  # half the image, no main part
-    masks[2, :1] = 1  # main part only: object too small
+    masks[2, :1] = 1  # a one-pixel line of main part: too thin to count as an object
     masks[3, :2, :] = 2
     masks[3, 2:3, :] = 1  # object 3/8, main part 1/8
-    assert ann.object_found(masks, "car").tolist() == [True, False, False, True]
+    masks[4, ::2, ::2] = 1  # main-part specks over a quarter of the image: not solid
+    assert solid_object_share(masks).tolist() == [0.5, 0.5, 0.0, 0.375, 0.0]
+    assert ann.object_found(masks, "car").tolist() == [True, False, False, True, False]
 
 
 def test_corrupt_or_missing_weights_raise_clear_errors(tmp_path):
