@@ -73,6 +73,13 @@ class UNet(nn.Module):
             x = block(torch.cat([x, skips.pop()], 1))
         return self.head(x)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled bottleneck features ``[N, C]`` (an image embedding
+        that knows the toy world, used for KID of generators)."""
+        for i, block in enumerate(self.enc):
+            x = block(F.max_pool2d(x, 2) if i else x)
+        return x.mean((2, 3))
+
 
 def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 ``[N,H,W,3]`` → float ``[N,3,H,W]`` in [-1, 1]."""
@@ -340,6 +347,12 @@ class Annotator:
             raise ValueError(f"expected uint8 images [N,H,W,3], got {images.dtype} {images.shape}")
         return predict_parts(self.model, images, cls)
 
+    @torch.no_grad()
+    def embed(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        """uint8 images ``[N,H,W,3]`` → float32 embeddings ``[N, C]`` (see :meth:`UNet.embed`)."""
+        return np.concatenate([self.model.embed(to_input(images[i : i + batch])).numpy()
+                               for i in range(0, len(images), batch)])
+
     def object_found(self, masks: np.ndarray, cls: int | str) -> np.ndarray:
         """Bool ``[N]``: the object is solid and large enough, and its main part
         (the class's first part) present. Both shares (:func:`solid_object_share`
@@ -407,3 +420,32 @@ class Annotator:
 def config_to_dict(cfg: AnnotatorConfig) -> dict:
     """JSON-ready config (tuples as lists)."""
     return json.loads(json.dumps(asdict(cfg)))
+
+
+def simulate_annotation(sample_dir: str | Path, out_dir: str | Path, annotator: Annotator, cls: int | str) -> int:
+    """The simulated human: label the images that ``sample_for_annotation`` wrote to
+    ``sample_dir`` and write an annotation folder exactly as a user would hand one
+    in (``labels.yaml``, ``manifest.csv``, ``<id>.png`` masks, latents, images).
+    Returns the number of annotated samples."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+    from PIL import Image
+
+    sample_dir, out_dir = Path(sample_dir), Path(out_dir)
+    manifest = pd.read_csv(sample_dir / "manifest.csv", dtype={"id": str})
+    images = np.stack([np.asarray(Image.open(sample_dir / f"{i}.image.png").convert("RGB")) for i in manifest["id"]])
+    masks = annotator.label(images, cls)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = toyworld.CLASSES[toyworld.class_index(cls)]
+    (out_dir / "labels.yaml").write_text(
+        f"# {name} parts, labelled by the simulated annotator ({annotator.meta.get('sha256', '?')[:12]})\n"
+        + yaml.safe_dump({"names": list(toyworld.part_labels(name)), "ignore_index": 255}))
+    for i, mask in zip(manifest["id"], masks):
+        Image.fromarray(mask).save(out_dir / f"{i}.png")
+        for suffix in (".image.png", ".latent.npy"):
+            shutil.copyfile(sample_dir / f"{i}{suffix}", out_dir / f"{i}{suffix}")
+    shutil.copyfile(sample_dir / "manifest.csv", out_dir / "manifest.csv")
+    return len(manifest)
+

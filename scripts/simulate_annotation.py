@@ -1,0 +1,28 @@
+"""The simulated human of the toy world: label the samples chosen for annotation.
+
+Run once after `snakemake results/toy-car/for_annotation` to (re)make the shipped folder:
+    python scripts/simulate_annotation.py --samples results/toy-car/for_annotation \
+        --cls car --out config/annotations/toy-car
+"""
+
+import argparse
+from pathlib import Path
+
+from labelfactory.annotator import Annotator, simulate_annotation
+from labelfactory.runtime import setup_logging
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=Path, required=True, help="a sample_for_annotation output folder")
+    p.add_argument("--annotator", type=Path, default=Path("weights/toy/annotator-32.safetensors"))
+    p.add_argument("--cls", default="car")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    setup_logging()
+    n = simulate_annotation(a.samples, a.out, Annotator.load(a.annotator), a.cls)
+    print(f"annotated {n} samples into {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from labelfactory import toyworld
+from labelfactory.annotations import import_annotations, sample_for_annotation
+from labelfactory.annotator import Annotator, UNet, simulate_annotation
+from labelfactory.quality import kid
+
+from helpers import tiny_generator
+
+
+def test_kid_is_zero_in_distribution_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    near, _ = kid(a, b, subsets=10, subset_size=200)
+    far, _ = kid(a, rng.normal(0.5, 1.0, size=(400, 16)), subsets=10, subset_size=200)
+    farther, _ = kid(a, rng.normal(1.0, 1.0, size=(400, 16)), subsets=10, subset_size=200)
+    assert abs(near) < 0.02 < far < farther
+    with pytest.raises(ValueError, match="at least two"):
+        kid(a[:1], b[:1])
+
+
+def test_simulated_annotation_makes_a_valid_annotation_folder(tmp_path):
+    torch.manual_seed(0)
+    ann = Annotator(UNet(len(toyworld.global_part_labels()), width=8, levels=3).eval(), {"sha256": "0" * 64})
+    backend = tiny_generator(size=16)
+    sample_for_annotation(backend, range(3), tmp_path / "samples")
+    n = simulate_annotation(tmp_path / "samples", tmp_path / "ann", ann, "car")
+    assert n == 3
+    manifest = pd.read_csv(tmp_path / "ann" / "manifest.csv", dtype={"id": str})
+    assert list(manifest["seed"]) == [0, 1, 2]
+    # the folder passes the same validation as a human's
+    out = import_annotations(tmp_path / "ann", backend, tmp_path / "a.h5")
+    assert out.labels.names == toyworld.part_labels("car") and len(out) == 3
+    assert out.masks.max() <= len(toyworld.PARTS["car"])
+    np.testing.assert_array_equal(out.masks, ann.label(out.images, "car"))
