@@ -74,17 +74,19 @@ def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16) -> dic
     return cfg
 
 
-def snakemake(root: Path, *args: str, timeout: float = 600, check: bool = True):
+def snakemake(root: Path, *args: str, timeout: float = 600, check: bool = True, env: dict | None = None):
     """Run the project's workflow in ``root`` with its config.yaml; returns the CompletedProcess."""
     import os
     import subprocess
     import sys
 
     exe = Path(sys.executable).with_name("snakemake")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = dict(env or os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     cmd = [str(exe), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(root),
            "--configfile", str(root / "config.yaml"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(["timeout", "-k", "10", str(int(timeout)), *cmd], capture_output=True, text=True,
+                          timeout=timeout + 30, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
