@@ -74,10 +74,9 @@ def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16) -> dic
     return cfg
 
 
-def snakemake(root: Path, *args: str, timeout: float = 600, check: bool = True, env: dict | None = None):
-    """Run the project's workflow in ``root`` with its config.yaml; returns the CompletedProcess."""
+def snakemake_command(root: Path, *args: str, env: dict | None = None) -> tuple[list[str], dict]:
+    """The command line (and environment) that runs the project's workflow in ``root``."""
     import os
-    import subprocess
     import sys
 
     exe = Path(sys.executable).with_name("snakemake")
@@ -85,6 +84,14 @@ def snakemake(root: Path, *args: str, timeout: float = 600, check: bool = True, 
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     cmd = [str(exe), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(root),
            "--configfile", str(root / "config.yaml"), "--cores", "2", *args]
+    return cmd, env
+
+
+def snakemake(root: Path, *args: str, timeout: float = 600, check: bool = True, env: dict | None = None):
+    """Run the project's workflow in ``root`` with its config.yaml (bounded by ``timeout -k``)."""
+    import subprocess
+
+    cmd, env = snakemake_command(root, *args, env=env)
     proc = subprocess.run(["timeout", "-k", "10", str(int(timeout)), *cmd], capture_output=True, text=True,
                           timeout=timeout + 30, env=env)
     if check and proc.returncode != 0:

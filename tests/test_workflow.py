@@ -34,10 +34,15 @@ def test_runs_end_to_end_and_reruns_nothing(project):
     ann = load_annotation_set(project / "results/tiny/annotations.h5")
     assert len(ann) == 4 and ann.generator_hash == meta["generator_hash"]
     store = FeatureStore.open(project / "results/tiny/features.h5")
+    import pandas as pd
+
+    manifest = pd.read_parquet(project / "results/tiny/manifest.parquet")
+    assert len(manifest) == 12 and int(manifest["kept"].sum()) == 9
     assert store.ids == ann.ids and store.generator_hash == meta["generator_hash"]
     assert store.shapes["b16.conv1"] == (8, 16, 16)
     assert len(list((project / "results/tiny/for_annotation").glob("*.image.png"))) == 4
-    for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations", "extract_features"):
+    for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations", "extract_features",
+                 "train_interpreter", "filter"):
         assert (project / "results/logs" / rule / "tiny.log").stat().st_size > 0
     assert "Nothing to be done" in snakemake(project, "-n").stdout + snakemake(project, "-n").stderr
 
@@ -50,6 +55,7 @@ def test_editing_a_param_reruns_exactly_its_rules(project):
     try:
         out = snakemake(project, "-n", "--quiet", "rules").stdout
         assert "extract_features" in out
+        assert "train_interpreter" in out and "synthesize" in out  # everything downstream of features
         for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations"):
             assert rule not in out
         snakemake(project)
@@ -57,6 +63,23 @@ def test_editing_a_param_reruns_exactly_its_rules(project):
             assert json.loads(f.attrs["layers"]) == ["b16.conv1"]
     finally:
         cfg["tasks"]["tiny"]["features"] = {"layers": "all"}
+        (project / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_editing_the_filter_ratio_reruns_only_the_filter(project):
+    snakemake(project)
+    cfg = yaml.safe_load((project / "config.yaml").read_text())
+    old = cfg["tasks"]["tiny"]["filter"]["ratio"]
+    cfg["tasks"]["tiny"]["filter"]["ratio"] = 0.5
+    (project / "config.yaml").write_text(yaml.safe_dump(cfg))
+    try:
+        out = snakemake(project, "-n", "--quiet", "rules").stdout
+        assert "filter" in out
+        for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations", "extract_features",
+                     "train_interpreter", "synthesize"):
+            assert rule not in out
+    finally:
+        cfg["tasks"]["tiny"]["filter"]["ratio"] = old
         (project / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -42,3 +44,41 @@ def snakemake_job(smk) -> Iterator[None]:
     except BaseException:
         log.exception("job failed")
         raise
+
+
+def _snakemake_alive(pid: int) -> bool:
+    try:
+        return "snakemake" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def release_stale_lock(snakemake_dir: str | Path = ".snakemake") -> bool:
+    """Let a killed run be resumed by the same command.
+
+    Snakemake locks its working directory and a SIGKILLed run leaves the lock
+    behind, so the next run refuses to start until ``--unlock``. The main
+    Snakemake process records itself (host, pid) when it finds no lock; a lock
+    whose recorded owner ran on this host and is gone is stale and removed
+    (exactly what ``--unlock`` does). Locks of live runs, and of runs started on
+    another host, are never touched. Returns whether a stale lock was removed."""
+    import json
+    import socket
+
+    root = Path(snakemake_dir)
+    owner, locks = root / "labelfactory-owner.json", root / "locks"
+    held = sorted(locks.glob("*.lock")) if locks.is_dir() else []
+    host = socket.gethostname()
+    if held:
+        try:
+            info = json.loads(owner.read_text())
+        except (OSError, ValueError):
+            return False
+        if info.get("host") != host or _snakemake_alive(int(info.get("pid", -1))):
+            return False
+        for f in held:
+            f.unlink(missing_ok=True)
+        log.warning("removed the lock left by a killed Snakemake run (pid %s on %s)", info.get("pid"), host)
+    root.mkdir(exist_ok=True)
+    owner.write_text(json.dumps({"host": host, "pid": os.getpid()}))
+    return bool(held)

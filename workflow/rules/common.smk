@@ -4,6 +4,10 @@ import re
 from pathlib import Path
 
 from labelfactory.config import WorkflowConfig, validate_config
+from labelfactory.runtime import release_stale_lock
+
+if workflow.is_main_process:
+    release_stale_lock()  # a killed run resumes with the same command
 
 _validated = validate_config(config, base_dir=".")
 config.clear()
