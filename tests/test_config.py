@@ -65,8 +65,7 @@ def test_cross_references_and_files_are_checked(tmp_path):
         validate_config(bad)
     bad = copy.deepcopy(cfg)
     bad["tasks"]["t"]["annotations"] = str(tmp_path / "missing")
-    with pytest.raises(ConfigError, match="tasks.t.annotations: folder .*missing does not exist"):
-        validate_config(bad)
+    validate_config(bad)  # not annotated yet: fine until import_annotations runs
     bad = copy.deepcopy(cfg)
     bad["tasks"]["t"]["synthesis"] = {"seed_start": 10}
     with pytest.raises(ConfigError, match="synthesis seeds 10..2009 overlap the annotation seeds 0..15"):

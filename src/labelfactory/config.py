@@ -174,9 +174,9 @@ def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = T
         if check_files:
             ann = Path(base_dir) / task["annotations"]
             labels = Path(base_dir) / (task["labels"] or Path(task["annotations"]) / "labels.yaml")
-            if not ann.is_dir():
-                problems.append(f"tasks.{name}.annotations: folder {ann} does not exist")
-            elif not labels.is_file():
+            # a missing folder is fine until import_annotations needs it: the samples
+            # to annotate are rendered first (rule sample_for_annotation)
+            if ann.is_dir() and not labels.is_file():
                 problems.append(f"tasks.{name}.labels: {labels} does not exist")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

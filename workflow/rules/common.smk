@@ -43,6 +43,12 @@ def local_source(url):
 def annotation_files(wildcards):
     """Every file of the task's annotation folder, so any edit there re-runs the import."""
     task = task_of(wildcards)
+    if not Path(task.annotations).is_dir():
+        raise ValueError(
+            f"task {wildcards.task}: annotation folder {task.annotations} does not exist. Render the samples "
+            f"with `snakemake results/{wildcards.task}/for_annotation`, annotate them and put the masks, "
+            "manifest.csv and labels.yaml there (see README, 'Annotation folders')."
+        )
     files = sorted(str(p) for p in Path(task.annotations).iterdir() if p.is_file())
     return files + [task.labels]
 
