@@ -1,0 +1,183 @@
+"""Datasets for the downstream segmentation network.
+
+Every dataset yields ``(image, label)``: a float tensor ``[3, H, W]``
+normalised with the ImageNet statistics (what pretrained backbones expect) and
+a long tensor ``[H, W]`` of class ids, :data:`IGNORE_INDEX` marking pixels that
+take no part in loss or score. Sources: arrays in memory (the few annotated
+images), toy-world renders (real labelled images and the test set), and
+generated samples in HDF5 shards listed by a manifest. Augmentation is a
+wrapper the trainer applies, so evaluation never sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from .. import toyworld
+
+IGNORE_INDEX = 255
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 image ``[H,W,3]`` and integer label ``[H,W]`` → normalised float
+    ``[3,H,W]`` and long ``[H,W]``."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 image [H,W,3], got {image.dtype} {image.shape}")
+    if label.shape != image.shape[:2]:
+        raise ValueError(f"label shape {label.shape} does not match image {image.shape[:2]}")
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return (x - _MEAN) / _STD, torch.from_numpy(np.asarray(label, dtype=np.int64))
+
+
+class ArraySegmentation(Dataset):
+    """Images ``[N,H,W,3]`` uint8 with labels ``[N,H,W]`` held in memory."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_tensors(self.images[i], self.labels[i])
+
+
+class ToyWorldSegmentation(Dataset):
+    """Toy-world scenes of one class with their part masks, rendered on first
+    use from ``seeds`` (deterministic) and kept (small at toy sizes)."""
+
+    def __init__(self, seeds: Iterable[int], cls: str | int = "car", size: int = 32):
+        self.seeds = [int(s) for s in seeds]
+        self.cls, self.size = cls, size
+        self._scenes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i not in self._scenes:
+            scene = toyworld.render(self.seeds[i], self.cls, self.size)
+            self._scenes[i] = (scene.image, scene.parts)
+        return to_tensors(*self._scenes[i])
+
+
+Reader = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class ShardSegmentation(Dataset):
+    """Generated samples in shards, listed by a manifest (columns ``shard``,
+    ``index``, ``kept``), in manifest order; only kept rows unless
+    ``kept_only=False``.
+
+    ``reader(shard, indices)`` returns ``(images [n,H,W,3] uint8, labels [n,H,W])``
+    for increasing ``indices``. One shard is cached at a time (all of this
+    dataset's samples in it, read in one call), so memory stays at one shard;
+    :class:`ShardGroupedSampler` keeps random training order shard by shard.
+    """
+
+    def __init__(self, manifest: pd.DataFrame, reader: Reader, kept_only: bool = True):
+        rows = manifest[manifest["kept"].astype(bool)] if kept_only else manifest
+        self.shards = rows["shard"].astype(str).to_numpy()
+        self.indices = rows["index"].to_numpy(dtype=np.int64)
+        self.reader = reader
+        self._cached: str | None = None
+        self._rows: dict[int, int] = {}
+        self._images = self._labels = np.empty(0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _load(self, shard: str) -> None:
+        wanted = np.unique(self.indices[self.shards == shard])
+        images, labels = self.reader(shard, wanted)
+        if len(images) != len(wanted) or len(labels) != len(wanted):
+            raise ValueError(f"reader returned {len(images)} images / {len(labels)} labels "
+                             f"for {len(wanted)} indices of {shard}")
+        self._cached, self._images, self._labels = shard, images, labels
+        self._rows = {int(k): r for r, k in enumerate(wanted)}
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shards[i] != self._cached:
+            self._load(self.shards[i])
+        r = self._rows[int(self.indices[i])]
+        return to_tensors(self._images[r], self._labels[r])
+
+
+class ShardGroupedSampler(Sampler[int]):
+    """Endless random order, epoch after epoch; for a :class:`ShardSegmentation`
+    the shards are shuffled and then the samples within each, so every shard is
+    read once per epoch instead of once per sample."""
+
+    def __init__(self, dataset: Dataset, generator: torch.Generator):
+        self.shards = getattr(dataset, "shards", np.zeros(len(dataset), dtype=object))
+        self.generator = generator
+
+    def _epoch(self) -> list[int]:
+        names = list(dict.fromkeys(self.shards))
+        order: list[int] = []
+        for s in torch.randperm(len(names), generator=self.generator).tolist():
+            members = np.flatnonzero(self.shards == names[s])
+            order.extend(members[torch.randperm(len(members), generator=self.generator).numpy()].tolist())
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield from self._epoch()
+
+
+@dataclass
+class Augment:
+    """Training augmentation applied identically to image and label: a random
+    horizontal flip and a random rescale by ``scale`` (then a random crop, or
+    padding with the mean colour and ignore, back to the original size)."""
+
+    hflip: bool = True
+    scale: tuple[float, float] = (1.0, 1.0)
+
+
+def augment_pair(image: torch.Tensor, label: torch.Tensor, aug: Augment) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment one normalised pair with the global torch RNG (seeded per run and
+    per DataLoader worker, so training stays deterministic)."""
+    if aug.hflip and torch.rand(()) < 0.5:
+        image, label = image.flip(-1), label.flip(-1)
+    lo, hi = aug.scale
+    if (lo, hi) != (1.0, 1.0):
+        h, w = label.shape
+        s = lo + (hi - lo) * float(torch.rand(()))
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+        label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+        ph, pw = max(h - nh, 0), max(w - nw, 0)
+        image = F.pad(image, (pw, pw, ph, ph), value=0.0)
+        label = F.pad(label, (pw, pw, ph, ph), value=IGNORE_INDEX)
+        top = int(torch.randint(label.shape[0] - h + 1, ()))
+        left = int(torch.randint(label.shape[1] - w + 1, ()))
+        image, label = image[:, top:top + h, left:left + w], label[top:top + h, left:left + w]
+    return image, label
+
+
+class Augmented(Dataset):
+    """``dataset`` with :func:`augment_pair` applied to every item."""
+
+    def __init__(self, dataset: Dataset, aug: Augment):
+        self.dataset, self.aug = dataset, aug
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return augment_pair(*self.dataset[i], self.aug)

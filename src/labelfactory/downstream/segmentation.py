@@ -1,0 +1,253 @@
+"""Train and score the downstream segmentation network.
+
+One schedule for every data source (few-shot annotations, generated samples,
+filtered samples, real labelled images), so the scores compare the data, not
+the training. Training is step-based (not epoch-based) for the same reason,
+and deterministic on the CPU for a seed and thread count. Scores come from one
+confusion matrix over the whole test set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..io import atomic_path, atomic_write_json, sha256_file
+from .data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
+from .models import SegmentationNet, build_segmentation_model, load_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegTrainConfig:
+    """Model and schedule of one training run (defaults: the paper-scale setting)."""
+
+    model: str = "deeplabv3_resnet101"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    steps: int = 20_000
+    batch_size: int = 16
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD uses momentum 0.9
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    schedule: Literal["poly", "cosine"] = "poly"
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    augment: Augment = field(default_factory=Augment)
+    seed: int = 0
+    num_workers: int = 0
+    ignore_index: int = IGNORE_INDEX
+    threads: int | None = None  # CPU threads for the run; None keeps the process setting
+    log_every: int = 100
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):
+            self.augment = Augment(**{k: tuple(v) if k == "scale" else v for k, v in self.augment.items()})
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("poly", "cosine"):
+            raise ValueError(f"schedule must be 'poly' or 'cosine', got {self.schedule!r}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (BatchNorm after the ASPP image pooling needs it)")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must lie in [0, steps), got {self.warmup_steps} of {self.steps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegTrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown SegTrainConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def toy_default(**overrides) -> SegTrainConfig:
+    """The toy-world setting (32×32 images, one CPU thread, about a minute):
+    DeepLabV3-ResNet18 with a small stem at output stride 4 and atrous rates
+    sized to its 8×8 features; chosen by measurement (see the downstream
+    report). ``overrides`` replace fields."""
+    cfg = SegTrainConfig(
+        model="deeplabv3_resnet18",
+        model_options={"small_stem": True, "output_stride": 4, "atrous_rates": (1, 2, 3), "head_channels": 128},
+        steps=300, batch_size=16, optimizer="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine",
+        warmup_steps=20, augment=Augment(hflip=True, scale=(0.85, 1.15)), threads=1, log_every=50,
+    )
+    return replace(cfg, **overrides)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def lr_factor(step: int, cfg: SegTrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then poly or cosine decay to 0."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps)
+    if cfg.schedule == "poly":
+        return (1.0 - t) ** cfg.poly_power
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _optimizer(model: nn.Module, cfg: SegTrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pixel cross-entropy averaged over labelled pixels (0, not NaN, when none are)."""
+    total = F.cross_entropy(logits, label, ignore_index=ignore_index, reduction="sum")
+    return total / (label != ignore_index).sum().clamp(min=1)
+
+
+def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, device: str | torch.device = "cpu",
+                       progress: bool = True) -> tuple[SegmentationNet, dict]:
+    """Train a fresh model on ``dataset`` for ``cfg.steps`` batches (epochs
+    wrap around, so few-shot and large sets get the same schedule).
+
+    Returns the model in eval mode and the history: per-step ``loss`` and
+    ``lr``, ``wall_s``, ``threads``.
+    """
+    if len(dataset) == 0:
+        raise ValueError("cannot train a segmentation network on an empty dataset")
+    device = torch.device(device)
+    with _threads(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        model = build_segmentation_model(cfg.model, num_classes, **cfg.model_options).to(device)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(Augmented(dataset, cfg.augment), batch_size=cfg.batch_size,
+                            sampler=ShardGroupedSampler(dataset, generator), num_workers=cfg.num_workers,
+                            generator=generator, pin_memory=device.type == "cuda", drop_last=True)
+        opt = _optimizer(model, cfg)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+        history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads()}
+        model.train()
+        t0 = time.perf_counter()
+        batches = iter(loader)
+        for step in range(cfg.steps):
+            image, label = next(batches)
+            image = image.to(device, non_blocking=True)
+            label = label.to(device, non_blocking=True)
+            loss = segmentation_loss(model(image), label, cfg.ignore_index)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            history["lr"].append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+            history["loss"].append(loss.item())
+            if progress and (step + 1) % cfg.log_every == 0:
+                recent = history["loss"][-cfg.log_every:]
+                log.info("step %d/%d loss %.4f (%.1f s)", step + 1, cfg.steps, sum(recent) / len(recent),
+                         time.perf_counter() - t0)
+        history["wall_s"] = time.perf_counter() - t0
+    return model.eval(), history
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """``[C, C]`` int64 counts, rows the true class, columns the predicted one;
+    pixels labelled ``ignore_index`` are left out, other out-of-range labels are an error."""
+    keep = target != ignore_index
+    t, p = target[keep].long(), pred[keep].long()
+    if t.numel() and (t.min() < 0 or t.max() >= num_classes or p.min() < 0 or p.max() >= num_classes):
+        raise ValueError(f"labels or predictions outside 0..{num_classes - 1} (ignore index {ignore_index})")
+    return torch.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes).cpu()
+
+
+def scores_from_confusion(confusion: torch.Tensor, class_names: Sequence[str] | None = None) -> dict:
+    """Per-class IoU, mIoU and pixel accuracy from a confusion matrix.
+
+    A class absent from both truth and prediction has no IoU (``None``) and is
+    left out of the mean; a class only predicted, or only true, scores 0.
+    """
+    conf = confusion.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = [float(tp[c] / union[c]) if union[c] > 0 else None for c in range(len(tp))]
+    present = [v for v in iou if v is not None]
+    total = float(conf.sum())
+    out = {
+        "iou": iou,
+        "miou": sum(present) / len(present) if present else None,
+        "pixel_accuracy": float(tp.sum()) / total if total else None,
+        "confusion": confusion.tolist(),
+    }
+    if class_names is not None:
+        if len(class_names) != len(iou):
+            raise ValueError(f"{len(class_names)} class names for {len(iou)} classes")
+        out["iou_by_class"] = dict(zip(class_names, iou))
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class map ``[B, H, W]`` for a batch of normalised images."""
+    return model(images).argmax(1)
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, dataset: Dataset, num_classes: int, device: str | torch.device = "cpu",
+                          batch_size: int = 64, ignore_index: int = IGNORE_INDEX,
+                          class_names: Sequence[str] | None = None) -> dict:
+    """Score ``model`` on ``dataset``: the confusion matrix summed over all
+    images, then :func:`scores_from_confusion` (plus ``num_images``)."""
+    device = torch.device(device)
+    model.eval().to(device)
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for image, label in DataLoader(dataset, batch_size=batch_size):
+        pred = predict(model, image.to(device))
+        conf += confusion_matrix(pred, label.to(device), num_classes, ignore_index)
+    return {**scores_from_confusion(conf, class_names), "num_images": len(dataset)}
+
+
+def save_model(model: SegmentationNet, path: str | Path, cfg: SegTrainConfig, num_classes: int,
+               metrics: dict | None = None, class_names: Sequence[str] | None = None) -> None:
+    """Write ``<path>.safetensors`` (the state dict) and ``<path>.json`` (model
+    name and options, class count and names, training config, metrics, sha256)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: a segmentation model is saved as a .safetensors file")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    options = {k: v for k, v in cfg.model_options.items() if k not in ("weights", "backbone_weights")}
+    atomic_write_json(path.with_suffix(".json"), {
+        "model": cfg.model, "model_options": options, "num_classes": num_classes,
+        "class_names": list(class_names) if class_names is not None else None,
+        "config": cfg.to_dict(), "metrics": metrics, "sha256": sha256_file(path),
+    })
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationNet, dict]:
+    """Rebuild a model saved by :func:`save_model`; returns it in eval mode and its sidecar."""
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if sha256_file(path) != meta["sha256"]:
+        raise ValueError(f"{path}: sha256 differs from its sidecar: the file is corrupt or was replaced")
+    model = build_segmentation_model(meta["model"], meta["num_classes"], **meta["model_options"])
+    load_weights(model, path)
+    return model.to(device).eval(), meta
