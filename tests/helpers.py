@@ -34,10 +34,39 @@ def load_script(path: Path):
     return mod
 
 
-def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16) -> dict:
+TINY_SEGMENTATION = {"small_stem": True, "output_stride": 2, "width": 0.125, "atrous_rates": [1, 2],
+                     "head_channels": 16}
+
+
+def tiny_mask(image):
+    """A 3-label mask (0, 1, 2) computed from an image, as the tiny project's "annotator"."""
+    import numpy as np
+
+    img = image.astype(np.float32)
+    return (img.mean(-1) > img.mean()).astype(np.uint8) + (img[..., 0] > img[..., 2]).astype(np.uint8)
+
+
+def make_real_folder(root: Path, size: int = 16, n_train: int = 6, n_test: int = 4, seed: int = 0) -> None:
+    """A `folder` real dataset: smooth random images and their :func:`tiny_mask` masks."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            image = np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR))
+            Image.fromarray(image).save(root / split / "images" / f"{i:03d}.png")
+            Image.fromarray(tiny_mask(image)).save(root / split / "masks" / f"{i:03d}.png")
+
+
+def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16, downstream: bool = False) -> dict:
     """A complete tiny workflow project under ``root``: a rosinality-format generator
     checkpoint, an annotation folder (sampled images, latents, manifest, masks derived
-    from the images) and ``config.yaml``. Returns the config dict."""
+    from the images) and ``config.yaml``; with ``downstream`` also a real `folder`
+    dataset and a tiny downstream experiment (2 seeds). Returns the config dict."""
     import argparse
 
     import numpy as np
@@ -54,9 +83,8 @@ def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16) -> dic
                root / "gen.pt")
     df = sample_for_annotation(b, range(n_annotations), root / "ann")
     for i in df["id"]:
-        img = np.asarray(Image.open(root / "ann" / f"{i}.image.png")).astype(np.float32)
-        mask = (img.mean(-1) > img.mean()).astype(np.uint8) + (img[..., 0] > img[..., 2]).astype(np.uint8)
-        Image.fromarray(mask).save(root / "ann" / f"{i}.png")
+        Image.fromarray(tiny_mask(np.asarray(Image.open(root / "ann" / f"{i}.image.png")))).save(
+            root / "ann" / f"{i}.png")
     (root / "ann" / "labels.yaml").write_text(yaml.safe_dump({"names": ["background", "a", "b"]}))
     cfg = {
         "device": "cpu",
@@ -68,8 +96,16 @@ def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16) -> dic
                             "holdout_pixels": 64},
             "synthesis": {"num_shards": 2, "samples_per_shard": 6, "batch_size": 4},
             "filter": {"ratio": 0.25},
+            "downstream": {"enabled": False},
         }},
     }
+    if downstream:
+        make_real_folder(root / "real", size=size)
+        cfg["tasks"]["tiny"]["downstream"] = {
+            "seeds": 2, "threads": 1, "model": "deeplabv3_resnet18", "model_options": TINY_SEGMENTATION,
+            "steps": 6, "batch_size": 2, "optimizer": "adamw", "lr": 1e-3,
+            "real": {"type": "folder", "path": "real"},
+        }
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     return cfg
 

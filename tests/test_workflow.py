@@ -3,6 +3,7 @@
 import json
 
 import h5py
+import pandas as pd
 import pytest
 import yaml
 
@@ -17,13 +18,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
-    make_tiny_project(root)
+    make_tiny_project(root, downstream=True)
     return root
 
 
 def test_dry_run_shows_the_dag(project):
     out = snakemake(project, "-n", "--quiet", "rules").stdout
-    for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations", "extract_features", "all"):
+    for rule in ("fetch_checkpoint", "sample_for_annotation", "import_annotations", "extract_features",
+                 "train_interpreter", "synthesize", "filter", "train_downstream", "evaluate_downstream",
+                 "main_table", "sample_grid", "all"):
         assert rule in out
 
 
@@ -34,7 +37,6 @@ def test_runs_end_to_end_and_reruns_nothing(project):
     ann = load_annotation_set(project / "results/tiny/annotations.h5")
     assert len(ann) == 4 and ann.generator_hash == meta["generator_hash"]
     store = FeatureStore.open(project / "results/tiny/features.h5")
-    import pandas as pd
 
     manifest = pd.read_parquet(project / "results/tiny/manifest.parquet")
     assert len(manifest) == 12 and int(manifest["kept"].sum()) == 9
@@ -45,6 +47,39 @@ def test_runs_end_to_end_and_reruns_nothing(project):
                  "train_interpreter", "filter"):
         assert (project / "results/logs" / rule / "tiny.log").stat().st_size > 0
     assert "Nothing to be done" in snakemake(project, "-n").stdout + snakemake(project, "-n").stderr
+
+
+def test_main_table_gathers_every_setting_and_seed(project):
+    snakemake(project)
+    runs = pd.read_csv(project / "results/tiny/report/runs.csv")
+    assert sorted(runs["setting"].unique()) == ["few_shot", "fully_supervised", "synthetic", "synthetic_filtered"]
+    assert set(runs["seed"]) == {0, 1} and len(runs) == 8
+    sizes = runs.groupby("setting")["num_train_images"].first()
+    assert (sizes["few_shot"], sizes["synthetic"], sizes["synthetic_filtered"], sizes["fully_supervised"]) == \
+        (4, 12, 9, 6)
+    table = pd.read_csv(project / "results/tiny/report/main_table.csv", index_col=0)
+    assert table.loc["few_shot", "miou_mean"] == pytest.approx(100 * runs[runs["setting"] == "few_shot"]["miou"].mean())
+    assert "synthetic, filtered" in (project / "results/tiny/report/main_table.md").read_text()
+    for fig in ("per_class_iou.png", "samples.png"):
+        assert (project / "results/tiny/report" / fig).stat().st_size > 1000
+    scores = json.loads((project / "results/tiny/downstream/few_shot/seed1/scores.json").read_text())
+    assert scores["num_images"] == 4 and scores["seed"] == 1
+
+
+def test_editing_the_schedule_reruns_only_the_downstream_rules(project):
+    snakemake(project)
+    cfg = yaml.safe_load((project / "config.yaml").read_text())
+    cfg["tasks"]["tiny"]["downstream"]["steps"] = 7
+    (project / "config.yaml").write_text(yaml.safe_dump(cfg))
+    try:
+        out = snakemake(project, "-n", "--quiet", "rules").stdout
+        for rule in ("train_downstream", "evaluate_downstream", "main_table"):
+            assert rule in out
+        for rule in ("train_interpreter", "synthesize", "filter", "sample_grid"):
+            assert rule not in out
+    finally:
+        cfg["tasks"]["tiny"]["downstream"]["steps"] = 6
+        (project / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
 def test_editing_a_param_reruns_exactly_its_rules(project):

@@ -93,6 +93,29 @@ class SynthesisSpec:
 
 
 @dataclass(frozen=True)
+class DownstreamSpec:
+    """The downstream experiment of a task: ``train`` holds the model and
+    schedule options (see :func:`labelfactory.downstream.experiment.seg_config`),
+    ``real`` the real dataset (:class:`~labelfactory.downstream.experiment.RealDataSpec`)."""
+
+    enabled: bool = True
+    settings: tuple[str, ...] = ("few_shot", "synthetic", "synthetic_filtered", "fully_supervised")
+    seeds: int = 3
+    threads: int = 4
+    train: dict = field(default_factory=dict)
+    real: dict = field(default_factory=dict)
+    reference_annotator: str | None = None
+    report_samples: int = 500
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DownstreamSpec":
+        own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples"}
+        return cls(enabled=d["enabled"], settings=tuple(d["settings"]), seeds=d["seeds"], threads=d["threads"],
+                   train={k: v for k, v in d.items() if k not in own}, real=dict(d["real"]),
+                   reference_annotator=d["reference_annotator"], report_samples=d["report_samples"])
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     checkpoint: str
@@ -106,6 +129,7 @@ class TaskSpec:
     interpreter: dict = field(default_factory=dict)
     synthesis: SynthesisSpec = field(default_factory=SynthesisSpec)
     filter_ratio: float = 0.1
+    downstream: DownstreamSpec = field(default_factory=DownstreamSpec)
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,7 @@ class WorkflowConfig:
                 interpreter=dict(t["interpreter"]),
                 synthesis=SynthesisSpec(**{**t["synthesis"], "classes": _classes(t["synthesis"]["classes"])}),
                 filter_ratio=float(t["filter"]["ratio"]),
+                downstream=DownstreamSpec.from_dict(t["downstream"]),
             )
         return cls(device=cfg["device"], checkpoints=ckpts, tasks=tasks)
 
@@ -178,9 +203,24 @@ def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = T
             # to annotate are rendered first (rule sample_for_annotation)
             if ann.is_dir() and not labels.is_file():
                 problems.append(f"tasks.{name}.labels: {labels} does not exist")
+        problems += _downstream_problems(name, task["downstream"], Path(base_dir), check_files)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return cfg
+
+
+def _downstream_problems(task: str, ds: dict, base_dir: Path, check_files: bool) -> list[str]:
+    where = f"tasks.{task}.downstream"
+    problems = []
+    if ds["real"]["type"] == "folder" and not ds["real"]["path"]:
+        problems.append(f"{where}.real.path: a `folder` dataset needs its path")
+    if check_files:
+        files = {"weights": ds["weights"], "backbone_weights": ds["backbone_weights"],
+                 "reference_annotator": ds["reference_annotator"],
+                 "real.path": ds["real"]["path"] if ds["real"]["type"] == "folder" else None}
+        problems += [f"{where}.{key}: {path} does not exist" for key, path in files.items()
+                     if path and not (base_dir / path).exists()]
+    return problems
 
 
 def _schema_message(err: Exception) -> str:

@@ -23,6 +23,8 @@ wildcard_constraints:
     task="|".join(map(re.escape, TASKS)) if TASKS else "(?!)",
     ckpt="|".join(map(re.escape, CHECKPOINTS)) if CHECKPOINTS else "(?!)",
     shard=r"(c\d{4}-)?\d{5}",
+    setting="few_shot|synthetic|synthetic_filtered|fully_supervised",
+    seed=r"\d+",
 
 
 def task_of(wildcards):
@@ -63,3 +65,33 @@ def synthesis_options(task):
     s = task.synthesis
     return dict(batch_size=s.batch_size, label_rule=s.label_rule, score_rule=s.score_rule,
                 top_fraction=s.top_fraction, store_latents=s.store_latents, store_uncertainty=s.store_uncertainty)
+
+
+def downstream_scores(wildcards):
+    """Every downstream run's scores of a task: each setting × seed."""
+    ds = task_of(wildcards).downstream
+    return expand("results/{task}/downstream/{setting}/seed{seed}/scores.json", task=wildcards.task,
+                  setting=ds.settings, seed=range(ds.seeds))
+
+
+def real_training_data(wildcards):
+    """The real dataset's training-split settings, only for the run that trains on it
+    (so editing the test split, or the real data, retrains nothing else)."""
+    if wildcards.setting != "fully_supervised":
+        return None
+    real = task_of(wildcards).downstream.real
+    return {k: v for k, v in real.items() if not k.startswith("test_")}
+
+
+def final_targets():
+    """What `snakemake` builds by default: the manifest, and the tables and figures where enabled."""
+    targets = []
+    for name in TASKS:
+        task = CFG.tasks[name]
+        targets += [f"results/{name}/for_annotation", f"results/{name}/manifest.parquet",
+                    f"results/{name}/report/samples.png"]
+        if task.downstream.enabled:
+            targets.append(f"results/{name}/report/main_table.md")
+            if task.downstream.reference_annotator:
+                targets.append(f"results/{name}/report/uncertainty_vs_error.png")
+    return targets

@@ -405,6 +405,7 @@ class MLPEnsemble(nn.Module):
         self.generator_hash = generator_hash
         self.history = list(history)
         self.label_names = None if label_names is None else list(label_names)
+        self._interp_cache: dict[tuple, torch.Tensor] = {}
 
     fit = staticmethod(train_mlp_ensemble)
 
@@ -433,12 +434,24 @@ class MLPEnsemble(nn.Module):
             offset += c
             key = tuple(y.shape[-2:])
             by_size[key] = by_size[key] + y if key in by_size else y
-        out = None
-        for y in by_size.values():
-            up = F.interpolate(y, size=(self.resolution, self.resolution), mode=self.cfg.upsample,
-                               align_corners=self.cfg.align_corners)
-            out = up if out is None else out.add_(up)
-        return out.add_(linear.bias[None, :, None, None])
+        b, r = maps[0].shape[0], self.resolution
+        out = linear.bias[None, :, None, None].expand(b, -1, r, r).clone()
+        for (h, w), y in by_size.items():
+            if (h, w) != (self.resolution, self.resolution):
+                y = self._interpolation(h, y) @ y @ self._interpolation(w, y).T
+            out.add_(y)
+        return out
+
+    def _interpolation(self, size: int, like: torch.Tensor) -> torch.Tensor:
+        """The ``[R, size]`` matrix of 1-D linear upsampling to the image resolution
+        (bilinear is separable: ``A @ y @ A.T`` equals ``F.interpolate`` and is
+        several times faster on CPUs, where interpolate dominated synthesis)."""
+        key = (size, like.device, like.dtype)
+        if key not in self._interp_cache:
+            eye = torch.eye(size, device=like.device, dtype=like.dtype)[None]
+            a = F.interpolate(eye, size=self.resolution, mode="linear", align_corners=self.cfg.align_corners)
+            self._interp_cache[key] = a[0].T.contiguous()
+        return self._interp_cache[key]
 
     @torch.no_grad()
     def member_probabilities(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:

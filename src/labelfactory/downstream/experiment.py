@@ -1,0 +1,201 @@
+"""The downstream experiment: what a labelled dataset is worth.
+
+One segmentation network and schedule is trained per *setting* (where its
+training images come from) and seed, then scored on held-out real images:
+
+- ``few_shot``: the annotated generated images alone (the human's labels);
+- ``synthetic``: every generated sample with the interpreter's labels;
+- ``synthetic_filtered``: only the samples the uncertainty filter kept;
+- ``fully_supervised``: real labelled images (the upper bound).
+
+Real images come from a registered source: the toy world (exact masks from
+seeds) or a folder of PNG images and masks on the user's disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .. import toyworld
+from ..annotations import LabelSet, load_annotation_set
+from ..io import atomic_write_json
+from ..manifest import read_manifest
+from ..registry import Registry
+from ..synthesis import read_samples
+from .data import ArraySegmentation, ShardSegmentation, ToyWorldSegmentation
+from .segmentation import SegTrainConfig, evaluate_segmentation, load_model, save_model, train_segmentation
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A real dataset is missing, incomplete or disagrees with the task's labels."""
+
+
+@dataclass(frozen=True)
+class RealDataSpec:
+    """Where the real labelled images come from (config ``downstream.real``).
+
+    ``toyworld``: scenes of class ``cls`` at ``size`` pixels, ``train_images``
+    from ``train_seed_start`` and ``test_images`` from ``test_seed_start``.
+    ``folder``: ``path/{train,test}/images/<id>.png`` with masks at
+    ``path/{train,test}/masks/<id>.png`` (class ids, 255 = ignore).
+    """
+
+    type: str = "toyworld"
+    cls: str = "car"
+    size: int = 32
+    train_images: int = 1000
+    train_seed_start: int = 2_000_000_000
+    test_images: int = 500
+    test_seed_start: int = 3_000_000_000
+    path: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RealDataSpec":
+        d = dict(d)
+        if "class" in d:
+            d["cls"] = d.pop("class")
+        return cls(**d)
+
+
+REAL_DATASETS: Registry[Callable[[RealDataSpec, str, LabelSet], Dataset]] = Registry("real dataset")
+
+
+@REAL_DATASETS.register("toyworld")
+def toyworld_split(spec: RealDataSpec, split: str, labels: LabelSet) -> Dataset:
+    """Toy-world scenes with exact part masks; the task's labels must be the class's parts."""
+    parts = toyworld.part_labels(toyworld.CLASSES[toyworld.class_index(spec.cls)])
+    if tuple(labels.names) != parts:
+        raise DatasetError(f"the task's labels {list(labels.names)} are not the toy-world {spec.cls} parts "
+                           f"{list(parts)}")
+    count, start = ((spec.train_images, spec.train_seed_start) if split == "train"
+                    else (spec.test_images, spec.test_seed_start))
+    return ToyWorldSegmentation(range(start, start + count), spec.cls, spec.size)
+
+
+@REAL_DATASETS.register("folder")
+def folder_split(spec: RealDataSpec, split: str, labels: LabelSet) -> Dataset:
+    """PNG images and masks under ``spec.path/split``, checked pair by pair."""
+    if spec.path is None:
+        raise DatasetError("downstream.real.path must name the folder of a `folder` dataset")
+    root = Path(spec.path) / split
+    image_dir, mask_dir = root / "images", root / "masks"
+    if not image_dir.is_dir() or not mask_dir.is_dir():
+        raise DatasetError(f"{root}: expected sub-folders images/ and masks/")
+    ids = sorted(p.stem for p in image_dir.glob("*.png"))
+    missing = [i for i in ids if not (mask_dir / f"{i}.png").is_file()]
+    extra = sorted({p.stem for p in mask_dir.glob("*.png")} - set(ids))
+    problems = [f"no mask for {mask_dir / i}.png" for i in missing[:5]]
+    problems += [f"mask without image: {mask_dir / i}.png" for i in extra[:5]]
+    if not ids:
+        problems.append(f"no PNG images in {image_dir}")
+    images, masks = [], []
+    for i in ids if not problems else []:
+        image = np.asarray(Image.open(image_dir / f"{i}.png").convert("RGB"))
+        mask = np.asarray(Image.open(mask_dir / f"{i}.png"))
+        bad = mask[mask != labels.ignore_index]
+        if mask.shape != image.shape[:2]:
+            problems.append(f"{mask_dir / i}.png: mask {mask.shape} vs image {image.shape[:2]}")
+        elif bad.size and bad.max() >= len(labels.names):
+            problems.append(f"{mask_dir / i}.png: label id {int(bad.max())} outside 0..{len(labels.names) - 1}")
+        images.append(image)
+        masks.append(mask)
+    if problems:
+        raise DatasetError(f"{root}: " + "; ".join(problems))
+    if len({m.shape for m in masks}) > 1:
+        raise DatasetError(f"{root}: images differ in size; resize them to one size first")
+    return ArraySegmentation(np.stack(images), np.stack(masks).astype(np.int64))
+
+
+def real_dataset(spec: RealDataSpec, split: str, labels: LabelSet) -> Dataset:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return REAL_DATASETS.get(spec.type)(spec, split, labels)
+
+
+@dataclass(frozen=True)
+class SettingInputs:
+    """Everything a setting may read; each setting uses its own part."""
+
+    annotations: str
+    real: RealDataSpec | None = None
+    manifest: str | None = None
+
+
+SETTINGS: Registry[Callable[[SettingInputs, LabelSet], Dataset]] = Registry("downstream setting")
+
+
+@SETTINGS.register("few_shot")
+def few_shot(inputs: SettingInputs, labels: LabelSet) -> Dataset:
+    ann = load_annotation_set(inputs.annotations)
+    return ArraySegmentation(ann.images, ann.masks)
+
+
+def _shards(inputs: SettingInputs, kept_only: bool) -> Dataset:
+    if inputs.manifest is None:
+        raise ValueError("the synthetic settings need the filter's manifest")
+    return ShardSegmentation(read_manifest(inputs.manifest), read_samples, kept_only=kept_only)
+
+
+@SETTINGS.register("synthetic")
+def synthetic(inputs: SettingInputs, labels: LabelSet) -> Dataset:
+    return _shards(inputs, kept_only=False)
+
+
+@SETTINGS.register("synthetic_filtered")
+def synthetic_filtered(inputs: SettingInputs, labels: LabelSet) -> Dataset:
+    return _shards(inputs, kept_only=True)
+
+
+@SETTINGS.register("fully_supervised")
+def fully_supervised(inputs: SettingInputs, labels: LabelSet) -> Dataset:
+    if inputs.real is None:
+        raise ValueError("the fully supervised setting needs the real dataset's spec")
+    return real_dataset(inputs.real, "train", labels)
+
+
+def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, out: str | Path,
+                     device: str = "cpu") -> dict:
+    """Train one run of ``setting`` and save it (``out``: ``.safetensors`` plus
+    its ``.json`` sidecar, which records the setting and training-set size)."""
+    labels = load_annotation_set(inputs.annotations).labels
+    dataset = SETTINGS.get(setting)(inputs, labels)
+    log.info("%s: %d training images, seed %d", setting, len(dataset), cfg.seed)
+    model, history = train_segmentation(dataset, len(labels.names), cfg, device)
+    info = {"setting": setting, "seed": cfg.seed, "num_train_images": len(dataset), "wall_s": history["wall_s"],
+            "threads": history["threads"], "final_loss": float(np.mean(history["loss"][-20:]))}
+    save_model(model, out, cfg, len(labels.names), metrics=info, class_names=labels.names)
+    return info
+
+
+def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: RealDataSpec, out_json: str | Path,
+                        device: str = "cpu") -> dict:
+    """Score a saved run on the real test split; writes and returns the scores
+    (per-class IoU, mIoU, pixel accuracy, confusion) with the run's setting and seed."""
+    labels = load_annotation_set(annotations).labels
+    model, meta = load_model(model_path, device)
+    test = real_dataset(real, "test", labels)
+    scores = evaluate_segmentation(model, test, len(labels.names), device, ignore_index=labels.ignore_index,
+                                   class_names=labels.names)
+    result = {**meta["metrics"], **scores}
+    atomic_write_json(out_json, result)
+    log.info("%s seed %s: mIoU %.4f on %d real test images", result["setting"], result["seed"], result["miou"],
+             len(test))
+    return result
+
+
+def seg_config(options: dict, seed: int, threads: int | None) -> SegTrainConfig:
+    """The training config of one run from the config's ``downstream`` section."""
+    keys = {"model", "model_options", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+            "poly_power", "warmup_steps", "augment"}
+    cfg = SegTrainConfig.from_dict({k: v for k, v in options.items() if k in keys})
+    extra = {k: options[k] for k in ("weights", "backbone_weights") if options.get(k)}
+    return replace(cfg, seed=seed, threads=threads, model_options={**cfg.model_options, **extra})

@@ -1,0 +1,218 @@
+"""Tables and figures of a task: the main table, per-class IoU, a sample grid
+with label overlays, and per-sample uncertainty against label error.
+
+Inputs are the workflow's own outputs (``scores.json`` of every downstream
+run, the filter's manifest, shards); nothing here trains a network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path, atomic_write_json, atomic_write_text
+from .synthesis import read_samples
+from .visualize import overlay
+
+SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "fully_supervised")
+SETTING_TITLES = {
+    "few_shot": "few-shot (annotations only)",
+    "synthetic": "synthetic, unfiltered",
+    "synthetic_filtered": "synthetic, filtered",
+    "fully_supervised": "fully supervised (real)",
+}
+
+
+def collect_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per downstream run: ``setting``, ``seed``, ``num_train_images``,
+    ``miou``, ``pixel_accuracy`` and ``iou/<class>`` for every class."""
+    rows = []
+    for p in paths:
+        s = json.loads(Path(p).read_text())
+        rows.append({"setting": s["setting"], "seed": s["seed"], "num_train_images": s["num_train_images"],
+                     "miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
+                     **{f"iou/{c}": v for c, v in s["iou_by_class"].items()}})
+    df = pd.DataFrame(rows)
+    order = [s for s in SETTING_ORDER if s in set(df["setting"])]
+    df["setting"] = pd.Categorical(df["setting"], categories=order, ordered=True)
+    return df.sort_values(["setting", "seed"]).reset_index(drop=True)
+
+
+def main_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: runs, training images, mIoU mean/sd/min/max (in IoU points,
+    0–100), its share of the fully supervised mIoU, its gain over few-shot, and
+    the mean IoU of every class. Spread is the sample sd over seeds."""
+    classes = [c for c in runs.columns if c.startswith("iou/")]
+    g = runs.groupby("setting", observed=True)
+    table = pd.DataFrame({
+        "runs": g.size(),
+        "train_images": g["num_train_images"].first(),
+        "miou_mean": 100 * g["miou"].mean(),
+        "miou_sd": 100 * g["miou"].std(ddof=1),
+        "miou_min": 100 * g["miou"].min(),
+        "miou_max": 100 * g["miou"].max(),
+    })
+    if "fully_supervised" in table.index:
+        table["pct_of_fully_supervised"] = 100 * table["miou_mean"] / table.loc["fully_supervised", "miou_mean"]
+    if "few_shot" in table.index:
+        table["gain_over_few_shot"] = table["miou_mean"] - table.loc["few_shot", "miou_mean"]
+    for c in classes:
+        table[c] = 100 * g[c].mean()
+    table.index = table.index.astype(str)
+    return table
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The main table as Markdown: mIoU as ``mean ± sd`` and one IoU column per class."""
+    out = pd.DataFrame(index=[SETTING_TITLES.get(s, s) for s in table.index])
+    out.index.name = "setting"
+    out["runs"] = table["runs"].to_numpy()
+    out["train images"] = table["train_images"].to_numpy()
+    sd = table["miou_sd"].fillna(0.0).to_numpy()
+    out["mIoU"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(table["miou_mean"], sd)]
+    if "pct_of_fully_supervised" in table:
+        out["% of fully sup."] = [f"{v:.0f}%" for v in table["pct_of_fully_supervised"]]
+    if "gain_over_few_shot" in table:
+        out["vs few-shot"] = [f"{v:+.1f}" for v in table["gain_over_few_shot"]]
+    for c in (c for c in table.columns if c.startswith("iou/")):
+        out[c.removeprefix("iou/")] = [f"{v:.1f}" for v in table[c]]
+    return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * len(out.columns)) + "\n"
+
+
+def write_main_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
+                     runs_path: str | os.PathLike) -> pd.DataFrame:
+    """Write the main table (CSV and Markdown) and every run's scores (CSV)."""
+    table = main_table(runs)
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, float_format="%.3f")
+    with atomic_path(runs_path) as tmp:
+        runs.to_csv(tmp, index=False, float_format="%.5f")
+    atomic_write_text(md_path, markdown_table(table))
+    return table
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_class_iou(runs: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Bars of IoU per class and setting, error bars the sd over seeds."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    cols = [c for c in runs.columns if c.startswith("iou/")] + ["miou"]
+    long = runs.melt(id_vars=["setting", "seed"], value_vars=cols, var_name="class", value_name="IoU")
+    long["class"] = long["class"].str.removeprefix("iou/").replace({"miou": "mean"})
+    long["IoU"] *= 100
+    long["setting"] = long["setting"].astype(str).map(lambda s: SETTING_TITLES.get(s, s))
+    fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 2, 4))
+    sns.barplot(long, x="class", y="IoU", hue="setting", errorbar="sd", ax=ax, palette="colorblind")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("IoU on real test images (%)")
+    ax.legend(loc="lower left", fontsize=8)
+    _save(fig, path)
+
+
+def _manifest_samples(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of manifest rows, read shard by shard, in row order."""
+    images, labels = [None] * len(manifest), [None] * len(manifest)
+    for shard, rows in manifest.reset_index(drop=True).groupby("shard", sort=False):
+        im, lb = read_samples(shard, rows["index"].to_numpy())
+        for k, i in enumerate(rows.index):
+            images[i], labels[i] = im[k], lb[k]
+    return np.stack(images), np.stack(labels)
+
+
+def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: int = 8) -> None:
+    """Generated images with their labels overlaid: the ``per_row`` most certain
+    samples, a random draw of the kept ones, and the most uncertain dropped ones
+    (scores in the titles)."""
+    plt = _pyplot()
+    kept, dropped = manifest[manifest["kept"]], manifest[~manifest["kept"]]
+    groups = [("most certain", kept.nsmallest(per_row, "score")),
+              ("random kept", kept.sample(min(per_row, len(kept)), random_state=0) if len(kept) else kept),
+              ("most uncertain (dropped)", dropped.nlargest(per_row, "score"))]
+    groups = [(name, rows) for name, rows in groups if len(rows)]
+    fig, axes = plt.subplots(2 * len(groups), per_row, figsize=(1.3 * per_row, 2.7 * len(groups)), squeeze=False)
+    for g, (name, rows) in enumerate(groups):
+        images, labels = _manifest_samples(rows)
+        for j in range(per_row):
+            top, bottom = axes[2 * g, j], axes[2 * g + 1, j]
+            top.axis("off")
+            bottom.axis("off")
+            if j < len(rows):
+                top.imshow(images[j], interpolation="nearest")
+                bottom.imshow(overlay(images[j], labels[j]), interpolation="nearest")
+                top.set_title(f"{rows['score'].iloc[j]:.3f}", fontsize=7)
+        axes[2 * g, 0].text(-0.1, 1.35, name, transform=axes[2 * g, 0].transAxes, fontsize=9, weight="bold")
+    _save(fig, path)
+
+
+def label_errors(manifest: pd.DataFrame, annotator, cls: str, n: int, seed: int = 0) -> pd.DataFrame:
+    """Score ``n`` random samples' labels against the simulated annotator's:
+    ``error`` is the share of pixels where the two disagree. Columns: manifest
+    columns plus ``error``."""
+    rows = manifest.sample(min(n, len(manifest)), random_state=seed).sort_values(["shard", "index"])
+    images, labels = _manifest_samples(rows)
+    reference = annotator.label(images, cls)
+    out = rows.reset_index(drop=True).copy()
+    out["error"] = (reference != labels).mean(axis=(1, 2))
+    return out
+
+
+def error_summary(errors: pd.DataFrame) -> dict:
+    """Mean label error of all, kept and dropped samples, and the Spearman rank
+    correlation between uncertainty score and error."""
+    rho = errors["score"].rank().corr(errors["error"].rank()) if len(errors) > 1 else float("nan")
+    return {
+        "samples": len(errors),
+        "mean_error": float(errors["error"].mean()),
+        "mean_error_kept": float(errors.loc[errors["kept"], "error"].mean()),
+        "mean_error_dropped": float(errors.loc[~errors["kept"], "error"].mean()),
+        "spearman_score_error": float(rho),
+    }
+
+
+def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Scatter of per-image uncertainty score against label error, coloured by
+    whether the filter kept the sample."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    s = error_summary(errors)
+    df = errors.assign(error=100 * errors["error"], filter=np.where(errors["kept"], "kept", "dropped"))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sns.scatterplot(df, x="score", y="error", hue="filter", hue_order=["kept", "dropped"], s=12, alpha=0.6, ax=ax)
+    ax.set_xlabel("uncertainty score (mean top-10% JS divergence, nats)")
+    ax.set_ylabel("label error vs simulated annotator (% pixels)")
+    ax.set_title(f"Spearman ρ = {s['spearman_score_error']:.2f}; error kept {100 * s['mean_error_kept']:.1f}% "
+                 f"vs dropped {100 * s['mean_error_dropped']:.1f}%", fontsize=9)
+    _save(fig, path)
+
+
+def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_path: str | os.PathLike,
+                        png_path: str | os.PathLike) -> dict:
+    with atomic_path(csv_path) as tmp:
+        errors.to_csv(tmp, index=False)
+    summary = error_summary(errors)
+    atomic_write_json(json_path, summary)
+    plot_uncertainty_vs_error(errors, png_path)
+    return summary

@@ -1,0 +1,112 @@
+"""Tables and figures from the workflow's outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from labelfactory.reporting import (collect_scores, error_summary, label_errors, main_table, markdown_table,
+                                    plot_per_class_iou,
+                                    plot_sample_grid, write_main_table)
+from labelfactory.synthesis import synthesize_shard
+
+from helpers import tiny_generator
+
+
+def write_scores(root, setting, seed, miou, ious, n):
+    path = root / f"{setting}-{seed}.json"
+    path.write_text(json.dumps({"setting": setting, "seed": seed, "num_train_images": n, "miou": miou,
+                                "pixel_accuracy": 0.9, "iou_by_class": dict(zip(("bg", "x"), ious))}))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    paths = [write_scores(tmp_path, "fully_supervised", s, m, (m, m), 1000) for s, m in enumerate((0.8, 0.9))]
+    paths += [write_scores(tmp_path, "few_shot", s, m, (0.9, m), 16) for s, m in enumerate((0.4, 0.5, 0.6))]
+    paths += [write_scores(tmp_path, "synthetic", 0, 0.75, (0.9, 0.6), 2000)]
+    return collect_scores(paths)
+
+
+def test_runs_are_ordered_by_setting(runs):
+    assert list(runs["setting"].astype(str)) == ["few_shot"] * 3 + ["synthetic"] + ["fully_supervised"] * 2
+    assert list(runs["iou/x"])[:3] == [0.4, 0.5, 0.6]
+
+
+def test_main_table_numbers(runs, tmp_path):
+    table = write_main_table(runs, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "runs.csv")
+    fs, few, syn = table.loc["fully_supervised"], table.loc["few_shot"], table.loc["synthetic"]
+    assert few["runs"] == 3 and few["train_images"] == 16
+    assert few["miou_mean"] == pytest.approx(50.0) and few["miou_sd"] == pytest.approx(10.0)
+    assert (few["miou_min"], few["miou_max"]) == pytest.approx((40.0, 60.0))
+    assert fs["miou_mean"] == pytest.approx(85.0)
+    assert syn["pct_of_fully_supervised"] == pytest.approx(100 * 75 / 85)
+    assert syn["gain_over_few_shot"] == pytest.approx(25.0) and np.isnan(syn["miou_sd"])
+    assert few["iou/x"] == pytest.approx(50.0) and few["iou/bg"] == pytest.approx(90.0)
+    md = (tmp_path / "t.md").read_text()
+    assert "| few-shot (annotations only) " in md and "50.0 ± 10.0" in md and "+25.0" in md
+    assert pd.read_csv(tmp_path / "t.csv", index_col=0).loc["synthetic", "miou_mean"] == pytest.approx(75.0)
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 6
+
+
+def test_markdown_without_reference_settings(runs):
+    md = markdown_table(main_table(runs[runs["setting"] == "synthetic"]))
+    assert "% of fully sup." not in md and "vs few-shot" not in md and "75.0 ± 0.0" in md
+
+
+def test_per_class_figure_is_written(runs, tmp_path):
+    plot_per_class_iou(runs, tmp_path / "iou.png")
+    assert Image.open(tmp_path / "iou.png").size[0] > 300
+
+
+def test_error_summary_rank_correlation():
+    errors = pd.DataFrame({"score": [0.1, 0.2, 0.3, 0.4], "error": [0.01, 0.02, 0.5, 0.9],
+                           "kept": [True, True, True, False]})
+    s = error_summary(errors)
+    assert s["spearman_score_error"] == pytest.approx(1.0)
+    assert s["mean_error_dropped"] == pytest.approx(0.9) and s["mean_error_kept"] == pytest.approx(0.53 / 3)
+    assert error_summary(errors.assign(error=errors["error"][::-1].to_numpy()))["spearman_score_error"] \
+        == pytest.approx(-1.0)
+
+
+class Half:
+    """Two members: label 1 on the left half, 0 on the right; they disagree on row 0."""
+
+    num_classes = 2
+
+    def member_probabilities(self, features):
+        b = next(iter(features.values())).shape[0]
+        p = np.zeros((2, b, 2, 16, 16), np.float32)
+        p[:, :, 1, :, :8] = 1
+        p[:, :, 0, :, 8:] = 1
+        p[1, :, :, 0] = p[1, :, ::-1, 0]
+        import torch
+
+        return torch.from_numpy(p)
+
+
+class Reference:
+    """A stand-in annotator that labels the left half 1 everywhere."""
+
+    def label(self, images, cls):
+        out = np.zeros(images.shape[:3], np.uint8)
+        out[:, :, :8] = 1
+        return out
+
+
+def test_label_errors_against_a_reference_and_sample_grid(tmp_path):
+    shard = tmp_path / "00000.h5"
+    synthesize_shard(tiny_generator(), Half(), shard, range(100, 110), batch_size=5, progress=False)
+    manifest = pd.DataFrame({"shard": str(shard), "index": np.arange(10), "seed": np.arange(100, 110), "class": -1,
+                             "score": np.linspace(0, 1, 10), "kept": [True] * 8 + [False] * 2})
+    errors = label_errors(manifest, Reference(), "car", n=6)
+    assert len(errors) == 6 and set(errors["seed"]) <= set(range(100, 110))
+    # vote of two members: ties on the disagreeing row go to the lower label id (0); the
+    # reference says 1 on its left half, so 8 of 256 pixels differ in every image
+    assert errors["error"].to_numpy() == pytest.approx(np.full(6, 8 / 256))
+    plot_sample_grid(manifest, tmp_path / "grid.png", per_row=4)
+    assert Image.open(tmp_path / "grid.png").size[1] > 200

@@ -1,0 +1,42 @@
+rule train_downstream:
+    """Train one segmentation run of a setting (few-shot, synthetic, filtered, real) and seed."""
+    input:
+        annotations="results/{task}/annotations.h5",
+        manifest=lambda w: ["results/{task}/manifest.parquet"] if w.setting.startswith("synthetic") else [],
+    output:
+        weights="results/{task}/downstream/{setting}/seed{seed}/model.safetensors",
+        sidecar="results/{task}/downstream/{setting}/seed{seed}/model.json",
+    params:
+        options=lambda w: task_of(w).downstream.train,
+        real=real_training_data,
+        device=CFG.device,
+    log:
+        "results/logs/train_downstream/{task}/{setting}/seed{seed}.log",
+    threads: lambda w: task_of(w).downstream.threads
+    resources:
+        mem_mb=attempt_scaled(8000),
+        runtime=attempt_scaled(240),
+        gpu=GPUS,
+    script:
+        "../../scripts/train_downstream.py"
+
+
+rule evaluate_downstream:
+    """Score one run on the real test images: per-class IoU, mIoU, pixel accuracy."""
+    input:
+        weights="results/{task}/downstream/{setting}/seed{seed}/model.safetensors",
+        annotations="results/{task}/annotations.h5",
+    output:
+        "results/{task}/downstream/{setting}/seed{seed}/scores.json",
+    params:
+        real=lambda w: task_of(w).downstream.real,
+        device=CFG.device,
+    log:
+        "results/logs/evaluate_downstream/{task}/{setting}/seed{seed}.log",
+    threads: 1
+    resources:
+        mem_mb=attempt_scaled(4000),
+        runtime=attempt_scaled(30),
+        gpu=GPUS,
+    script:
+        "../../scripts/evaluate_downstream.py"

@@ -1,0 +1,59 @@
+rule main_table:
+    """Gather every run's scores: the main table (CSV + Markdown) and per-class IoU."""
+    input:
+        downstream_scores,
+    output:
+        csv=report("results/{task}/report/main_table.csv", caption="../report/main_table.rst",
+                   category="Downstream", subcategory="{task}"),
+        md="results/{task}/report/main_table.md",
+        runs="results/{task}/report/runs.csv",
+        figure=report("results/{task}/report/per_class_iou.png", caption="../report/per_class_iou.rst",
+                      category="Downstream", subcategory="{task}"),
+    log:
+        "results/logs/main_table/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/main_table.py"
+
+
+rule sample_grid:
+    """Generated images with label overlays: most certain, random kept, most uncertain."""
+    input:
+        manifest="results/{task}/manifest.parquet",
+    output:
+        report("results/{task}/report/samples.png", caption="../report/samples.rst", category="Synthetic data",
+               subcategory="{task}"),
+    log:
+        "results/logs/sample_grid/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/sample_grid.py"
+
+
+rule label_quality:
+    """Per-image uncertainty against label error (vs the simulated annotator)."""
+    input:
+        manifest="results/{task}/manifest.parquet",
+        annotator=lambda w: task_of(w).downstream.reference_annotator,
+    output:
+        figure=report("results/{task}/report/uncertainty_vs_error.png", caption="../report/uncertainty_vs_error.rst",
+                      category="Synthetic data", subcategory="{task}"),
+        csv="results/{task}/report/label_errors.csv",
+        summary="results/{task}/report/label_quality.json",
+    params:
+        cls=lambda w: task_of(w).downstream.real["class"],
+        samples=lambda w: task_of(w).downstream.report_samples,
+    log:
+        "results/logs/label_quality/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../../scripts/label_quality.py"
