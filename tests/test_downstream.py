@@ -10,12 +10,15 @@ import pytest
 import torch
 import torchvision
 
+from helpers import REPO
+from labelfactory.config import WorkflowConfig, load_config
 from labelfactory.downstream.data import (IGNORE_INDEX, ArraySegmentation, Augment, ShardGroupedSampler,
                                           ShardSegmentation, ToyWorldSegmentation, augment_pair)
+from labelfactory.downstream.experiment import seg_config
 from labelfactory.downstream.models import SEGMENTATION_MODELS, WeightsError, build_segmentation_model
 from labelfactory.downstream.segmentation import (SegTrainConfig, confusion_matrix, evaluate_segmentation,
                                                   load_model, lr_factor, save_model, scores_from_confusion,
-                                                  toy_default, train_segmentation)
+                                                  train_segmentation)
 
 TINY = {"small_stem": True, "output_stride": 2, "width": 0.125, "atrous_rates": (1, 2), "head_channels": 16}
 
@@ -35,8 +38,10 @@ def test_every_model_gives_logits_at_input_size(name):
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5, 32, 32)
 
 
-def test_toy_default_model_keeps_resolution():
-    cfg = toy_default()
+def test_default_config_model_keeps_resolution():
+    """The embedded default's network (config/config.yaml) on its 32×32 images."""
+    task = WorkflowConfig.from_dict(load_config(REPO / "config" / "config.yaml")).tasks["toy-car"]
+    cfg = seg_config(task.downstream.train, seed=0, threads=1)
     model = build_segmentation_model(cfg.model, 5, **cfg.model_options).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5, 32, 32)
@@ -133,7 +138,7 @@ def test_lr_schedule_warms_up_and_decays_to_zero():
 
 
 def test_config_round_trips_through_json():
-    cfg = toy_default(seed=7)
+    cfg = SegTrainConfig(model_options={"output_stride": 4}, augment=Augment(scale=(0.8, 1.2)), seed=7)
     again = SegTrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again.augment == cfg.augment and again.seed == 7 and again.model_options["output_stride"] == 4
     with pytest.raises(ValueError, match="unknown"):

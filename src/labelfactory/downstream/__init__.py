@@ -5,11 +5,11 @@ from .data import (IGNORE_INDEX, ArraySegmentation, Augment, ShardGroupedSampler
                    ToyWorldSegmentation)
 from .models import SEGMENTATION_MODELS, SegmentationNet, WeightsError, build_segmentation_model
 from .segmentation import (SegTrainConfig, confusion_matrix, evaluate_segmentation, load_model, save_model,
-                           scores_from_confusion, toy_default, train_segmentation)
+                           scores_from_confusion, train_segmentation)
 
 __all__ = [
     "IGNORE_INDEX", "ArraySegmentation", "Augment", "ShardGroupedSampler", "ShardSegmentation",
     "ToyWorldSegmentation", "SEGMENTATION_MODELS", "SegmentationNet", "WeightsError", "build_segmentation_model",
     "SegTrainConfig", "confusion_matrix", "evaluate_segmentation", "load_model", "save_model",
-    "scores_from_confusion", "toy_default", "train_segmentation",
+    "scores_from_confusion", "train_segmentation",
 ]

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
@@ -73,20 +73,6 @@ class SegTrainConfig:
         if unknown:
             raise ValueError(f"unknown SegTrainConfig keys: {sorted(unknown)}")
         return cls(**d)
-
-
-def toy_default(**overrides) -> SegTrainConfig:
-    """The toy-world setting (32×32 images, one CPU thread, about a minute):
-    DeepLabV3-ResNet18 with a small stem at output stride 4 and atrous rates
-    sized to its 8×8 features; chosen by measurement (see the downstream
-    report). ``overrides`` replace fields."""
-    cfg = SegTrainConfig(
-        model="deeplabv3_resnet18",
-        model_options={"small_stem": True, "output_stride": 4, "atrous_rates": (1, 2, 3), "head_channels": 128},
-        steps=300, batch_size=16, optimizer="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine",
-        warmup_steps=20, augment=Augment(hflip=True, scale=(0.85, 1.15)), threads=1, log_every=50,
-    )
-    return replace(cfg, **overrides)
 
 
 @contextlib.contextmanager
