@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from helpers import REPO
+from helpers import REPO, TINY_SEGMENTATION
 from labelfactory.config import WorkflowConfig, load_config
 from labelfactory.downstream.data import (IGNORE_INDEX, ArraySegmentation, Augment, ShardGroupedSampler,
                                           ShardSegmentation, ToyWorldSegmentation, augment_pair)
@@ -20,15 +20,8 @@ from labelfactory.downstream.segmentation import (SegTrainConfig, confusion_matr
                                                   load_model, lr_factor, save_model, scores_from_confusion,
                                                   train_segmentation)
 
-TINY = {"small_stem": True, "output_stride": 2, "width": 0.125, "atrous_rates": (1, 2), "head_channels": 16}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", list(SEGMENTATION_MODELS))
@@ -111,7 +104,7 @@ def test_evaluation_sums_the_confusion_over_the_whole_set():
 
 
 def _tiny_cfg(**kw) -> SegTrainConfig:
-    base = dict(model="deeplabv3_resnet18", model_options=TINY, steps=30, batch_size=4, optimizer="adamw", lr=3e-3,
+    base = dict(model="deeplabv3_resnet18", model_options=TINY_SEGMENTATION, steps=30, batch_size=4, optimizer="adamw", lr=3e-3,
                 schedule="cosine", warmup_steps=3, seed=3, threads=1)
     return SegTrainConfig(**{**base, **kw})
 
@@ -242,18 +235,18 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
-    sd = build_segmentation_model("deeplabv3_resnet18", 5, **TINY).state_dict()
+    sd = build_segmentation_model("deeplabv3_resnet18", 5, **TINY_SEGMENTATION).state_dict()
     renamed = {("trunk." + k if k.startswith("backbone.conv1") else k): v for k, v in sd.items()}
     torch.save(renamed, tmp_path / "renamed.pt")
     with pytest.raises(WeightsError, match=r"missing keys \(1\): backbone.conv1.weight.*unexpected keys"):
-        build_segmentation_model("deeplabv3_resnet18", 5, weights=tmp_path / "renamed.pt", **TINY)
+        build_segmentation_model("deeplabv3_resnet18", 5, weights=tmp_path / "renamed.pt", **TINY_SEGMENTATION)
     from safetensors.torch import save_file
 
     save_file(sd, str(tmp_path / "five.safetensors"))
     with pytest.raises(WeightsError, match=r"shape mismatches.*classifier.4.weight: file \(5, 16, 1, 1\)"):
-        build_segmentation_model("deeplabv3_resnet18", 4, weights=tmp_path / "five.safetensors", **TINY)
+        build_segmentation_model("deeplabv3_resnet18", 4, weights=tmp_path / "five.safetensors", **TINY_SEGMENTATION)
     with pytest.raises(WeightsError, match="does not exist"):
-        build_segmentation_model("deeplabv3_resnet18", 5, weights=tmp_path / "nope.pt", **TINY)
+        build_segmentation_model("deeplabv3_resnet18", 5, weights=tmp_path / "nope.pt", **TINY_SEGMENTATION)
 
 
 def test_backbone_weights_from_a_classification_state_dict(tmp_path):

@@ -24,12 +24,7 @@ LABELS = LabelSet(("background", "a", "b"))
 CAR = LabelSet(toyworld.part_labels("car"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def annotation_set(path, n=4, size=16, labels=LABELS):

@@ -14,8 +14,8 @@ from slurm_cluster import SlurmUnavailable, job_records, single_node_slurm
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-GPU_RULES = ("sample_for_annotation", "import_annotations", "extract_features", "train_interpreter", "synthesize",
-             "train_downstream", "evaluate")
+PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+GPU_RULES = [rule for rule, res in PROFILE["set-resources"].items() if res.get("gpu")]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ rule extract_features:
         device=CFG.device,
     log:
         "results/logs/extract_features/{task}.log",
+    priority: UPSTREAM_PRIORITY
     threads: 2
     resources:
         mem_mb=attempt_scaled(8000),

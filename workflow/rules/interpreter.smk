@@ -11,7 +11,8 @@ rule train_interpreter:
         device=CFG.device,
     log:
         "results/logs/train_interpreter/{task}.log",
-    threads: 2
+    priority: UPSTREAM_PRIORITY
+    threads: 1
     resources:
         mem_mb=attempt_scaled(8000),
         runtime=attempt_scaled(120),

@@ -15,7 +15,8 @@ rule synthesize:
         device=CFG.device,
     log:
         "results/logs/synthesize/{task}/{shard}.log",
-    threads: 2
+    priority: UPSTREAM_PRIORITY
+    threads: 1
     resources:
         mem_mb=attempt_scaled(8000),
         runtime=attempt_scaled(120),
@@ -34,6 +35,7 @@ rule filter:
         ratio=lambda w: task_of(w).filter_ratio,
     log:
         "results/logs/filter/{task}.log",
+    priority: UPSTREAM_PRIORITY
     threads: 1
     resources:
         mem_mb=attempt_scaled(4000),
