@@ -58,7 +58,7 @@ def test_main_table_gathers_every_setting_and_seed(project):
     assert (sizes["few_shot"], sizes["synthetic"], sizes["synthetic_filtered"], sizes["fully_supervised"]) == \
         (4, 12, 9, 6)
     table = pd.read_csv(project / "results/tiny/report/main_table.csv", index_col=0)
-    assert table.loc["few_shot", "miou_mean"] == pytest.approx(100 * runs[runs["setting"] == "few_shot"]["miou"].mean())
+    assert table.loc["few_shot", "miou_mean"] == pytest.approx(100 * runs[runs["setting"] == "few_shot"]["miou"].mean(), abs=1e-3)
     assert "synthetic, filtered" in (project / "results/tiny/report/main_table.md").read_text()
     for fig in ("per_class_iou.png", "samples.png"):
         assert (project / "results/tiny/report" / fig).stat().st_size > 1000
