@@ -11,7 +11,6 @@ class, in one run. Prints the job counts and the ratio of times.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import make_tiny_project, snakemake_command  # noqa: E402
+from helpers import job_counts, make_tiny_project, snakemake_command  # noqa: E402
 
 
 def dry_run(root: Path, classes: int, shards: int) -> tuple[int, int, float]:
@@ -35,8 +34,8 @@ def dry_run(root: Path, classes: int, shards: int) -> tuple[int, int, float]:
     seconds = time.perf_counter() - t
     if proc.returncode:
         raise SystemExit(proc.stdout + proc.stderr)
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
-    return int(counts.get("synthesize", 0)), int(counts["total"]), seconds
+    counts = job_counts(proc.stdout)
+    return counts.get("synthesize", 0), counts["total"], seconds
 
 
 def main() -> None:

@@ -133,3 +133,10 @@ def snakemake(root: Path, *args: str, timeout: float = 600, check: bool = True, 
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def job_counts(dry_run_stdout: str) -> dict[str, int]:
+    """Jobs per rule from the stats table of ``snakemake --dry-run --quiet rules`` (plus ``total``)."""
+    import re
+
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", dry_run_stdout, re.M)}

@@ -10,7 +10,7 @@ import yaml
 from labelfactory.annotations import load_annotation_set
 from labelfactory.features import FeatureStore
 
-from helpers import make_tiny_project, snakemake
+from helpers import job_counts, make_tiny_project, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +116,15 @@ def test_editing_the_filter_ratio_reruns_only_the_filter(project):
     finally:
         cfg["tasks"]["tiny"]["filter"]["ratio"] = old
         (project / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_class_scattered_synthesis_is_one_job_per_class_and_shard(tmp_path):
+    make_tiny_project(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg["tasks"]["tiny"]["synthesis"].update(classes="0-199", num_shards=3)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules").stdout)
+    assert counts["synthesize"] == 600 and counts["filter"] == 1 and counts["train_interpreter"] == 1
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
