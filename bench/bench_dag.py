@@ -17,17 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import job_counts, make_tiny_project, snakemake_command  # noqa: E402
+from helpers import job_counts, make_tiny_project, snakemake_command, update_config  # noqa: E402
 
 
 def dry_run(root: Path, classes: int, shards: int) -> tuple[int, int, float]:
     """(synthesize jobs, all jobs, seconds) of a dry run with ``classes`` × ``shards`` shards."""
-    cfg = yaml.safe_load((root / "config.yaml").read_text())
-    cfg["tasks"]["tiny"]["synthesis"].update(num_shards=shards, classes=f"0-{classes - 1}")
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    update_config(root, {"tasks": {"tiny": {"synthesis": {"num_shards": shards, "classes": f"0-{classes - 1}"}}}})
     cmd, env = snakemake_command(root, "--dry-run", "--quiet", "rules")
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

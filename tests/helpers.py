@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -140,3 +141,33 @@ def job_counts(dry_run_stdout: str) -> dict[str, int]:
     import re
 
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", dry_run_stdout, re.M)}
+
+
+def _merge(base: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def update_config(root: Path, changes: dict) -> dict:
+    """Deep-merge ``changes`` into ``root``/config.yaml and write it back; returns the new config."""
+    import yaml
+
+    path = root / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    _merge(cfg, changes)
+    path.write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+@contextmanager
+def config_changed(root: Path, changes: dict):
+    """``update_config`` for the duration of the block; the original config.yaml is put back after it."""
+    path = root / "config.yaml"
+    original = path.read_text()
+    try:
+        yield update_config(root, changes)
+    finally:
+        path.write_text(original)

@@ -8,18 +8,16 @@ import subprocess
 import time
 
 import pytest
-import yaml
 
-from helpers import make_tiny_project, snakemake, snakemake_command
+from helpers import make_tiny_project, snakemake, snakemake_command, update_config
 
 pytestmark = pytest.mark.slow
 
 
 def project(root):
     make_tiny_project(root)
-    cfg = yaml.safe_load((root / "config.yaml").read_text())
-    cfg["tasks"]["tiny"]["synthesis"] = {"num_shards": 3, "samples_per_shard": 600, "batch_size": 2}
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    update_config(root, {"tasks": {"tiny": {"synthesis": {"num_shards": 3, "samples_per_shard": 600,
+                                                          "batch_size": 2}}}})
     return root
 
 
