@@ -12,12 +12,9 @@ import numpy as np
 log = logging.getLogger("labelfactory")
 
 
-def _render(args) -> None:
-    from PIL import Image
-
-    from .generators.base import images_to_uint8
+def _load_inputs(args):
+    """The backend, latents ``[N, z_dim]`` and classes (or None) a render-like command names."""
     from .generators.checkpoints import load_generator
-    from .io import atomic_path
     from .runtime import resolve_device
 
     backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
@@ -25,6 +22,19 @@ def _render(args) -> None:
     if z.ndim == 1:
         z = z[None]
     classes = np.load(args.classes) if args.classes else None
+    if backend.arch == "biggan" and args.truncation != 1.0:
+        log.warning("BigGAN renders z as given: truncation applies when sampling (labelfactory latents "
+                    "--truncation), so --truncation %g is ignored", args.truncation)
+    return backend, z, classes
+
+
+def _render(args) -> None:
+    from PIL import Image
+
+    from .generators.base import images_to_uint8
+    from .io import atomic_path
+
+    backend, z, classes = _load_inputs(args)
     images = backend.render(z, classes, truncation=args.truncation, noise=args.noise,
                             batch_size=args.batch_size, noise_seed=args.noise_seed)
     with atomic_path(args.out) as tmp:
@@ -41,12 +51,26 @@ def _render(args) -> None:
              backend.generator_hash[:12])
 
 
+def _features(args) -> None:
+    from .io import atomic_path
+
+    backend, z, classes = _load_inputs(args)
+    layers = args.layers.split(",") if args.layers else None
+    feats = backend.render_features(z, classes, truncation=args.truncation, layers=layers, noise=args.noise,
+                                    batch_size=args.batch_size, noise_seed=args.noise_seed)
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **feats)
+    log.info("wrote %d feature maps of %d samples (%s) with generator %s", len(feats), len(z),
+             ", ".join(f"{k} {list(v.shape[1:])}" for k, v in feats.items()), backend.generator_hash[:12])
+
+
 def _latents(args) -> None:
     from .config import parse_range
     from .generators.checkpoints import load_generator
 
     backend = load_generator(args.checkpoint, fmt=args.format)
-    np.save(args.out, backend.sample_latents(parse_range(args.seeds)))
+    np.save(args.out, backend.sample_latents(parse_range(args.seeds), truncation=args.truncation))
 
 
 def _convert(args) -> None:
@@ -66,24 +90,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labelfactory", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("render", help="render images from a checkpoint and latents")
-    r.add_argument("--checkpoint", required=True, help="canonical .safetensors, rosinality .pt or NVIDIA .pkl")
-    r.add_argument("--latents", required=True, help=".npy with z [N, z_dim] (or one [z_dim])")
-    r.add_argument("--out", required=True, help=".npy for the raw float32 output [N,3,H,W]")
-    r.add_argument("--truncation", type=float, default=1.0, help="psi, towards the checkpoint's average latent")
-    r.add_argument("--noise", choices=["const", "random", "none"], default="const")
-    r.add_argument("--noise-seed", type=int, default=0, help="seed of the noise when --noise random")
-    r.add_argument("--classes", help=".npy with one class per latent (class-conditional generators)")
+    def rendering(name: str, help: str, out: str) -> argparse.ArgumentParser:
+        r = sub.add_parser(name, help=help)
+        r.add_argument("--checkpoint", required=True,
+                       help="canonical .safetensors, rosinality .pt, NVIDIA .pkl or BigGAN-PyTorch .pth")
+        r.add_argument("--latents", required=True, help=".npy with z [N, z_dim] (or one [z_dim])")
+        r.add_argument("--out", required=True, help=out)
+        r.add_argument("--truncation", type=float, default=1.0,
+                       help="StyleGAN2: psi, towards the checkpoint's average latent (BigGAN truncates z "
+                            "when sampling it: see `latents --truncation`)")
+        r.add_argument("--noise", choices=["const", "random", "none"], default="const")
+        r.add_argument("--noise-seed", type=int, default=0, help="seed of the noise when --noise random")
+        r.add_argument("--classes", help=".npy with one class per latent (class-conditional generators)")
+        r.add_argument("--format", default="auto", help="checkpoint format (default: detect)")
+        r.add_argument("--device", default="auto")
+        r.add_argument("--batch-size", type=int, default=16)
+        return r
+
+    r = rendering("render", "render images from a checkpoint and latents",
+                  ".npy for the raw float32 output [N,3,H,W]")
     r.add_argument("--png-dir", help="also write PNGs here")
-    r.add_argument("--format", default="auto", help="checkpoint format (default: detect)")
-    r.add_argument("--device", default="auto")
-    r.add_argument("--batch-size", type=int, default=16)
     r.set_defaults(func=_render)
+
+    f = rendering("features", "write the generator's feature maps for latents",
+                  ".npz with one float32 [N,C,h,w] array per layer, named by layer, in generator order")
+    f.add_argument("--layers", help="comma-separated layer names (default: every tapped layer)")
+    f.set_defaults(func=_features)
 
     l = sub.add_parser("latents", help="write the z of seeds (e.g. 0-15 or 3,7,9) to .npy")
     l.add_argument("--checkpoint", required=True)
     l.add_argument("--seeds", required=True)
     l.add_argument("--out", required=True)
+    l.add_argument("--truncation", type=float, default=1.0,
+                   help="BigGAN: z = truncation * truncnorm(-2, 2); StyleGAN2 ignores it (psi is applied at render)")
     l.add_argument("--format", default="auto")
     l.set_defaults(func=_latents)
 

@@ -2,5 +2,7 @@
 
 from .base import GENERATORS, UNCONDITIONAL, GeneratorBackend, Synthesis, content_hash, images_to_uint8
 from . import stylegan2  # noqa: F401  (registers "stylegan2")
+from . import biggan  # noqa: F401  (registers "biggan")
+from . import biggan_deep  # noqa: F401  (registers "biggan-deep" and its checkpoint format)
 
 __all__ = ["GENERATORS", "UNCONDITIONAL", "GeneratorBackend", "Synthesis", "content_hash", "images_to_uint8"]

@@ -12,7 +12,7 @@ import abc
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ def content_hash(arch: str, arch_config: dict, tensors: dict[str, torch.Tensor])
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()
 
 
@@ -85,6 +85,10 @@ class GeneratorBackend(abc.ABC):
         """0 for unconditional generators."""
         return 0
 
+    def class_embedding(self) -> torch.Tensor | None:
+        """The ``[num_classes, d]`` class vectors the generator conditions on (None if it has none)."""
+        return None
+
     @abc.abstractmethod
     def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
         """``{layer: (C, h, w)}`` for every tapped layer, in generator order."""
@@ -98,9 +102,12 @@ class GeneratorBackend(abc.ABC):
         return self
 
     # -- sampling ----------------------------------------------------------------
-    def sample_latents(self, seeds: Sequence[int]) -> np.ndarray:
+    def sample_latents(self, seeds: Sequence[int], truncation: float = 1.0) -> np.ndarray:
         """z ``[N, z_dim]`` float32: ``RandomState(seed).randn(z_dim)`` per seed, the
-        convention of NVIDIA's ``generate.py``, so seeds mean the same there."""
+        convention of NVIDIA's ``generate.py``, so seeds mean the same there.
+
+        ``truncation`` is for backends that truncate z itself (BigGAN); this
+        default ignores it, as StyleGAN2 applies ψ in w space at synthesis."""
         return np.stack([np.random.RandomState(int(s)).randn(self.z_dim) for s in seeds]).astype(np.float32)
 
     def check_classes(self, classes: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
@@ -122,18 +129,40 @@ class GeneratorBackend(abc.ABC):
                    generator: torch.Generator | None = None) -> Synthesis:
         """Render latents. ``noise='const'`` re-renders a latent exactly."""
 
-    @torch.no_grad()
-    def render(self, z: np.ndarray, classes=None, truncation: float = 1.0, noise: str = "const",
-               batch_size: int = 16, noise_seed: int = 0) -> np.ndarray:
-        """Raw float32 images ``[N,3,H,W]`` for latents ``z`` (numpy in, numpy out)."""
+    def _batches(self, z: np.ndarray, classes, truncation: float, noise: str, batch_size: int,
+                 noise_seed: int, features: bool) -> Iterator[Synthesis]:
+        """Validated latents and classes → one :class:`Synthesis` per batch (no autograd)."""
         z = np.asarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"latents must have shape [N, {self.z_dim}], got {list(z.shape)}")
         cls = self.check_classes(classes, z.shape[0])
         g = torch.Generator(device=self.device).manual_seed(noise_seed)
-        out = []
         for i in range(0, len(z), batch_size):
             zb = torch.from_numpy(z[i : i + batch_size]).to(self.device)
             cb = None if self.num_classes == 0 else torch.from_numpy(cls[i : i + batch_size]).to(self.device)
-            out.append(self.synthesize(zb, cb, truncation, noise, features=False, generator=g).images.float().cpu())
+            with torch.no_grad():
+                out = self.synthesize(zb, cb, truncation, noise, features=features, generator=g)
+            yield out
+
+    def render(self, z: np.ndarray, classes=None, truncation: float = 1.0, noise: str = "const",
+               batch_size: int = 16, noise_seed: int = 0) -> np.ndarray:
+        """Raw float32 images ``[N,3,H,W]`` for latents ``z`` (numpy in, numpy out)."""
+        out = [s.images.float().cpu() for s in self._batches(z, classes, truncation, noise, batch_size,
+                                                             noise_seed, features=False)]
         return torch.cat(out).numpy()
+
+    def render_features(self, z: np.ndarray, classes=None, truncation: float = 1.0,
+                        layers: Sequence[str] | None = None, noise: str = "const", batch_size: int = 16,
+                        noise_seed: int = 0) -> dict[str, np.ndarray]:
+        """``{layer: float32 [N,C,h,w]}`` at native resolution, in generator order (all taps if
+        ``layers`` is None), for latents ``z`` rendered exactly as :meth:`render` does."""
+        names = list(self.feature_shapes())
+        unknown = sorted(set(layers or ()) - set(names))
+        if unknown:
+            raise ValueError(f"unknown feature layers {unknown}; this generator taps {names}")
+        names = [n for n in names if layers is None or n in layers]
+        out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for s in self._batches(z, classes, truncation, noise, batch_size, noise_seed, features=True):
+            for n in names:
+                out[n].append(s.features[n].float().cpu().numpy())
+        return {n: np.concatenate(v) for n, v in out.items()}

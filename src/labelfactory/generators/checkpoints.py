@@ -11,6 +11,7 @@ straight from a downloaded file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -23,6 +24,7 @@ import torch
 from ..io import atomic_path, atomic_write_json, sha256_file
 from ..registry import Registry
 from .base import GENERATORS, GeneratorBackend, content_hash
+from .biggan import G_ARCH, BigGANConfig, BigGANGenerator
 from .nvidia_pickle import PersistentObject, load_network_pickle
 from .ops import make_kernel
 from .stylegan2 import StyleGAN2Config, rosinality_channels
@@ -110,10 +112,11 @@ def _is_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head.startswith(_LEGACY_TORCH_PREFIX)
 
 
-def _torch_load(path: Path) -> dict:
+def _torch_load(path: Path, mmap: bool = False) -> dict:
+    """A torch file's dict, weights only (``mmap``: map tensor storage instead of reading it)."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read torch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
@@ -171,7 +174,86 @@ def _read_rosinality(path: Path) -> RawCheckpoint:
     return RawCheckpoint("stylegan2", cfg.to_dict(), tensors, "rosinality", notes)
 
 
-FORMATS.register("rosinality")(FormatReader(_is_torch_file, _read_rosinality))
+def _is_rosinality(path: Path) -> bool:
+    """Every torch file that no other torch reader claims, so an unknown dict gets this reader's error."""
+    return _is_torch_file(path) and not _is_biggan_pytorch(path)
+
+
+FORMATS.register("rosinality")(FormatReader(_is_rosinality, _read_rosinality))
+
+
+# --- ajbrock BigGAN-PyTorch ------------------------------------------------------------
+_BIGGAN_SIGNATURE = frozenset({"shared.weight", "linear.weight", "linear.u0", "blocks.0.0.conv1.weight"})
+
+# Keys that a state dict written by BigGAN-PyTorch's ``TFHub/converter.py`` lacks:
+# ``convert_from_v1`` maps only weights, biases, ``u0`` (TF's ``u0`` via ``weight_u``), BN statistics,
+# ``gamma`` and ``shared``, never the ``sv0`` singular-value records, and loads with
+# ``strict=False  # Ignore missing sv0 entries`` (so does BigDatasetGAN's release).
+# ``layers.SN`` keeps ``sv0`` "just for logging", unused by the forward pass; they
+# are filled with the constructor's value, ones.
+_BIGGAN_CONVERTER_MISSING = re.compile(r".*\.sv0$")
+
+
+def _is_biggan_pytorch(path: Path) -> bool:
+    """A torch file whose dict has BigGAN-PyTorch ``Generator`` keys (tensor data mapped, not read)."""
+    if not _is_torch_file(path):
+        return False
+    try:
+        sd = _torch_load(path, mmap=_head(path, 4) == b"PK\x03\x04")
+    except CheckpointError:
+        return False
+    return _BIGGAN_SIGNATURE <= set(sd)
+
+
+def biggan_config_from_pytorch(sd: dict[str, torch.Tensor]) -> BigGANConfig:
+    """Infer a BigGAN-PyTorch ``Generator``'s config (``G_shared``, one SV) from its state dict.
+
+    Resolution from the number of blocks, ``ch`` from the first block's input
+    channels, ``hier`` and the z chunk from the ccbn input width (shared dim + chunk)
+    and the first linear layer, attention from which blocks carry one. What shapes
+    cannot tell is set as in ``TFHub/converter.py:get_config``: BN and SN eps 1e-4
+    and one power iteration (models trained with other eps need them edited in
+    the sidecar after conversion)."""
+    try:
+        n_classes, shared_dim = sd["shared.weight"].shape
+        n_blocks = len({k.split(".")[1] for k in sd if re.match(r"blocks\.\d+\.0\.conv1\.weight$", k)})
+        in0 = sd["blocks.0.0.conv1.weight"].shape[1]
+        lin_out, lin_in = sd["linear.weight"].shape
+        cond = sd["blocks.0.0.bn1.gain.weight"].shape[1]
+    except KeyError as e:
+        raise CheckpointError(f"not a BigGAN-PyTorch generator state dict with G_shared: missing {e}") from e
+    resolution = next((r for r, (cin, _) in G_ARCH.items() if len(cin) == n_blocks), None)
+    if resolution is None:
+        raise CheckpointError(f"BigGAN-PyTorch generator with {n_blocks} blocks: no known resolution")
+    ch, bottom_width = in0 // G_ARCH[resolution][0][0], math.isqrt(lin_out // in0)
+    hier = cond > shared_dim
+    if hier and cond - shared_dim != lin_in:
+        raise CheckpointError(f"ccbn input {cond} is not shared_dim {shared_dim} + z chunk {lin_in}")
+    cfg = BigGANConfig(resolution=resolution, ch=int(ch), dim_z=int(lin_in * (n_blocks + 1) if hier else lin_in),
+                       shared_dim=int(shared_dim), n_classes=int(n_classes), attention=(),
+                       bottom_width=int(bottom_width), hier=bool(hier))
+    attention = tuple(r for i, r in enumerate(cfg.block_resolutions) if any(k.startswith(f"blocks.{i}.1.") for k in sd))
+    return dataclasses.replace(cfg, attention=attention)
+
+
+def _read_biggan_pytorch(path: Path) -> RawCheckpoint:
+    """A ``torch.save(G.state_dict())`` of BigGAN-PyTorch's ``Generator`` (e.g. ``biggan-512.pth``
+    from its TF-Hub converter), loaded strictly except for the converter's missing keys."""
+    sd = _torch_load(path)
+    cfg = biggan_config_from_pytorch(sd)
+    with torch.device("meta"):
+        expected = set(BigGANGenerator(cfg).state_dict())
+    filled = sorted(k for k in expected - set(sd) if _BIGGAN_CONVERTER_MISSING.fullmatch(k))
+    missing, unexpected = sorted(expected - set(sd) - set(filled)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: BigGAN-PyTorch state dict does not fit {cfg}: "
+                              f"missing {missing}, unexpected {unexpected}")
+    tensors = {**sd, **{k: torch.ones(1) for k in filled}}
+    notes = {"filled_with_ones": filled} if filled else {}
+    return RawCheckpoint("biggan", cfg.to_dict(), tensors, "biggan-pytorch", notes)
+
+
+FORMATS.register("biggan-pytorch")(FormatReader(_is_biggan_pytorch, _read_biggan_pytorch))
 
 
 # --- NVIDIA stylegan2-ada-pytorch pickles -----------------------------------------
@@ -181,10 +263,9 @@ def _is_pickle(path: Path) -> bool:
 
 
 def stylegan2_from_nvidia(g: PersistentObject) -> RawCheckpoint:
-    """Rename an NVIDIA ``G_ema`` record into the rosinality layout."""
+    """Rename an NVIDIA ``G_ema`` record into the rosinality layout (a conditional
+    mapping's ``mapping.embed`` becomes ``embed``)."""
     t = g.tensors()
-    if any(k.startswith("mapping.embed.") for k in t):
-        raise CheckpointError("class-conditional StyleGAN2-ADA pickles (c_dim > 0) are not supported")
     blocks = sorted({int(m.group(1)) for k in t if (m := re.match(r"synthesis\.b(\d+)\.", k))})
     if not blocks or blocks[0] != 4:
         raise CheckpointError("G_ema has no synthesis.b4 block: not a StyleGAN2-ADA generator")
@@ -195,10 +276,13 @@ def stylegan2_from_nvidia(g: PersistentObject) -> RawCheckpoint:
     lr_mlp = float(fc0.get("bias_gain", 0.01))
     clamp = g.child("synthesis.b4.conv1").state.get("conv_clamp")
     channels = {r: int(t[f"synthesis.b{r}.conv1.weight"].shape[0]) for r in blocks}
-    w_dim, z_dim = t["mapping.fc0.weight"].shape[0], t["mapping.fc0.weight"].shape[1]
+    embed = t.get("mapping.embed.weight")
+    embed_dim, c_dim = (0, 0) if embed is None else embed.shape
+    w_dim, z_dim = t["mapping.fc0.weight"].shape[0], t["mapping.fc0.weight"].shape[1] - embed_dim
     cfg = StyleGAN2Config(size=blocks[-1], style_dim=int(t[f"mapping.fc{fcs[-1]}.weight"].shape[0]),
                           n_mlp=len(fcs), channels=channels, z_dim=int(z_dim), lr_mlp=lr_mlp,
-                          conv_clamp=None if clamp is None else float(clamp))
+                          conv_clamp=None if clamp is None else float(clamp),
+                          c_dim=int(c_dim), embed_dim=int(embed_dim) if c_dim else None)
     if int(w_dim) != cfg.style_dim:
         raise CheckpointError("mapping layers of different widths are not supported")
     rf = t.get("synthesis.b8.resample_filter", t.get("synthesis.b4.resample_filter"))
@@ -206,6 +290,8 @@ def stylegan2_from_nvidia(g: PersistentObject) -> RawCheckpoint:
         raise CheckpointError("resample filter other than [1,3,3,1] is not supported")
 
     out: dict[str, torch.Tensor] = {}
+    if c_dim:
+        out["embed.weight"], out["embed.bias"] = embed, t["mapping.embed.bias"]
     for i in fcs:
         out[f"style.{i + 1}.weight"] = t[f"mapping.fc{i}.weight"]
         out[f"style.{i + 1}.bias"] = t[f"mapping.fc{i}.bias"]
@@ -259,16 +345,25 @@ FORMATS.register("stylegan2-ada-pickle")(FormatReader(_is_pickle, _read_nvidia_p
 
 
 # --- entry points ---------------------------------------------------------------
+def _claims(reader: FormatReader, path: Path) -> bool:
+    """Whether ``reader`` sniffs ``path`` as its format; file sniffers do not claim folders."""
+    try:
+        return reader.sniff(path)
+    except IsADirectoryError:
+        return False
+
+
 def read_checkpoint(path: str | Path, fmt: str = "auto") -> RawCheckpoint:
-    """Read any supported checkpoint file into canonical tensors."""
+    """Read any supported checkpoint file (or folder, e.g. config.json + pytorch_model.bin)
+    into canonical tensors."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
     if fmt == "auto":
         for name in FORMATS:
-            if FORMATS.get(name).sniff(path):
+            if _claims(FORMATS.get(name), path):
                 fmt = name
                 break
         else:
