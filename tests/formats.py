@@ -211,12 +211,12 @@ class Conv2dLayer(torch.nn.Module):
 
 @persistence.persistent_class
 class MappingNetwork(torch.nn.Module):
-    def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, activation="lrelu", lr_multiplier=0.01,
-                 w_avg_beta=0.995):
+    def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, embed_features=None, activation="lrelu",
+                 lr_multiplier=0.01, w_avg_beta=0.995):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.num_layers, self.w_avg_beta = num_layers, w_avg_beta
-        embed_features = w_dim if c_dim > 0 else 0
+        embed_features = (w_dim if embed_features is None else embed_features) if c_dim > 0 else 0
         features_list = [z_dim + embed_features] + [w_dim] * num_layers
         if c_dim > 0:
             self.embed = FullyConnectedLayer(c_dim, embed_features)
@@ -384,13 +384,18 @@ def nvidia_standins(root: Path):
 
 
 def make_nvidia_pickle(path: Path, standin_root: Path, *, size=16, z_dim=12, w_dim=10, n_mlp=2, channel_base=96,
-                       channel_max=24, conv_clamp=None, c_dim=0, architecture="skip", seed=0) -> dict:
+                       channel_max=24, conv_clamp=None, c_dim=0, embed_features=None, architecture="skip", seed=0,
+                       tensors: dict | None = None, numpy1=False) -> dict:
     """Write a network pickle as stylegan2-ada-pytorch's training loop does and return
     ``G_ema``'s tensors under NVIDIA's names (``mapping.fc0.weight``...).
 
     The top block is an fp16 block with channels-last weights (NVIDIA's
     ``num_fp16_res``/``fp16_channels_last``); biases, noise strengths and ``w_avg``
-    are random so that each takes part in the image."""
+    are random so that each takes part in the image, unless ``tensors`` (a state
+    dict under NVIDIA's names) gives the weights. ``c_dim > 0`` makes a
+    class-conditional generator (``mapping.embed``, ``embed_features`` wide).
+    ``numpy1``: write the file as Python 3.7 with numpy 1.x did (protocol 3, numpy
+    globals under ``numpy.core.*``) instead of the running numpy's names."""
     with nvidia_standins(standin_root):
         import dnnlib
         from training import networks
@@ -398,7 +403,7 @@ def make_nvidia_pickle(path: Path, standin_root: Path, *, size=16, z_dim=12, w_d
         torch.manual_seed(seed)
         G = networks.Generator(
             z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=size, img_channels=3,
-            mapping_kwargs=dnnlib.EasyDict(num_layers=n_mlp),
+            mapping_kwargs=dnnlib.EasyDict(num_layers=n_mlp, embed_features=embed_features),
             synthesis_kwargs=dnnlib.EasyDict(channel_base=channel_base, channel_max=channel_max, num_fp16_res=1,
                                              fp16_channels_last=True, conv_clamp=conv_clamp,
                                              architecture=architecture))
@@ -407,10 +412,15 @@ def make_nvidia_pickle(path: Path, standin_root: Path, *, size=16, z_dim=12, w_d
                 if name.endswith("bias") or name.endswith("noise_strength"):
                     p.add_(0.3 * torch.randn_like(p))
             G.mapping.w_avg.normal_()
+        if tensors is not None:
+            G.load_state_dict(tensors)
         D = networks.Discriminator(c_dim=c_dim, img_resolution=size, img_channels=3)
         data = {"G": G, "D": D, "G_ema": G, "augment_pipe": None,
                 "training_set_kwargs": dnnlib.EasyDict(class_name="training.dataset.ImageFolderDataset",
-                                                       path="~/datasets/toy.zip", resolution=size, use_labels=False)}
-        with open(path, "wb") as f:
-            pickle.dump(data, f)
+                                                       path="~/datasets/toy.zip", resolution=size,
+                                                       use_labels=c_dim > 0)}
+        blob = pickle.dumps(data, protocol=3 if numpy1 else None)
+        if numpy1:  # protocol 3 names globals in plain GLOBAL opcodes ("c<module>\n<name>\n")
+            blob = blob.replace(b"cnumpy._core.", b"cnumpy.core.")
+        Path(path).write_bytes(blob)
         return {k: v.detach().clone() for k, v in G.state_dict().items()}

@@ -227,7 +227,6 @@ def test_nvidia_pickle_is_format_true_and_marker_armed(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(c_dim=5), "class-conditional"),
     (dict(architecture="resnet"), "'skip'"),
 ])
 def test_nvidia_unsupported_variants_are_refused(tmp_path, kwargs, match):

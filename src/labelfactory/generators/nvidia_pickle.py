@@ -4,7 +4,7 @@ Those pickles embed the source of ``training/networks.py`` and rebuild each
 module with ``torch_utils.persistence._reconstruct_persistent_obj``, which
 ``exec``s that source. This unpickler resolves only an allow-list of globals
 (tensor and storage rebuilders, ``OrderedDict``, ``EasyDict``, numpy scalars and
-arrays) and replaces the persistence hook by :class:`PersistentObject`, a plain
+arrays under numpy 1.x's ``numpy.core`` and numpy 2's ``numpy._core`` names) and replaces the persistence hook by :class:`PersistentObject`, a plain
 record of the class name and the module's ``__dict__``; nothing from the file
 is executed. Any other global is refused with :class:`UntrustedPickleError`.
 """

@@ -7,6 +7,8 @@ with strict key matching; NVIDIA ``stylegan2-ada-pytorch`` weights are renamed
 into it by :mod:`labelfactory.generators.checkpoints`. Channel widths are given
 per resolution, which covers both families and the project's small toy
 generators. Optional ``conv_clamp`` reproduces NVIDIA's activation clamping.
+Class-conditional generators (``c_dim > 0``, NVIDIA's conditional
+``MappingNetwork``) add one layer, ``embed``, the class embedding.
 
 Every synthesis layer's output (after noise, bias and activation) is returned by
 :meth:`Generator.synthesis` under a name ``b{res}.conv{0,1}`` at its native
@@ -42,6 +44,8 @@ class StyleGAN2Config:
     lr_mlp: float = 0.01
     blur_kernel: tuple[int, ...] = (1, 3, 3, 1)
     conv_clamp: float | None = None
+    c_dim: int = 0
+    embed_dim: int | None = None
 
     def __post_init__(self):
         if self.size < 4 or self.size & (self.size - 1):
@@ -54,6 +58,8 @@ class StyleGAN2Config:
             raise ValueError(f"StyleGAN2 config lacks channel counts for resolutions {missing}")
         if self.z_dim is None:
             self.z_dim = self.style_dim
+        if self.c_dim and self.embed_dim is None:
+            self.embed_dim = self.style_dim
         self.blur_kernel = tuple(int(k) for k in self.blur_kernel)
 
     @property
@@ -68,6 +74,8 @@ class StyleGAN2Config:
         d = asdict(self)
         d["channels"] = {str(k): v for k, v in self.channels.items()}
         d["blur_kernel"] = list(self.blur_kernel)
+        if not self.c_dim:  # unconditional configs (and their generator hashes) stay as they were
+            del d["c_dim"], d["embed_dim"]
         return d
 
 
@@ -244,9 +252,12 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         ch, sd, bk, clamp = cfg.channels, cfg.style_dim, cfg.blur_kernel, cfg.conv_clamp
+        if cfg.c_dim:
+            self.embed = EqualLinear(cfg.c_dim, cfg.embed_dim)
         layers: list[nn.Module] = [PixelNorm()]
+        in_dim = cfg.z_dim + (cfg.embed_dim if cfg.c_dim else 0)
         for i in range(cfg.n_mlp):
-            layers.append(EqualLinear(cfg.z_dim if i == 0 else sd, sd, lr_mul=cfg.lr_mlp, activation=True))
+            layers.append(EqualLinear(in_dim if i == 0 else sd, sd, lr_mul=cfg.lr_mlp, activation=True))
         self.style = nn.Sequential(*layers)
 
         self.input = ConstantInput(ch[4])
@@ -272,8 +283,16 @@ class Generator(nn.Module):
         self.register_buffer("latent_avg", torch.zeros(sd))
 
     # -- mapping ---------------------------------------------------------------
-    def mapping(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-        """z ``[B, z_dim]`` → w ``[B, style_dim]``, truncated towards ``latent_avg``."""
+    def mapping(self, z: torch.Tensor, truncation: float = 1.0, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """z ``[B, z_dim]`` (and, if conditional, class ids ``[B]``) → w ``[B, style_dim]``,
+        truncated towards ``latent_avg``.
+
+        A class enters as NVIDIA's: its one-hot vector is embedded, and z and the
+        embedding are normalised separately and concatenated (``style``'s own
+        normalisation then leaves the concatenation as it is)."""
+        if self.cfg.c_dim:
+            y = self.embed(F.one_hot(classes.long(), self.cfg.c_dim).to(z.dtype))
+            z = torch.cat([self.style[0](z), self.style[0](y)], 1)
         w = self.style(z)
         if truncation != 1.0:
             w = self.latent_avg + truncation * (w - self.latent_avg)
@@ -332,11 +351,11 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, truncation: float = 1.0, noise_mode: str = "const",
                 mixing_prob: float = 0.0, return_features: bool = False, fused: bool = False,
-                generator: torch.Generator | None = None):
-        """z → image (and features). ``mixing_prob`` enables style mixing (training)."""
-        w = self.mapping(z, truncation)
+                generator: torch.Generator | None = None, classes: torch.Tensor | None = None):
+        """z (and class ids) → image (and features). ``mixing_prob`` enables style mixing (training)."""
+        w = self.mapping(z, truncation, classes)
         if mixing_prob > 0 and random.random() < mixing_prob:
-            w2 = self.mapping(torch.randn_like(z), truncation)
+            w2 = self.mapping(torch.randn_like(z), truncation, classes)
             cut = random.randint(1, self.n_latent - 1)
             w = torch.cat([w[:, None].expand(-1, cut, -1), w2[:, None].expand(-1, self.n_latent - cut, -1)], 1)
         return self.synthesis(w, noise_mode, return_features, fused, generator)
@@ -351,7 +370,8 @@ class Generator(nn.Module):
 
 @GENERATORS.register("stylegan2")
 class StyleGAN2Backend(GeneratorBackend):
-    """Unconditional StyleGAN2; taps every synthesis layer (``b{res}.conv{0,1}``)."""
+    """StyleGAN2, unconditional or class-conditional; taps every synthesis layer
+    (``b{res}.conv{0,1}``)."""
 
     arch = "stylegan2"
 
@@ -375,11 +395,16 @@ class StyleGAN2Backend(GeneratorBackend):
     def resolution(self) -> int:
         return self.module.cfg.size
 
+    @property
+    def num_classes(self) -> int:
+        return self.module.cfg.c_dim
+
     def feature_shapes(self):
         return self.module.feature_shapes()
 
     def synthesize(self, z, classes=None, truncation=1.0, noise="const", features=True, generator=None):
-        self.check_classes(None if classes is None else classes.cpu().numpy(), z.shape[0])
+        c = self.check_classes(None if classes is None else classes.cpu().numpy(), z.shape[0])
+        c = torch.from_numpy(c).to(z.device) if self.num_classes else None
         img, feats = self.module(z, truncation=truncation, noise_mode=noise, return_features=True,
-                                 generator=generator)
+                                 generator=generator, classes=c)
         return Synthesis(img, feats if features else {})
