@@ -1,8 +1,10 @@
 """Rule evaluate_downstream: score one run on the real test images."""
+from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.experiment import RealDataSpec, evaluate_downstream
 from labelfactory.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
-    evaluate_downstream(snakemake.input.weights, snakemake.input.annotations,
-                        RealDataSpec.from_dict(snakemake.params.real), snakemake.output[0],
-                        device=resolve_device(snakemake.params.device))
+    p = snakemake.params
+    evaluate_downstream(snakemake.input.weights, snakemake.input.annotations, RealDataSpec.from_dict(p.real),
+                        snakemake.output[0], device=resolve_device(p.device),
+                        class_aware=ClassAwareLabels.from_dict(p.class_aware) if p.class_aware else None)

@@ -2,6 +2,11 @@
 
     python scripts/evaluate_toy_generator.py --checkpoint weights/toy/stylegan2-car-32.safetensors \
         --cls car --out weights/toy/stylegan2-car-32.quality.json --grid docs/toy-car-samples.png
+    python scripts/evaluate_toy_generator.py --checkpoint weights/toy/biggan-32.safetensors \
+        --cls car face house tree --out weights/toy/biggan-32.quality.json --grid docs/toy-biggan-samples.png
+
+For a class-conditional generator, ``--cls`` names the toy class of each generator
+class in order (class i is the i-th name); each is measured on its own samples.
 """
 
 import argparse
@@ -23,7 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--annotator", type=Path, default=Path("weights/toy/annotator-32.safetensors"))
-    p.add_argument("--cls", default="car")
+    p.add_argument("--cls", nargs="+", default=["car"])
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--truncation", type=float, default=1.0)
     p.add_argument("--out", type=Path, required=True)
@@ -31,12 +36,23 @@ def main() -> None:
     a = p.parse_args()
     setup_logging()
     backend = load_generator(a.checkpoint)
-    q = generator_quality(backend, Annotator.load(a.annotator), a.cls, a.n, a.truncation)
+    annotator = Annotator.load(a.annotator)
+    conditional = backend.num_classes > 0
+    if conditional:
+        q = {"classes": {name: generator_quality(backend, annotator, name, a.n, a.truncation, gen_class=k)
+                         for k, name in enumerate(a.cls)}}
+    else:
+        q = generator_quality(backend, annotator, a.cls[0], a.n, a.truncation)
     atomic_write_json(a.out, {**q, "command": command_line(), "code_version": code_version()})
     print(json.dumps(q, indent=2))
     if a.grid:
-        imgs = generator_samples(backend, range(64), a.truncation)
-        rows = [np.concatenate(list(imgs[r * 8 : (r + 1) * 8]), 1) for r in range(8)]
+        if conditional:  # one row of 12 seeds per class
+            per_row = 12
+            imgs = np.concatenate([generator_samples(backend, range(per_row), a.truncation, gen_class=k)
+                                   for k in range(len(a.cls))])
+        else:
+            per_row, imgs = 8, generator_samples(backend, range(64), a.truncation)
+        rows = [np.concatenate(list(imgs[r * per_row : (r + 1) * per_row]), 1) for r in range(len(imgs) // per_row)]
         grid = Image.fromarray(np.concatenate(rows, 0))
         grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(a.grid)
 

@@ -1,4 +1,4 @@
-"""Rule import_annotations: validate a task's annotation folder and write one annotation set."""
+"""Rule import_annotations: validate a task's annotation folder (or BigDatasetGAN's release) into one set."""
 from labelfactory.annotations import import_annotations, load_labels
 from labelfactory.generators.checkpoints import load_generator
 from labelfactory.runtime import resolve_device, snakemake_job
@@ -7,4 +7,5 @@ with snakemake_job(snakemake):
     p = snakemake.params
     backend = load_generator(snakemake.input.weights, resolve_device(p.device))
     import_annotations(p.annotations, backend, snakemake.output[0], truncation=p.truncation, noise=p.noise,
-                       labels=load_labels(p.labels), expected_count=p.expected_count)
+                       labels=load_labels(p.labels), expected_count=p.expected_count, classes=p.classes,
+                       expected_per_class=p.expected_per_class)

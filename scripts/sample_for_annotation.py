@@ -6,6 +6,5 @@ from labelfactory.runtime import resolve_device, snakemake_job
 with snakemake_job(snakemake):
     p = snakemake.params
     backend = load_generator(snakemake.input.weights, resolve_device(p.device))
-    classes = None if p.cls < 0 else [p.cls] * len(p.seeds)
     sample_for_annotation(backend, p.seeds, snakemake.output[0], truncation=p.truncation, noise=p.noise,
-                          classes=classes)
+                          classes=p.classes)

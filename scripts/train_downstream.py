@@ -1,12 +1,15 @@
 """Rule train_downstream: one segmentation run of a setting and seed."""
+from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.experiment import RealDataSpec, SettingInputs, seg_config, train_downstream
 from labelfactory.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
-    real = snakemake.params.real
+    p = snakemake.params
+    real = p.real
     inputs = SettingInputs(annotations=snakemake.input.annotations,
                            real=RealDataSpec.from_dict(real) if real else None,
-                           manifest=snakemake.input.manifest[0] if snakemake.input.manifest else None)
+                           manifest=snakemake.input.manifest[0] if snakemake.input.manifest else None,
+                           class_aware=ClassAwareLabels.from_dict(p.class_aware) if p.class_aware else None)
     cfg = seg_config(snakemake.params.options, seed=int(snakemake.wildcards.seed), threads=snakemake.threads)
     train_downstream(snakemake.wildcards.setting, inputs, cfg, snakemake.output.weights,
                      device=resolve_device(snakemake.params.device))

@@ -159,7 +159,7 @@ def test_palette_masks_and_seed_latents(folder, backend, out):
 
 def test_class_conditional_round_trip(tmp_path, out):
     cond = make_backend(0, ConditionalBackend)
-    manifest = sample_for_annotation(cond, [5, 5], tmp_path / "ann", classes=[0, 2])
+    manifest = sample_for_annotation(cond, [5], tmp_path / "ann", classes=[0, 2])
     assert manifest["id"].tolist() == ["c0000_s00000005", "c0002_s00000005"]
     fill_in(tmp_path / "ann")
     import_annotations(tmp_path / "ann", cond, out)
@@ -207,6 +207,97 @@ def test_sample_for_annotation_never_leaves_half_folders(tmp_path, backend, monk
 def test_sample_id():
     assert sample_id(7, -1) == "s00000007"
     assert sample_id(7, 12) == "c0012_s00000007"
+
+
+# -- class-conditional tasks: samples per class -----------------------------------------
+CLASSES = [2, 0, 1]
+
+
+@pytest.fixture(scope="module")
+def cond():
+    return make_backend(0, ConditionalBackend)
+
+
+@pytest.fixture(scope="module")
+def pristine_per_class(tmp_path_factory, cond):
+    d = tmp_path_factory.mktemp("per_class") / "ann"
+    sample_for_annotation(cond, SEEDS[:2], d, classes=CLASSES)
+    fill_in(d)
+    return d
+
+
+@pytest.fixture
+def per_class(tmp_path, pristine_per_class):
+    """A valid filled-in folder: seeds 3 and 1 for each of the classes 2, 0, 1."""
+    return Path(shutil.copytree(pristine_per_class, tmp_path / "ann"))
+
+
+def drop_rows(folder, ids):
+    """Remove samples from a folder: their manifest rows and masks."""
+    edit_manifest(folder, lambda df: df[~df["id"].isin(ids)])
+    for i in ids:
+        (folder / f"{i}.png").unlink()
+
+
+def test_sample_for_annotation_per_class(tmp_path, cond, pristine_per_class):
+    manifest = pd.read_csv(pristine_per_class / "manifest.csv")
+    assert manifest["id"].tolist() == [sample_id(s, c) for c in CLASSES for s in SEEDS[:2]]
+    assert manifest["class"].tolist() == [2, 2, 0, 0, 1, 1] and manifest["seed"].tolist() == [3, 1] * 3
+    assert manifest["class"].value_counts().to_dict() == {0: 2, 1: 2, 2: 2}
+    np.testing.assert_array_equal(np.load(pristine_per_class / "c0000_s00000001.latent.npy"),
+                                  cond.sample_latents([1])[0])
+    again = sample_for_annotation(cond, SEEDS[:2], tmp_path / "again", classes=CLASSES)
+    assert again["id"].tolist() == manifest["id"].tolist()
+    for f in sorted((tmp_path / "again").iterdir()):
+        assert f.read_bytes() == (pristine_per_class / f.name).read_bytes(), f.name
+
+
+def test_sample_for_annotation_checks_classes(tmp_path, cond, backend):
+    with pytest.raises(ValueError, match="class-conditional: give a class per sample"):
+        sample_for_annotation(cond, SEEDS, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"need 6 classes in \[0, 3\)"):
+        sample_for_annotation(cond, SEEDS[:2], tmp_path / "b", classes=[0, 3, 1])
+    with pytest.raises(ValueError, match="unconditional"):
+        sample_for_annotation(backend, SEEDS, tmp_path / "c", classes=[0])
+    with pytest.raises(ValueError, match="duplicate .seed, class. pairs: c0000_s00000003"):
+        sample_for_annotation(cond, [3], tmp_path / "d", classes=[0, 0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_per_class_import(per_class, cond, out):
+    aset = import_annotations(per_class, cond, out, classes=[0, 1, 2], expected_per_class=2, expected_count=6)
+    loaded = load_annotation_set(out)
+    assert loaded.ids == aset.ids == pd.read_csv(per_class / "manifest.csv")["id"].tolist()
+    assert loaded.classes.tolist() == [2, 2, 0, 0, 1, 1] and loaded.seeds.tolist() == [3, 1] * 3
+    np.testing.assert_array_equal(loaded.masks, np.stack([label_mask(s) for s in [3, 1] * 3]))
+
+
+PER_CLASS_CASES = {
+    "class out of range": (
+        lambda d: edit_manifest(d, lambda df: df.assign(**{"class": ["2", "2", "0", "0", "1", "3"]})), {},
+        ["manifest.csv: line 7 (id 'c0001_s00000001'): class 3 is invalid for this generator"]),
+    "class not an integer": (
+        lambda d: edit_manifest(d, lambda df: df.assign(**{"class": ["2", "2", "zero", "0", "1", "1"]})), {},
+        ["manifest.csv: line 4 (id 'c0000_s00000003'): class 'zero' is not an integer"]),
+    "class not the task's": (lambda d: None, {"classes": [0, 1]},
+                             ["manifest.csv: line 2 (id 'c0002_s00000003'): class 2 is not one of the task's "
+                              "classes [0, 1]", "line 3 (id 'c0002_s00000001'): class 2 is not one"]),
+    "missing class": (lambda d: drop_rows(d, ["c0000_s00000003", "c0000_s00000001"]), {"classes": [0, 1, 2]},
+                      ["manifest.csv: no annotated samples of classes [0]"]),
+    "too few of a class": (lambda d: drop_rows(d, ["c0001_s00000001"]), {"expected_per_class": 2},
+                           ["manifest.csv: fewer than 2 annotated samples of classes 1 (1)"]),
+    "too few of several": (lambda d: drop_rows(d, ["c0001_s00000001", "c0002_s00000003"]),
+                           {"classes": [0, 1, 2], "expected_per_class": 2},
+                           ["manifest.csv: fewer than 2 annotated samples of classes 1 (1), 2 (1)"]),
+}
+
+
+@pytest.mark.parametrize("case", list(PER_CLASS_CASES))
+def test_bad_per_class_folder_is_rejected(case, per_class, cond, out):
+    mutate, kwargs, needles = PER_CLASS_CASES[case]
+    mutate(per_class)
+    err = expect_failure(per_class, cond, out, *needles, **kwargs)
+    assert len(err.problems) == len(needles) and all("\n" not in p for p in err.problems)
 
 
 # -- validation: one case per problem ---------------------------------------------------

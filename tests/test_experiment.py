@@ -85,7 +85,7 @@ def test_synthetic_settings_differ_only_by_the_filter(tmp_path):
     class Constant:  # two members that agree on one label everywhere
         num_classes = 3
 
-        def member_probabilities(self, features):
+        def member_probabilities(self, features, classes=None):
             x = next(iter(features.values()))
             p = torch.zeros(2, x.shape[0], 3, 16, 16)
             p[:, :, 1] = 1.0

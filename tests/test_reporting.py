@@ -78,7 +78,7 @@ class Half:
 
     num_classes = 2
 
-    def member_probabilities(self, features):
+    def member_probabilities(self, features, classes=None):
         b = next(iter(features.values())).shape[0]
         p = np.zeros((2, b, 2, 16, 16), np.float32)
         p[:, :, 1, :, :8] = 1
@@ -110,3 +110,46 @@ def test_label_errors_against_a_reference_and_sample_grid(tmp_path):
     assert errors["error"].to_numpy() == pytest.approx(np.full(6, 8 / 256))
     plot_sample_grid(manifest, tmp_path / "grid.png", per_row=4)
     assert Image.open(tmp_path / "grid.png").size[1] > 200
+
+
+
+@pytest.mark.parametrize("kept", [[True] * 9 + [False] * 3, [True] * 12])
+def test_sample_grid_titles_overlap_no_image_and_no_other_title(monkeypatch, tmp_path, kept):
+    import matplotlib.figure
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    from labelfactory import reporting
+
+    def samples(rows):
+        rng = np.random.default_rng(len(rows))
+        return (rng.integers(0, 256, (len(rows), 16, 16, 3), dtype=np.uint8),
+                rng.integers(0, 3, (len(rows), 16, 16), dtype=np.uint8))
+
+    saved = []
+    monkeypatch.setattr(reporting, "_manifest_samples", samples)
+    monkeypatch.setattr(reporting, "_save", lambda fig, path: saved.append(fig))
+    manifest = pd.DataFrame({"shard": "s.h5", "index": np.arange(12), "seed": np.arange(12), "class": -1,
+                             "score": np.linspace(0, 1, 12), "kept": kept})
+    plot_sample_grid(manifest, tmp_path / "grid.png", per_row=4)
+    fig = saved[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = {im.axes for im in fig.findobj(matplotlib.image.AxesImage)}
+    assert len(axes) == 2 * (4 + 4 + (0 if all(kept) else 3))  # image and overlay of every sample shown
+    # every text drawn: the images' titles (scores), and texts on an image, the figure or a subfigure
+    figures = fig.findobj(lambda a: isinstance(a, matplotlib.figure.FigureBase))
+    texts = [t for t in [*(ax.title for ax in axes), *(t for ax in axes for t in ax.texts),
+                         *(t for f in figures for t in f.texts)] if t.get_visible() and t.get_text()]
+    names = {t.get_text() for t in texts if not t.get_text()[0].isdigit()}
+    assert names == {"most certain", "random kept"} | (set() if all(kept) else {"most uncertain (dropped)"})
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    images = [ax.get_window_extent(renderer) for ax in axes]
+
+    def overlap(a, b):
+        return min(a.x1, b.x1) - max(a.x0, b.x0) > 0.5 and min(a.y1, b.y1) - max(a.y0, b.y0) > 0.5
+
+    for i, (text, box) in enumerate(zip(texts, boxes)):
+        assert not any(overlap(box, im) for im in images), f"{text.get_text()!r} is drawn over an image"
+        assert not any(overlap(box, other) for other in boxes[i + 1:]), f"{text.get_text()!r} overlaps a title"
+    plt.close(fig)

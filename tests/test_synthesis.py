@@ -29,7 +29,7 @@ class LinearEnsemble:
         self.weight = torch.randn(members, num_classes, sum(c for c, _, _ in shapes.values()), generator=g)
         self.num_classes, self.resolution, self.fail_on_call, self.calls = num_classes, resolution, fail_on_call, 0
 
-    def member_probabilities(self, features):
+    def member_probabilities(self, features, classes=None):
         self.calls += 1
         if self.calls == self.fail_on_call:
             raise RuntimeError("labeller died")
@@ -149,7 +149,7 @@ def test_classes_are_recorded_and_checked(tmp_path, backend, labeller):
 
 
 class WrongShape(LinearEnsemble):
-    def member_probabilities(self, features):
+    def member_probabilities(self, features, classes=None):
         return super().member_probabilities(features)[..., :8]
 
 
@@ -202,7 +202,7 @@ def test_writer_thread_errors_reach_the_caller(tmp_path, backend, labeller, monk
 
 
 class KilledOnThirdBatch(LinearEnsemble):
-    def member_probabilities(self, features):
+    def member_probabilities(self, features, classes=None):
         if self.calls == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().member_probabilities(features)

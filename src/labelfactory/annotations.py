@@ -8,11 +8,14 @@ palette PNG of label ids) or a LabelMe ``<id>.json``, optionally with the latent
 ``<id>.latent.npy`` and the annotated image ``<id>.image.png``.
 
 :func:`sample_for_annotation` writes such a folder (without masks) for a human
-to annotate; :func:`import_annotations` checks a filled-in folder against the
-generator, re-renders every sample and stores one validated
-:class:`AnnotationSet` as HDF5. Every problem found is reported at once in a
-single :class:`AnnotationError`, each as ``<file>: <problem>``, so a user fixes
-a folder in one round instead of one error at a time.
+to annotate, for class-conditional generators the same seeds for each class;
+:func:`import_annotations` checks a filled-in folder against the generator
+(and the task's classes and per-class counts), re-renders every sample and
+stores one validated :class:`AnnotationSet` as HDF5. A folder in the layout of
+BigDatasetGAN's release is recognised and read by
+:mod:`labelfactory.release_annotations`. Every problem found is reported at once
+in a single :class:`AnnotationError`, each as ``<file>: <problem>``, so a user
+fixes a folder in one round instead of one error at a time.
 """
 
 from __future__ import annotations
@@ -115,6 +118,17 @@ def _read_labels(path: Path) -> tuple[LabelSet | None, list[str]]:
     return LabelSet(tuple(doc["names"]), doc.get("ignore_index", 255)), []
 
 
+def resolve_labels(labels: LabelSet | str | os.PathLike | None, default: Path,
+                   problems: list[str]) -> LabelSet | None:
+    """``labels`` itself, or the label set read from its path (``default`` if None);
+    None, with the reasons added to ``problems``, if it cannot be read."""
+    if isinstance(labels, LabelSet):
+        return labels
+    labelset, label_problems = _read_labels(Path(labels) if labels is not None else default)
+    problems += label_problems
+    return labelset
+
+
 def load_labels(path: str | os.PathLike) -> LabelSet:
     """Read ``labels.yaml`` (``names``, optional ``ignore_index``); raises
     :class:`AnnotationError` naming every problem."""
@@ -142,19 +156,27 @@ def sample_for_annotation(backend: GeneratorBackend, seeds: Sequence[int], out_d
     """Render the seeded samples into a fresh folder for a human to annotate:
     ``<id>.image.png``, ``<id>.latent.npy`` and ``manifest.csv`` (returned).
 
-    The folder is built beside ``out_dir`` and renamed into place when complete,
-    so an interrupted run never leaves a folder that looks ready. An existing
-    non-empty ``out_dir`` is refused: it may hold a person's annotations.
+    A class-conditional generator renders every seed once for each of
+    ``classes``, class by class (BigDatasetGAN annotates a few samples per
+    class); an unconditional one takes no classes. The folder is built beside
+    ``out_dir`` and renamed into place when complete, so an interrupted run never
+    leaves a folder that looks ready. An existing non-empty ``out_dir`` is
+    refused: it may hold a person's annotations.
     """
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; refusing to overwrite annotations")
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
-    cls = backend.check_classes(classes, len(seeds))
+    if classes is None:
+        cls = backend.check_classes(None, len(seeds))
+    else:
+        per_class = np.asarray(classes, dtype=np.int64).reshape(-1)
+        cls = backend.check_classes(np.repeat(per_class, len(seeds)), len(per_class) * len(seeds))
+        seeds = np.tile(seeds, len(per_class))
     ids = [sample_id(s, c) for s, c in zip(seeds, cls)]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate (seed, class) pairs: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
-    z = backend.sample_latents(seeds)
+    z = backend.sample_latents(seeds, truncation=truncation)
     images = _render_uint8(backend, z, cls, truncation, noise)
     manifest = pd.DataFrame({"id": ids, "seed": seeds, "class": cls, "truncation": float(truncation),
                              "noise": noise, "generator_hash": backend.generator_hash})
@@ -271,7 +293,7 @@ def _as_int(value: str) -> int | None:
 
 
 def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noise: str,
-                   problems: list[str]) -> list[_Row]:
+                   classes: Sequence[int] | None, problems: list[str]) -> list[_Row]:
     """Parse and check ``manifest.csv``; returns one row per distinct usable id."""
     name = path.name
     if not path.is_file():
@@ -309,10 +331,9 @@ def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noi
         if cls is None:
             problems.append(f"{where}: class {cls_s!r} is not an integer (use {UNCONDITIONAL} for unconditional)")
         else:
-            try:
-                backend.check_classes([cls], 1)
-            except ValueError as e:
-                problems.append(f"{where}: class {cls} is invalid for this generator ({e})")
+            problem = class_problem(backend, cls, classes)
+            if problem:
+                problems.append(f"{where}: {problem}")
                 cls = None
         if sid not in seen:
             seen.add(sid)
@@ -322,6 +343,38 @@ def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noi
         if col in df.columns:
             _check_setting(name, col, df[col].str.strip(), ids, want, problems)
     return rows
+
+
+def class_problem(backend: GeneratorBackend, cls: int, classes: Sequence[int] | None) -> str | None:
+    """Why ``cls`` cannot be a sample's class (not the generator's, or not one of the
+    task's ``classes``), or None."""
+    try:
+        backend.check_classes([cls], 1)
+    except ValueError as e:
+        return f"class {cls} is invalid for this generator ({e})"
+    if classes is not None and cls not in classes:
+        return f"class {cls} is not one of the task's classes {sorted(classes)}"
+    return None
+
+
+def count_problems(where: str, sample_classes: Sequence[int | None], classes: Sequence[int] | None,
+                   expected_count: int | None, expected_per_class: int | None) -> list[str]:
+    """The total (at least ``expected_count``) and per-class (at least
+    ``expected_per_class`` of each of ``classes``, else of each class present)
+    annotation counts that fall short, as ``<where>: <problem>``; a sample's class
+    is None where it is unusable (counted in the total only)."""
+    problems = []
+    if expected_count is not None and len(sample_classes) < expected_count:
+        problems.append(f"{where}: {len(sample_classes)} annotated samples, expected at least {expected_count}")
+    counts = pd.Series([c for c in sample_classes if c is not None], dtype=np.int64).value_counts()
+    missing = sorted(set(classes or ()) - set(counts.index))
+    if missing:
+        problems.append(f"{where}: no annotated samples of classes {missing}")
+    short = counts[counts < (expected_per_class or 0)].sort_index()
+    if len(short):
+        problems.append(f"{where}: fewer than {expected_per_class} annotated samples of classes "
+                        + ", ".join(f"{c} ({n})" for c, n in short.items()))
+    return problems
 
 
 def _check_setting(name: str, col: str, values: pd.Series, ids: pd.Series, want, problems: list[str]) -> None:
@@ -344,22 +397,24 @@ def _check_setting(name: str, col: str, values: pd.Series, ids: pd.Series, want,
             problems.append(f"{name}: {col} {value!r} (ids {rows}) differs from the import setting {want!r}")
 
 
-def _open_png(path: Path, problems: list[str]) -> Image.Image | None:
-    """The fully decoded PNG at ``path``, or None (with the reason in ``problems``)."""
+def open_png(path: Path, problems: list[str], name: str | None = None) -> Image.Image | None:
+    """The fully decoded PNG at ``path``, or None (with the reason in ``problems``,
+    under ``name``, by default the file name)."""
+    name = name or path.name
     try:
         with Image.open(path) as im:
             im.load()
             if im.format != "PNG":
-                problems.append(f"{path.name}: not a PNG file (found {im.format})")
+                problems.append(f"{name}: not a PNG file (found {im.format})")
                 return None
             return im.copy()
     except (OSError, SyntaxError, ValueError) as e:
-        problems.append(f"{path.name}: unreadable or corrupt PNG ({e})")
+        problems.append(f"{name}: unreadable or corrupt PNG ({e})")
         return None
 
 
 def _read_png_mask(path: Path, problems: list[str]) -> np.ndarray | None:
-    im = _open_png(path, problems)
+    im = open_png(path, problems)
     if im is None:
         return None
     if im.mode not in ("L", "P"):
@@ -418,12 +473,20 @@ def _read_labelme_mask(path: Path, labels: LabelSet | None, problems: list[str])
     return None if shape_problems else np.asarray(mask, dtype=np.uint8)
 
 
+def size_problem(shape: Sequence[int], resolution: int) -> str | None:
+    """Why a mask of ``shape`` does not fit a generator of ``resolution``, or None."""
+    if tuple(shape) == (resolution, resolution):
+        return None
+    return (f"wrong size: expected {resolution}x{resolution} (HxW, the generator's resolution), found "
+            + "x".join(str(n) for n in shape))
+
+
 def _check_mask(name: str, mask: np.ndarray, resolution: int, labels: LabelSet | None,
                 problems: list[str]) -> bool:
     """Size and label-range checks of a decoded mask; True if it passed."""
-    if mask.shape != (resolution, resolution):
-        problems.append(f"{name}: wrong size: expected {resolution}x{resolution} (HxW, the generator's "
-                        f"resolution), found {mask.shape[0]}x{mask.shape[1]}")
+    problem = size_problem(mask.shape, resolution)
+    if problem:
+        problems.append(f"{name}: {problem}")
         return False
     if labels is None:
         return False
@@ -455,19 +518,20 @@ def _read_latent(path: Path, seed: int, expected: np.ndarray, problems: list[str
     return z
 
 
-def _check_image(path: Path, rendered: np.ndarray, problems: list[str]) -> None:
+def check_image(path: Path, rendered: np.ndarray, problems: list[str], name: str | None = None) -> None:
     """Compare the annotated image with the re-rendered one (tolerance 3/255)."""
-    im = _open_png(path, problems)
+    name = name or path.name
+    im = open_png(path, problems, name)
     if im is None:
         return
     img = np.asarray(im.convert("RGB"), dtype=np.int16)
     if img.shape != rendered.shape:
-        problems.append(f"{path.name}: size {img.shape[0]}x{img.shape[1]} differs from the generator's "
+        problems.append(f"{name}: size {img.shape[0]}x{img.shape[1]} differs from the generator's "
                         f"{rendered.shape[0]}x{rendered.shape[1]}")
         return
     diff = np.abs(img - rendered.astype(np.int16)).max(-1)
     if diff.max() > IMAGE_TOLERANCE:
-        problems.append(f"{path.name}: differs from the re-rendered image by up to {diff.max()}/255 at "
+        problems.append(f"{name}: differs from the re-rendered image by up to {diff.max()}/255 at "
                         f"{int((diff > IMAGE_TOLERANCE).sum())} px (tolerance {IMAGE_TOLERANCE}/255): the "
                         "generator, truncation or noise settings differ from those the image was annotated on")
 
@@ -475,26 +539,33 @@ def _check_image(path: Path, rendered: np.ndarray, problems: list[str]) -> None:
 def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, out_h5: str | os.PathLike,
                        truncation: float = 1.0, noise: str = "const",
                        labels: LabelSet | str | os.PathLike | None = None,
-                       expected_count: int | None = None) -> AnnotationSet:
+                       expected_count: int | None = None, classes: Sequence[int] | None = None,
+                       expected_per_class: int | None = None) -> AnnotationSet:
     """Validate an annotation folder, re-render its samples and write them to HDF5.
 
     ``labels`` (a :class:`LabelSet` or a ``labels.yaml`` path) replaces the
     folder's own ``labels.yaml``. Each sample is re-rendered from its stored
     latent (or its seed's) with ``truncation``/``noise``; constant noise makes the
-    image exactly the one annotated, which ``<id>.image.png`` confirms. Raises one
-    :class:`AnnotationError` listing every problem; ``out_h5`` is written
-    atomically and only when there are none.
+    image exactly the one annotated, which ``<id>.image.png`` confirms. For a
+    class-conditional task, ``classes`` are the task's classes (every sample must
+    be of one, every one must have samples) and ``expected_per_class`` the
+    fewest annotations of each. A folder in the layout of BigDatasetGAN's release
+    is read by :func:`~labelfactory.release_annotations.import_release_annotations`.
+    Raises one :class:`AnnotationError` listing every problem; ``out_h5`` is
+    written atomically and only when there are none.
     """
     ann_dir = Path(ann_dir)
     if not ann_dir.is_dir():
         raise AnnotationError(ann_dir, [f"{ann_dir.name}: annotation folder not found"])
+    from .release_annotations import import_release_annotations, release_layout  # it builds on this module
+
+    if not (ann_dir / MANIFEST_FILE).exists() and release_layout(ann_dir):
+        return import_release_annotations(ann_dir, backend, out_h5, truncation=truncation, noise=noise,
+                                          labels=labels, expected_count=expected_count, classes=classes,
+                                          expected_per_class=expected_per_class)
     problems: list[str] = []
-    if isinstance(labels, LabelSet):
-        labelset = labels
-    else:
-        labelset, label_problems = _read_labels(Path(labels) if labels is not None else ann_dir / LABELS_FILE)
-        problems += label_problems
-    rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, float(truncation), noise, problems)
+    labelset = resolve_labels(labels, ann_dir / LABELS_FILE, problems)
+    rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, float(truncation), noise, classes, problems)
     res = backend.resolution
 
     masks: dict[str, np.ndarray] = {}
@@ -511,7 +582,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
                                                 problems):
                 masks[row.id] = mask
         if row.seed is not None:
-            expected = backend.sample_latents([row.seed])[0]
+            expected = backend.sample_latents([row.seed], truncation=truncation)[0]
             lat = ann_dir / f"{row.id}{LATENT_SUFFIX}"
             z = _read_latent(lat, row.seed, expected, problems) if lat.is_file() else expected
             if z is not None and row.cls is not None:
@@ -534,9 +605,8 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
         for sid in rendered:
             img = ann_dir / f"{sid}{IMAGE_SUFFIX}"
             if img.is_file():
-                _check_image(img, rendered[sid], problems)
-    if expected_count is not None and len(rows) < expected_count:
-        problems.append(f"{MANIFEST_FILE}: {len(rows)} annotated samples, expected at least {expected_count}")
+                check_image(img, rendered[sid], problems)
+    problems += count_problems(MANIFEST_FILE, [r.cls for r in rows], classes, expected_count, expected_per_class)
     if problems:
         raise AnnotationError(ann_dir, problems)
 

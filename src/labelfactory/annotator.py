@@ -353,6 +353,27 @@ class Annotator:
         return np.concatenate([self.model.embed(to_input(images[i : i + batch])).numpy()
                                for i in range(0, len(images), batch)])
 
+    @torch.no_grad()
+    def dominant_class(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        """int64 ``[N]``: the toy class whose parts cover most pixels in the unrestricted
+        (all classes) prediction, -1 where no part is predicted: which object it sees."""
+        self.model.eval()
+        owner = np.zeros(1 + sum(len(toyworld.PARTS[c]) for c in toyworld.CLASSES), dtype=np.int64)
+        for k, name in enumerate(toyworld.CLASSES):
+            ids = class_label_ids(name)[1:]
+            owner[ids] = k + 1
+        out = []
+        for i in range(0, len(images), batch):
+            pred = self.model(to_input(images[i : i + batch])).argmax(1).numpy()
+            counts = np.stack([(owner[pred] == k + 1).sum((1, 2)) for k in range(len(toyworld.CLASSES))], 1)
+            out.append(np.where(counts.max(1) > 0, counts.argmax(1), -1))
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def object_masks(self, images: np.ndarray, cls: int | str) -> np.ndarray:
+        """uint8 binary object masks ``[N,H,W]`` of class ``cls`` (BigDatasetGAN's labels):
+        every pixel of one of the class's parts."""
+        return (self.label(images, cls) > 0).astype(np.uint8)
+
     def object_found(self, masks: np.ndarray, cls: int | str) -> np.ndarray:
         """Bool ``[N]``: the object is solid and large enough, and its main part
         (the class's first part) present. Both shares (:func:`solid_object_share`

@@ -2,9 +2,10 @@
 
 The JSON schema (``workflow/schemas/config.schema.yaml``) is the single source
 of truth for keys, types, ranges and defaults; :func:`validate_config` applies
-it (through Snakemake's validator, which fills defaults) and then checks what a
+it (filling defaults, as Snakemake's validator does) and then checks what a
 schema cannot express (references between sections, files that must exist).
-The Snakefile calls it at parse time, so a bad value fails before any job.
+The Snakefile calls it at parse time, so a bad value fails before any job, and
+every problem of the config is reported at once.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ class CheckpointSpec:
 
 @dataclass(frozen=True)
 class AnnotationSpec:
+    """Samples to annotate: ``num_samples`` seeds from ``seed_start`` (per class for
+    class-conditional tasks, as BigDatasetGAN's 5 per class)."""
+
     num_samples: int = 16
     seed_start: int = 0
     expected_count: int | None = None
+    expected_per_class: int | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -106,13 +111,15 @@ class DownstreamSpec:
     real: dict = field(default_factory=dict)
     reference_annotator: str | None = None
     report_samples: int = 500
+    labels: str = "annotated"
 
     @classmethod
     def from_dict(cls, d: dict) -> "DownstreamSpec":
-        own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples"}
+        own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples", "labels"}
         return cls(enabled=d["enabled"], settings=tuple(d["settings"]), seeds=d["seeds"], threads=d["threads"],
                    train={k: v for k, v in d.items() if k not in own}, real=dict(d["real"]),
-                   reference_annotator=d["reference_annotator"], report_samples=d["report_samples"])
+                   reference_annotator=d["reference_annotator"], report_samples=d["report_samples"],
+                   labels=d["labels"])
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ class TaskSpec:
     annotations: str
     labels: str
     cls: int = -1
+    classes: tuple[int, ...] | None = None
+    class_names: tuple[str, ...] | None = None
     truncation: float = 1.0
     noise: str = "const"
     annotation: AnnotationSpec = field(default_factory=AnnotationSpec)
@@ -130,6 +139,18 @@ class TaskSpec:
     synthesis: SynthesisSpec = field(default_factory=SynthesisSpec)
     filter_ratio: float = 0.1
     downstream: DownstreamSpec = field(default_factory=DownstreamSpec)
+
+    @property
+    def conditional(self) -> bool:
+        """A class-conditional task: annotated and synthesised per class (BigDatasetGAN)."""
+        return self.classes is not None
+
+    @property
+    def annotation_classes(self) -> list[int] | None:
+        """The class of every sample to annotate, per class in turn (None: unconditional)."""
+        if self.classes is not None:
+            return list(self.classes)
+        return None if self.cls < 0 else [self.cls]
 
 
 @dataclass(frozen=True)
@@ -146,19 +167,23 @@ class WorkflowConfig:
         for n, t in cfg["tasks"].items():
             t = dict(t)
             layers = t["features"]["layers"]
+            classes = _classes(t["classes"])
+            syn_classes = _classes(t["synthesis"]["classes"])
             tasks[n] = TaskSpec(
                 name=n,
                 checkpoint=t["checkpoint"],
                 annotations=t["annotations"],
                 labels=t["labels"] or str(Path(t["annotations"]) / "labels.yaml"),
                 cls=t["class"],
+                classes=classes,
+                class_names=tuple(t["class_names"]) if t["class_names"] else None,
                 truncation=float(t["truncation"]),
                 noise=t["noise"],
                 annotation=AnnotationSpec(**t["annotation"]),
                 features=FeatureSpec(layers=layers if isinstance(layers, str) else tuple(layers),
                                      batch_size=t["features"]["batch_size"]),
                 interpreter=dict(t["interpreter"]),
-                synthesis=SynthesisSpec(**{**t["synthesis"], "classes": _classes(t["synthesis"]["classes"])}),
+                synthesis=SynthesisSpec(**{**t["synthesis"], "classes": syn_classes if syn_classes else classes}),
                 filter_ratio=float(t["filter"]["ratio"]),
                 downstream=DownstreamSpec.from_dict(t["downstream"]),
             )
@@ -174,21 +199,64 @@ def _classes(spec) -> tuple[int, ...] | None:
 def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = True) -> dict:
     """Validate against the schema (filling defaults) and cross-check; returns the filled dict.
 
+    Every problem is reported in one :class:`ConfigError`, a line each with its key
+    path and what is allowed; a value the schema rejects is not cross-checked.
     ``base_dir`` is where relative paths in the config are resolved (the
     workflow's working directory)."""
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
     cfg = copy.deepcopy(cfg)
-    try:
-        validate(cfg, str(SCHEMA_PATH), set_default=True)
-    except WorkflowError as e:
-        raise ConfigError(_schema_message(e)) from None
+    errors = _schema_errors(cfg)
+    problems = [_schema_message(e) for e in errors]
+    rejected = [tuple(e.absolute_path) for e in errors]
+    if isinstance(cfg.get("checkpoints"), dict) and isinstance(cfg.get("tasks"), dict):
+        for name in cfg["tasks"]:
+            problems += _task_problems(cfg, name, rejected, Path(base_dir), check_files)
+    if problems:
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError(f"invalid configuration ({count}):\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def _schema_errors(cfg: dict) -> list:
+    """Every schema violation in ``cfg``, filling in defaults on the way (as Snakemake's
+    ``validate(set_default=True)`` does, but without stopping at the first error)."""
+    from jsonschema import Draft202012Validator, validators
+
+    properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def fill_defaults(validator, props, instance, schema):
+        if validator.is_type(instance, "object"):
+            for key, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from properties(validator, props, instance, schema)
+
+    validator = validators.extend(Draft202012Validator, {"properties": fill_defaults})
+    return list(validator(yaml.safe_load(SCHEMA_PATH.read_text())).iter_errors(cfg))
+
+
+def _accepted(cfg: dict, rejected: list[tuple], path: tuple) -> bool:
+    """Whether ``path`` is in ``cfg`` and the schema rejected nothing at or under it."""
+    node = cfg
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return not any(r[:len(path)] == path for r in rejected)
+
+
+def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, check_files: bool) -> list[str]:
+    """What the schema cannot express about one task, checked on the keys the schema accepted."""
+    task, checkpoints = cfg["tasks"][name], cfg["checkpoints"]
+
+    def accepted(*keys: str) -> bool:
+        return all(_accepted(cfg, rejected, ("tasks", name, *k.split("."))) for k in keys)
+
     problems = []
-    for name, task in cfg["tasks"].items():
-        if task["checkpoint"] not in cfg["checkpoints"]:
-            problems.append(f"tasks.{name}.checkpoint: {task['checkpoint']!r} is not a key of `checkpoints` "
-                            f"(known: {sorted(cfg['checkpoints'])})")
+    if accepted("checkpoint") and task["checkpoint"] not in checkpoints:
+        problems.append(f"tasks.{name}.checkpoint: {task['checkpoint']!r} is not a key of `checkpoints` "
+                        f"(known: {sorted(checkpoints)})")
+    if accepted("annotation.seed_start", "annotation.num_samples", "synthesis.seed_start", "synthesis.num_shards",
+                "synthesis.samples_per_shard"):
         ann_seeds = range(task["annotation"]["seed_start"],
                           task["annotation"]["seed_start"] + task["annotation"]["num_samples"])
         syn = task["synthesis"]
@@ -196,17 +264,17 @@ def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = T
         if ann_seeds.start < syn_seeds.stop and syn_seeds.start < ann_seeds.stop:
             problems.append(f"tasks.{name}.synthesis.seed_start: synthesis seeds {syn_seeds.start}.."
                             f"{syn_seeds.stop - 1} overlap the annotation seeds {ann_seeds.start}..{ann_seeds.stop - 1}")
-        if check_files:
-            ann = Path(base_dir) / task["annotations"]
-            labels = Path(base_dir) / (task["labels"] or Path(task["annotations"]) / "labels.yaml")
-            # a missing folder is fine until import_annotations needs it: the samples
-            # to annotate are rendered first (rule sample_for_annotation)
-            if ann.is_dir() and not labels.is_file():
-                problems.append(f"tasks.{name}.labels: {labels} does not exist")
-        problems += _downstream_problems(name, task["downstream"], Path(base_dir), check_files)
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    return cfg
+    if check_files and accepted("annotations", "labels"):
+        ann = base_dir / task["annotations"]
+        labels = base_dir / (task["labels"] or Path(task["annotations"]) / "labels.yaml")
+        # a missing folder is fine until import_annotations needs it: the samples
+        # to annotate are rendered first (rule sample_for_annotation)
+        if ann.is_dir() and not labels.is_file():
+            problems.append(f"tasks.{name}.labels: {labels} does not exist")
+    if accepted("downstream.real", "downstream.weights", "downstream.backbone_weights",
+                "downstream.reference_annotator"):
+        problems += _downstream_problems(name, task["downstream"], base_dir, check_files)
+    return problems
 
 
 def _downstream_problems(task: str, ds: dict, base_dir: Path, check_files: bool) -> list[str]:
@@ -223,13 +291,31 @@ def _downstream_problems(task: str, ds: dict, base_dir: Path, check_files: bool)
     return problems
 
 
-def _schema_message(err: Exception) -> str:
-    cause = err.__cause__ or err.__context__
-    text = str(err)
-    path = getattr(cause, "absolute_path", None)
-    where = ".".join(str(p) for p in path) if path else "<root>"
-    msg = getattr(cause, "message", None)
-    return f"invalid configuration at {where}: {msg}" if msg else f"invalid configuration: {text}"
+def _schema_message(err) -> str:
+    """``key.path: what is wrong`` for one jsonschema error, with what is allowed
+    where the validator's own message does not say it."""
+    where = ".".join(map(str, err.absolute_path)) or "<root>"
+    msg = err.message
+    if err.validator == "additionalProperties" and err.validator_value is False:
+        msg += f" (allowed: {', '.join(err.schema.get('properties', {}))})"
+    elif err.validator in ("oneOf", "anyOf") and err.context:
+        msg += f" (allowed: {'; or '.join(_describe(s) for s in err.validator_value)})"
+    elif "propertyNames" in err.absolute_schema_path:
+        msg = f"key {msg}"
+    return f"{where}: {msg}"
+
+
+def _describe(schema: dict) -> str:
+    """A schema's allowed values in words: ``one of 'all'``, ``array of string``, ..."""
+    if "enum" in schema:
+        return "one of " + ", ".join(map(repr, schema["enum"]))
+    kind = schema.get("type", "any value")
+    text = " or ".join(kind) if isinstance(kind, list) else kind
+    if "pattern" in schema:
+        text += f" matching {schema['pattern']!r}"
+    if isinstance(schema.get("items"), dict):
+        text += f" of {_describe(schema['items'])}"
+    return text
 
 
 def load_config(path: str | Path, check_files: bool = True) -> dict:

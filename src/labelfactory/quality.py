@@ -43,17 +43,23 @@ def kid(x: np.ndarray, y: np.ndarray, subsets: int = 50, subset_size: int = 500,
 
 
 @torch.no_grad()
-def generator_samples(backend: GeneratorBackend, seeds, truncation: float = 1.0, batch_size: int = 64) -> np.ndarray:
-    """uint8 images ``[N,H,W,3]`` of the given seeds (constant noise)."""
-    z = backend.sample_latents(list(seeds))
-    return images_to_uint8(torch.from_numpy(backend.render(z, truncation=truncation, batch_size=batch_size)))
+def generator_samples(backend: GeneratorBackend, seeds, truncation: float = 1.0, batch_size: int = 64,
+                      gen_class: int | None = None) -> np.ndarray:
+    """uint8 images ``[N,H,W,3]`` of the given seeds (constant noise), all of generator
+    class ``gen_class`` for class-conditional generators."""
+    seeds = list(seeds)
+    z = backend.sample_latents(seeds, truncation=truncation)
+    classes = None if gen_class is None else [gen_class] * len(seeds)
+    return images_to_uint8(torch.from_numpy(backend.render(z, classes, truncation=truncation, batch_size=batch_size)))
 
 
 def generator_quality(backend: GeneratorBackend, annotator: Annotator, cls: str, n: int = 2000,
-                      truncation: float = 1.0, seed0: int = 0) -> dict:
+                      truncation: float = 1.0, seed0: int = 0, gen_class: int | None = None) -> dict:
     """Object-found rates and annotator-space KID of ``n`` samples against ``n`` real
-    renders (plus the real-vs-real KID floor from a second real set)."""
-    fake = generator_samples(backend, range(seed0, seed0 + n), truncation)
+    renders (plus the real-vs-real KID floor from a second real set). For a class of a
+    class-conditional generator (``gen_class``) also the share of samples in which the
+    annotator sees the right object (its dominant class is ``cls``)."""
+    fake = generator_samples(backend, range(seed0, seed0 + n), truncation, gen_class=gen_class)
     real_a, _, _ = toyworld.render_batch(range(QUALITY_SEED0, QUALITY_SEED0 + n), cls, backend.resolution)
     real_b, _, _ = toyworld.render_batch(range(QUALITY_SEED0 + n, QUALITY_SEED0 + 2 * n), cls, backend.resolution)
     found_fake = annotator.object_found(annotator.label(fake, cls), cls)
@@ -67,6 +73,9 @@ def generator_quality(backend: GeneratorBackend, annotator: Annotator, cls: str,
         "object_found_real": float(found_real.mean()),
         "kid_annotator_space": kid_fake, "kid_annotator_space_sd": kid_fake_sd,
         "kid_real_vs_real": kid_real, "kid_real_vs_real_sd": kid_real_sd,
+        "right_class_generated": float((annotator.dominant_class(fake) == toyworld.class_index(cls)).mean()),
+        "right_class_real": float((annotator.dominant_class(real_a) == toyworld.class_index(cls)).mean()),
+        "generator_class": gen_class,
         "annotator_sha256": annotator.meta.get("sha256"),
         "generator_hash": backend.generator_hash,
     }

@@ -30,12 +30,14 @@ SETTING_TITLES = {
 
 def collect_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """One row per downstream run: ``setting``, ``seed``, ``num_train_images``,
-    ``miou``, ``pixel_accuracy`` and ``iou/<class>`` for every class."""
+    ``miou``, ``pixel_accuracy``, ``iou/<class>`` for every class, and for
+    class-aware (BigDatasetGAN) runs the class-agnostic ``foreground_iou``."""
     rows = []
     for p in paths:
         s = json.loads(Path(p).read_text())
+        fg = {"foreground_iou": s["foreground_iou"]} if s.get("class_aware") else {}
         rows.append({"setting": s["setting"], "seed": s["seed"], "num_train_images": s["num_train_images"],
-                     "miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
+                     "miou": s["miou"], **fg, "pixel_accuracy": s["pixel_accuracy"],
                      **{f"iou/{c}": v for c, v in s["iou_by_class"].items()}})
     df = pd.DataFrame(rows)
     order = [s for s in SETTING_ORDER if s in set(df["setting"])]
@@ -45,8 +47,9 @@ def collect_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting: runs, training images, mIoU mean/sd/min/max (in IoU points,
-    0–100), its share of the fully supervised mIoU, its gain over few-shot, and
-    the mean IoU of every class. Spread is the sample sd over seeds."""
+    0–100), its share of the fully supervised mIoU, its gain over few-shot, the
+    foreground IoU mean/sd where the runs have it, and the mean IoU of every
+    class. Spread is the sample sd over seeds."""
     classes = [c for c in runs.columns if c.startswith("iou/")]
     g = runs.groupby("setting", observed=True)
     table = pd.DataFrame({
@@ -61,6 +64,9 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
         table["pct_of_fully_supervised"] = 100 * table["miou_mean"] / table.loc["fully_supervised", "miou_mean"]
     if "few_shot" in table.index:
         table["gain_over_few_shot"] = table["miou_mean"] - table.loc["few_shot", "miou_mean"]
+    if "foreground_iou" in runs:
+        table["fg_iou_mean"] = 100 * g["foreground_iou"].mean()
+        table["fg_iou_sd"] = 100 * g["foreground_iou"].std(ddof=1)
     for c in classes:
         table[c] = 100 * g[c].mean()
     table.index = table.index.astype(str)
@@ -79,6 +85,9 @@ def markdown_table(table: pd.DataFrame) -> str:
         out["% of fully sup."] = [f"{v:.0f}%" for v in table["pct_of_fully_supervised"]]
     if "gain_over_few_shot" in table:
         out["vs few-shot"] = [f"{v:+.1f}" for v in table["gain_over_few_shot"]]
+    if "fg_iou_mean" in table:
+        fg_sd = table["fg_iou_sd"].fillna(0.0).to_numpy()
+        out["fg IoU"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(table["fg_iou_mean"], fg_sd)]
     for c in (c for c in table.columns if c.startswith("iou/")):
         out[c.removeprefix("iou/")] = [f"{v:.1f}" for v in table[c]]
     return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * len(out.columns)) + "\n"
@@ -144,35 +153,46 @@ def _manifest_samples(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: int = 8) -> None:
     """Generated images with their labels overlaid: the ``per_row`` most certain
     samples, a random draw of the kept ones, and the most uncertain dropped ones
-    (scores in the titles)."""
+    (scores in the titles). Each group is a subfigure titled with its name, so
+    constrained layout keeps the titles clear of the rows around them."""
     plt = _pyplot()
     kept, dropped = manifest[manifest["kept"]], manifest[~manifest["kept"]]
     groups = [("most certain", kept.nsmallest(per_row, "score")),
               ("random kept", kept.sample(min(per_row, len(kept)), random_state=0) if len(kept) else kept),
               ("most uncertain (dropped)", dropped.nlargest(per_row, "score"))]
     groups = [(name, rows) for name, rows in groups if len(rows)]
-    fig, axes = plt.subplots(2 * len(groups), per_row, figsize=(1.3 * per_row, 2.7 * len(groups)), squeeze=False)
-    for g, (name, rows) in enumerate(groups):
+    fig = plt.figure(figsize=(1.3 * per_row, 2.9 * len(groups)), layout="constrained")
+    for sub, (name, rows) in zip(fig.subfigures(len(groups), 1, squeeze=False).ravel(), groups):
+        sub.suptitle(name, x=0.01, ha="left", fontsize=9, weight="bold")
+        axes = sub.subplots(2, per_row, squeeze=False)
         images, labels = _manifest_samples(rows)
-        for j in range(per_row):
-            top, bottom = axes[2 * g, j], axes[2 * g + 1, j]
+        for j, (top, bottom) in enumerate(axes.T):
             top.axis("off")
             bottom.axis("off")
             if j < len(rows):
                 top.imshow(images[j], interpolation="nearest")
                 bottom.imshow(overlay(images[j], labels[j]), interpolation="nearest")
                 top.set_title(f"{rows['score'].iloc[j]:.3f}", fontsize=7)
-        axes[2 * g, 0].text(-0.1, 1.35, name, transform=axes[2 * g, 0].transAxes, fontsize=9, weight="bold")
     _save(fig, path)
 
 
-def label_errors(manifest: pd.DataFrame, annotator, cls: str, n: int, seed: int = 0) -> pd.DataFrame:
+def label_errors(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
+                 seed: int = 0) -> pd.DataFrame:
     """Score ``n`` random samples' labels against the simulated annotator's:
-    ``error`` is the share of pixels where the two disagree. Columns: manifest
-    columns plus ``error``."""
+    ``error`` is the share of pixels where the two disagree. ``cls`` is the toy
+    class of a part-labelled task, or for a class-conditional (BigDatasetGAN) task
+    the toy class of each generator class, whose samples are then scored as binary
+    object masks. Columns: manifest columns plus ``error``."""
     rows = manifest.sample(min(n, len(manifest)), random_state=seed).sort_values(["shard", "index"])
     images, labels = _manifest_samples(rows)
-    reference = annotator.label(images, cls)
+    if isinstance(cls, dict):
+        reference = np.zeros_like(labels)
+        for c, name in cls.items():
+            sel = rows["class"].to_numpy() == c
+            if sel.any():
+                reference[sel] = annotator.object_masks(images[sel], name)
+    else:
+        reference = annotator.label(images, cls)
     out = rows.reset_index(drop=True).copy()
     out["error"] = (reference != labels).mean(axis=(1, 2))
     return out
@@ -216,3 +236,29 @@ def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_
     atomic_write_json(json_path, summary)
     plot_uncertainty_vs_error(errors, png_path)
     return summary
+
+
+def plot_class_grid(manifest: pd.DataFrame, path: str | os.PathLike, class_names: dict[int, str],
+                    per_class: int = 8, seed: int = 0) -> None:
+    """A class-conditional task's synthetic data: per class, ``per_class`` random kept
+    samples above their object masks (coloured by class, as the class-aware labels)."""
+    plt = _pyplot()
+    kept = manifest[manifest["kept"]]
+    classes = [c for c in class_names if (kept["class"] == c).any()]
+    fig, axes = plt.subplots(2 * len(classes), per_class, figsize=(1.2 * per_class, 2.5 * len(classes)),
+                             squeeze=False, gridspec_kw={"hspace": 0.08, "wspace": 0.05})
+    for g, c in enumerate(classes):
+        rows = kept[kept["class"] == c]
+        rows = rows.sample(min(per_class, len(rows)), random_state=seed)
+        images, labels = _manifest_samples(rows)
+        label_id = list(class_names).index(c) + 1
+        for j in range(per_class):
+            top, bottom = axes[2 * g, j], axes[2 * g + 1, j]
+            top.axis("off")
+            bottom.axis("off")
+            if j < len(rows):
+                top.imshow(images[j], interpolation="nearest")
+                mask = np.where(labels[j] == 1, label_id, 0).astype(np.uint8)
+                bottom.imshow(overlay(images[j], mask, alpha=0.6), interpolation="nearest")
+        axes[2 * g, 0].set_title(class_names[c], loc="left", fontsize=9, weight="bold")
+    _save(fig, path)

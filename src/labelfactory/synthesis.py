@@ -68,8 +68,10 @@ class Labeller(Protocol):
 
     num_classes: int
 
-    def member_probabilities(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``{layer: [B,C,h,w]}`` generator features → ``[M,B,num_classes,H,W]``."""
+    def member_probabilities(self, features: dict[str, torch.Tensor],
+                             classes: torch.Tensor | None = None) -> torch.Tensor:
+        """``{layer: [B,C,h,w]}`` generator features (and the samples' classes, for
+        class-conditional interpreters) → ``[M,B,num_classes,H,W]``."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _label_batch(backend: GeneratorBackend, labeller: Labeller, z: torch.Tensor,
                  score_rule: str, top_fraction: float, store_uncertainty: bool) -> dict[str, np.ndarray]:
     """One batch, on the backend's device until the final copy to host."""
     out = backend.synthesize(z, cls, truncation, noise, features=True, generator=generator)
-    probs = labeller.member_probabilities(out.features)
+    probs = labeller.member_probabilities(out.features, classes=cls)
     b, _, h, w = out.images.shape
     if probs.ndim != 5 or tuple(probs.shape[1:]) != (b, labeller.num_classes, h, w):
         raise ValueError(f"labeller returned probabilities of shape {list(probs.shape)}; "
@@ -233,7 +235,7 @@ def synthesize_shard(
                 tqdm(total=n, desc=Path(out_path).name, unit="img", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 batch_seeds = seeds[start : start + batch_size]
-                z_np = backend.sample_latents(batch_seeds)
+                z_np = backend.sample_latents(batch_seeds, truncation=truncation)
                 cls = torch.from_numpy(cls_all[start : start + batch_size]).to(device) if conditional else None
                 generator = None
                 if noise == "random":

@@ -6,7 +6,7 @@ rule sample_for_annotation:
         directory("results/{task}/for_annotation"),
     params:
         seeds=lambda w: task_of(w).annotation.seeds,
-        cls=lambda w: task_of(w).cls,
+        classes=lambda w: task_of(w).annotation_classes,
         truncation=lambda w: task_of(w).truncation,
         noise=lambda w: task_of(w).noise,
         device=CFG.device,
@@ -34,6 +34,8 @@ rule import_annotations:
         truncation=lambda w: task_of(w).truncation,
         noise=lambda w: task_of(w).noise,
         expected_count=lambda w: task_of(w).annotation.expected_count,
+        classes=lambda w: task_of(w).annotation_classes,
+        expected_per_class=lambda w: task_of(w).annotation.expected_per_class,
         device=CFG.device,
     log:
         "results/logs/import_annotations/{task}.log",

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 from labelfactory.config import WorkflowConfig, validate_config
+from labelfactory.downstream.class_aware import ClassAwareLabels, class_names_for
 from labelfactory.runtime import release_stale_lock
 
 if workflow.is_main_process:
@@ -54,7 +55,7 @@ def annotation_files(wildcards):
             f"with `snakemake results/{wildcards.task}/for_annotation`, annotate them and put the masks, "
             "manifest.csv and labels.yaml there (see README, 'Annotation folders')."
         )
-    files = sorted(str(p) for p in Path(task.annotations).iterdir() if p.is_file())
+    files = sorted(str(p) for p in Path(task.annotations).rglob("*") if p.is_file())
     return files + [task.labels]
 
 
@@ -77,6 +78,26 @@ def downstream_scores(wildcards):
                   setting=ds.settings, seed=range(ds.seeds))
 
 
+def class_aware_names(task):
+    """Names of a class-conditional task's classes (config `class_names`, else class<id>)."""
+    return class_names_for(task.classes, task.class_names, None)
+
+
+def class_aware_labels(task):
+    """The class-aware label space of a BigDatasetGAN task's downstream runs (a dict), else None."""
+    if task.downstream.labels != "class_aware":
+        return None
+    return ClassAwareLabels(task.classes, class_aware_names(task)).to_dict()
+
+
+def toy_classes(task):
+    """The toy-world class behind the task's labels: one name, or {generator class: name}."""
+    real = task.downstream.real
+    if task.conditional:
+        return dict(zip(task.classes, real["classes"] or [real["class"]]))
+    return real["class"]
+
+
 def real_training_data(wildcards):
     """The real dataset's training-split settings, only for the run that trains on it
     (so editing the test split, or the real data, retrains nothing else)."""
@@ -93,6 +114,8 @@ def final_targets():
         task = CFG.tasks[name]
         targets += [f"results/{name}/for_annotation", f"results/{name}/manifest.parquet",
                     f"results/{name}/report/samples.png"]
+        if task.conditional:
+            targets.append(f"results/{name}/report/samples_by_class.png")
         if task.downstream.enabled:
             targets.append(f"results/{name}/report/main_table.md")
             if task.downstream.reference_annotator:

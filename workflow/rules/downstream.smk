@@ -9,6 +9,7 @@ rule train_downstream:
     params:
         options=lambda w: task_of(w).downstream.train,
         real=real_training_data,
+        class_aware=lambda w: class_aware_labels(task_of(w)),
         device=CFG.device,
     log:
         "results/logs/train_downstream/{task}/{setting}/seed{seed}.log",
@@ -30,6 +31,7 @@ rule evaluate_downstream:
         "results/{task}/downstream/{setting}/seed{seed}/scores.json",
     params:
         real=lambda w: task_of(w).downstream.real,
+        class_aware=lambda w: class_aware_labels(task_of(w)),
         device=CFG.device,
     log:
         "results/logs/evaluate_downstream/{task}/{setting}/seed{seed}.log",

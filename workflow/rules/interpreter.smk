@@ -1,6 +1,7 @@
 rule train_interpreter:
-    """Fit the interpreter (DatasetGAN: an ensemble of pixel MLPs) on the annotated samples."""
+    """Fit the interpreter (DatasetGAN's pixel-MLP ensemble or BigDatasetGAN's conv ensemble)."""
     input:
+        weights=checkpoint_weights,
         features="results/{task}/features.h5",
         annotations="results/{task}/annotations.h5",
     output:

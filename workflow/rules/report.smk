@@ -36,6 +36,25 @@ rule sample_grid:
         "../../scripts/sample_grid.py"
 
 
+rule class_grid:
+    """Class-conditional tasks: random kept samples of every class with their object masks."""
+    input:
+        manifest="results/{task}/manifest.parquet",
+    output:
+        report("results/{task}/report/samples_by_class.png", caption="../report/samples_by_class.rst",
+               category="Synthetic data", subcategory="{task}"),
+    params:
+        class_names=lambda w: dict(zip(task_of(w).classes, class_aware_names(task_of(w)))),
+    log:
+        "results/logs/class_grid/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/class_grid.py"
+
+
 rule label_quality:
     """Per-image uncertainty against label error (vs the simulated annotator)."""
     input:
@@ -47,7 +66,7 @@ rule label_quality:
         csv="results/{task}/report/label_errors.csv",
         summary="results/{task}/report/label_quality.json",
     params:
-        cls=lambda w: task_of(w).downstream.real["class"],
+        cls=lambda w: toy_classes(task_of(w)),
         samples=lambda w: task_of(w).downstream.report_samples,
     log:
         "results/logs/label_quality/{task}.log",

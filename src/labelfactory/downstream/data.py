@@ -12,7 +12,7 @@ wrapper the trainer applies, so evaluation never sees it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -75,7 +75,28 @@ class ToyWorldSegmentation(Dataset):
         return to_tensors(*self._scenes[i])
 
 
+class ToyWorldObjects(Dataset):
+    """Toy-world scenes of several classes with class-aware object masks (BigDatasetGAN's
+    labels): image ``i`` shows class ``classes[i % K]``, its object pixels labelled ``k + 1``."""
+
+    def __init__(self, seeds: Iterable[int], classes: Sequence[str], size: int = 32):
+        self.seeds = [int(s) for s in seeds]
+        self.classes, self.size = list(classes), size
+        self._scenes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i not in self._scenes:
+            k = i % len(self.classes)
+            scene = toyworld.render(self.seeds[i], self.classes[k], self.size)
+            self._scenes[i] = (scene.image, np.where(scene.parts > 0, k + 1, 0))
+        return to_tensors(*self._scenes[i])
+
+
 Reader = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
+LabelMap = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (labels [n,H,W], classes [n]) -> labels
 
 
 class ShardSegmentation(Dataset):
@@ -87,13 +108,19 @@ class ShardSegmentation(Dataset):
     for increasing ``indices``. One shard is cached at a time (all of this
     dataset's samples in it, read in one call), so memory stays at one shard;
     :class:`ShardGroupedSampler` keeps random training order shard by shard.
+    ``label_map(labels, classes)`` turns the stored labels into the training
+    labels (e.g. BigDatasetGAN's binary masks into class-aware labels; the
+    manifest then needs its ``class`` column).
     """
 
-    def __init__(self, manifest: pd.DataFrame, reader: Reader, kept_only: bool = True):
+    def __init__(self, manifest: pd.DataFrame, reader: Reader, kept_only: bool = True,
+                 label_map: LabelMap | None = None):
         rows = manifest[manifest["kept"].astype(bool)] if kept_only else manifest
         self.shards = rows["shard"].astype(str).to_numpy()
         self.indices = rows["index"].to_numpy(dtype=np.int64)
+        self.classes = rows["class"].to_numpy(dtype=np.int64) if label_map is not None else None
         self.reader = reader
+        self.label_map = label_map
         self._cached: str | None = None
         self._rows: dict[int, int] = {}
         self._images = self._labels = np.empty(0)
@@ -107,6 +134,10 @@ class ShardSegmentation(Dataset):
         if len(images) != len(wanted) or len(labels) != len(wanted):
             raise ValueError(f"reader returned {len(images)} images / {len(labels)} labels "
                              f"for {len(wanted)} indices of {shard}")
+        if self.label_map is not None:
+            in_shard = self.shards == shard
+            cls_of = dict(zip(self.indices[in_shard].tolist(), self.classes[in_shard].tolist()))
+            labels = self.label_map(labels, np.array([cls_of[int(k)] for k in wanted]))
         self._cached, self._images, self._labels = shard, images, labels
         self._rows = {int(k): r for r, k in enumerate(wanted)}
 

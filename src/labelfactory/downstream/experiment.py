@@ -29,7 +29,8 @@ from ..io import atomic_write_json
 from ..manifest import read_manifest
 from ..registry import Registry
 from ..synthesis import read_samples
-from .data import ArraySegmentation, ShardSegmentation, ToyWorldSegmentation
+from .class_aware import ClassAwareLabels
+from .data import ArraySegmentation, ShardSegmentation, ToyWorldObjects, ToyWorldSegmentation
 from .segmentation import SegTrainConfig, evaluate_segmentation, load_model, save_model, train_segmentation
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ class RealDataSpec:
     """Where the real labelled images come from (config ``downstream.real``).
 
     ``toyworld``: scenes of class ``cls`` at ``size`` pixels, ``train_images``
-    from ``train_seed_start`` and ``test_images`` from ``test_seed_start``.
+    from ``train_seed_start`` and ``test_images`` from ``test_seed_start``; with
+    ``labels="objects"``, scenes of every class in ``classes`` with class-aware
+    object masks (BigDatasetGAN's labels) instead of part masks.
     ``folder``: ``path/{train,test}/images/<id>.png`` with masks at
     ``path/{train,test}/masks/<id>.png`` (class ids, 255 = ignore).
     """
@@ -57,12 +60,16 @@ class RealDataSpec:
     test_images: int = 500
     test_seed_start: int = 3_000_000_000
     path: str | None = None
+    classes: tuple[str, ...] | None = None
+    labels: str = "parts"
 
     @classmethod
     def from_dict(cls, d: dict) -> "RealDataSpec":
         d = dict(d)
         if "class" in d:
             d["cls"] = d.pop("class")
+        if d.get("classes") is not None:
+            d["classes"] = tuple(d["classes"])
         return cls(**d)
 
 
@@ -71,14 +78,22 @@ REAL_DATASETS: Registry[Callable[[RealDataSpec, str, LabelSet], Dataset]] = Regi
 
 @REAL_DATASETS.register("toyworld")
 def toyworld_split(spec: RealDataSpec, split: str, labels: LabelSet) -> Dataset:
-    """Toy-world scenes with exact part masks; the task's labels must be the class's parts."""
+    """Toy-world scenes with exact masks; the task's labels must be the class's parts
+    (``labels="parts"``) or background plus ``classes`` (``labels="objects"``)."""
+    count, start = ((spec.train_images, spec.train_seed_start) if split == "train"
+                    else (spec.test_images, spec.test_seed_start))
+    seeds = range(start, start + count)
+    if spec.labels == "objects":
+        classes = spec.classes or (spec.cls,)
+        if tuple(labels.names) != ("background", *classes):
+            raise DatasetError(f"the task's labels {list(labels.names)} are not background + the toy-world "
+                               f"classes {list(classes)} (in that order)")
+        return ToyWorldObjects(seeds, classes, spec.size)
     parts = toyworld.part_labels(toyworld.CLASSES[toyworld.class_index(spec.cls)])
     if tuple(labels.names) != parts:
         raise DatasetError(f"the task's labels {list(labels.names)} are not the toy-world {spec.cls} parts "
                            f"{list(parts)}")
-    count, start = ((spec.train_images, spec.train_seed_start) if split == "train"
-                    else (spec.test_images, spec.test_seed_start))
-    return ToyWorldSegmentation(range(start, start + count), spec.cls, spec.size)
+    return ToyWorldSegmentation(seeds, spec.cls, spec.size)
 
 
 @REAL_DATASETS.register("folder")
@@ -128,6 +143,13 @@ class SettingInputs:
     annotations: str
     real: RealDataSpec | None = None
     manifest: str | None = None
+    class_aware: ClassAwareLabels | None = None
+
+    def labels(self) -> LabelSet:
+        """The label set the network learns: the annotations' own, or the class-aware one."""
+        if self.class_aware is not None:
+            return self.class_aware.label_set
+        return load_annotation_set(self.annotations).labels
 
 
 SETTINGS: Registry[Callable[[SettingInputs, LabelSet], Dataset]] = Registry("downstream setting")
@@ -136,13 +158,15 @@ SETTINGS: Registry[Callable[[SettingInputs, LabelSet], Dataset]] = Registry("dow
 @SETTINGS.register("few_shot")
 def few_shot(inputs: SettingInputs, labels: LabelSet) -> Dataset:
     ann = load_annotation_set(inputs.annotations)
-    return ArraySegmentation(ann.images, ann.masks)
+    masks = ann.masks if inputs.class_aware is None else inputs.class_aware.apply(ann.masks, ann.classes)
+    return ArraySegmentation(ann.images, masks)
 
 
 def _shards(inputs: SettingInputs, kept_only: bool) -> Dataset:
     if inputs.manifest is None:
         raise ValueError("the synthetic settings need the filter's manifest")
-    return ShardSegmentation(read_manifest(inputs.manifest), read_samples, kept_only=kept_only)
+    label_map = None if inputs.class_aware is None else inputs.class_aware.apply
+    return ShardSegmentation(read_manifest(inputs.manifest), read_samples, kept_only=kept_only, label_map=label_map)
 
 
 @SETTINGS.register("synthetic")
@@ -166,7 +190,7 @@ def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, o
                      device: str = "cpu") -> dict:
     """Train one run of ``setting`` and save it (``out``: ``.safetensors`` plus
     its ``.json`` sidecar, which records the setting and training-set size)."""
-    labels = load_annotation_set(inputs.annotations).labels
+    labels = inputs.labels()
     dataset = SETTINGS.get(setting)(inputs, labels)
     log.info("%s: %d training images, seed %d", setting, len(dataset), cfg.seed)
     model, history = train_segmentation(dataset, len(labels.names), cfg, device)
@@ -177,15 +201,16 @@ def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, o
 
 
 def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: RealDataSpec, out_json: str | Path,
-                        device: str = "cpu") -> dict:
+                        device: str = "cpu", class_aware: ClassAwareLabels | None = None) -> dict:
     """Score a saved run on the real test split; writes and returns the scores
-    (per-class IoU, mIoU, pixel accuracy, confusion) with the run's setting and seed."""
-    labels = load_annotation_set(annotations).labels
+    (per-class IoU, mIoU, foreground IoU, pixel accuracy, confusion) with the run's
+    setting and seed."""
+    labels = SettingInputs(str(annotations), class_aware=class_aware).labels()
     model, meta = load_model(model_path, device)
     test = real_dataset(real, "test", labels)
     scores = evaluate_segmentation(model, test, len(labels.names), device, ignore_index=labels.ignore_index,
                                    class_names=labels.names)
-    result = {**meta["metrics"], **scores}
+    result = {**meta["metrics"], **scores, "class_aware": class_aware is not None}
     atomic_write_json(out_json, result)
     log.info("%s seed %s: mIoU %.4f on %d real test images", result["setting"], result["seed"], result["miou"],
              len(test))

@@ -167,6 +167,7 @@ def scores_from_confusion(confusion: torch.Tensor, class_names: Sequence[str] | 
 
     A class absent from both truth and prediction has no IoU (``None``) and is
     left out of the mean; a class only predicted, or only true, scores 0.
+    ``foreground_iou`` is the class-agnostic IoU of "not class 0" (background).
     """
     conf = confusion.double()
     tp = conf.diag()
@@ -174,8 +175,11 @@ def scores_from_confusion(confusion: torch.Tensor, class_names: Sequence[str] | 
     iou = [float(tp[c] / union[c]) if union[c] > 0 else None for c in range(len(tp))]
     present = [v for v in iou if v is not None]
     total = float(conf.sum())
+    fg_tp = float(conf[1:, 1:].sum())
+    fg_union = fg_tp + float(conf[1:, 0].sum()) + float(conf[0, 1:].sum())
     out = {
         "iou": iou,
+        "foreground_iou": fg_tp / fg_union if fg_union > 0 else None,
         "miou": sum(present) / len(present) if present else None,
         "pixel_accuracy": float(tp.sum()) / total if total else None,
         "confusion": confusion.tolist(),

@@ -12,10 +12,15 @@ float32 for 16 images at 512² with D = 5056) is never materialised:
   resolution (a 1×1 conv with that layer's slice of the weight) and upsamples
   the narrow result. Upsampling and the first layer are both linear, so this is
   exact; the rest of the MLP (ReLU, BatchNorm in eval mode, ...) runs per pixel.
+  The fast path does this for all members at once (their first layers as one
+  matrix, later layers as batched matmuls with BatchNorm folded in), one tile of
+  output rows at a time, upsampling with 2-tap stencils: O(1) work per output
+  pixel, where the dense ``[R, h]`` matrices of the reference path cost O(h).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -38,6 +43,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _EVAL_CHUNK = 8192  # held-out pixels per forward pass
 _GATHER_CHUNK = 1024  # held-out pixels per feature gather (its temporaries are 4 × this × the widest group)
+_TILE_PIXELS = 2048  # output pixels per fused inference pass (bounds its [members · w1, pixels] tile)
+_DENSE_COLUMNS = 32  # maps up to this wide upsample columns by a dense matmul (2·w flops per output, at
+# GEMM speed); wider ones by 1-D F.interpolate (memory-bound, constant per output): measured crossover on CPU
 
 Progress = Callable[[int, int, float, float], None]  # (member, batch, held-out loss, held-out accuracy)
 
@@ -316,9 +324,9 @@ def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labe
     return members, histories
 
 
-def _check_inputs(store: FeatureStore, masks: np.ndarray, num_classes: int, ignore_index: int,
-                  ids: list[str], layers: Sequence[str] | None, generator_hash: str | None,
-                  label_names: Sequence[str] | None) -> list[str]:
+def check_inputs(store: FeatureStore, masks: np.ndarray, num_classes: int, ignore_index: int,
+                 ids: list[str], layers: Sequence[str] | None, generator_hash: str | None,
+                 label_names: Sequence[str] | None) -> list[str]:
     """Refuse features that do not belong to the masks, and masks with unknown labels; returns
     the chosen layers in the store's (generator) order."""
     if generator_hash is not None and generator_hash != store.generator_hash:
@@ -369,7 +377,7 @@ def train_mlp_ensemble(store: FeatureStore, masks: np.ndarray, num_classes: int,
     cfg = cfg or MLPEnsembleConfig()
     masks = np.asarray(masks)
     ids = list(store.ids) if ids is None else list(ids)
-    layers = _check_inputs(store, masks, num_classes, ignore_index, ids, layers, generator_hash, label_names)
+    layers = check_inputs(store, masks, num_classes, ignore_index, ids, layers, generator_hash, label_names)
     feats = PixelFeatures.from_store(store, ids, layers, cfg.align_corners, device)
     labels = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8).reshape(-1)).to(device)
     pixels = torch.nonzero(labels != ignore_index).squeeze(1)
@@ -382,6 +390,92 @@ def train_mlp_ensemble(store: FeatureStore, masks: np.ndarray, num_classes: int,
 def sidecar_path(path: str | Path) -> Path:
     """The JSON sidecar beside a weights file: ``x.safetensors`` → ``x.json``."""
     return Path(path).with_suffix(".json")
+
+
+def save_interpreter(module: nn.Module, path: str | Path, metadata: Mapping) -> None:
+    """``module``'s weights to ``path`` (safetensors) and ``metadata`` to its JSON sidecar, each atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(sidecar_path(path), metadata)
+
+
+def read_interpreter(path: str | Path, interpreter: str, format_version: int) -> tuple[dict, dict]:
+    """The sidecar and weights :func:`save_interpreter` wrote for an ``interpreter`` of ``format_version``."""
+    meta_path = sidecar_path(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path}: unreadable interpreter sidecar ({e})") from e
+    if meta.get("interpreter") != interpreter or meta.get("format_version") != format_version:
+        raise ValueError(f"{meta_path}: not a {interpreter!r} interpreter of format version {format_version}")
+    return meta, load_file(str(path))
+
+
+def stack_members(members: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor,
+                                                         list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The ensemble as batched tensors: every member's first Linear as one ``[M·w1, D]`` weight
+    and ``[M·w1]`` bias, and each later Linear stacked over members as ``([M, out, in], [M, out, 1])``
+    with the eval-mode BatchNorm before it folded in. Members must be :func:`build_member` stacks
+    (Linear, ReLU, BatchNorm1d, ..., Linear); a ReLU follows every Linear but the last."""
+    kinds = [type(m) for m in members[0]]
+    if kinds != [nn.Linear, nn.ReLU, nn.BatchNorm1d] * (len(kinds) // 3) + [nn.Linear] \
+            or any([type(m) for m in net] != kinds for net in members):
+        raise ValueError(f"members must be Linear, ReLU, BatchNorm1d, ..., Linear stacks, got {kinds}")
+    weight = torch.cat([net[0].weight for net in members])
+    bias = torch.cat([net[0].bias for net in members])
+    layers = []
+    for i in range(3, len(kinds), 3):
+        ws, bs = [], []
+        for net in members:
+            bn, lin = net[i - 1], net[i]
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            ws.append(lin.weight * scale)
+            bs.append(lin.bias + lin.weight @ (bn.bias - bn.running_mean * scale))
+        layers.append((torch.stack(ws), torch.stack(bs)[..., None]))
+    return weight, bias, layers
+
+
+class _TileUpsampler:
+    """Adds the bilinear upsampling (as ``F.interpolate``) of a ``[K, h, w]`` map to a tile of output
+    rows ``[K, rows · size]``: each row interpolated between its two source rows, then the columns by
+    a dense ``[w, size]`` matmul for narrow maps or by 1-D ``F.interpolate`` for wide ones."""
+
+    def __init__(self, h: int, w: int, size: int, align_corners: bool, device: torch.device, dtype: torch.dtype):
+        rows, weights = bilinear_taps(size, h, align_corners, device)
+        self.lo, self.hi, self.frac = rows[:, 0], rows[:, 1], weights[:, 1:].to(dtype)
+        self.size, self.align_corners = size, align_corners
+        self.columns = None
+        if w <= _DENSE_COLUMNS:
+            eye = torch.eye(w, device=device, dtype=dtype)[None]
+            self.columns = F.interpolate(eye, size=size, mode="linear", align_corners=align_corners)[0]
+
+    def add_to(self, tile: torch.Tensor, y: torch.Tensor, r0: int, r1: int) -> None:
+        z = torch.lerp(y.index_select(1, self.lo[r0:r1]), y.index_select(1, self.hi[r0:r1]), self.frac[r0:r1])
+        k, t, w = z.shape
+        if self.columns is not None:
+            tile.view(k * t, self.size).addmm_(z.view(k * t, w), self.columns)
+        else:
+            tile.add_(F.interpolate(z.view(1, k * t, w), size=self.size, mode="linear",
+                                    align_corners=self.align_corners).view(k, -1))
+
+
+def _linear_sum(parts: list[tuple[torch.Tensor, torch.Tensor]], bias: torch.Tensor | None = None,
+                columns: int = 0) -> torch.Tensor:
+    """``bias[:, None] + Σ weight @ x`` over ``parts``; with no parts, ``bias`` repeated over ``columns``."""
+    if not parts:
+        return bias[:, None].expand(-1, columns).clone()
+    (w, x), *rest = parts
+    out = w @ x if bias is None else torch.addmm(bias[:, None], w, x)
+    for w, x in rest:
+        out.addmm_(w, x)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _tile_upsampler(h: int, w: int, size: int, align_corners: bool, device: torch.device,
+                    dtype: torch.dtype) -> _TileUpsampler:
+    return _TileUpsampler(h, w, size, align_corners, device, dtype)
 
 
 @INTERPRETERS.register("mlp")
@@ -406,6 +500,7 @@ class MLPEnsemble(nn.Module):
         self.history = list(history)
         self.label_names = None if label_names is None else list(label_names)
         self._interp_cache: dict[tuple, torch.Tensor] = {}
+        self.compute_dtype = torch.float32  # of the fast path's matmuls; bfloat16/float16 are for GPUs
 
     fit = staticmethod(train_mlp_ensemble)
 
@@ -454,9 +549,54 @@ class MLPEnsemble(nn.Module):
         return self._interp_cache[key]
 
     @torch.no_grad()
-    def member_probabilities(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def member_probabilities(self, features: Mapping[str, torch.Tensor], classes: torch.Tensor | None = None
+                             ) -> torch.Tensor:
         """Softmax probabilities ``[M, B, C, R, R]`` of every member for generator
-        features ``{layer: [B, C_l, h, w]}`` (switches the ensemble to eval mode)."""
+        features ``{layer: [B, C_l, h, w]}`` (switches the ensemble to eval mode).
+        ``classes`` is accepted for the interpreters' common signature; pixels are
+        classified from their features alone.
+
+        All members at once, one tile of output rows at a time: the first layers
+        (:func:`stack_members`) at native resolution per map size, upsampled into
+        the tile by :class:`_TileUpsampler`, then the later layers as batched
+        matmuls. Matmuls run in :attr:`compute_dtype`; probabilities are float32.
+        Equals :meth:`member_probabilities_reference` up to float rounding."""
+        self.eval()
+        dtype = self.compute_dtype
+        maps = [x.to(dtype) for x in self._maps(features)]
+        weight, bias, layers = stack_members(self.members)
+        weight, bias = weight.to(dtype), bias.to(dtype)
+        layers = [(w.to(dtype), b.to(dtype)) for w, b in layers]
+        by_size: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        offset = 0
+        for x, c in zip(maps, self.layer_dims):
+            by_size.setdefault(tuple(x.shape[-2:]), []).append((weight[:, offset : offset + c], x))
+            offset += c
+        m, k, r, device = len(self.members), len(bias), self.resolution, bias.device
+        full = by_size.pop((r, r), [])
+        ups = {hw: _tile_upsampler(*hw, r, self.cfg.align_corners, device, dtype) for hw in by_size}
+        step = max(1, _TILE_PIXELS // r)
+        out = torch.empty(m, maps[0].shape[0], self.num_classes, r, r, device=device)
+        for n in range(out.shape[1]):
+            native = [(ups[hw], _linear_sum([(wt, x[n].flatten(1)) for wt, x in parts]).view(k, *hw))
+                      for hw, parts in by_size.items()]
+            for r0 in range(0, r, step):
+                r1 = min(r, r0 + step)
+                tile = _linear_sum([(wt, x[n, :, r0:r1].flatten(1)) for wt, x in full], bias, (r1 - r0) * r)
+                for up, y in native:
+                    up.add_to(tile, y, r0, r1)
+                hidden = tile.view(m, -1, tile.shape[1]).relu_()
+                for i, (w, b) in enumerate(layers):
+                    hidden = torch.baddbmm(b, w, hidden)
+                    if i < len(layers) - 1:
+                        hidden.relu_()
+                out[:, n, :, r0:r1] = hidden.float().softmax(1).view(m, -1, r1 - r0, r)
+        return out
+
+    @torch.no_grad()
+    def member_probabilities_reference(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`member_probabilities` member by member, upsampling with dense ``[R, h]``
+        matrices and running each member's modules as they are (the path the fast one is tested against)."""
         self.eval()
         maps = self._maps(features)
         b, r = maps[0].shape[0], self.resolution
@@ -478,25 +618,16 @@ class MLPEnsemble(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Weights to ``path`` (safetensors) and :meth:`metadata` to its JSON sidecar, each atomically."""
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp))
-        atomic_write_json(sidecar_path(path), self.metadata())
+        save_interpreter(self, path, self.metadata())
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "MLPEnsemble":
         """Read what :meth:`save` wrote; the ensemble comes back in eval mode."""
-        meta_path = sidecar_path(path)
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{meta_path}: unreadable interpreter sidecar ({e})") from e
-        if meta.get("interpreter") != "mlp" or meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: not an MLP ensemble of format version {FORMAT_VERSION}")
+        meta, weights = read_interpreter(path, "mlp", FORMAT_VERSION)
         history = [MemberHistory(**h) for h in meta["history"]]
         dim, classes = sum(meta["layer_dims"]), meta["num_classes"]
         ens = cls([build_member(dim, classes) for _ in history], MLPEnsembleConfig(**meta["config"]),
                   meta["layers"], meta["layer_dims"], classes, meta["resolution"], meta["generator_hash"],
                   history, meta["label_names"])
-        ens.load_state_dict(load_file(str(path)))
+        ens.load_state_dict(weights)
         return ens.to(device).eval()
