@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,16 @@ def test_defaults_are_filled(tmp_path):
     t = cfg["tasks"]["t"]
     assert cfg["device"] == "auto" and cfg["checkpoints"]["g"]["format"] == "auto"
     assert t["truncation"] == 1.0 and t["noise"] == "const" and t["class"] == -1
-    assert t["annotation"] == {"num_samples": 16, "seed_start": 0, "expected_count": None}
+    assert t["annotation"] == {"num_samples": 16, "seed_start": 0, "expected_count": None, "expected_per_class": None}
     assert t["features"] == {"layers": "all", "batch_size": 8}
+
+
+def test_defaults_are_not_shared_between_tasks(tmp_path):
+    cfg = minimal(tmp_path)
+    cfg["tasks"]["u"] = dict(cfg["tasks"]["t"])
+    cfg = validate_config(cfg)
+    cfg["tasks"]["t"]["synthesis"]["num_shards"] = 9
+    assert cfg["tasks"]["u"]["synthesis"]["num_shards"] == 4
 
 
 @pytest.mark.parametrize(
@@ -53,8 +62,48 @@ def test_defaults_are_filled(tmp_path):
 def test_bad_values_are_named(tmp_path, edit, where):
     cfg = minimal(tmp_path)
     edit(cfg)
-    with pytest.raises(ConfigError, match=f"at {where}"):
+    with pytest.raises(ConfigError, match=f"(?m)^  {re.escape(where)}: "):
         validate_config(cfg)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    cfg = minimal(tmp_path)
+    cfg["tasks"]["t"].update(checkpoint="nope", filter={"ratio": 1.5}, downstream={"steps": "many"},
+                             synthesis={"num_shards": 0})
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "invalid configuration (4 problems):"
+    assert sorted(lines[1:]) == [
+        "  tasks.t.checkpoint: 'nope' is not a key of `checkpoints` (known: ['g'])",
+        "  tasks.t.downstream.steps: 'many' is not of type 'integer'",
+        "  tasks.t.filter.ratio: 1.5 is greater than or equal to the maximum of 1",
+        "  tasks.t.synthesis.num_shards: 0 is less than the minimum of 1",
+    ]
+
+
+def test_problems_say_what_is_allowed(tmp_path):
+    cfg = minimal(tmp_path)
+    cfg["tasks"]["t"].update(features={"layers": "some"}, unknown_key=1)
+    cfg["tasks"]["bad name!"] = copy.deepcopy(cfg["tasks"]["t"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert "tasks.t.features.layers: 'some' is not valid under any of the given schemas " \
+           "(allowed: one of 'all'; or array of string)" in msg
+    assert re.search(r"tasks\.t: Additional properties .*'unknown_key' was unexpected.* \(allowed: checkpoint, "
+                     r"annotations, .*synthesis", msg)
+    assert "tasks: key 'bad name!' does not match" in msg
+
+
+def test_a_rejected_value_is_not_cross_checked(tmp_path):
+    cfg = minimal(tmp_path)
+    cfg["tasks"]["t"]["synthesis"] = {"num_shards": "x", "seed_start": 0}  # would overlap the annotation seeds
+    cfg["tasks"]["t"]["checkpoint"] = ["g"]
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert str(err.value).splitlines()[1:] == ["  tasks.t.checkpoint: ['g'] is not of type 'string'",
+                                               "  tasks.t.synthesis.num_shards: 'x' is not of type 'integer'"]
 
 
 def test_cross_references_and_files_are_checked(tmp_path):

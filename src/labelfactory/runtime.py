@@ -25,8 +25,11 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """Log to stderr and, with ``log_path``, to that file; tracebacks then go to the file only."""
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
     if log_path:
+        console.addFilter(lambda record: record.exc_info is None)
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
@@ -34,15 +37,31 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> Non
 
 @contextlib.contextmanager
 def snakemake_job(smk) -> Iterator[None]:
-    """Set up a Snakemake ``script:`` job: log to its log file, use its threads,
-    and record any failure with its traceback in the log before re-raising."""
-    setup_logging(smk.log[0] if len(smk.log) else None)
+    """Set up a Snakemake ``script:`` job: log to its log file, use its threads.
+
+    A failure goes with its traceback to the log file, and as one line
+    ``labelfactory: <rule> failed: <reason> (log: <path>)`` to the console. An
+    error of a type the library defines (:class:`~labelfactory.config.ConfigError`,
+    ``CheckpointError``, ``AnnotationError``, ...: bad input, checksum, corrupt
+    file) is raised on purpose and its message is the whole story, so the job
+    just exits with status 1; any other error is re-raised, a bug's traceback
+    shown on the console too."""
+    log_path = smk.log[0] if len(smk.log) else None
+    setup_logging(log_path)
     torch.set_num_threads(max(1, int(smk.threads)))
     log.info("rule %s, wildcards %s, threads %s", smk.rule, dict(smk.wildcards), smk.threads)
     try:
         yield
-    except BaseException:
+    except BaseException as e:
         log.exception("job failed")
+        if not isinstance(e, Exception):
+            raise
+        deliberate = type(e).__module__.split(".")[0] == __package__  # an error type of the library
+        reason = str(e) if deliberate else f"{type(e).__name__}: {e}"
+        where = f" (log: {log_path})" if log_path else ""
+        print(f"labelfactory: {smk.rule} failed: {reason}{where}", file=sys.stderr, flush=True)
+        if deliberate:
+            raise SystemExit(1) from None
         raise
 
 
