@@ -6,9 +6,12 @@ upsamples and concatenates every image's features into a float32
 ``[pixels, D]`` matrix in RAM first, as DatasetGAN's release does. Both train
 the same members with the same loop (:func:`fit_members`) for a fixed number of
 batches per member: this measures memory and per-batch cost, not convergence.
-Each run is a fresh subprocess; its peak RSS is its own VmHWM.
+Each run is a fresh subprocess; its peak RSS is its own VmHWM. At the paper's
+shape it also reports training wall time per member and in total: measured for
+the batches run, and extrapolated (labelled so) to one epoch over all annotated
+pixels per member. ``--quick``: 2 members × 50 batches.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_interpreter.py [--batches 200] [--members 10]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_interpreter.py [--batches 200] [--members 10] [--quick]
 """
 
 from __future__ import annotations
@@ -109,9 +112,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=100, help="batches per member")
     ap.add_argument("--members", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="2 members x 50 batches")
     ap.add_argument("--child", choices=("ours", "naive"))
     ap.add_argument("--store")
     args = ap.parse_args()
+    if args.quick:
+        args.members, args.batches = 2, 50
     if args.child:
         return child(args.child, args.store, args.members, args.batches)
 
@@ -142,6 +148,13 @@ def main() -> None:
     paper = results["paper", "ours"]
     print(f"paper shape: ours peaks at {paper['peak_mb'] / 1024:.2f} GiB (goal <= 4 GB); the naive float32 matrix "
           f"alone would be {paper_dense_gb:.0f} GiB")
+    per_member = paper["train_s"] / args.members
+    epoch = 16 * 512 * 512 // 64  # batches in one pass over every pixel of the 16 annotated images
+    epoch_s = epoch * paper["ms_per_batch"] / 1000
+    print(f"paper shape training wall time (measured): {per_member:.1f} s per member for {args.batches} batches "
+          f"(with its held-out evaluation), {paper['train_s']:.1f} s for {args.members} members")
+    print(f"paper shape training wall time (EXTRAPOLATED from {paper['ms_per_batch']:.1f} ms/batch): one epoch of "
+          f"{epoch} batches {epoch_s / 60:.0f} min per member, {10 * epoch_s / 3600:.1f} h for 10 members")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,65 @@ def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16, downst
     return cfg
 
 
+def tiny_biggan(seed: int = 0, n_classes: int = 2):
+    """A small random class-conditional BigGAN backend (BigGAN-PyTorch layout, 32 px)."""
+    from labelfactory.generators.biggan import BigGANBackend, BigGANConfig, BigGANGenerator
+
+    torch.manual_seed(seed)
+    g = BigGANGenerator(BigGANConfig(resolution=32, ch=4, dim_z=16, shared_dim=8, n_classes=n_classes,
+                                     attention=(16,)))
+    with torch.no_grad():
+        for name, b in g.named_buffers():
+            if name.endswith("stored_var"):
+                b.uniform_(0.5, 1.5)
+        for blocklist in g.blocks:
+            for m in blocklist[1:]:
+                m.gamma.fill_(0.5)
+    return BigGANBackend(g.eval(), g.cfg.to_dict())
+
+
+def make_tiny_conditional_project(root: Path, n_per_class: int = 3) -> dict:
+    """A tiny BigDatasetGAN project: a BigGAN-PyTorch ``.pth`` with two classes, binary
+    object masks per class (derived from the images), the conv interpreter, class-aware
+    downstream runs on toy-world cars and faces with object masks. Returns the config."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from labelfactory.annotations import sample_for_annotation
+    from labelfactory.io import sha256_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    b = tiny_biggan()
+    torch.save(b.module.state_dict(), root / "gen.pth")
+    df = sample_for_annotation(b, range(n_per_class), root / "ann", classes=[0, 1])
+    for i in df["id"]:
+        image = np.asarray(Image.open(root / "ann" / f"{i}.image.png"))
+        Image.fromarray((tiny_mask(image) > 0).astype(np.uint8)).save(root / "ann" / f"{i}.png")
+    (root / "ann" / "labels.yaml").write_text(yaml.safe_dump({"names": ["background", "object"]}))
+    cfg = {
+        "device": "cpu",
+        "checkpoints": {"big": {"url": "gen.pth", "sha256": sha256_file(root / "gen.pth")}},
+        "tasks": {"objects": {
+            "checkpoint": "big", "annotations": "ann", "classes": [0, 1], "class_names": ["car", "face"],
+            "annotation": {"num_samples": n_per_class, "expected_per_class": n_per_class},
+            "interpreter": {"type": "conv", "num_members": 2, "iterations": 8, "batch_size": 2,
+                            "channels": [8, 8, 8]},
+            "synthesis": {"num_shards": 1, "samples_per_shard": 6, "batch_size": 4},
+            "filter": {"ratio": 0.25},
+            "downstream": {
+                "labels": "class_aware", "seeds": 2, "threads": 1, "model": "deeplabv3_resnet18",
+                "model_options": TINY_SEGMENTATION, "steps": 4, "batch_size": 2, "optimizer": "adamw",
+                "lr": 1e-3,
+                "real": {"type": "toyworld", "classes": ["car", "face"], "labels": "objects", "size": 32,
+                         "train_images": 6, "test_images": 4},
+            },
+        }},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
 def snakemake_command(root: Path, *args: str, env: dict | None = None) -> tuple[list[str], dict]:
     """The command line (and environment) that runs the project's workflow in ``root``."""
     import os

@@ -14,7 +14,8 @@ float32 for 16 images at 512² with D = 5056) is never materialised:
   exact; the rest of the MLP (ReLU, BatchNorm in eval mode, ...) runs per pixel.
   The fast path does this for all members at once (their first layers as one
   matrix, later layers as batched matmuls with BatchNorm folded in), one tile of
-  output rows at a time, upsampling with 2-tap stencils: O(1) work per output
+  output rows at a time, upsampling with 2-tap stencils (or, for maps at most
+  ``_DENSE_COLUMNS`` wide, a matmul along columns): bounded work per output
   pixel, where the dense ``[R, h]`` matrices of the reference path cost O(h).
 """
 
@@ -538,9 +539,8 @@ class MLPEnsemble(nn.Module):
         return out
 
     def _interpolation(self, size: int, like: torch.Tensor) -> torch.Tensor:
-        """The ``[R, size]`` matrix of 1-D linear upsampling to the image resolution
-        (bilinear is separable: ``A @ y @ A.T`` equals ``F.interpolate`` and is
-        several times faster on CPUs, where interpolate dominated synthesis)."""
+        """The ``[R, size]`` matrix of 1-D linear upsampling to the image resolution, for the
+        reference path (bilinear is separable: ``A @ y @ A.T`` equals ``F.interpolate``)."""
         key = (size, like.device, like.dtype)
         if key not in self._interp_cache:
             eye = torch.eye(size, device=like.device, dtype=like.dtype)[None]

@@ -1,0 +1,200 @@
+"""Labelled vs. bare-generator synthesis throughput, where the labelling time goes, and shard memory.
+
+A random-weight StyleGAN2 (rosinality's channel table) and a 10-member
+ensemble of DatasetGAN's MLPs over every synthesis layer (20 classes) at
+128², 256² and 512². In one run, interleaved round by round:
+
+- ``bare``: the generator alone (``backend.synthesize``);
+- ``labelled``: :func:`synthesize_shard` of the same samples (generator,
+  interpreter, JS divergence, score, vote, HDF5 writing);
+- ``reference`` (not at 512² unless ``--reference``): the same with the
+  per-member reference interpreter (:meth:`MLPEnsemble.member_probabilities_reference`).
+
+Prints labelled/bare throughput ratios (medians over rounds), the share of
+labelled time in generator / interpreter / uncertainty (JS, score, vote) /
+writing and the rest, and the peak memory of whole shards of two sizes (fresh
+subprocesses: peak RSS, and peak device memory on a GPU). Uses the GPU when
+there is one (``--batch`` images per batch, matmuls in bfloat16 there).
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_synthesis.py [--quick] [--sizes 128 256 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from labelfactory.generators.stylegan2 import Generator, StyleGAN2Backend, StyleGAN2Config  # noqa: E402
+from labelfactory.interpreters.mlp import MemberHistory, MLPEnsemble, MLPEnsembleConfig, build_member  # noqa: E402
+from labelfactory.synthesis import synthesize_shard  # noqa: E402
+from labelfactory.uncertainty import image_scores, js_divergence, vote_labels  # noqa: E402
+
+MEMBERS, CLASSES = 10, 20
+
+
+def setup(size: int, device: str, seed: int = 0) -> tuple[StyleGAN2Backend, MLPEnsemble]:
+    """A random-weight generator and a random ensemble over all its layers (BatchNorm statistics
+    randomised too, so that no member is degenerate)."""
+    torch.manual_seed(seed)
+    module = Generator(StyleGAN2Config(size=size))
+    backend = StyleGAN2Backend(module, module.cfg.to_dict(), generator_hash=f"bench-{size}").to(device)
+    shapes = backend.feature_shapes()
+    dim = sum(c for c, _, _ in shapes.values())
+    gen = torch.Generator().manual_seed(seed)
+    members = [build_member(dim, CLASSES, gen) for _ in range(MEMBERS)]
+    for net in members:
+        for bn in net[2::3]:
+            bn.running_mean.normal_(0, 0.5, generator=gen)
+            bn.running_var.uniform_(0.5, 2.0, generator=gen)
+    ens = MLPEnsemble(members, MLPEnsembleConfig(num_members=MEMBERS), list(shapes),
+                      [c for c, _, _ in shapes.values()], CLASSES, size, backend.generator_hash,
+                      [MemberHistory(seed=0, train_pixels=0, holdout_pixels=0)] * MEMBERS).to(device)
+    if device != "cpu":
+        ens.compute_dtype = torch.bfloat16
+    return backend, ens
+
+
+def _sync(device: str) -> None:
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
+class Timed:
+    """Wraps a generator backend or labeller, adding the seconds spent in one method to ``seconds``."""
+
+    def __init__(self, inner, method: str, device: str):
+        self._inner, self._method, self._device, self.seconds = inner, method, device, 0.0
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name != self._method:
+            return attr
+
+        def timed(*args, **kwargs):
+            _sync(self._device)
+            t = time.perf_counter()
+            out = attr(*args, **kwargs)
+            _sync(self._device)
+            self.seconds += time.perf_counter() - t
+            return out
+        return timed
+
+
+class Reference:
+    """The ensemble with its reference (per-member) inference path."""
+
+    def __init__(self, ens: MLPEnsemble):
+        self.num_classes, self.generator_hash = ens.num_classes, ens.generator_hash
+        self._ens = ens
+
+    def member_probabilities(self, features, classes=None):
+        return self._ens.member_probabilities_reference(features)
+
+
+def measure(size: int, rounds: int, batch: int, device: str, reference: bool, tmp: Path) -> dict:
+    backend, ens = setup(size, device)
+    variants = ["bare", "labelled"] + (["reference"] if reference else [])
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    parts: dict[str, list[float]] = {k: [] for k in ("generator", "interpreter", "uncertainty", "writing+rest")}
+    for r in range(rounds + 1):  # round 0 warms up
+        seeds = np.arange(r * batch, (r + 1) * batch)
+        for v in variants:
+            _sync(device)
+            t = time.perf_counter()
+            if v == "bare":
+                with torch.no_grad():
+                    backend.synthesize(torch.from_numpy(backend.sample_latents(seeds)).to(device), features=True)
+                _sync(device)
+            else:
+                gen = Timed(backend, "synthesize", device)
+                lab = Timed(ens if v == "labelled" else Reference(ens), "member_probabilities", device)
+                synthesize_shard(gen, lab, tmp / f"{v}.h5", seeds, batch_size=batch, progress=False)
+            elapsed = time.perf_counter() - t
+            if r == 0:
+                continue
+            times[v].append(elapsed)
+            if v == "labelled":
+                probs = ens.member_probabilities(backend.synthesize(
+                    torch.from_numpy(backend.sample_latents(seeds)).to(device)).features)
+                _sync(device)
+                t = time.perf_counter()
+                image_scores(js_divergence(probs, dim=2)).cpu()
+                vote_labels(probs).cpu()
+                _sync(device)
+                unc = time.perf_counter() - t
+                for k, s in zip(parts, (gen.seconds, lab.seconds, unc, elapsed - gen.seconds - lab.seconds - unc)):
+                    parts[k].append(s / elapsed)
+    med = {v: float(np.median(t)) for v, t in times.items()}
+    return {"size": size, "dim": ens.dim, "s_per_image": {v: s / batch for v, s in med.items()},
+            "ratio": {v: med["bare"] / med[v] for v in variants if v != "bare"},
+            "share": {k: float(np.median(s)) for k, s in parts.items()}}
+
+
+def child(size: int, samples: int, batch: int, device: str) -> None:
+    """One whole shard in this process; prints its peak memory as a JSON line."""
+    torch.set_num_threads(1)
+    backend, ens = setup(size, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        synthesize_shard(backend, ens, Path(tmp) / "shard.h5", np.arange(samples), batch_size=batch, progress=False)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    dev = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else 0.0
+    print(json.dumps({"peak_rss_mb": peak, "peak_device_mb": dev}))
+
+
+def shard_memory(size: int, samples: int, batch: int, device: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(size), "--samples", str(samples), "--batch", str(batch)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH":
+                         os.pathsep.join(sys.path)}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds per size (after one warm-up)")
+    ap.add_argument("--batch", type=int, default=None, help="images per batch (default: 1 on CPU, 8 on GPU)")
+    ap.add_argument("--reference", action="store_true", help="also time the reference path at 512²")
+    ap.add_argument("--quick", action="store_true", help="2 rounds, 128² and 256² only")
+    ap.add_argument("--child", type=int)
+    ap.add_argument("--samples", type=int)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = args.batch or (8 if device == "cuda" else 1)
+    if args.child:
+        return child(args.child, args.samples, batch, device)
+    torch.set_num_threads(1)
+    sizes, rounds = ([128, 256], 2) if args.quick else (args.sizes, args.rounds)
+    print(f"device {device}, {torch.get_num_threads()} thread(s), batch {batch}, {MEMBERS} members, {CLASSES} classes, "
+          f"{rounds} rounds, medians")
+    print(f"{'size':>5s} {'D':>5s} {'bare s/img':>10s} {'labelled/bare':>13s} {'reference/bare':>14s} "
+          f"{'generator':>9s} {'interp.':>7s} {'uncert.':>7s} {'writing+rest':>12s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            r = measure(size, rounds, batch, device, args.reference or size < 512, Path(tmp))
+            ref = r["ratio"].get("reference")
+            print(f"{size:5d} {r['dim']:5d} {r['s_per_image']['bare']:10.2f} {r['ratio']['labelled']:13.2f} "
+                  f"{'-' if ref is None else f'{ref:.2f}':>14s} "
+                  + " ".join(f"{r['share'][k]:{w}.0%}" for k, w in zip(r["share"], (9, 7, 7, 12))))
+    small, large = 2 * batch, 6 * batch
+    mem = {n: shard_memory(128, n, batch, device) for n in (small, large)}
+    print(f"shard peak memory at 128² (fresh process each): {small} samples {mem[small]['peak_rss_mb']:.0f} MB RSS, "
+          f"{large} samples {mem[large]['peak_rss_mb']:.0f} MB RSS "
+          f"({mem[large]['peak_rss_mb'] / mem[small]['peak_rss_mb']:.2f}x)"
+          + (f"; device {mem[small]['peak_device_mb']:.0f} / {mem[large]['peak_device_mb']:.0f} MB"
+             if device != "cpu" else ""))
+
+
+if __name__ == "__main__":
+    main()
