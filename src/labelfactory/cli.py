@@ -13,18 +13,23 @@ log = logging.getLogger("labelfactory")
 
 
 def _load_inputs(args):
-    """The backend, latents ``[N, z_dim]`` and classes (or None) a render-like command names."""
+    """The backend, latents ``[N, *latent_shape]`` and classes (or None) a render-like command names."""
     from .generators.checkpoints import load_generator
     from .runtime import resolve_device
 
     backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
     z = np.load(args.latents)
-    if z.ndim == 1:
+    if z.ndim == len(backend.latent_shape):
         z = z[None]
     classes = np.load(args.classes) if args.classes else None
     if backend.arch == "biggan" and args.truncation != 1.0:
         log.warning("BigGAN renders z as given: truncation applies when sampling (labelfactory latents "
                     "--truncation), so --truncation %g is ignored", args.truncation)
+    if args.average_latent:
+        if not hasattr(backend, "set_average_latent"):
+            raise ValueError(f"--average-latent is for checkpoints that hold none (StyleGAN1 in DatasetGAN's "
+                             f"layout); this {backend.arch} checkpoint has its own")
+        backend.set_average_latent(np.load(args.average_latent))
     return backend, z, classes
 
 
@@ -73,6 +78,22 @@ def _latents(args) -> None:
     np.save(args.out, backend.sample_latents(parse_range(args.seeds), truncation=args.truncation))
 
 
+def _encode(args) -> None:
+    from .generators.checkpoints import load_generator
+    from .io import atomic_path
+    from .runtime import resolve_device
+
+    backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
+    if not hasattr(backend, "encode"):
+        raise ValueError(f"{backend.arch} generator has no encoder (only VQGAN encodes images)")
+    codes = backend.encode(np.load(args.images), batch_size=args.batch_size)
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, codes)
+    log.info("encoded %d images to code grids %s with generator %s", len(codes), list(codes.shape[1:]),
+             backend.generator_hash[:12])
+
+
 def _convert(args) -> None:
     from .generators.checkpoints import convert_checkpoint
 
@@ -93,13 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     def rendering(name: str, help: str, out: str) -> argparse.ArgumentParser:
         r = sub.add_parser(name, help=help)
         r.add_argument("--checkpoint", required=True,
-                       help="canonical .safetensors, rosinality .pt, NVIDIA .pkl or BigGAN-PyTorch .pth")
-        r.add_argument("--latents", required=True, help=".npy with z [N, z_dim] (or one [z_dim])")
+                       help="canonical .safetensors, rosinality .pt, NVIDIA .pkl, BigGAN-PyTorch .pth "
+                            "or a taming-transformers release folder / .ckpt")
+        r.add_argument("--latents", required=True,
+                       help=".npy with z [N, z_dim] (or one [z_dim]); VQGAN: int64 codes [N, h, w] (or one [h, w])")
         r.add_argument("--out", required=True, help=out)
         r.add_argument("--truncation", type=float, default=1.0,
                        help="StyleGAN2: psi, towards the checkpoint's average latent (BigGAN truncates z "
                             "when sampling it: see `latents --truncation`)")
-        r.add_argument("--noise", choices=["const", "random", "none"], default="const")
+        r.add_argument("--noise", choices=["const", "random", "none"], default="const",
+                       help="const: the checkpoint's stored noise (StyleGAN1 files store none: use none or random)")
+        r.add_argument("--average-latent",
+                       help="StyleGAN1 (DatasetGAN's .for_g_all.pt): the release's avg_latent_stylegan1.npy, "
+                            "the truncation centre that --truncation < 1 needs")
         r.add_argument("--noise-seed", type=int, default=0, help="seed of the noise when --noise random")
         r.add_argument("--classes", help=".npy with one class per latent (class-conditional generators)")
         r.add_argument("--format", default="auto", help="checkpoint format (default: detect)")
@@ -125,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BigGAN: z = truncation * truncnorm(-2, 2); StyleGAN2 ignores it (psi is applied at render)")
     l.add_argument("--format", default="auto")
     l.set_defaults(func=_latents)
+
+    e = sub.add_parser("encode", help="encode images to VQGAN code grids")
+    e.add_argument("--checkpoint", required=True, help="a taming-transformers release folder or .ckpt (or canonical)")
+    e.add_argument("--images", required=True, help=".npy with float32 images [N,3,H,W] in [-1, 1]")
+    e.add_argument("--out", required=True, help=".npy for the int64 codes [N, h, w]")
+    e.add_argument("--format", default="auto", help="checkpoint format (default: detect)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.set_defaults(func=_encode)
 
     c = sub.add_parser("convert", help="convert a public checkpoint to safetensors + JSON sidecar")
     c.add_argument("src")

@@ -110,6 +110,18 @@ class GeneratorBackend(abc.ABC):
         default ignores it, as StyleGAN2 applies ψ in w space at synthesis."""
         return np.stack([np.random.RandomState(int(s)).randn(self.z_dim) for s in seeds]).astype(np.float32)
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one latent: ``(z_dim,)`` here (VQGAN: its ``(h, w)`` code grid)."""
+        return (self.z_dim,)
+
+    def check_latents(self, z) -> np.ndarray:
+        """Validate latents ``[N, *latent_shape]``; returns what :meth:`synthesize` takes (float32 z here)."""
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"latents must have shape [N, {self.z_dim}], got {list(z.shape)}")
+        return z
+
     def check_classes(self, classes: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
         """Validate the class of each of ``n`` samples; returns int64 ``[n]``."""
         if self.num_classes == 0:
@@ -132,9 +144,7 @@ class GeneratorBackend(abc.ABC):
     def _batches(self, z: np.ndarray, classes, truncation: float, noise: str, batch_size: int,
                  noise_seed: int, features: bool) -> Iterator[Synthesis]:
         """Validated latents and classes → one :class:`Synthesis` per batch (no autograd)."""
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"latents must have shape [N, {self.z_dim}], got {list(z.shape)}")
+        z = self.check_latents(z)
         cls = self.check_classes(classes, z.shape[0])
         g = torch.Generator(device=self.device).manual_seed(noise_seed)
         for i in range(0, len(z), batch_size):

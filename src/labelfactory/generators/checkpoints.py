@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -124,6 +125,23 @@ def _torch_load(path: Path, mmap: bool = False) -> dict:
     return obj
 
 
+def torch_keys(path: Path) -> frozenset:
+    """The keys of a torch file's dict (empty if it is not one), read once per file version for
+    the sniffers (legacy files cannot be mapped and are read whole)."""
+    if not _is_torch_file(path):
+        return frozenset()
+    st = Path(path).stat()
+    return _torch_keys(str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _torch_keys(path: str, inode: int, mtime_ns: int, size: int) -> frozenset:
+    try:
+        return frozenset(_torch_load(Path(path), mmap=_head(Path(path), 4) == b"PK\x03\x04"))
+    except CheckpointError:
+        return frozenset()
+
+
 def stylegan2_config_from_rosinality(sd: dict[str, torch.Tensor]) -> StyleGAN2Config:
     """Infer size, style/z dims, mapping depth and per-resolution channels from a
     rosinality ``g_ema`` state dict."""
@@ -175,8 +193,8 @@ def _read_rosinality(path: Path) -> RawCheckpoint:
 
 
 def _is_rosinality(path: Path) -> bool:
-    """Every torch file that no other torch reader claims, so an unknown dict gets this reader's error."""
-    return _is_torch_file(path) and not _is_biggan_pytorch(path)
+    """Every torch file that no other reader claims, so an unknown dict gets this reader's error."""
+    return _is_torch_file(path) and not any(_claims(FORMATS.get(n), path) for n in FORMATS if n != "rosinality")
 
 
 FORMATS.register("rosinality")(FormatReader(_is_rosinality, _read_rosinality))
@@ -195,14 +213,8 @@ _BIGGAN_CONVERTER_MISSING = re.compile(r".*\.sv0$")
 
 
 def _is_biggan_pytorch(path: Path) -> bool:
-    """A torch file whose dict has BigGAN-PyTorch ``Generator`` keys (tensor data mapped, not read)."""
-    if not _is_torch_file(path):
-        return False
-    try:
-        sd = _torch_load(path, mmap=_head(path, 4) == b"PK\x03\x04")
-    except CheckpointError:
-        return False
-    return _BIGGAN_SIGNATURE <= set(sd)
+    """A torch file whose dict has BigGAN-PyTorch ``Generator`` keys."""
+    return _BIGGAN_SIGNATURE <= torch_keys(path)
 
 
 def biggan_config_from_pytorch(sd: dict[str, torch.Tensor]) -> BigGANConfig:
