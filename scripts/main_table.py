@@ -3,6 +3,6 @@ from labelfactory.reporting import collect_scores, plot_per_class_iou, write_mai
 from labelfactory.runtime import snakemake_job
 
 with snakemake_job(snakemake):
-    runs = collect_scores(list(snakemake.input))
+    runs = collect_scores(list(snakemake.input), snakemake.params.variants)
     write_main_table(runs, snakemake.output.csv, snakemake.output.md, snakemake.output.runs)
     plot_per_class_iou(runs, snakemake.output.figure)

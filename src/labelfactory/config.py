@@ -112,14 +112,16 @@ class DownstreamSpec:
     reference_annotator: str | None = None
     report_samples: int = 500
     labels: str = "annotated"
+    compare: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict) -> "DownstreamSpec":
-        own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples", "labels"}
+        own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples", "labels",
+               "compare"}
         return cls(enabled=d["enabled"], settings=tuple(d["settings"]), seeds=d["seeds"], threads=d["threads"],
                    train={k: v for k, v in d.items() if k not in own}, real=dict(d["real"]),
                    reference_annotator=d["reference_annotator"], report_samples=d["report_samples"],
-                   labels=d["labels"])
+                   labels=d["labels"], compare=tuple(d["compare"]))
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,32 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
     if accepted("downstream.real", "downstream.weights", "downstream.backbone_weights",
                 "downstream.reference_annotator"):
         problems += _downstream_problems(name, task["downstream"], base_dir, check_files)
+    if accepted("classes", "class_names", "downstream.labels", "downstream.real", "annotation.expected_per_class"):
+        problems += _class_problems(name, task)
+    if accepted("downstream.compare"):
+        problems += [f"tasks.{name}.downstream.compare: {other!r} is not another key of `tasks`"
+                     for other in task["downstream"]["compare"] if other not in cfg["tasks"] or other == name]
+    return problems
+
+
+def _class_problems(name: str, task: dict) -> list[str]:
+    """A class-conditional task's classes against its names, labels and real data."""
+    where = f"tasks.{name}"
+    classes = _classes(task["classes"])
+    ds, real = task["downstream"], task["downstream"]["real"]
+    problems = []
+    if classes is None:
+        if ds["labels"] == "class_aware":
+            problems.append(f"{where}.downstream.labels: class_aware needs the task's `classes`")
+        if task["annotation"]["expected_per_class"] is not None and task["class"] < 0:
+            problems.append(f"{where}.annotation.expected_per_class: needs `classes` (or `class`)")
+        return problems
+    if task["class_names"] is not None and len(task["class_names"]) != len(classes):
+        problems.append(f"{where}.class_names: {len(task['class_names'])} names for {len(classes)} classes")
+    if real["type"] == "toyworld" and real["labels"] == "objects" and real["classes"] is not None \
+            and len(real["classes"]) != len(classes):
+        problems.append(f"{where}.downstream.real.classes: {len(real['classes'])} toy classes for the task's "
+                        f"{len(classes)} classes (one per class, in order)")
     return problems
 
 

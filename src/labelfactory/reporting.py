@@ -28,21 +28,36 @@ SETTING_TITLES = {
 }
 
 
-def collect_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+def collect_scores(paths: Sequence[str | os.PathLike], variants: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per downstream run: ``setting``, ``seed``, ``num_train_images``,
     ``miou``, ``pixel_accuracy``, ``iou/<class>`` for every class, and for
-    class-aware (BigDatasetGAN) runs the class-agnostic ``foreground_iou``."""
+    class-aware (BigDatasetGAN) runs the class-agnostic ``foreground_iou``.
+
+    ``variants`` maps the path of a run compared in the same table (e.g. the same
+    data labelled by another interpreter) to its variant's name; its setting then
+    reads ``<setting> | <variant>`` and its rows follow the task's own."""
+    variants = {str(k): v for k, v in (variants or {}).items()}
     rows = []
     for p in paths:
         s = json.loads(Path(p).read_text())
         fg = {"foreground_iou": s["foreground_iou"]} if s.get("class_aware") else {}
-        rows.append({"setting": s["setting"], "seed": s["seed"], "num_train_images": s["num_train_images"],
+        setting = s["setting"] if str(p) not in variants else f"{s['setting']} | {variants[str(p)]}"
+        rows.append({"setting": setting, "seed": s["seed"], "num_train_images": s["num_train_images"],
                      "miou": s["miou"], **fg, "pixel_accuracy": s["pixel_accuracy"],
                      **{f"iou/{c}": v for c, v in s["iou_by_class"].items()}})
     df = pd.DataFrame(rows)
-    order = [s for s in SETTING_ORDER if s in set(df["setting"])]
+    names = list(dict.fromkeys(variants.values()))
+    order = [s for s in SETTING_ORDER] + [f"{s} | {v}" for v in names for s in SETTING_ORDER]
+    order = [s for s in order if s in set(df["setting"])]
     df["setting"] = pd.Categorical(df["setting"], categories=order, ordered=True)
     return df.sort_values(["setting", "seed"]).reset_index(drop=True)
+
+
+def setting_title(setting: str) -> str:
+    """``synthetic_filtered | conv interpreter`` → ``synthetic, filtered (conv interpreter)``."""
+    base, _, variant = setting.partition(" | ")
+    title = SETTING_TITLES.get(base, base)
+    return f"{title} ({variant})" if variant else title
 
 
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -75,7 +90,7 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """The main table as Markdown: mIoU as ``mean ± sd`` and one IoU column per class."""
-    out = pd.DataFrame(index=[SETTING_TITLES.get(s, s) for s in table.index])
+    out = pd.DataFrame(index=[setting_title(s) for s in table.index])
     out.index.name = "setting"
     out["runs"] = table["runs"].to_numpy()
     out["train images"] = table["train_images"].to_numpy()
@@ -131,7 +146,7 @@ def plot_per_class_iou(runs: pd.DataFrame, path: str | os.PathLike) -> None:
     long = runs.melt(id_vars=["setting", "seed"], value_vars=cols, var_name="class", value_name="IoU")
     long["class"] = long["class"].str.removeprefix("iou/").replace({"miou": "mean"})
     long["IoU"] *= 100
-    long["setting"] = long["setting"].astype(str).map(lambda s: SETTING_TITLES.get(s, s))
+    long["setting"] = long["setting"].astype(str).map(setting_title)
     fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 2, 4))
     sns.barplot(long, x="class", y="IoU", hue="setting", errorbar="sd", ax=ax, palette="colorblind")
     ax.set_ylim(0, 100)

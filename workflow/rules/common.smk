@@ -71,11 +71,15 @@ def synthesis_options(task):
                 top_fraction=s.top_fraction, store_latents=s.store_latents, store_uncertainty=s.store_uncertainty)
 
 
-def downstream_scores(wildcards):
-    """Every downstream run's scores of a task: each setting × seed."""
-    ds = task_of(wildcards).downstream
-    return expand("results/{task}/downstream/{setting}/seed{seed}/scores.json", task=wildcards.task,
+def task_scores(name):
+    """Every downstream run's scores of task ``name``: each setting × seed."""
+    ds = CFG.tasks[name].downstream
+    return expand("results/{task}/downstream/{setting}/seed{seed}/scores.json", task=name,
                   setting=ds.settings, seed=range(ds.seeds))
+
+
+def downstream_scores(wildcards):
+    return task_scores(wildcards.task)
 
 
 def class_aware_names(task):
@@ -96,6 +100,17 @@ def toy_classes(task):
     if task.conditional:
         return dict(zip(task.classes, real["classes"] or [real["class"]]))
     return real["class"]
+
+
+def compared_scores(wildcards):
+    """The runs of the tasks a task's table compares against (`downstream.compare`)."""
+    return [p for other in task_of(wildcards).downstream.compare for p in task_scores(other)]
+
+
+def compared_variants(wildcards):
+    """{scores path: variant name} of the compared runs: "<interpreter type> interpreter"."""
+    return {p: f"{CFG.tasks[other].interpreter['type']} interpreter" for other in task_of(wildcards).downstream.compare
+            for p in task_scores(other)}
 
 
 def real_training_data(wildcards):

@@ -2,6 +2,9 @@ rule main_table:
     """Gather every run's scores: the main table (CSV + Markdown) and per-class IoU."""
     input:
         downstream_scores,
+        compared_scores,
+    params:
+        variants=compared_variants,
     output:
         csv=report("results/{task}/report/main_table.csv", caption="../report/main_table.rst",
                    category="Downstream", subcategory="{task}"),
