@@ -443,10 +443,15 @@ def config_to_dict(cfg: AnnotatorConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def simulate_annotation(sample_dir: str | Path, out_dir: str | Path, annotator: Annotator, cls: int | str) -> int:
+def simulate_annotation(sample_dir: str | Path, out_dir: str | Path, annotator: Annotator,
+                        cls: int | str | dict[int, str]) -> int:
     """The simulated human: label the images that ``sample_for_annotation`` wrote to
     ``sample_dir`` and write an annotation folder exactly as a user would hand one
     in (``labels.yaml``, ``manifest.csv``, ``<id>.png`` masks, latents, images).
+
+    ``cls`` is the toy class of a part-labelled (DatasetGAN) task, or for a
+    class-conditional (BigDatasetGAN) task the toy class of each generator class:
+    every sample then gets the binary object mask of its own class.
     Returns the number of annotated samples."""
     import shutil
 
@@ -457,16 +462,24 @@ def simulate_annotation(sample_dir: str | Path, out_dir: str | Path, annotator: 
     sample_dir, out_dir = Path(sample_dir), Path(out_dir)
     manifest = pd.read_csv(sample_dir / "manifest.csv", dtype={"id": str})
     images = np.stack([np.asarray(Image.open(sample_dir / f"{i}.image.png").convert("RGB")) for i in manifest["id"]])
-    masks = annotator.label(images, cls)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = toyworld.CLASSES[toyworld.class_index(cls)]
-    (out_dir / "labels.yaml").write_text(
-        f"# {name} parts, labelled by the simulated annotator ({annotator.meta.get('sha256', '?')[:12]})\n"
-        + yaml.safe_dump({"names": list(toyworld.part_labels(name)), "ignore_index": 255}))
+    who = f"the simulated annotator ({annotator.meta.get('sha256', '?')[:12]})"
+    if isinstance(cls, dict):
+        masks = np.zeros(images.shape[:3], dtype=np.uint8)
+        for c, name in cls.items():
+            sel = manifest["class"].to_numpy() == c
+            if sel.any():
+                masks[sel] = annotator.object_masks(images[sel], name)
+        header = f"# object masks of {', '.join(cls.values())} (BigDatasetGAN), labelled by {who}\n"
+        names = ["background", "object"]
+    else:
+        masks = annotator.label(images, cls)
+        name = toyworld.CLASSES[toyworld.class_index(cls)]
+        header, names = f"# {name} parts, labelled by {who}\n", list(toyworld.part_labels(name))
+    (out_dir / "labels.yaml").write_text(header + yaml.safe_dump({"names": names, "ignore_index": 255}))
     for i, mask in zip(manifest["id"], masks):
         Image.fromarray(mask).save(out_dir / f"{i}.png")
         for suffix in (".image.png", ".latent.npy"):
             shutil.copyfile(sample_dir / f"{i}{suffix}", out_dir / f"{i}{suffix}")
     shutil.copyfile(sample_dir / "manifest.csv", out_dir / "manifest.csv")
     return len(manifest)
-
