@@ -14,10 +14,11 @@ export HF_HUB_OFFLINE := 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml envs/install_detectron2.sh
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet $(PIP_EXTRA) -r requirements.txt
+	bash envs/install_detectron2.sh $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 

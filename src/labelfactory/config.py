@@ -308,12 +308,13 @@ def _class_problems(name: str, task: dict) -> list[str]:
 def _downstream_problems(task: str, ds: dict, base_dir: Path, check_files: bool) -> list[str]:
     where = f"tasks.{task}.downstream"
     problems = []
-    if ds["real"]["type"] == "folder" and not ds["real"]["path"]:
-        problems.append(f"{where}.real.path: a `folder` dataset needs its path")
+    on_disk = ds["real"]["type"] != "toyworld"
+    if on_disk and not ds["real"]["path"]:
+        problems.append(f"{where}.real.path: a `{ds['real']['type']}` dataset needs its path")
     if check_files:
         files = {"weights": ds["weights"], "backbone_weights": ds["backbone_weights"],
                  "reference_annotator": ds["reference_annotator"],
-                 "real.path": ds["real"]["path"] if ds["real"]["type"] == "folder" else None}
+                 "real.path": ds["real"]["path"] if on_disk else None}
         problems += [f"{where}.{key}: {path} does not exist" for key, path in files.items()
                      if path and not (base_dir / path).exists()]
     return problems

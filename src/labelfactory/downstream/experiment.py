@@ -9,7 +9,8 @@ training images come from) and seed, then scored on held-out real images:
 - ``fully_supervised``: real labelled images (the upper bound).
 
 Real images come from a registered source: the toy world (exact masks from
-seeds) or a folder of PNG images and masks on the user's disk.
+seeds), a folder of PNG images and masks on the user's disk, or a public
+dataset in its own layout (:mod:`labelfactory.datasets`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class RealDataSpec:
     object masks (BigDatasetGAN's labels) instead of part masks.
     ``folder``: ``path/{train,test}/images/<id>.png`` with masks at
     ``path/{train,test}/masks/<id>.png`` (class ids, 255 = ignore).
+    The readers of :mod:`labelfactory.datasets` (``voc``, ``coco``, ``cityscapes``,
+    ``chest_xray``, ``celebamask_hq``) read ``path`` in the dataset's own layout;
+    ``splits`` maps ``train``/``test`` to the dataset's split names, ``resize``
+    (``[height, width]``) resizes every pair, and ``partition`` names CelebA's
+    ``list_eval_partition.txt``.
     """
 
     type: str = "toyworld"
@@ -62,6 +68,9 @@ class RealDataSpec:
     path: str | None = None
     classes: tuple[str, ...] | None = None
     labels: str = "parts"
+    splits: dict[str, str] | None = None
+    resize: tuple[int, int] | None = None
+    partition: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "RealDataSpec":
@@ -70,6 +79,10 @@ class RealDataSpec:
             d["cls"] = d.pop("class")
         if d.get("classes") is not None:
             d["classes"] = tuple(d["classes"])
+        if isinstance(d.get("resize"), int):
+            d["resize"] = (d["resize"], d["resize"])
+        elif d.get("resize") is not None:
+            d["resize"] = tuple(d["resize"])
         return cls(**d)
 
 
@@ -224,3 +237,6 @@ def seg_config(options: dict, seed: int, threads: int | None) -> SegTrainConfig:
     cfg = SegTrainConfig.from_dict({k: v for k, v in options.items() if k in keys})
     extra = {k: options[k] for k in ("weights", "backbone_weights") if options.get(k)}
     return replace(cfg, seed=seed, threads=threads, model_options={**cfg.model_options, **extra})
+
+
+from .. import datasets as _real_datasets  # noqa: E402,F401  (its readers register into REAL_DATASETS)
