@@ -7,14 +7,12 @@ Resumable: re-running with the same --work-dir continues from the last saved sta
 """
 
 import argparse
-import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
-from labelfactory.provenance import code_version, command_line
 from labelfactory.runtime import setup_logging
 from labelfactory.training.biggan import BigGANTrainConfig, load_final, train
+from labelfactory.training.state import trained_sidecar
 
 
 def main() -> None:
@@ -43,24 +41,13 @@ def main() -> None:
                             seed=a.seed, threads=a.threads)
     work = a.work_dir or a.out.parent / f".train-{a.out.stem}"
     final = train(cfg, work)
-    history = [json.loads(l) for l in (work / "history.jsonl").read_text().splitlines()]
 
     from labelfactory.generators.biggan import BigGANBackend
     from labelfactory.generators.checkpoints import write_canonical
 
     g = load_final(final, cfg)
     backend = BigGANBackend(g, g.cfg.to_dict(), class_names=list(cfg.classes))
-    meta = write_canonical(a.out, backend, {
-        "converted_from": "labelfactory.training.biggan",
-        "source_url": None,
-        "recipe": {
-            "command": command_line(),
-            "train_config": json.loads(json.dumps(asdict(cfg))),
-            "code_version": code_version(),
-            "final_losses": history[-1] if history else None,
-            "train_seconds": history[-1]["elapsed_s"] if history else None,
-        },
-    })
+    meta = write_canonical(a.out, backend, trained_sidecar("labelfactory.training.biggan", cfg, work))
     logging.getLogger("labelfactory").info("wrote %s (generator %s)", a.out, meta["generator_hash"][:12])
 
 

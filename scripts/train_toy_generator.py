@@ -6,16 +6,14 @@ Resumable: re-running with the same --work-dir continues from the last saved sta
 """
 
 import argparse
-import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 from labelfactory.generators.checkpoints import write_canonical
 from labelfactory.generators.stylegan2 import StyleGAN2Backend
-from labelfactory.provenance import code_version, command_line
 from labelfactory.runtime import setup_logging
 from labelfactory.training.gan import GANTrainConfig, finalize, train
+from labelfactory.training.state import trained_sidecar
 
 
 def channels(spec: str) -> dict[int, int]:
@@ -49,19 +47,8 @@ def main() -> None:
     work = a.work_dir or a.out.parent / f".train-{a.out.stem}"
     state = train(cfg, work)
     arch_config, tensors = finalize(cfg, state)
-    history = [json.loads(l) for l in (work / "history.jsonl").read_text().splitlines()]
     backend = StyleGAN2Backend.from_tensors(arch_config, tensors)
-    meta = write_canonical(a.out, backend, {
-        "converted_from": "labelfactory.training.gan",
-        "source_url": None,
-        "recipe": {
-            "command": command_line(),
-            "train_config": json.loads(json.dumps(asdict(cfg))),
-            "code_version": code_version(),
-            "final_losses": history[-1] if history else None,
-            "train_seconds": history[-1]["elapsed_s"] if history else None,
-        },
-    })
+    meta = write_canonical(a.out, backend, trained_sidecar("labelfactory.training.gan", cfg, work))
     logging.getLogger("labelfactory").info("wrote %s (generator %s)", a.out, meta["generator_hash"][:12])
 
 

@@ -44,6 +44,25 @@ def content_hash(arch: str, arch_config: dict, tensors: dict[str, torch.Tensor])
     return h.hexdigest()
 
 
+def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str,
+                shown: int = 6) -> torch.nn.Module:
+    """Load ``tensors`` into ``module``, requiring exactly its keys and shapes; one line
+    names the missing, unexpected and misshapen ones (``strict=False`` would hide them)."""
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    shapes = [f"{k} {list(tensors[k].shape)} (expected {list(v.shape)})"
+              for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        def names(keys):
+            return f"{keys[:shown]}{'...' if len(keys) > shown else ''}"
+
+        wrong = f", wrong shape {names(shapes)}" if shapes else ""
+        raise ValueError(f"{what} weights do not match the architecture: missing {names(missing)}, "
+                         f"unexpected {names(unexpected)}{wrong}")
+    module.load_state_dict(tensors, strict=True)
+    return module
+
+
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     """Raw generator output ``[B,3,H,W]`` in [-1, 1] → uint8 ``[B,H,W,3]``."""
     x = (images.detach().float().clamp(-1, 1) + 1) * 127.5

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, GeneratorBackend, Synthesis
+from .base import GENERATORS, GeneratorBackend, Synthesis, load_strict
 
 # Channel multipliers per resolution: (in, out) for each GBlock, from
 # BigGAN-PyTorch's G_arch; 512 is the TF-Hub BigGAN-512 layout BigDatasetGAN uses.
@@ -355,11 +355,7 @@ class BigGANBackend(GeneratorBackend):
     @classmethod
     def from_tensors(cls, arch_config, tensors, generator_hash=None):
         cfg = BigGANConfig(**{k: v for k, v in arch_config.items() if k != "class_names"})
-        module = BigGANGenerator(cfg)
-        missing, unexpected = module.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"BigGAN weights do not match the architecture: missing {sorted(missing)[:6]}, "
-                             f"unexpected {sorted(unexpected)[:6]}")
+        module = load_strict(BigGANGenerator(cfg), tensors, "BigGAN")
         return cls(module, cfg.to_dict(), generator_hash, arch_config.get("class_names"))
 
     @property

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, GeneratorBackend, Synthesis
+from .base import GENERATORS, GeneratorBackend, Synthesis, load_strict
 from .biggan import truncated_normal
 from .checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint, _torch_load
 
@@ -283,11 +283,7 @@ class BigGANDeepBackend(GeneratorBackend):
 
     @classmethod
     def from_tensors(cls, arch_config, tensors, generator_hash=None):
-        module = BigGANDeep(BigGANDeepConfig.from_dict(arch_config))
-        missing, unexpected = module.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"BigGAN-deep weights do not match the architecture: missing {sorted(missing)}, "
-                             f"unexpected {sorted(unexpected)}")
+        module = load_strict(BigGANDeep(BigGANDeepConfig.from_dict(arch_config)), tensors, "BigGAN-deep")
         return cls(module, module.cfg.to_dict(), generator_hash)
 
     @property

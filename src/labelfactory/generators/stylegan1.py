@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, GeneratorBackend, Synthesis
+from .base import GENERATORS, GeneratorBackend, Synthesis, load_strict
 from .checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint, _torch_load, torch_keys
 from .stylegan2 import PixelNorm
 
@@ -278,12 +278,7 @@ class StyleGAN1Backend(GeneratorBackend):
 
     @classmethod
     def from_tensors(cls, arch_config, tensors, generator_hash=None):
-        module = StyleGAN1Generator(StyleGAN1Config(**arch_config))
-        missing, unexpected = module.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"StyleGAN1 weights do not match the architecture: missing {sorted(missing)[:6]}"
-                             f"{'...' if len(missing) > 6 else ''}, unexpected {sorted(unexpected)[:6]}"
-                             f"{'...' if len(unexpected) > 6 else ''}")
+        module = load_strict(StyleGAN1Generator(StyleGAN1Config(**arch_config)), tensors, "StyleGAN1")
         return cls(module, module.cfg.to_dict(), generator_hash)
 
     def set_average_latent(self, average) -> "StyleGAN1Backend":

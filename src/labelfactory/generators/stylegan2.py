@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, GeneratorBackend, Synthesis
+from .base import GENERATORS, GeneratorBackend, Synthesis, load_strict
 from .ops import make_kernel, upfirdn2d
 
 NOISE_MODES = ("const", "random", "none")
@@ -377,14 +377,7 @@ class StyleGAN2Backend(GeneratorBackend):
 
     @classmethod
     def from_tensors(cls, arch_config, tensors, generator_hash=None):
-        module = Generator(StyleGAN2Config(**arch_config))
-        missing, unexpected = module.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                "StyleGAN2 weights do not match the architecture: "
-                f"missing {sorted(missing)[:6]}{'...' if len(missing) > 6 else ''}, "
-                f"unexpected {sorted(unexpected)[:6]}{'...' if len(unexpected) > 6 else ''}"
-            )
+        module = load_strict(Generator(StyleGAN2Config(**arch_config)), tensors, "StyleGAN2")
         return cls(module, module.cfg.to_dict(), generator_hash)
 
     @property

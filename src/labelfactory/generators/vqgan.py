@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, UNCONDITIONAL, GeneratorBackend, Synthesis
+from .base import GENERATORS, UNCONDITIONAL, GeneratorBackend, Synthesis, load_strict
 from .checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint, _head, _is_torch_file, _torch_load
 from .taming_prior import GPT, PriorConfig, check_sampling, sample
 
@@ -304,18 +304,6 @@ class VQGAN(nn.Module):
         return shapes
 
 
-def strict_load(module: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict(strict=True)`` with one line naming every missing, unexpected or misshapen key."""
-    expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    shapes = [f"{k} {list(tensors[k].shape)} (expected {list(v.shape)})"
-              for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{what} weights do not match the architecture: missing {missing}, "
-                         f"unexpected {unexpected}, wrong shape {shapes}")
-    module.load_state_dict(tensors, strict=True)
-
-
 @GENERATORS.register("vqgan")
 class VQGANBackend(GeneratorBackend):
     """VQGAN: latents are code grids (int64 ``[N, h, w]``, :meth:`check_latents`),
@@ -328,7 +316,7 @@ class VQGANBackend(GeneratorBackend):
     @classmethod
     def from_tensors(cls, arch_config, tensors, generator_hash=None):
         module = VQGAN(VQGANConfig.from_dict(arch_config))
-        strict_load(module, tensors, "VQGAN")
+        load_strict(module, tensors, "VQGAN")
         return cls(module, module.cfg.to_dict(), generator_hash)
 
     @property

@@ -27,6 +27,7 @@ from torch import nn
 from .. import toyworld
 from ..generators.biggan import BN, CCBN, Attention, BigGANConfig, BigGANGenerator, SNConv2d, SNLinear
 from ..io import atomic_torch_save
+from .state import resume_state, save_state
 from .gan import TRAIN_SEED_OFFSET
 
 log = logging.getLogger(__name__)
@@ -181,17 +182,8 @@ def train(cfg: BigGANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
 
     total_steps = int(math.ceil(cfg.kimg * 1000 / (cfg.batch * cfg.d_steps)))
     state_path = out_dir / "state.pt"
-    step, elapsed = 0, 0.0
-    if state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        g.load_state_dict(st["g"])
-        d.load_state_dict(st["d"])
-        g_ema.load_state_dict(st["g_ema"])
-        g_opt.load_state_dict(st["g_opt"])
-        d_opt.load_state_dict(st["d_opt"])
-        step, elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
-        torch.set_rng_state(st["torch_rng"])
-        log.info("resumed at step %d / %d", step, total_steps)
+    nets, optimizers = {"g": g, "d": d, "g_ema": g_ema}, {"g_opt": g_opt, "d_opt": d_opt}
+    step, elapsed = resume_state(state_path, nets, optimizers)
     if step >= total_steps and (out_dir / "final.pt").exists():
         return out_dir / "final.pt"
 
@@ -233,13 +225,7 @@ def train(cfg: BigGANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
         if step % cfg.snapshot_every == 0 or step == total_steps:
             save_grid(g_ema, n_cls, out_dir / f"snapshot_{step:06d}.png")
         if step % cfg.checkpoint_every == 0 or step == total_steps:
-            atomic_torch_save(
-                {"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
-                 "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "step": step,
-                 "torch_rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg)),
-                 "elapsed": elapsed + time.time() - t0},
-                state_path,
-            )
+            save_state(state_path, nets, optimizers, step, elapsed + time.time() - t0, cfg)
     g_ema.eval()
     standing_stats(g_ema, n_cls, cfg.standing_batches, 64, cfg.seed)
     atomic_torch_save({"g_ema": g_ema.state_dict(), "config": json.dumps(asdict(cfg))}, out_dir / "final.pt")

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from torch import nn
 from .. import toyworld
 from ..generators.ops import make_kernel, upfirdn2d
 from ..generators.stylegan2 import EqualLinear, Generator, StyleGAN2Config
-from ..io import atomic_torch_save
+from .state import resume_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -150,17 +150,8 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
 
     total_steps = int(math.ceil(cfg.kimg * 1000 / cfg.batch))
     state_path = out_dir / "state.pt"
-    step, elapsed = 0, 0.0
-    if state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        g.load_state_dict(st["g"])
-        d.load_state_dict(st["d"])
-        g_ema.load_state_dict(st["g_ema"])
-        g_opt.load_state_dict(st["g_opt"])
-        d_opt.load_state_dict(st["d_opt"])
-        step, elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
-        torch.set_rng_state(st["torch_rng"])
-        log.info("resumed at step %d / %d", step, total_steps)
+    nets, optimizers = {"g": g, "d": d, "g_ema": g_ema}, {"g_opt": g_opt, "d_opt": d_opt}
+    step, elapsed = resume_state(state_path, nets, optimizers)
 
     history_path = out_dir / "history.jsonl"
     t0, seen0 = time.time(), step
@@ -209,13 +200,7 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
         if step % cfg.snapshot_every == 0 or step == total_steps:
             save_grid(g_ema, out_dir / f"snapshot_{step:06d}.png")
         if step % cfg.checkpoint_every == 0 or step == total_steps:
-            atomic_torch_save(
-                {"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
-                 "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "step": step,
-                 "torch_rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg)),
-                 "elapsed": elapsed + time.time() - t0},
-                state_path,
-            )
+            save_state(state_path, nets, optimizers, step, elapsed + time.time() - t0, cfg)
     return state_path
 
 
