@@ -53,6 +53,32 @@ def test_main_table_numbers(runs, tmp_path):
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 6
 
 
+def test_compared_variants_follow_the_task_rows_and_are_named(runs, tmp_path):
+    (tmp_path / "conv").mkdir()
+    conv = [write_scores(tmp_path / "conv", "synthetic", s, m, (0.9, m), 2000) for s, m in enumerate((0.7, 0.8))]
+    paths = sorted(tmp_path.glob("*.json")) + conv
+    both = collect_scores(paths, {str(p): "conv interpreter" for p in conv})
+    assert list(dict.fromkeys(both["setting"].astype(str))) == \
+        ["few_shot", "synthetic", "fully_supervised", "synthetic | conv interpreter"]
+    table = main_table(both)
+    assert table.loc["synthetic | conv interpreter", "miou_mean"] == pytest.approx(75.0)
+    assert table.loc["synthetic | conv interpreter", "gain_over_few_shot"] == pytest.approx(25.0)
+    assert "| synthetic, unfiltered (conv interpreter) " in markdown_table(table)
+
+
+def test_class_aware_runs_add_foreground_iou(tmp_path):
+    paths = []
+    for seed, fg in enumerate((0.6, 0.8)):
+        p = tmp_path / f"s{seed}.json"
+        p.write_text(json.dumps({"setting": "synthetic", "seed": seed, "num_train_images": 10, "miou": 0.5,
+                                 "pixel_accuracy": 0.9, "class_aware": True, "foreground_iou": fg,
+                                 "iou_by_class": {"background": 0.9, "car": 0.3}}))
+        paths.append(p)
+    table = main_table(collect_scores(paths))
+    assert table.loc["synthetic", "fg_iou_mean"] == pytest.approx(70.0)
+    assert "fg IoU" in markdown_table(table) and "70.0 ± 14.1" in markdown_table(table)
+
+
 def test_markdown_without_reference_settings(runs):
     md = markdown_table(main_table(runs[runs["setting"] == "synthetic"]))
     assert "% of fully sup." not in md and "vs few-shot" not in md and "75.0 ± 0.0" in md
