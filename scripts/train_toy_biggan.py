@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from labelfactory.runtime import setup_logging
-from labelfactory.training.biggan import BigGANTrainConfig, load_final, train
+from labelfactory.training.biggan import BigGANTrainConfig, finalize, train
 from labelfactory.training.state import trained_sidecar
 
 
@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--weights", choices=["g_ema", "g"], default="g_ema",
+                   help="ship the moving average of G (default) or its last iterate")
     p.add_argument("--work-dir", type=Path, default=None, help="training state and snapshots")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors (sidecar .json beside it)")
     a = p.parse_args()
@@ -40,12 +42,12 @@ def main() -> None:
                             batch=a.batch, d_steps=a.d_steps, g_lr=a.g_lr, d_lr=a.d_lr, ema_decay=a.ema_decay,
                             seed=a.seed, threads=a.threads)
     work = a.work_dir or a.out.parent / f".train-{a.out.stem}"
-    final = train(cfg, work)
+    state = train(cfg, work)
 
     from labelfactory.generators.biggan import BigGANBackend
     from labelfactory.generators.checkpoints import write_canonical
 
-    g = load_final(final, cfg)
+    g = finalize(cfg, state, a.weights)
     backend = BigGANBackend(g, g.cfg.to_dict(), class_names=list(cfg.classes))
     meta = write_canonical(a.out, backend, trained_sidecar("labelfactory.training.biggan", cfg, work))
     logging.getLogger("labelfactory").info("wrote %s (generator %s)", a.out, meta["generator_hash"][:12])

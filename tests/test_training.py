@@ -5,7 +5,7 @@ import json
 import torch
 
 from labelfactory.generators.biggan import BigGANGenerator
-from labelfactory.training.biggan import BigGANTrainConfig, load_final, standing_stats, train
+from labelfactory.training.biggan import BigGANTrainConfig, finalize, standing_stats, train
 
 
 def _tiny(kimg: float) -> BigGANTrainConfig:
@@ -14,11 +14,12 @@ def _tiny(kimg: float) -> BigGANTrainConfig:
 
 
 def test_biggan_recipe_trains_resumes_and_writes_final_weights(tmp_path):
-    final = train(_tiny(0.016), tmp_path, progress=False)  # 2 G steps of 2 D steps of 4 real images
+    state = train(_tiny(0.016), tmp_path, progress=False)  # 2 G steps of 2 D steps of 4 real images
     history = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 2 and history[-1]["kimg"] == 0.016
-    g = load_final(final, _tiny(0.016))
+    g = finalize(_tiny(0.016), state, "g")
     assert not g.training and torch.isfinite(g.generate(torch.randn(2, g.cfg.z_dim), torch.tensor([0, 3]))).all()
+    assert (tmp_path / "final_g.png").exists()
     before = torch.load(tmp_path / "state.pt", weights_only=True)["g"]
     train(_tiny(0.032), tmp_path, progress=False)  # resumes at step 2, runs to 4
     history = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]

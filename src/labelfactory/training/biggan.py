@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,6 @@ from torch import nn
 
 from .. import toyworld
 from ..generators.biggan import BN, CCBN, Attention, BigGANConfig, BigGANGenerator, SNConv2d, SNLinear
-from ..io import atomic_torch_save
 from .state import resume_state, save_state
 from .gan import TRAIN_SEED_OFFSET
 
@@ -184,8 +183,6 @@ def train(cfg: BigGANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
     state_path = out_dir / "state.pt"
     nets, optimizers = {"g": g, "d": d, "g_ema": g_ema}, {"g_opt": g_opt, "d_opt": d_opt}
     step, elapsed = resume_state(state_path, nets, optimizers)
-    if step >= total_steps and (out_dir / "final.pt").exists():
-        return out_dir / "final.pt"
 
     history_path = out_dir / "history.jsonl"
     t0, seen0 = time.time(), step
@@ -226,11 +223,7 @@ def train(cfg: BigGANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
             save_grid(g_ema, n_cls, out_dir / f"snapshot_{step:06d}.png")
         if step % cfg.checkpoint_every == 0 or step == total_steps:
             save_state(state_path, nets, optimizers, step, elapsed + time.time() - t0, cfg)
-    g_ema.eval()
-    standing_stats(g_ema, n_cls, cfg.standing_batches, 64, cfg.seed)
-    atomic_torch_save({"g_ema": g_ema.state_dict(), "config": json.dumps(asdict(cfg))}, out_dir / "final.pt")
-    save_grid(g_ema, n_cls, out_dir / "final.png")
-    return out_dir / "final.pt"
+    return state_path
 
 
 @torch.no_grad()
@@ -250,8 +243,16 @@ def save_grid(g: BigGANGenerator, n_classes: int, path: Path, per_class: int = 1
     Image.fromarray(np.concatenate(rows, 0)).save(path)
 
 
-def load_final(state_path: Path, cfg: BigGANTrainConfig) -> BigGANGenerator:
+def finalize(cfg: BigGANTrainConfig, state_path: Path, weights: str = "g_ema") -> BigGANGenerator:
+    """The generator to ship from a finished training state: ``weights`` ``g_ema`` (the
+    moving average) or ``g`` (the last iterate), with its standing statistics, in eval mode.
+    Also writes ``final_<weights>.png`` beside the state."""
+    if weights not in ("g", "g_ema"):
+        raise ValueError(f"weights must be 'g' or 'g_ema', got {weights!r}")
     st = torch.load(state_path, map_location="cpu", weights_only=True)
     g = BigGANGenerator(cfg.g_config())
-    g.load_state_dict(st["g_ema"])
-    return g.eval()
+    g.load_state_dict(st[weights])
+    g.eval()
+    standing_stats(g, len(cfg.classes), cfg.standing_batches, 64, cfg.seed)
+    save_grid(g, len(cfg.classes), Path(state_path).parent / f"final_{weights}.png")
+    return g
