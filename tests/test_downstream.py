@@ -177,7 +177,7 @@ class _FakeReader:
 
     def __call__(self, shard, indices):
         self.calls.append((shard, list(indices)))
-        code = {"s0.h5": 0, "s1.h5": 100}[shard]
+        code = 100 * int(shard[1:-3])
         images = np.stack([np.full((4, 4, 3), code + i, np.uint8) for i in indices])
         labels = np.stack([np.full((4, 4), i % 3, np.uint8) for i in indices])
         return images, labels
@@ -203,17 +203,22 @@ def test_shard_dataset_returns_kept_samples_in_manifest_order():
     assert [_decode(everything[i][0]) for i in range(6)] == [104, 2, 0, 101, 5, 103]
 
 
-def test_grouped_sampler_reads_each_shard_once_per_epoch():
-    n = 12
-    manifest = pd.DataFrame({"shard": ["s0.h5", "s1.h5"] * (n // 2), "index": range(n), "kept": True})
+def test_grouped_sampler_reads_each_shard_once_per_epoch_and_mixes_a_window_of_shards():
+    n = 24
+    manifest = pd.DataFrame({"shard": ["s0.h5", "s1.h5", "s2.h5", "s3.h5"] * (n // 4), "index": range(n),
+                             "kept": True})
     reader = _FakeReader()
-    ds = ShardSegmentation(manifest, reader)
+    ds = ShardSegmentation(manifest, reader, window=2)
     it = iter(ShardGroupedSampler(ds, torch.Generator().manual_seed(0)))
     epoch = [next(it) for _ in range(n)]
     assert sorted(epoch) == list(range(n))
     for i in epoch:
         ds[i]
-    assert len(reader.calls) == 2
+    assert len(reader.calls) == 4, "each shard read once per epoch"
+    halves = [{ds.shards[i] for i in epoch[:12]}, {ds.shards[i] for i in epoch[12:]}]
+    assert [len(h) for h in halves] == [2, 2] and not halves[0] & halves[1]
+    first_batch = {ds.shards[i] for i in epoch[:4]}
+    assert len(first_batch) == 2, "a batch mixes the shards of its window"
     plain = iter(ShardGroupedSampler(ArraySegmentation(np.zeros((5, 2, 2, 3), np.uint8),
                                                        np.zeros((5, 2, 2), np.uint8)), torch.Generator()))
     assert sorted(next(plain) for _ in range(5)) == list(range(5))

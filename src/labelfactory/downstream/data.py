@@ -11,6 +11,7 @@ wrapper the trainer applies, so evaluation never sees it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -105,25 +106,27 @@ class ShardSegmentation(Dataset):
     ``kept_only=False``.
 
     ``reader(shard, indices)`` returns ``(images [n,H,W,3] uint8, labels [n,H,W])``
-    for increasing ``indices``. One shard is cached at a time (all of this
-    dataset's samples in it, read in one call), so memory stays at one shard;
-    :class:`ShardGroupedSampler` keeps random training order shard by shard.
+    for increasing ``indices``. Up to ``window`` shards are cached (all of this
+    dataset's samples in each, read in one call), so memory stays at ``window``
+    shards; :class:`ShardGroupedSampler` shuffles the samples of ``window`` shards
+    at a time together, so a batch mixes shards (and, for per-class shards,
+    classes: class-pure batches let batch norm learn the class of the batch
+    instead of the pixels) while every shard is read once per epoch.
     ``label_map(labels, classes)`` turns the stored labels into the training
     labels (e.g. BigDatasetGAN's binary masks into class-aware labels; the
     manifest then needs its ``class`` column).
     """
 
     def __init__(self, manifest: pd.DataFrame, reader: Reader, kept_only: bool = True,
-                 label_map: LabelMap | None = None):
+                 label_map: LabelMap | None = None, window: int = 8):
         rows = manifest[manifest["kept"].astype(bool)] if kept_only else manifest
         self.shards = rows["shard"].astype(str).to_numpy()
         self.indices = rows["index"].to_numpy(dtype=np.int64)
         self.classes = rows["class"].to_numpy(dtype=np.int64) if label_map is not None else None
         self.reader = reader
         self.label_map = label_map
-        self._cached: str | None = None
-        self._rows: dict[int, int] = {}
-        self._images = self._labels = np.empty(0)
+        self.window = window
+        self._cache: OrderedDict[str, tuple[dict[int, int], np.ndarray, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -138,30 +141,37 @@ class ShardSegmentation(Dataset):
             in_shard = self.shards == shard
             cls_of = dict(zip(self.indices[in_shard].tolist(), self.classes[in_shard].tolist()))
             labels = self.label_map(labels, np.array([cls_of[int(k)] for k in wanted]))
-        self._cached, self._images, self._labels = shard, images, labels
-        self._rows = {int(k): r for r, k in enumerate(wanted)}
+        self._cache[shard] = ({int(k): r for r, k in enumerate(wanted)}, images, labels)
+        while len(self._cache) > self.window:
+            self._cache.popitem(last=False)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.shards[i] != self._cached:
-            self._load(self.shards[i])
-        r = self._rows[int(self.indices[i])]
-        return to_tensors(self._images[r], self._labels[r])
+        shard = self.shards[i]
+        if shard not in self._cache:
+            self._load(shard)
+        self._cache.move_to_end(shard)
+        rows, images, labels = self._cache[shard]
+        r = rows[int(self.indices[i])]
+        return to_tensors(images[r], labels[r])
 
 
 class ShardGroupedSampler(Sampler[int]):
     """Endless random order, epoch after epoch; for a :class:`ShardSegmentation`
-    the shards are shuffled and then the samples within each, so every shard is
-    read once per epoch instead of once per sample."""
+    the shards are shuffled, taken ``dataset.window`` at a time, and the samples of
+    those shards shuffled together, so every shard is read once per epoch instead
+    of once per sample and batches mix shards."""
 
     def __init__(self, dataset: Dataset, generator: torch.Generator):
         self.shards = getattr(dataset, "shards", np.zeros(len(dataset), dtype=object))
+        self.window = getattr(dataset, "window", 1)
         self.generator = generator
 
     def _epoch(self) -> list[int]:
         names = list(dict.fromkeys(self.shards))
+        shuffled = [names[s] for s in torch.randperm(len(names), generator=self.generator).tolist()]
         order: list[int] = []
-        for s in torch.randperm(len(names), generator=self.generator).tolist():
-            members = np.flatnonzero(self.shards == names[s])
+        for start in range(0, len(shuffled), self.window):
+            members = np.flatnonzero(np.isin(self.shards, shuffled[start : start + self.window]))
             order.extend(members[torch.randperm(len(members), generator=self.generator).numpy()].tolist())
         return order
 
