@@ -92,8 +92,9 @@ class GeneratorBackend(abc.ABC):
 
     # -- properties --------------------------------------------------------------
     @property
-    @abc.abstractmethod
-    def z_dim(self) -> int: ...
+    def z_dim(self) -> int:
+        """Width of one latent z (every backend's module keeps it in ``cfg.z_dim``)."""
+        return self.module.cfg.z_dim
 
     @property
     @abc.abstractmethod
@@ -108,9 +109,9 @@ class GeneratorBackend(abc.ABC):
         """The ``[num_classes, d]`` class vectors the generator conditions on (None if it has none)."""
         return None
 
-    @abc.abstractmethod
     def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
-        """``{layer: (C, h, w)}`` for every tapped layer, in generator order."""
+        """``{layer: (C, h, w)}`` for every tapped layer, in generator order (the module's own)."""
+        return self.module.feature_shapes()
 
     @property
     def device(self) -> torch.device:

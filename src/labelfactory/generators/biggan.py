@@ -359,10 +359,6 @@ class BigGANBackend(GeneratorBackend):
         return cls(module, cfg.to_dict(), generator_hash, arch_config.get("class_names"))
 
     @property
-    def z_dim(self) -> int:
-        return self.module.cfg.z_dim
-
-    @property
     def resolution(self) -> int:
         return self.module.cfg.resolution
 
@@ -373,9 +369,6 @@ class BigGANBackend(GeneratorBackend):
     def class_embedding(self) -> torch.Tensor:
         """The shared embedding table ``shared.weight`` ``[n_classes, shared_dim]``."""
         return self.module.shared.weight.detach()
-
-    def feature_shapes(self):
-        return self.module.feature_shapes()
 
     def sample_latents(self, seeds: Sequence[int], truncation: float = 1.0) -> np.ndarray:
         """z from :func:`truncated_normal` (``truncation * truncnorm(-2, 2)`` per seed)."""

@@ -287,10 +287,6 @@ class BigGANDeepBackend(GeneratorBackend):
         return cls(module, module.cfg.to_dict(), generator_hash)
 
     @property
-    def z_dim(self) -> int:
-        return self.module.cfg.z_dim
-
-    @property
     def resolution(self) -> int:
         return self.module.cfg.output_dim
 
@@ -301,9 +297,6 @@ class BigGANDeepBackend(GeneratorBackend):
     def class_embedding(self) -> torch.Tensor:
         """The class vectors ``embeddings.weight.T`` ``[num_classes, z_dim]`` (one-hot × embedding)."""
         return self.module.embeddings.weight.detach().t()
-
-    def feature_shapes(self):
-        return self.module.feature_shapes()
 
     def sample_latents(self, seeds, truncation: float = 1.0):
         """``truncated_noise_sample(1, z_dim, ψ, seed)`` of the package, per seed."""

@@ -295,15 +295,8 @@ class StyleGAN1Backend(GeneratorBackend):
         return self
 
     @property
-    def z_dim(self) -> int:
-        return self.module.cfg.z_dim
-
-    @property
     def resolution(self) -> int:
         return self.module.cfg.resolution
-
-    def feature_shapes(self):
-        return self.module.feature_shapes()
 
     def to(self, device) -> "StyleGAN1Backend":
         super().to(device)

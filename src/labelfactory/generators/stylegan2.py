@@ -381,19 +381,12 @@ class StyleGAN2Backend(GeneratorBackend):
         return cls(module, module.cfg.to_dict(), generator_hash)
 
     @property
-    def z_dim(self) -> int:
-        return self.module.cfg.z_dim
-
-    @property
     def resolution(self) -> int:
         return self.module.cfg.size
 
     @property
     def num_classes(self) -> int:
         return self.module.cfg.c_dim
-
-    def feature_shapes(self):
-        return self.module.feature_shapes()
 
     def synthesize(self, z, classes=None, truncation=1.0, noise="const", features=True, generator=None):
         c = self.check_classes(None if classes is None else classes.cpu().numpy(), z.shape[0])

@@ -340,9 +340,6 @@ class VQGANBackend(GeneratorBackend):
     def num_classes(self) -> int:
         return 0 if self.prior is None else self.prior.n_classes
 
-    def feature_shapes(self):
-        return self.module.feature_shapes()
-
     def check_latents(self, z) -> np.ndarray:
         z = np.asarray(z)
         h, w = self.latent_shape
