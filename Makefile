@@ -5,7 +5,7 @@ VENV ?= .venv
 #   make TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 run
 TORCH_INDEX_URL ?=
 CORES ?= all
-PIP_EXTRA := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
+PIP_EXTRA := $(if $(TORCH_INDEX_URL),PIP_EXTRA_INDEX_URL=$(TORCH_INDEX_URL),)
 
 export MPLBACKEND := Agg
 export HF_HUB_OFFLINE := 1
@@ -14,12 +14,9 @@ export HF_HUB_OFFLINE := 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml envs/install_detectron2.sh
+$(VENV)/.installed: requirements.txt pyproject.toml envs/install_detectron2.sh envs/labelfactory.post-deploy.sh
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet $(PIP_EXTRA) -r requirements.txt
-	bash envs/install_detectron2.sh $(VENV)/bin/python
-	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	$(PIP_EXTRA) bash envs/labelfactory.post-deploy.sh $(VENV)/bin/python
 	touch $@
 
 run: setup

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs labelfactory and its pins into an environment, from the repository root:
+#   - by make setup (into .venv),
+#   - by Snakemake after it creates envs/labelfactory.yaml for a rule under --sdm conda
+#     (its post-deploy hook; Snakemake copies env files away, so a pip "-r" inside the YAML
+#     could not find requirements.txt),
+#   - by hand after `conda env create -f envs/labelfactory.yaml`.
+# Snakemake rebuilds a rule's environment when this file changes, so it carries the digests of
+# what it installs (tests/test_envs.py keeps them current):
+#   requirements.txt sha256 f53e13c93d026fcdc701eddde6af010a8c2fe70f5654cb48521bde0102182d89
+#   envs/install_detectron2.sh sha256 ed2ded45ce8caa207b123624480c1ad8c82653ae280fb275ddb5fa2df959b3f8
+# A torch build for another CUDA comes from PIP_EXTRA_INDEX_URL (make TORCH_INDEX_URL=... sets it).
+#
+# usage: envs/labelfactory.post-deploy.sh [PYTHON]   (default: the environment's python)
+set -euo pipefail
+
+PY=${1:-python}
+"$PY" -m pip install --quiet --upgrade pip
+"$PY" -m pip install --quiet -r requirements.txt
+bash envs/install_detectron2.sh "$PY"
+"$PY" -m pip install --quiet --no-deps --no-build-isolation -e .
