@@ -10,7 +10,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX_URL),PIP_EXTRA_INDEX_URL=$(TORCH_INDEX_URL),)
 export MPLBACKEND := Agg
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test dryrun clean-results
+.PHONY: setup run test dryrun ablations pretraining figures clean-results
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,20 @@ run: setup
 
 dryrun: setup
 	$(VENV)/bin/snakemake --profile profiles/local -n
+
+# The toy ablations (README "Ablations"); not part of `run`.
+ablations: setup
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) ablations
+
+# The toy transfer experiment (README "Pretraining and finetuning"); not part of `run`.
+pretraining: setup
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) --configfile config/pretraining-toy.yaml pretraining
+
+# Redraw every table and figure from existing results; nothing is trained.
+FIGURE_RULES := main_table sample_grid class_grid label_quality calibration ablation_report
+figures: setup
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) figures --forcerun $(FIGURE_RULES) \
+		--allowed-rules figures $(FIGURE_RULES)
 
 test: setup
 	$(VENV)/bin/pytest -q

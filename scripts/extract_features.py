@@ -1,12 +1,12 @@
 """Rule extract_features: re-render the annotated latents and store their features (HDF5)."""
 from labelfactory.annotations import load_annotation_set
 from labelfactory.features import extract_features
-from labelfactory.generators.checkpoints import load_generator
+from labelfactory.generators.view import load_task_generator
 from labelfactory.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params
-    backend = load_generator(snakemake.input.weights, resolve_device(p.device))
+    backend = load_task_generator(snakemake.input.weights, resolve_device(p.device), **p.generator)
     ann = load_annotation_set(snakemake.input.annotations)
     extract_features(backend, ann.ids, ann.latents, snakemake.output[0], classes=ann.classes, layers=p.layers,
                      truncation=ann.truncation, noise=ann.noise, batch_size=p.batch_size,

@@ -1,11 +1,11 @@
 """Rule import_annotations: validate a task's annotation folder (or BigDatasetGAN's release) into one set."""
 from labelfactory.annotations import import_annotations, load_labels
-from labelfactory.generators.checkpoints import load_generator
+from labelfactory.generators.view import load_task_generator
 from labelfactory.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params
-    backend = load_generator(snakemake.input.weights, resolve_device(p.device))
+    backend = load_task_generator(snakemake.input.weights, resolve_device(p.device), **p.generator)
     import_annotations(p.annotations, backend, snakemake.output[0], truncation=p.truncation, noise=p.noise,
                        labels=load_labels(p.labels), expected_count=p.expected_count, classes=p.classes,
-                       expected_per_class=p.expected_per_class)
+                       expected_per_class=p.expected_per_class, latents=p.latents, merge=p.merge)

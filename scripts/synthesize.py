@@ -1,5 +1,5 @@
 """Rule synthesize: one shard of seeded, labelled, uncertainty-scored samples."""
-from labelfactory.generators.checkpoints import load_generator
+from labelfactory.generators.view import load_task_generator
 from labelfactory.interpreters import INTERPRETERS
 from labelfactory.io import sha256_file
 from labelfactory.runtime import resolve_device, snakemake_job
@@ -8,7 +8,7 @@ from labelfactory.synthesis import synthesize_shard
 with snakemake_job(snakemake):
     p = snakemake.params
     device = resolve_device(p.device)
-    backend = load_generator(snakemake.input.weights, device)
+    backend = load_task_generator(snakemake.input.weights, device, **p.generator)
     labeller = INTERPRETERS.get(p.interpreter_type).load(snakemake.input.interpreter, device)
     classes = None if p.cls < 0 else [p.cls] * len(p.seeds)
     synthesize_shard(backend, labeller, snakemake.output[0], p.seeds, classes=classes, truncation=p.truncation,

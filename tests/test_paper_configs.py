@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labelfactory.config import WorkflowConfig, load_config
+from labelfactory.config import WorkflowConfig, load_config, pretraining_files
 
 from helpers import REPO, job_counts, snakemake
 
@@ -31,9 +31,19 @@ def _stage(cfg: dict, root: Path) -> None:
             shutil.copy(REPO / labels, root / labels)
         else:
             (root / labels).write_text(yaml.safe_dump({"names": ["background", "object"]}))
+        for placeholder in (task.get("average_latent"), task.get("annotation", {}).get("latents")):
+            if placeholder:
+                (root / placeholder).parent.mkdir(parents=True, exist_ok=True)
+                (root / placeholder).write_bytes(b"")
         real = task.get("downstream", {}).get("real", {})
         if real.get("type") == "folder":
             (root / real["path"]).mkdir(parents=True, exist_ok=True)
+    for key, path in pretraining_files(cfg).items():  # the transfer experiment's weights and COCO files
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        if key.endswith("image_root"):
+            (root / path).mkdir(exist_ok=True)
+        else:
+            (root / path).touch()
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
@@ -62,3 +72,39 @@ def test_bigdatasetgan_config_is_the_release_setting():
     assert task.interpreter["type"] == "conv"
     assert (task.interpreter["batch_size"], task.interpreter["lr"], task.interpreter["iterations"]) == (4, 1e-3, 5000)
     assert len(task.synthesis.shards) == 1000 and task.synthesis.shards[0] == "c0000-00000"
+
+
+# the release's settings per domain: generator resolution, feature width, image view, annotations
+DATASETGAN = {
+    "car20": (512, 5056, {"size": 512, "crop": [64, 448, 0, 512]}, 16, None),
+    "adecar12": (512, 5056, {"size": 512, "crop": [64, 448, 0, 512]}, 16, "car20-to-adecar12"),
+    "face34": (1024, 5088, {"size": 512, "crop": None}, 16, None),
+    "celebamask8": (1024, 5088, {"size": 512, "crop": None}, 16, "face34-to-celebamask8"),
+    "cat16": (256, 4992, {"size": None, "crop": None}, 30, None),
+    "bedroom19": (256, 4992, {"size": None, "crop": None}, 40, None),
+    "bird11": (256, 4992, {"size": None, "crop": None}, 30, None),
+}
+
+
+@pytest.mark.parametrize("name", list(DATASETGAN))
+def test_datasetgan_config_is_the_release_setting(name):
+    from labelfactory.annotations import load_labels
+    from labelfactory.datasetgan_release import MERGES
+    from labelfactory.generators.stylegan1 import StyleGAN1Config, StyleGAN1Generator, release_channels
+    import torch
+
+    resolution, width, image, count, merge = DATASETGAN[name]
+    cfg = load_config(REPO / "config/paper" / f"{name}.yaml", check_files=False)
+    typed = WorkflowConfig.from_dict(cfg)
+    (task,) = typed.tasks.values()
+    assert cfg["checkpoints"][task.checkpoint]["format"] == "datasetgan-stylegan1"
+    assert task.name == name and (task.truncation, task.noise) == (0.7, "none") and task.average_latent
+    assert task.image == image and task.annotation.expected_count == count and task.annotation.merge == merge
+    with torch.device("meta"):
+        g = StyleGAN1Generator(StyleGAN1Config(resolution=resolution, channels=release_channels(resolution)))
+    assert task.features.layers == "all" and sum(c for c, _, _ in g.feature_shapes().values()) == width
+    assert len(task.synthesis.shards) * task.synthesis.samples_per_shard == 10_000 and task.filter_ratio == 0.1
+    assert (task.interpreter["type"], task.interpreter["num_members"]) == ("mlp", 10)
+    assert task.downstream.train["model"] == "deeplabv3_resnet101"
+    names = load_labels(REPO / task.labels).names
+    assert names == (MERGES[merge][1] if merge else names) and len(names) == int("".join(filter(str.isdigit, name)))

@@ -37,6 +37,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from .generators.base import UNCONDITIONAL, GeneratorBackend, images_to_uint8
+from .generators.view import view_of
 from .io import atomic_path
 
 LABELS_FILE = "labels.yaml"
@@ -183,8 +184,10 @@ def sample_for_annotation(backend: GeneratorBackend, seeds: Sequence[int], out_d
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
+        view = view_of(backend)  # the annotator sees the crop that the masks hold
         for i, sid in enumerate(ids):
-            Image.fromarray(images[i]).save(tmp / f"{sid}{IMAGE_SUFFIX}")
+            image = view.cut(images[i], backend.resolution, channels_last=True)
+            Image.fromarray(image).save(tmp / f"{sid}{IMAGE_SUFFIX}")
             np.save(tmp / f"{sid}{LATENT_SUFFIX}", z[i])
         manifest.to_csv(tmp / MANIFEST_FILE, index=False)
         tmp.chmod(0o755)
@@ -473,15 +476,17 @@ def _read_labelme_mask(path: Path, labels: LabelSet | None, problems: list[str])
     return None if shape_problems else np.asarray(mask, dtype=np.uint8)
 
 
-def size_problem(shape: Sequence[int], resolution: int) -> str | None:
-    """Why a mask of ``shape`` does not fit a generator of ``resolution``, or None."""
-    if tuple(shape) == (resolution, resolution):
+def size_problem(shape: Sequence[int], resolution: int | tuple[int, int]) -> str | None:
+    """Why a mask of ``shape`` does not fit a generator of ``resolution`` (or the (H, W) of its image view), or None."""
+    expected = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    if tuple(shape) == expected:
         return None
-    return (f"wrong size: expected {resolution}x{resolution} (HxW, the generator's resolution), found "
+    what = "the generator's resolution" if isinstance(resolution, int) else "the task's image crop"
+    return (f"wrong size: expected {expected[0]}x{expected[1]} (HxW, {what}), found "
             + "x".join(str(n) for n in shape))
 
 
-def _check_mask(name: str, mask: np.ndarray, resolution: int, labels: LabelSet | None,
+def _check_mask(name: str, mask: np.ndarray, resolution: int | tuple[int, int], labels: LabelSet | None,
                 problems: list[str]) -> bool:
     """Size and label-range checks of a decoded mask; True if it passed."""
     problem = size_problem(mask.shape, resolution)
@@ -540,7 +545,8 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
                        truncation: float = 1.0, noise: str = "const",
                        labels: LabelSet | str | os.PathLike | None = None,
                        expected_count: int | None = None, classes: Sequence[int] | None = None,
-                       expected_per_class: int | None = None) -> AnnotationSet:
+                       expected_per_class: int | None = None, latents: str | os.PathLike | None = None,
+                       merge: str | None = None) -> AnnotationSet:
     """Validate an annotation folder, re-render its samples and write them to HDF5.
 
     ``labels`` (a :class:`LabelSet` or a ``labels.yaml`` path) replaces the
@@ -550,15 +556,26 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     class-conditional task, ``classes`` are the task's classes (every sample must
     be of one, every one must have samples) and ``expected_per_class`` the
     fewest annotations of each. A folder in the layout of BigDatasetGAN's release
-    is read by :func:`~labelfactory.release_annotations.import_release_annotations`.
+    is read by :func:`~labelfactory.release_annotations.import_release_annotations`, one
+    of DatasetGAN's (with its ``latents`` file and class ``merge``) by
+    :func:`~labelfactory.datasetgan_release.import_datasetgan_annotations`. With an
+    image view (:mod:`labelfactory.generators.view`), masks and images are its crop.
     Raises one :class:`AnnotationError` listing every problem; ``out_h5`` is
     written atomically and only when there are none.
     """
     ann_dir = Path(ann_dir)
     if not ann_dir.is_dir():
         raise AnnotationError(ann_dir, [f"{ann_dir.name}: annotation folder not found"])
-    from .release_annotations import import_release_annotations, release_layout  # it builds on this module
+    from .datasetgan_release import datasetgan_layout, import_datasetgan_annotations  # they build on this module
+    from .release_annotations import import_release_annotations, release_layout
 
+    if not (ann_dir / MANIFEST_FILE).exists() and datasetgan_layout(ann_dir):
+        return import_datasetgan_annotations(ann_dir, backend, out_h5, truncation=truncation, noise=noise,
+                                             labels=labels, latents=latents, merge=merge,
+                                             expected_count=expected_count)
+    if latents is not None or merge is not None:
+        raise AnnotationError(ann_dir, [f"{ann_dir.name}: a latent file and a class merge are for folders of "
+                                        "DatasetGAN's release (image_mask<i>.npy), which this is not"])
     if not (ann_dir / MANIFEST_FILE).exists() and release_layout(ann_dir):
         return import_release_annotations(ann_dir, backend, out_h5, truncation=truncation, noise=noise,
                                           labels=labels, expected_count=expected_count, classes=classes,
@@ -566,7 +583,8 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     problems: list[str] = []
     labelset = resolve_labels(labels, ann_dir / LABELS_FILE, problems)
     rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, float(truncation), noise, classes, problems)
-    res = backend.resolution
+    res, view = backend.resolution, view_of(backend)
+    shape = res if view.crop is None else view.shape(res)
 
     masks: dict[str, np.ndarray] = {}
     latents: dict[str, np.ndarray] = {}
@@ -578,9 +596,9 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
             problems.append(f"{png.name}: missing mask for manifest row {row.id!r}")
         else:
             mask = _read_png_mask(png, problems) if png.is_file() else _read_labelme_mask(lm, labelset, problems)
-            if mask is not None and _check_mask(png.name if png.is_file() else lm.name, mask, res, labelset,
+            if mask is not None and _check_mask(png.name if png.is_file() else lm.name, mask, shape, labelset,
                                                 problems):
-                masks[row.id] = mask
+                masks[row.id] = view.pad(mask, res, labelset.ignore_index)
         if row.seed is not None:
             expected = backend.sample_latents([row.seed], truncation=truncation)[0]
             lat = ann_dir / f"{row.id}{LATENT_SUFFIX}"
@@ -605,7 +623,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
         for sid in rendered:
             img = ann_dir / f"{sid}{IMAGE_SUFFIX}"
             if img.is_file():
-                check_image(img, rendered[sid], problems)
+                check_image(img, view.cut(rendered[sid], res, channels_last=True), problems)
     problems += count_problems(MANIFEST_FILE, [r.cls for r in rows], classes, expected_count, expected_per_class)
     if problems:
         raise AnnotationError(ann_dir, problems)

@@ -95,9 +95,12 @@ def _encode(args) -> None:
 
 
 def _convert(args) -> None:
+    import yaml
+
     from .generators.checkpoints import convert_checkpoint
 
-    meta = convert_checkpoint(args.src, args.dest, fmt=args.format, source_url=str(args.src))
+    generator = yaml.safe_load(Path(args.generator).read_text()) if args.generator else None
+    meta = convert_checkpoint(args.src, args.dest, fmt=args.format, generator=generator, source_url=str(args.src))
     log.info("wrote %s (%s, generator %s)", args.dest, meta["arch"], meta["generator_hash"][:12])
 
 
@@ -166,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src")
     c.add_argument("dest")
     c.add_argument("--format", default="auto")
+    c.add_argument("--generator", help="YAML spec of a user's nn.Module class whose state dict src is "
+                                       "(the keys of a config's checkpoints.<name>.generator)")
     c.set_defaults(func=_convert)
 
     t = sub.add_parser("toyworld-sheet", help="write a PNG sample sheet of the toy world")

@@ -30,6 +30,7 @@ class CheckpointSpec:
     url: str
     sha256: str | None = None
     format: str = "auto"
+    generator: dict | None = None  # a user's nn.Module class and how to run it (generators.torch_module)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class AnnotationSpec:
     seed_start: int = 0
     expected_count: int | None = None
     expected_per_class: int | None = None
+    latents: str | None = None
+    merge: str | None = None
+    select: str = "random"  # random = the seed range; uncertainty = active learning (labelfactory.active_learning)
+    pool: dict = field(default_factory=lambda: {"seed_start": 1_000_000, "size": 1000})
+    diversity: str = "none"
+    oversample: float = 4.0
 
     @property
     def seeds(self) -> list[int]:
@@ -135,6 +142,8 @@ class TaskSpec:
     class_names: tuple[str, ...] | None = None
     truncation: float = 1.0
     noise: str = "const"
+    average_latent: str | None = None
+    image: dict = field(default_factory=dict)
     annotation: AnnotationSpec = field(default_factory=AnnotationSpec)
     features: FeatureSpec = field(default_factory=FeatureSpec)
     interpreter: dict = field(default_factory=dict)
@@ -156,10 +165,48 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class InitSpec:
+    """One initialisation of the transfer experiment (a method of
+    :data:`labelfactory.downstream.pretrain.PRETRAINING_METHODS` and what it reads)."""
+
+    name: str
+    method: str
+    task: str | None = None
+    path: str | None = None
+    real: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PretrainingSpec:
+    """BigDatasetGAN's transfer experiment (config ``pretraining``): backbones from
+    ``inits`` under the ``pretrain`` budget, finetuned on ``data`` at each fraction and seed."""
+
+    arch: str
+    threads: int
+    gpus: int
+    seeds: int
+    fractions: tuple[float, ...]
+    subset_seed: int
+    pretrain: dict
+    inits: dict[str, InitSpec]
+    data: dict
+    detection: dict
+    semantic: dict
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainingSpec":
+        return cls(arch=d["arch"], threads=d["threads"], gpus=d["gpus"], seeds=d["seeds"],
+                   fractions=tuple(float(f) for f in d["fractions"]), subset_seed=d["subset_seed"],
+                   pretrain=dict(d["pretrain"]), inits={n: InitSpec(name=n, **i) for n, i in d["inits"].items()},
+                   data=dict(d["data"]), detection=dict(d["detection"]), semantic=dict(d["semantic"]))
+
+
+@dataclass(frozen=True)
 class WorkflowConfig:
     device: str
     checkpoints: dict[str, CheckpointSpec]
     tasks: dict[str, TaskSpec]
+    pretraining: PretrainingSpec | None = None
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "WorkflowConfig":
@@ -181,6 +228,8 @@ class WorkflowConfig:
                 class_names=tuple(t["class_names"]) if t["class_names"] else None,
                 truncation=float(t["truncation"]),
                 noise=t["noise"],
+                average_latent=t["average_latent"],
+                image=dict(t["image"]),
                 annotation=AnnotationSpec(**t["annotation"]),
                 features=FeatureSpec(layers=layers if isinstance(layers, str) else tuple(layers),
                                      batch_size=t["features"]["batch_size"]),
@@ -189,7 +238,8 @@ class WorkflowConfig:
                 filter_ratio=float(t["filter"]["ratio"]),
                 downstream=DownstreamSpec.from_dict(t["downstream"]),
             )
-        return cls(device=cfg["device"], checkpoints=ckpts, tasks=tasks)
+        pretraining = PretrainingSpec.from_dict(cfg["pretraining"]) if cfg.get("pretraining") else None
+        return cls(device=cfg["device"], checkpoints=ckpts, tasks=tasks, pretraining=pretraining)
 
 
 def _classes(spec) -> tuple[int, ...] | None:
@@ -212,6 +262,12 @@ def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = T
     if isinstance(cfg.get("checkpoints"), dict) and isinstance(cfg.get("tasks"), dict):
         for name in cfg["tasks"]:
             problems += _task_problems(cfg, name, rejected, Path(base_dir), check_files)
+    if not errors:  # the ablations' cross-checks read the filled-in tasks
+        from .ablations import ablation_problems
+
+        problems += ablation_problems(cfg)
+    if _accepted(cfg, rejected, ("pretraining",)) and isinstance(cfg.get("tasks"), dict):
+        problems += _pretraining_problems(cfg, Path(base_dir), check_files)
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         raise ConfigError(f"invalid configuration ({count}):\n  " + "\n  ".join(problems))
@@ -278,9 +334,64 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         problems += _downstream_problems(name, task["downstream"], base_dir, check_files)
     if accepted("classes", "class_names", "downstream.labels", "downstream.real", "annotation.expected_per_class"):
         problems += _class_problems(name, task)
+    if accepted("checkpoint", "truncation", "average_latent", "image") and task["checkpoint"] in checkpoints:
+        problems += _generator_problems(name, task, checkpoints[task["checkpoint"]], base_dir, check_files)
     if accepted("downstream.compare"):
         problems += [f"tasks.{name}.downstream.compare: {other!r} is not another key of `tasks`"
                      for other in task["downstream"]["compare"] if other not in cfg["tasks"] or other == name]
+    return problems
+
+
+def _generator_problems(name: str, task: dict, checkpoint: dict, base_dir: Path, check_files: bool) -> list[str]:
+    """The average latent a checkpoint format needs, and an image crop inside its image."""
+    where, problems = f"tasks.{name}", []
+    avg = task["average_latent"]
+    if avg is None and task["truncation"] < 1 and checkpoint.get("format") == "datasetgan-stylegan1":
+        problems.append(f"{where}.average_latent: truncation {task['truncation']:g} needs the average latent, which "
+                        "datasetgan-stylegan1 checkpoints do not hold (give the release's avg_latent_stylegan1.npy)")
+    if avg is not None and check_files and not (base_dir / avg).is_file():
+        problems.append(f"{where}.average_latent: {avg} does not exist")
+    size, crop = task["image"]["size"], task["image"]["crop"]
+    if crop is not None and not (crop[0] < crop[1] <= (size or crop[1]) and crop[2] < crop[3] <= (size or crop[3])):
+        problems.append(f"{where}.image.crop: {crop} is not [top, bottom, left, right] with top < bottom and "
+                        f"left < right" + (f" inside the {size}x{size} image" if size else ""))
+    return problems
+
+
+def pretraining_files(cfg: dict) -> dict[str, str]:
+    """``{key path: file}`` of every local file the ``pretraining`` section names
+    (weights of `weights` inits, the `coco` data's JSON files and image folders)."""
+    pre = cfg.get("pretraining") or {}
+    files = {f"pretraining.inits.{n}.path": i.get("path") for n, i in pre.get("inits", {}).items()
+             if i.get("method") == "weights"}
+    data = pre.get("data", {})
+    if data.get("type") == "coco":
+        files.update({f"pretraining.data.{k}": data.get(k) for k in ("train_json", "test_json", "train_image_root",
+                                                                     "test_image_root")})
+    return {k: v for k, v in files.items() if v}
+
+
+def _pretraining_problems(cfg: dict, base_dir: Path, check_files: bool) -> list[str]:
+    """An init's task, weights and data against the rest of the config; the data's files."""
+    pre, problems = cfg["pretraining"], []
+    for name, init in pre["inits"].items():
+        where, method = f"pretraining.inits.{name}", init["method"]
+        if method == "segmentation" and init["task"] not in cfg["tasks"]:
+            problems.append(f"{where}.task: segmentation pretraining needs a key of `tasks` "
+                            f"(known: {sorted(cfg['tasks'])}), got {init['task']!r}")
+        if method == "weights" and not init["path"]:
+            problems.append(f"{where}.path: the weights method needs a local torchvision ResNet state dict")
+        problems += [f"{where}.{key}: only a {used} init reads `{key}` (this one is {method})"
+                     for key, used in (("task", "segmentation"), ("path", "weights")) if init[key] and method != used]
+    if pre["data"]["type"] == "coco":
+        problems += [f"pretraining.data.{k}: a `coco` downstream set needs its instances JSON"
+                     for k in ("train_json", "test_json") if not pre["data"][k]]
+    lo, hi = pre["data"]["objects"]
+    if lo > hi:
+        problems.append(f"pretraining.data.objects: [{lo}, {hi}] is not a range low <= high")
+    if check_files:
+        problems += [f"{key}: {path} does not exist" for key, path in pretraining_files(cfg).items()
+                     if not (base_dir / path).exists()]
     return problems
 
 

@@ -191,13 +191,16 @@ def _part_is_complete(part: Path, have: int, content_range: str | None, sha256: 
 
 
 def fetch_checkpoint(url: str | os.PathLike, out_safetensors: str | os.PathLike, sha256: str | None = None,
-                     fmt: str = "auto", download_dir: str | os.PathLike | None = None) -> dict:
+                     fmt: str = "auto", download_dir: str | os.PathLike | None = None,
+                     generator: dict | None = None) -> dict:
     """Fetch a generator checkpoint and convert it to canonical safetensors + JSON sidecar.
 
     HTTP downloads are kept in ``download_dir`` (default: ``downloads/`` beside
     the output); local sources are converted where they are. The sidecar
     records ``source_url`` and the raw file's ``source_sha256``. If conversion
-    fails, neither output file exists afterwards. Returns the sidecar."""
+    fails, neither output file exists afterwards. ``generator``: the spec of a
+    user's module class whose state dict the file is (kept in the sidecar's
+    ``arch_config``). Returns the sidecar."""
     out = Path(out_safetensors)
     if _is_http(url):
         name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "checkpoint"
@@ -206,7 +209,8 @@ def fetch_checkpoint(url: str | os.PathLike, out_safetensors: str | os.PathLike,
         raw = fetch(url, None, sha256)
     source_sha = sha256.lower() if sha256 else sha256_file(raw)
     try:
-        return convert_checkpoint(raw, out, fmt=fmt, source_url=str(url), source_sha256=source_sha)
+        return convert_checkpoint(raw, out, fmt=fmt, generator=generator, source_url=str(url),
+                                  source_sha256=source_sha)
     except BaseException:
         out.unlink(missing_ok=True)
         sidecar_path(out).unlink(missing_ok=True)

@@ -277,3 +277,79 @@ def plot_class_grid(manifest: pd.DataFrame, path: str | os.PathLike, class_names
                 bottom.imshow(overlay(images[j], mask, alpha=0.6), interpolation="nearest")
         axes[2 * g, 0].set_title(class_names[c], loc="left", fontsize=9, weight="bold")
     _save(fig, path)
+
+
+# --- the transfer experiment: pretrained backbones finetuned at several data fractions ---
+TRANSFER_METRICS = {"box_AP": "box AP", "box_AP50": "box AP50", "mask_AP": "mask AP", "mask_AP50": "mask AP50",
+                    "miou": "mIoU"}
+
+
+def collect_transfer(runs: Sequence[dict]) -> pd.DataFrame:
+    """One row per finetuning run from ``{init, fraction, seed, detection, semantic}``
+    (the paths of detectron2's and the semantic run's ``results.json``): box and mask
+    AP/AP50/AP75 (COCOEvaluator, %; 0 where the model predicted nothing) and mIoU (%)."""
+    rows = []
+    for r in runs:
+        det = json.loads(Path(r["detection"]).read_text())
+        sem = json.loads(Path(r["semantic"]).read_text())
+        row = {"init": r["init"], "fraction": float(r["fraction"]), "seed": int(r["seed"]),
+               "train_images": sem["num_train_images"]}
+        for task, prefix in (("bbox", "box"), ("segm", "mask")):
+            row.update({f"{prefix}_{k}": det[task][k] or 0.0 for k in ("AP", "AP50", "AP75")})
+        rows.append({**row, "miou": 100 * sem["miou"]})
+    df = pd.DataFrame(rows)
+    df["init"] = pd.Categorical(df["init"], categories=list(dict.fromkeys(r["init"] for r in runs)), ordered=True)
+    return df.sort_values(["init", "fraction", "seed"]).reset_index(drop=True)
+
+
+def transfer_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per initialisation × fraction: runs, training images, and mean and sample sd
+    over seeds of every metric of :data:`TRANSFER_METRICS`."""
+    g = runs.groupby(["init", "fraction"], observed=True)
+    table = pd.DataFrame({"runs": g.size(), "train_images": g["train_images"].first()})
+    for m in TRANSFER_METRICS:
+        table[f"{m}_mean"], table[f"{m}_sd"] = g[m].mean(), g[m].std(ddof=1)
+    return table
+
+
+def transfer_markdown(table: pd.DataFrame) -> str:
+    """The transfer table as Markdown, every metric as ``mean ± sd``."""
+    out = table[["runs", "train_images"]].reset_index()
+    out["fraction"] = [f"{100 * f:g} %" for f in out["fraction"]]
+    out = out.rename(columns={"train_images": "train images"})
+    for m, title in TRANSFER_METRICS.items():
+        sd = table[f"{m}_sd"].fillna(0.0).to_numpy()
+        out[title] = [f"{v:.1f} ± {s:.1f}" for v, s in zip(table[f"{m}_mean"], sd)]
+    return out.to_markdown(index=False, disable_numparse=True,
+                           colalign=["left", "right"] + ["right"] * (len(out.columns) - 2)) + "\n"
+
+
+def write_transfer_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
+                         runs_path: str | os.PathLike) -> pd.DataFrame:
+    """Write the transfer table (CSV and Markdown) and every run's metrics (CSV)."""
+    table = transfer_table(runs)
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, float_format="%.3f")
+    with atomic_path(runs_path) as tmp:
+        runs.to_csv(tmp, index=False, float_format="%.4f")
+    atomic_write_text(md_path, transfer_markdown(table))
+    return table
+
+
+def plot_data_efficiency(runs: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Box AP, mask AP and mIoU against the fraction of downstream training data
+    (log scale), a line per initialisation, error bars the sd over seeds."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    panels = {"box_AP": "box AP (%)", "mask_AP": "mask AP (%)", "miou": "mIoU (%)"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for ax, (metric, label) in zip(axes, panels.items()):
+        sns.lineplot(runs, x="fraction", y=metric, hue="init", marker="o", errorbar="sd", err_style="bars",
+                     ax=ax, palette="colorblind", legend=ax is axes[-1])
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(runs["fraction"].unique()), [f"{100 * f:g} %" for f in sorted(runs["fraction"].unique())])
+        ax.set_xlabel("fraction of downstream training data")
+        ax.set_ylabel(label)
+    axes[-1].legend(title="initialisation", fontsize=8)
+    _save(fig, path)

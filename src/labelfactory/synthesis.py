@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from .generators.base import GeneratorBackend, images_to_uint8
+from .generators.view import view_of
 from .io import atomic_path
 from .provenance import code_version
 from .uncertainty import SCORE_RULES, image_scores, js_divergence, mean_labels, vote_labels
@@ -128,16 +129,19 @@ class _BackgroundWriter:
 def _label_batch(backend: GeneratorBackend, labeller: Labeller, z: torch.Tensor, cls: torch.Tensor | None,
                  truncation: float, noise: str, generator: torch.Generator | None, label_rule: str,
                  score_rule: str, top_fraction: float, store_uncertainty: bool) -> dict[str, np.ndarray]:
-    """One batch, on the backend's device until the final copy to host."""
+    """One batch, on the backend's device until the final copy to host; images, labels and
+    scores are of the crop of the backend's image view."""
     out = backend.synthesize(z, cls, truncation, noise, features=True, generator=generator)
     probs = labeller.member_probabilities(out.features, classes=cls)
     b, _, h, w = out.images.shape
     if probs.ndim != 5 or tuple(probs.shape[1:]) != (b, labeller.num_classes, h, w):
         raise ValueError(f"labeller returned probabilities of shape {list(probs.shape)}; "
                          f"expected [members, {b}, {labeller.num_classes}, {h}, {w}]")
+    view = view_of(backend)
+    probs, images = view.cut(probs, h), view.cut(out.images, h)
     js = js_divergence(probs, dim=2)
     arrays = {
-        "images": images_to_uint8(out.images),
+        "images": images_to_uint8(images),
         "labels": LABEL_RULES[label_rule](probs).to(torch.uint8).cpu().numpy(),
         "score": image_scores(js, rule=score_rule, top_fraction=top_fraction).float().cpu().numpy(),
     }
@@ -204,6 +208,9 @@ def synthesize_shard(
         "label_rule": label_rule, "score_rule": score_rule, "top_fraction": float(top_fraction),
         "store_latents": bool(store_latents), "store_uncertainty": bool(store_uncertainty), "attrs": attrs,
     }
+    view = view_of(backend)
+    if view.size is not None or view.crop is not None:  # the view changes every image
+        config["image"] = [backend.resolution, *view.box(backend.resolution)]
     if noise == "random":
         config["batch_size"] = int(batch_size)
     root_attrs = {
@@ -212,7 +219,7 @@ def synthesize_shard(
         "code_version": code_version(), "label_rule": label_rule, "score_rule": score_rule,
         "top_fraction": float(top_fraction), "truncation": float(truncation), "noise": noise,
     }
-    h = w = backend.resolution
+    h, w = view.shape(backend.resolution)
     per_sample = {"images": ((n, h, w, 3), np.uint8), "labels": ((n, h, w), np.uint8)}
     if store_uncertainty:
         per_sample["uncertainty"] = ((n, h, w), np.float16)

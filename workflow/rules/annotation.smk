@@ -1,14 +1,20 @@
 rule sample_for_annotation:
-    """Render seeded samples (PNG, latent, manifest) for a human to annotate."""
+    """Render seeded samples (PNG, latent, manifest) for a human to annotate; with
+    `annotation.select: uncertainty` the current ensemble's most uncertain pool candidates."""
     input:
         weights=checkpoint_weights,
+        average_latent=average_latent_file,
+        interpreter=lambda w: ["results/{task}/interpreter.safetensors"] if task_selection(task_of(w)) else [],
+        annotated=lambda w: ["results/{task}/annotations.h5"] if task_selection(task_of(w)) else [],
     output:
         directory("results/{task}/for_annotation"),
     params:
         seeds=lambda w: task_of(w).annotation.seeds,
+        selection=lambda w: task_selection(task_of(w)),
         classes=lambda w: task_of(w).annotation_classes,
         truncation=lambda w: task_of(w).truncation,
         noise=lambda w: task_of(w).noise,
+        generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
     log:
         "results/logs/sample_for_annotation/{task}.log",
@@ -17,6 +23,8 @@ rule sample_for_annotation:
         mem_mb=attempt_scaled(4000),
         runtime=attempt_scaled(30),
         gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/sample_for_annotation.py"
 
@@ -25,6 +33,7 @@ rule import_annotations:
     """Validate the annotation folder against the generator and labels.yaml; one HDF5 set."""
     input:
         weights=checkpoint_weights,
+        average_latent=average_latent_file,
         files=annotation_files,
     output:
         "results/{task}/annotations.h5",
@@ -36,6 +45,9 @@ rule import_annotations:
         expected_count=lambda w: task_of(w).annotation.expected_count,
         classes=lambda w: task_of(w).annotation_classes,
         expected_per_class=lambda w: task_of(w).annotation.expected_per_class,
+        latents=lambda w: task_of(w).annotation.latents,
+        merge=lambda w: task_of(w).annotation.merge,
+        generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
     log:
         "results/logs/import_annotations/{task}.log",
@@ -44,5 +56,7 @@ rule import_annotations:
         mem_mb=attempt_scaled(4000),
         runtime=attempt_scaled(30),
         gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/import_annotations.py"

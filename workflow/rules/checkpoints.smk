@@ -9,6 +9,7 @@ rule fetch_checkpoint:
         url=lambda w: CFG.checkpoints[w.ckpt].url,
         sha256=lambda w: CFG.checkpoints[w.ckpt].sha256,
         format=lambda w: CFG.checkpoints[w.ckpt].format,
+        generator=lambda w: CFG.checkpoints[w.ckpt].generator,
         download_dir="resources/downloads",
     log:
         "results/logs/fetch_checkpoint/{ckpt}.log",
@@ -16,5 +17,7 @@ rule fetch_checkpoint:
     resources:
         mem_mb=attempt_scaled(4000),
         runtime=attempt_scaled(60),
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/fetch_checkpoint.py"

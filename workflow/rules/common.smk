@@ -39,6 +39,16 @@ def checkpoint_weights(wildcards):
     return f"resources/checkpoints/{task_of(wildcards).checkpoint}.safetensors"
 
 
+def generator_options(task):
+    """How the rules load a task's generator (labelfactory.generators.view.load_task_generator)."""
+    return dict(truncation=task.truncation, average_latent=task.average_latent, image=task.image, task=task.name)
+
+
+def average_latent_file(wildcards):
+    """The task's average-latent file, an input so that replacing it re-runs what renders."""
+    return task_of(wildcards).average_latent or []
+
+
 def local_source(url):
     """A checkpoint URL that names a local file is an input (edits re-run the fetch)."""
     if url.startswith("file://"):
@@ -56,7 +66,7 @@ def annotation_files(wildcards):
             "manifest.csv and labels.yaml there (see README, 'Annotation folders')."
         )
     files = sorted(str(p) for p in Path(task.annotations).rglob("*") if p.is_file())
-    return files + [task.labels]
+    return files + [task.labels] + ([task.annotation.latents] if task.annotation.latents else [])
 
 
 def attempt_scaled(base):
@@ -136,3 +146,57 @@ def final_targets():
             if task.downstream.reference_annotator:
                 targets.append(f"results/{name}/report/uncertainty_vs_error.png")
     return targets
+
+
+# --- the transfer experiment (rules/pretraining.smk) ---
+PRE = CFG.pretraining
+TRANSFER = "results/pretraining"
+
+
+wildcard_constraints:
+    init="|".join(map(re.escape, PRE.inits)) if PRE else "(?!)",
+    fraction=r"[0-9.e-]+",
+    split="train|test",
+
+
+def init_of(wildcards):
+    return PRE.inits[wildcards.init]
+
+
+def pretrain_files(wildcards):
+    """What an init reads: a task's annotations and manifest, or its weights file."""
+    init = init_of(wildcards)
+    if init.method == "segmentation":
+        return {"annotations": f"results/{init.task}/annotations.h5", "manifest": f"results/{init.task}/manifest.parquet"}
+    return {"weights": init.path} if init.method == "weights" else {}
+
+
+def downstream_source(wildcards):
+    """The whole downstream split: the toy scenes' folder, or the config's COCO JSON."""
+    if PRE.data["type"] == "toy_scenes":
+        return f"{TRANSFER}/scenes/{wildcards.split}"
+    return PRE.data[f"{wildcards.split}_json"]
+
+
+def transfer_runs():
+    """Every finetuning run: init × fraction × seed with its two results files."""
+    if PRE is None:
+        raise ValueError("the config has no `pretraining` section: add one, e.g. "
+                         "`snakemake --profile profiles/local --configfile config/pretraining-toy.yaml pretraining`")
+    return [{"init": i, "fraction": format(f, "g"), "seed": s,
+             "detection": f"{TRANSFER}/detection/{i}/{format(f, 'g')}/seed{s}/results.json",
+             "semantic": f"{TRANSFER}/semantic/{i}/{format(f, 'g')}/seed{s}/results.json"}
+            for i in PRE.inits for f in PRE.fractions for s in range(PRE.seeds)]
+
+
+def pool_selection(task, select, k, draw=0):
+    """sample_for_annotation's pick of ``k`` seeds from the task's candidate pool."""
+    a = task.annotation
+    return dict(select=select, k=k, draw=draw, pool_start=a.pool["seed_start"], pool_size=a.pool["size"],
+                diversity=a.diversity, oversample=a.oversample, interpreter_type=task.interpreter["type"])
+
+
+def task_selection(task):
+    """The task's own selection: None (the annotation seed range) or its active-learning pick."""
+    a = task.annotation
+    return None if a.select == "random" else pool_selection(task, a.select, a.num_samples)

@@ -18,6 +18,8 @@ rule train_downstream:
         mem_mb=attempt_scaled(8000),
         runtime=attempt_scaled(240),
         gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/train_downstream.py"
 
@@ -40,5 +42,7 @@ rule evaluate_downstream:
         mem_mb=attempt_scaled(4000),
         runtime=attempt_scaled(30),
         gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/evaluate_downstream.py"

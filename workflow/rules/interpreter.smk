@@ -18,5 +18,7 @@ rule train_interpreter:
         mem_mb=attempt_scaled(8000),
         runtime=attempt_scaled(120),
         gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/train_interpreter.py"

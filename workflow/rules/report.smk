@@ -18,6 +18,8 @@ rule main_table:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/main_table.py"
 
@@ -35,6 +37,8 @@ rule sample_grid:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/sample_grid.py"
 
@@ -54,6 +58,8 @@ rule class_grid:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/class_grid.py"
 
@@ -77,5 +83,7 @@ rule label_quality:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/label_quality.py"

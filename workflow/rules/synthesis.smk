@@ -2,6 +2,7 @@ rule synthesize:
     """One shard: seeded latents → images, member-vote labels, JS uncertainty (atomic HDF5)."""
     input:
         weights=checkpoint_weights,
+        average_latent=average_latent_file,
         interpreter="results/{task}/interpreter.safetensors",
     output:
         "results/{task}/shards/{shard}.h5",
@@ -12,6 +13,7 @@ rule synthesize:
         noise=lambda w: task_of(w).noise,
         interpreter_type=lambda w: task_of(w).interpreter["type"],
         options=lambda w: synthesis_options(task_of(w)),
+        generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
     log:
         "results/logs/synthesize/{task}/{shard}.log",
@@ -21,6 +23,8 @@ rule synthesize:
         mem_mb=attempt_scaled(8000),
         runtime=attempt_scaled(120),
         gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/synthesize.py"
 
@@ -40,5 +44,7 @@ rule filter:
     resources:
         mem_mb=attempt_scaled(4000),
         runtime=attempt_scaled(30),
+    conda:
+        "../../envs/labelfactory.yaml"
     script:
         "../../scripts/filter_samples.py"

@@ -243,7 +243,8 @@ def detectron2_config(cfg: FinetuneConfig, train: str, test: str, num_classes: i
     """The detectron2 config of a run: the model-zoo file, then ``cfg``'s fields,
     then ``cfg.overrides``."""
     d2 = get_cfg()
-    d2.merge_from_file(model_zoo.get_config_file(cfg.config_file))
+    local = Path(cfg.config_file)  # a local config file (e.g. a copy of detectron2's configs/), else a model-zoo name
+    d2.merge_from_file(str(local) if local.is_file() else model_zoo.get_config_file(cfg.config_file))
     d2.MODEL.DEVICE = "cuda" if cfg.num_gpus else "cpu"
     d2.MODEL.WEIGHTS = str(cfg.weights or "")
     d2.MODEL.PIXEL_MEAN, d2.MODEL.PIXEL_STD, d2.INPUT.FORMAT = list(PIXEL_MEAN), list(PIXEL_STD), "RGB"

@@ -365,14 +365,22 @@ def _claims(reader: FormatReader, path: Path) -> bool:
         return False
 
 
-def read_checkpoint(path: str | Path, fmt: str = "auto") -> RawCheckpoint:
+def read_checkpoint(path: str | Path, fmt: str = "auto", generator: dict | None = None) -> RawCheckpoint:
     """Read any supported checkpoint file (or folder, e.g. config.json + pytorch_model.bin)
-    into canonical tensors."""
+    into canonical tensors; with a ``generator`` spec, a state dict for a user's module
+    class (:mod:`.torch_module`)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    if generator is not None:
+        from .torch_module import read_torch_module  # it builds on this module
+
+        if fmt != "auto":
+            raise CheckpointError(f"{path}: format {fmt!r} with a generator spec (its weights are detected: "
+                                  "leave format auto)")
+        return read_torch_module(path, generator)
     if fmt == "auto":
         for name in FORMATS:
             if _claims(FORMATS.get(name), path):
@@ -391,9 +399,11 @@ def backend_from_raw(raw: RawCheckpoint) -> GeneratorBackend:
         raise CheckpointError(f"{raw.converted_from} checkpoint does not fit {raw.arch}: {e}") from e
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu", fmt: str = "auto") -> GeneratorBackend:
-    """Load a generator from a canonical or public checkpoint file."""
-    return backend_from_raw(read_checkpoint(path, fmt)).to(device)
+def load_generator(path: str | Path, device: str | torch.device = "cpu", fmt: str = "auto",
+                   generator: dict | None = None) -> GeneratorBackend:
+    """Load a generator from a canonical or public checkpoint file (or a user module's
+    state dict with its ``generator`` spec)."""
+    return backend_from_raw(read_checkpoint(path, fmt, generator)).to(device)
 
 
 def write_canonical(path: str | Path, backend: GeneratorBackend, sidecar: dict) -> dict:
@@ -420,9 +430,11 @@ def write_canonical(path: str | Path, backend: GeneratorBackend, sidecar: dict) 
     return meta
 
 
-def convert_checkpoint(src: str | Path, dest: str | Path, fmt: str = "auto", **sidecar) -> dict:
-    """Any supported file → canonical safetensors + sidecar (verifying it loads)."""
-    raw = read_checkpoint(src, fmt)
+def convert_checkpoint(src: str | Path, dest: str | Path, fmt: str = "auto", generator: dict | None = None,
+                       **sidecar) -> dict:
+    """Any supported file (with ``generator``: a user module's state dict) → canonical
+    safetensors + sidecar (verifying it loads)."""
+    raw = read_checkpoint(src, fmt, generator)
     backend = backend_from_raw(raw)
     return write_canonical(dest, backend, {"converted_from": raw.converted_from, "notes": raw.notes, **sidecar})
 

@@ -1,0 +1,214 @@
+"""The transfer experiment: pretraining methods, backbone files, downstream subsets, the semantic
+finetuning head, the table and figure, the config section and the DAG of `snakemake pretraining`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from detectron2.modeling import build_model
+
+from labelfactory.config import ConfigError, WorkflowConfig, load_config, validate_config
+from labelfactory.downstream import pretrain
+from labelfactory.downstream.class_aware import ClassAwareLabels
+from labelfactory.downstream.data import ToyWorldObjects
+from labelfactory.downstream.detectron import FinetuneConfig, check_backbone_fits, detectron2_config
+from labelfactory.downstream.experiment import SettingInputs
+from labelfactory.downstream.models import build_segmentation_model
+from labelfactory.downstream.pretrain import (PRETRAINING_METHODS, PretrainConfig, PretrainInputs, finetune_semantic,
+                                              pretrain_backbone, pretrain_inputs, semantic_config, subset_coco)
+from labelfactory.downstream.toy_scenes import SceneSpec, write_toy_scenes
+from labelfactory.reporting import collect_transfer, plot_data_efficiency, write_transfer_table
+
+from helpers import REPO, job_counts, snakemake
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TOY_CONFIG = REPO / "config" / "pretraining-toy.yaml"
+PAPER_CONFIG = REPO / "config" / "paper" / "pretraining.yaml"
+BUDGET = dict(arch="resnet18", steps=24, batch_size=8, optimizer="adamw", lr=2e-3, schedule="cosine",
+              atrous_rates=(1, 2), head_channels=16)
+CLASSES = ("car", "face")
+
+
+def _decreased(loss, k=6):
+    loss = np.asarray(loss)
+    return np.isfinite(loss).all() and loss[-k:].mean() < 0.8 * loss[:k].mean()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    train, test = root / "train" / "train.json", root / "test" / "test.json"
+    write_toy_scenes(train, range(20), SceneSpec(size=64, classes=CLASSES))
+    write_toy_scenes(test, range(1000, 1006), SceneSpec(size=64, classes=CLASSES))
+    return train, test
+
+
+@pytest.mark.slow
+def test_dense_pretraining_lowers_its_loss(tmp_path, monkeypatch):
+    # the synthetic samples stand in as toy-world object masks (reading shards is the workflow test's part)
+    objects = ToyWorldObjects(range(64), CLASSES, 32)
+    monkeypatch.setattr(pretrain.SETTINGS, "get", lambda name: lambda inputs, labels: objects)
+    inputs = PretrainInputs(synthetic=SettingInputs("unused", class_aware=ClassAwareLabels((0, 1), CLASSES)))
+    info = pretrain_backbone("segmentation", PretrainConfig(**BUDGET), inputs, tmp_path)
+    assert len(info["loss"]) == 24 and _decreased(info["loss"]), np.round(info["loss"], 2)
+    assert info["labels"] == ["background", *CLASSES] and info["num_images"] == 64
+    assert json.loads((tmp_path / "pretrain.json").read_text())["method"] == "segmentation"
+
+
+@pytest.mark.slow
+def test_classification_pretraining_lowers_its_loss(tmp_path):
+    inputs = pretrain_inputs("classification", real={"classes": list(CLASSES), "size": 32, "train_images": 64})
+    info = pretrain_backbone("classification", PretrainConfig(**{**BUDGET, "steps": 30}), inputs, tmp_path)
+    assert len(info["loss"]) == 30 and _decreased(info["loss"], k=8), np.round(info["loss"], 2)
+
+
+def test_backbone_files_load_into_mask_rcnn_and_deeplab(tmp_path):
+    tv = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():
+        tv.bn1.running_mean.normal_()  # a tensor that cannot pass for an initial value
+    torch.save(tv.state_dict(), tmp_path / "imagenet.pth")
+    info = pretrain_backbone("weights", PretrainConfig(arch="resnet18"),
+                             pretrain_inputs("weights", weights=str(tmp_path / "imagenet.pth")), tmp_path / "out")
+    assert info["weights"].endswith("imagenet.pth")
+    model = build_model(detectron2_config(FinetuneConfig(depth=18), "a", "b", 2, tmp_path))
+    check_backbone_fits(model, tmp_path / "out" / "backbone.pkl")  # every ResNet tensor, right shape
+    seg = build_segmentation_model("deeplabv3_resnet18", 3, backbone_weights=tmp_path / "out" / "backbone.pth")
+    expected = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(seg.backbone.state_dict()[k], v) for k, v in expected.items())
+    # random: the seeded initialisation, the same for the same seed
+    for seed in (0, 0, 1):
+        pretrain_backbone("random", PretrainConfig(arch="resnet18", seed=seed), PretrainInputs(), tmp_path / f"r{seed}")
+    a, b = (torch.load(tmp_path / f"r{s}" / "backbone.pth", weights_only=True) for s in (0, 1))
+    assert not torch.equal(a["conv1.weight"], b["conv1.weight"])
+    with pytest.raises(KeyError, match="unknown pretraining method 'moco'; known: classification, random"):
+        PRETRAINING_METHODS.get("moco")
+
+
+def test_subsets_are_nested_with_absolute_paths(tmp_path, scenes):
+    train, _ = scenes
+    small, large = (subset_coco(train, None, f, 3, tmp_path / f"{f}.json") for f in (0.25, 0.5))
+    assert (small["images"], large["images"], large["of_images"]) == (5, 10, 20)
+    a, b = (json.loads((tmp_path / f"{f}.json").read_text()) for f in (0.25, 0.5))
+    assert {r["id"] for r in a["images"]} < {r["id"] for r in b["images"]}
+    assert all(r["file_name"].startswith("/") and (tmp_path / r["file_name"]).is_file() for r in b["images"])
+    ids = {r["id"] for r in a["images"]}
+    assert small["instances"] == len(a["annotations"]) == sum(
+        x["image_id"] in ids for x in json.loads(train.read_text())["annotations"]) > 0
+    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\]"):
+        subset_coco(train, None, 1.5, 0, tmp_path / "x.json")
+
+
+@pytest.mark.slow
+def test_semantic_finetuning_from_a_backbone_lowers_the_loss(tmp_path, scenes):
+    backbone = tmp_path / "bb"
+    pretrain_backbone("random", PretrainConfig(arch="resnet18"), PretrainInputs(), backbone)
+    options = {"model_options": {"output_stride": 8, "atrous_rates": [1, 2], "head_channels": 16}, "steps": 20,
+               "batch_size": 4, "optimizer": "adamw", "lr": 2e-3}
+    cfg = semantic_config(options, "resnet18", seed=0, threads=1)
+    result = finetune_semantic(backbone / "backbone.pth", *scenes, cfg, tmp_path / "results.json")
+    assert _decreased(result["loss"], k=5), np.round(result["loss"], 2)
+    assert 0 <= result["miou"] <= 1 and set(result["iou_by_class"]) == {"background", *CLASSES}
+    assert (result["num_train_images"], result["num_test_images"]) == (20, 6)
+    assert result["config"]["model_options"]["backbone_weights"] == str(backbone / "backbone.pth")
+
+
+def test_transfer_table_and_figure(tmp_path):
+    runs = []
+    for init, ap in (("random", 10.0), ("synthetic", 20.0)):
+        for f in (0.1, 1.0):
+            for seed in (0, 1):
+                det, sem = tmp_path / f"{init}{f}{seed}d.json", tmp_path / f"{init}{f}{seed}s.json"
+                box = {"AP": ap * f + seed, "AP50": 2 * ap, "AP75": None}
+                det.write_text(json.dumps({"bbox": box, "segm": {**box, "AP": None}}))
+                sem.write_text(json.dumps({"miou": 0.5, "num_train_images": int(100 * f)}))
+                runs.append({"init": init, "fraction": f, "seed": seed, "detection": det, "semantic": sem})
+    df = collect_transfer(runs)
+    assert list(df["init"].cat.categories) == ["random", "synthetic"] and (df["mask_AP"] == 0).all()
+    table = write_transfer_table(df, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "runs.csv")
+    row = table.loc[("synthetic", 1.0)]
+    assert (row["runs"], row["train_images"], row["box_AP_mean"], row["miou_mean"]) == (2, 100, 20.5, 50.0)
+    assert row["box_AP_sd"] == pytest.approx(np.std([20, 21], ddof=1))
+    md = (tmp_path / "t.md").read_text()
+    assert "| synthetic" in md and "10 %" in md and "20.5 ± 0.7" in md
+    plot_data_efficiency(df, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def _with_tasks(pretraining: dict) -> dict:
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return {**base, "pretraining": pretraining}
+
+
+@pytest.mark.parametrize("section,message", [
+    ({"inits": {"s": {"method": "segmentation", "task": "nope"}}},
+     r"pretraining.inits.s.task: segmentation pretraining needs a key of `tasks` .*got 'nope'"),
+    ({"inits": {"w": {"method": "weights"}}}, r"pretraining.inits.w.path: the weights method needs"),
+    ({"inits": {"w": {"method": "weights", "path": "absent.pth"}}}, r"pretraining.inits.w.path: absent.pth does not exist"),
+    ({"inits": {"r": {"method": "random", "task": "toy-car"}}}, r"pretraining.inits.r.task: only a segmentation init"),
+    ({"inits": {"r": {"method": "moco"}}}, r"pretraining.inits.r.method: 'moco' is not one of"),
+    ({"inits": {"r": {"method": "random"}}, "fractions": [0.1, 2]}, r"pretraining.fractions.1: 2 is greater than"),
+    ({"inits": {"r": {"method": "random"}}, "data": {"type": "coco"}},
+     r"pretraining.data.train_json: a `coco` downstream set needs"),
+    ({"inits": {"r": {"method": "random"}}, "detection": {"stpes": 3}}, r"pretraining.detection: Additional prop.*stpes"),
+    ({}, r"pretraining: 'inits' is a required property"),
+])
+def test_bad_pretraining_config_is_a_clear_error(tmp_path, section, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(_with_tasks(section), base_dir=REPO)
+
+
+def test_toy_and_paper_sections_validate():
+    toy = WorkflowConfig.from_dict(validate_config(_with_tasks(yaml.safe_load(TOY_CONFIG.read_text())["pretraining"]),
+                                                   base_dir=REPO)).pretraining
+    assert toy.arch == "resnet18" and toy.inits["synthetic-objects"].task == "toy-objects"
+    assert {i.method for i in toy.inits.values()} == {"random", "classification", "segmentation"}
+    PretrainConfig.from_dict({**toy.pretrain, "arch": toy.arch})
+    FinetuneConfig.from_dict({**toy.detection, "depth": 18})
+    semantic_config(toy.semantic, toy.arch, 0, 1)
+    paper = WorkflowConfig.from_dict(load_config(PAPER_CONFIG, check_files=False)).pretraining
+    assert paper.arch == "resnet50" and paper.fractions == (0.01, 0.1, 1.0) and paper.data["type"] == "coco"
+    assert paper.detection["config_file"].endswith("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+    assert (paper.detection["steps"], paper.detection["lr_steps"], paper.detection["batch_size"]) == \
+        (90_000, [60_000, 80_000], 16)
+    assert {i.method for i in paper.inits.values()} == {"random", "weights", "segmentation"}
+
+
+def _dry_run(root, target: str | None = None, *configfiles):
+    """Jobs per rule of a dry run of ``target`` (default: `all`) with ``configfiles`` (default: config.yaml)."""
+    extra = ["--configfile", *map(str, configfiles)] if configfiles else []
+    return job_counts(snakemake(root, *([target] if target else []), *extra, "-n", "--quiet", "rules",
+                                timeout=300).stdout)
+
+
+@pytest.mark.slow
+def test_toy_dag_builds_and_stays_out_of_all(tmp_path):
+    for folder in ("config", "weights"):
+        (tmp_path / folder).symlink_to(REPO / folder)
+    shutil.copy(TOY_CONFIG, tmp_path / "extra.yaml")
+    (tmp_path / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
+    configs = (tmp_path / "config.yaml", tmp_path / "extra.yaml")
+    counts = _dry_run(tmp_path, "pretraining", *configs)
+    runs = 4 * 2 * 2  # inits x fractions x seeds
+    assert (counts["pretrain_backbone"], counts["finetune"], counts["finetune_semantic"]) == (4, runs, runs)
+    assert (counts["toy_scenes"], counts["downstream_subset"], counts["filter"]) == (2, 3, 2)  # toy-objects, toy-car
+    default = _dry_run(tmp_path, None, *configs)
+    assert "finetune" not in default and "pretrain_backbone" not in default and default["filter"] == 3
+
+
+@pytest.mark.slow
+def test_paper_dag_builds(tmp_path):
+    from test_paper_configs import _stage
+
+    cfg = yaml.safe_load(PAPER_CONFIG.read_text())
+    _stage(cfg, tmp_path)
+    shutil.copy(PAPER_CONFIG, tmp_path / "config.yaml")
+    counts = _dry_run(tmp_path, "pretraining")
+    assert (counts["pretrain_backbone"], counts["finetune"], counts["finetune_semantic"]) == (3, 27, 27)
+    assert counts["synthesize"] == 1000 and "toy_scenes" not in counts
