@@ -111,12 +111,17 @@ def markdown_table(table: pd.DataFrame) -> str:
 def write_main_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
                      runs_path: str | os.PathLike) -> pd.DataFrame:
     """Write the main table (CSV and Markdown) and every run's scores (CSV)."""
-    table = main_table(runs)
+    return _write_table(main_table(runs), markdown_table, runs, csv_path, md_path, runs_path, "%.5f")
+
+
+def _write_table(table: pd.DataFrame, markdown, runs: pd.DataFrame, csv_path, md_path, runs_path,
+                 runs_format: str) -> pd.DataFrame:
+    """``table`` as CSV and as ``markdown(table)``, and the runs it summarises as CSV, each atomically."""
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, float_format="%.3f")
     with atomic_path(runs_path) as tmp:
-        runs.to_csv(tmp, index=False, float_format="%.5f")
-    atomic_write_text(md_path, markdown_table(table))
+        runs.to_csv(tmp, index=False, float_format=runs_format)
+    atomic_write_text(md_path, markdown(table))
     return table
 
 
@@ -327,13 +332,7 @@ def transfer_markdown(table: pd.DataFrame) -> str:
 def write_transfer_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
                          runs_path: str | os.PathLike) -> pd.DataFrame:
     """Write the transfer table (CSV and Markdown) and every run's metrics (CSV)."""
-    table = transfer_table(runs)
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, float_format="%.3f")
-    with atomic_path(runs_path) as tmp:
-        runs.to_csv(tmp, index=False, float_format="%.4f")
-    atomic_write_text(md_path, transfer_markdown(table))
-    return table
+    return _write_table(transfer_table(runs), transfer_markdown, runs, csv_path, md_path, runs_path, "%.4f")
 
 
 def plot_data_efficiency(runs: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -18,6 +18,7 @@ rule sample_for_annotation:
         device=CFG.device,
     log:
         "results/logs/sample_for_annotation/{task}.log",
+    priority: UPSTREAM_PRIORITY
     threads: 2
     resources:
         mem_mb=attempt_scaled(4000),
@@ -51,6 +52,7 @@ rule import_annotations:
         device=CFG.device,
     log:
         "results/logs/import_annotations/{task}.log",
+    priority: UPSTREAM_PRIORITY
     threads: 2
     resources:
         mem_mb=attempt_scaled(4000),

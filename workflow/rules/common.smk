@@ -18,7 +18,7 @@ TASKS = sorted(CFG.tasks)
 CHECKPOINTS = sorted(CFG.checkpoints)
 # GPU rules ask the scheduler for a GPU unless the config pins them to the CPU.
 GPUS = 0 if CFG.device == "cpu" else 1
-# The chain features -> interpreter -> synthesis -> filter gates half the
+# The chain annotations -> features -> interpreter -> synthesis -> filter gates half the
 # downstream runs; on few cores it goes first so those runs can start sooner.
 UPSTREAM_PRIORITY = 10
 
@@ -143,8 +143,8 @@ def final_targets():
             targets.append(f"results/{name}/report/samples_by_class.png")
         if task.downstream.enabled:
             targets.append(f"results/{name}/report/main_table.md")
-            if task.downstream.reference_annotator:
-                targets.append(f"results/{name}/report/uncertainty_vs_error.png")
+        if task.downstream.reference_annotator:
+            targets.append(f"results/{name}/report/uncertainty_vs_error.png")
     return targets
 
 

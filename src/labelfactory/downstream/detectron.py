@@ -28,7 +28,7 @@ import math
 import os
 import pickle
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,6 +45,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from torch import nn
 
 from ..io import atomic_path, atomic_torch_save, atomic_write_json
+from ..typed import strict_from_dict
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .models import WeightsError
 
@@ -232,10 +233,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
 
 def detectron2_config(cfg: FinetuneConfig, train: str, test: str, num_classes: int,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..registry import Registry
+from ..typed import strict_from_dict
 from .class_aware import ClassAwareLabels
 from .data import ToyWorldObjects
 from .detectron import export_backbone
@@ -83,10 +84,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown PretrainConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
     def schedule_config(self) -> SegTrainConfig:
         """The segmentation trainer's config of the dense objective (its optimiser and

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..io import atomic_path, atomic_write_json, sha256_file
+from ..typed import strict_from_dict
 from .data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
 from .models import SegmentationNet, build_segmentation_model, load_weights
 
@@ -68,11 +69,7 @@ class SegTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SegTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown SegTrainConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
 
 @contextlib.contextmanager

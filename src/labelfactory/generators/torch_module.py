@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..typed import strict_from_dict
 from .base import GENERATORS, GeneratorBackend, Synthesis, content_hash, load_strict
 from .biggan import truncated_normal
 from .checkpoints import CheckpointError, RawCheckpoint, _is_safetensors, _is_torch_file, _torch_load
@@ -123,11 +124,7 @@ class TorchModuleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TorchModuleConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown generator spec keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
     @property
     def z_dim(self) -> int:
