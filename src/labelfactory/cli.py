@@ -15,6 +15,7 @@ log = logging.getLogger("labelfactory")
 def _load_inputs(args):
     """The backend, latents ``[N, *latent_shape]`` and classes (or None) a render-like command names."""
     from .generators.checkpoints import load_generator
+    from .generators.view import set_average_latent
     from .runtime import resolve_device
 
     backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
@@ -26,10 +27,7 @@ def _load_inputs(args):
         log.warning("BigGAN renders z as given: truncation applies when sampling (labelfactory latents "
                     "--truncation), so --truncation %g is ignored", args.truncation)
     if args.average_latent:
-        if not hasattr(backend, "set_average_latent"):
-            raise ValueError(f"--average-latent is for checkpoints that hold none (StyleGAN1 in DatasetGAN's "
-                             f"layout); this {backend.arch} checkpoint has its own")
-        backend.set_average_latent(np.load(args.average_latent))
+        set_average_latent(backend, args.average_latent, "--average-latent")
     return backend, z, classes
 
 

@@ -114,6 +114,15 @@ class ViewedBackend:
     render_features = GeneratorBackend.render_features
 
 
+def set_average_latent(backend: GeneratorBackend, path: str | Path, option: str) -> None:
+    """Give ``backend`` the truncation centre in ``path`` (the release's ``avg_latent_stylegan1.npy``),
+    refusing in one line naming ``option`` a checkpoint that holds its own."""
+    if not hasattr(backend, "set_average_latent"):
+        raise ValueError(f"{option} is for checkpoints that hold none (StyleGAN1 in DatasetGAN's layout); "
+                         f"this {backend.arch} checkpoint has its own")
+    backend.set_average_latent(np.load(path))
+
+
 def load_task_generator(weights: str | Path, device: str | torch.device = "cpu", truncation: float = 1.0,
                         average_latent: str | Path | None = None, image: dict | None = None,
                         task: str = "task") -> GeneratorBackend | ViewedBackend:
@@ -125,18 +134,14 @@ def load_task_generator(weights: str | Path, device: str | torch.device = "cpu",
     from .checkpoints import load_generator
 
     backend = load_generator(weights, device)
-    takes_average = hasattr(backend, "set_average_latent")
     if average_latent is not None:
-        if not takes_average:
-            raise ValueError(f"tasks.{task}.average_latent is for checkpoints that hold none (StyleGAN1 in "
-                             f"DatasetGAN's layout); this {backend.arch} checkpoint has its own")
-        backend.set_average_latent(np.load(average_latent))
-    elif takes_average and truncation < 1:
+        set_average_latent(backend, average_latent, f"tasks.{task}.average_latent")
+    elif hasattr(backend, "set_average_latent") and truncation < 1:
         raise ValueError(f"tasks.{task}.average_latent: truncation {truncation:g} needs the average latent, which "
                          f"this {backend.arch} checkpoint does not hold (give the release's avg_latent_stylegan1.npy)")
     view = ImageView.from_dict(image)
     return backend if view == ImageView() else ViewedBackend(backend, view)
 
 
-__all__ = ["ImageView", "ViewedBackend", "load_task_generator", "view_of"]
+__all__ = ["ImageView", "ViewedBackend", "load_task_generator", "set_average_latent", "view_of"]
 
