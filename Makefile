@@ -31,7 +31,7 @@ ablations: setup
 
 # The toy transfer experiment (README "Pretraining and finetuning"); not part of `run`.
 pretraining: setup
-	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) --configfile config/pretraining-toy.yaml pretraining
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) pretraining --configfile config/pretraining-toy.yaml
 
 # Redraw every table and figure from existing results; nothing is trained.
 FIGURE_RULES := main_table sample_grid class_grid label_quality calibration ablation_report

@@ -182,7 +182,7 @@ def transfer_runs():
     """Every finetuning run: init × fraction × seed with its two results files."""
     if PRE is None:
         raise ValueError("the config has no `pretraining` section: add one, e.g. "
-                         "`snakemake --profile profiles/local --configfile config/pretraining-toy.yaml pretraining`")
+                         "`snakemake --profile profiles/local pretraining --configfile config/pretraining-toy.yaml`")
     return [{"init": i, "fraction": format(f, "g"), "seed": s,
              "detection": f"{TRANSFER}/detection/{i}/{format(f, 'g')}/seed{s}/results.json",
              "semantic": f"{TRANSFER}/semantic/{i}/{format(f, 'g')}/seed{s}/results.json"}

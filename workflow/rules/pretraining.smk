@@ -147,7 +147,7 @@ rule pretraining_table:
 
 
 rule pretraining:
-    """The transfer experiment's target: `snakemake --configfile config/pretraining-toy.yaml pretraining`."""
+    """The transfer experiment's target: `snakemake pretraining --configfile config/pretraining-toy.yaml`."""
     input:
         f"{TRANSFER}/report/pretraining_table.md",
         f"{TRANSFER}/report/data_efficiency.png",
