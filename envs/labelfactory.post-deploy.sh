@@ -7,7 +7,7 @@
 #   - by hand after `conda env create -f envs/labelfactory.yaml`.
 # Snakemake rebuilds a rule's environment when this file changes, so it carries the digests of
 # what it installs (tests/test_envs.py keeps them current):
-#   requirements.txt sha256 f53e13c93d026fcdc701eddde6af010a8c2fe70f5654cb48521bde0102182d89
+#   requirements.txt sha256 f663e45d421eb4cbd4633c9da8064ccd9a6ecee32244a85604971058d73206d7
 #   envs/install_detectron2.sh sha256 ed2ded45ce8caa207b123624480c1ad8c82653ae280fb275ddb5fa2df959b3f8
 # A torch build for another CUDA comes from PIP_EXTRA_INDEX_URL (make TORCH_INDEX_URL=... sets it).
 #

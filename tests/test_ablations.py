@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from labelfactory.ablations import AblationPlan, Variant, calibration, combine_annotation_sets
-from labelfactory.active_learning import (candidate_seeds, choose_seeds, kcenter_greedy, score_candidates,
-                                          select_uncertain)
+from labelfactory.active_learning import (candidate_seeds, choose_seeds, kcenter_greedy, next_round_seeds,
+                                          score_candidates, select_uncertain)
 from labelfactory.annotations import AnnotationSet, LabelSet
 from labelfactory.config import ConfigError, WorkflowConfig, validate_config
 
@@ -73,6 +73,15 @@ def test_random_selection_is_a_seeded_draw_from_the_pool():
         choose_seeds("uncertainty", pool, 5)
 
 
+def test_a_round_skips_the_annotated_seeds_of_every_set(tmp_path, tiny_backend):
+    _set(["a", "b", "c"]).save(tmp_path / "one.h5")  # seeds 0, 1, 2
+    selection = {"select": "random", "k": 3, "pool_start": 0, "pool_size": 6, "diversity": "none",
+                 "oversample": 1.0, "draw": 0, "interpreter_type": "mlp"}
+    assert next_round_seeds(selection, tiny_backend, [tmp_path / "one.h5"]).tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="cannot choose 4 samples from a pool of 3"):
+        next_round_seeds({**selection, "k": 4}, tiny_backend, [tmp_path / "one.h5"])
+
+
 # -- annotation sets of variants ----------------------------------------------------------
 def _set(ids, labels=("background", "a")):
     n = len(ids)
@@ -87,6 +96,7 @@ def test_annotation_sets_combine_and_subset():
     sub = combine_annotation_sets([_set(list("abcdef"))], keep=3, draw=0)
     assert len(sub) == 3 and sub.ids == sorted(sub.ids)
     assert combine_annotation_sets([_set(list("abcdef"))], keep=3, draw=0).ids == sub.ids
+    assert combine_annotation_sets([_set(list("abcdef"))], keep=3, draw=None).ids == ["a", "b", "c"]
     with pytest.raises(ValueError, match="share samples"):
         combine_annotation_sets([_set(["a"]), _set(["a"])])
     with pytest.raises(ValueError, match="differ in labels"):
@@ -138,6 +148,22 @@ def test_points_reuse_the_tasks_own_runs_and_shards():
     assert plan.interpreter("interp-conv")["type"] == "conv" and plan.interpreter("base")["type"] == "mlp"
 
 
+def test_the_manual_arm_is_one_fixed_set_for_every_seed():
+    sel = _plan().points("selection")
+    manual = sel[sel["arm"] == "manual"]
+    assert manual["variant"].tolist() == ["manual4", "manual4", "manual8", "manual8"]
+    assert manual["seed"].tolist() == [0, 1, 0, 1]
+    random = sel[(sel["arm"] == "random") & (sel["x"] == 4)]
+    assert random["variant"].tolist() == ["ann4-0", "ann4-1"]  # the other arms start from a random draw
+    plan = _plan()
+    assert plan.annotation_sources("manual8") == ["results/toy-car/annotations.h5"]
+    assert plan.features("manual8") == "results/toy-car/features.h5"
+    v = Variant.parse("manual8")
+    assert (v.kind, v.keep, v.subset_draw) == ("manual", 8, None)
+    assert (Variant.parse("ann4-3").keep, Variant.parse("ann4-3").subset_draw) == (4, 3)
+    assert Variant.parse("random8-1").keep is None
+
+
 def test_variant_names_round_trip():
     assert Variant.parse("uncertainty12-3") == Variant("selection", 12, 3, method="uncertainty")
     assert Variant.parse("interp-mlp-2").interpreter == "mlp-2"
@@ -154,6 +180,9 @@ def test_variant_names_round_trip():
     ({"interpreter": {"big": {"num_members": 0}}}, "ablations.toy-car.interpreter.big: 0 is less than the minimum"),
     ({"interpreter": {"c": {"type": "conv", "patience": 3}}}, "ablations.toy-car.interpreter.c: Additional"),
     ({"seeds": 0}, "ablations.toy-car.seeds: 0 is less than the minimum of 1"),
+    ({"selection": {"initial": 8, "step": 5, "rounds": 2}}, "the manual arm's 18 annotations exceed the task's 16"),
+    ({"selection": {"initial": 4, "step": 4, "rounds": 1, "methods": ["greedy"]}},
+     "ablations.toy-car.selection.methods.0: 'greedy' is not one of"),
 ])
 def test_bad_ablation_values_are_config_errors(changes, message):
     cfg = _toy_config()

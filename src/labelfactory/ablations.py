@@ -10,6 +10,9 @@ set size, a filter ratio and a downstream seed. Variants are named:
   (``initial`` of the task's, then ``step`` pool samples per round, picked at
   random or by the previous round's ensemble and labelled by the simulated
   annotator);
+- ``manual{k}``: the selection ablation's fixed arm, the first ``k`` of the
+  task's annotations in the folder's order (the set a person curated; the same
+  for every seed, so only the downstream run varies);
 - ``interp-{name}``: the task's annotations and features, a named interpreter.
 
 A variant's shards are blocks of the task's synthesis seeds, so every size
@@ -43,14 +46,14 @@ TITLES = {"synthetic_size": "synthetic set size", "filter_ratio": "filter ratio"
           "num_annotations": "number of annotations", "selection": "number of annotations",
           "interpreter": "interpreter"}
 SETTING = "synthetic_filtered"  # every point trains on the kept samples (ratio 0 keeps all)
-_VARIANT = re.compile(r"^(?:(base)|ann(\d+)-(\d+)|(random|uncertainty)(\d+)-(\d+)|interp-(.+))$")
+_VARIANT = re.compile(r"^(?:(base)|ann(\d+)-(\d+)|(random|uncertainty)(\d+)-(\d+)|interp-(.+)|manual(\d+))$")
 
 
 @dataclass(frozen=True)
 class Variant:
     """A parsed variant name (see the module docstring)."""
 
-    kind: str  # base | subset | selection | interpreter
+    kind: str  # base | subset | selection | interpreter | manual
     k: int | None = None
     draw: int = 0
     method: str | None = None
@@ -67,7 +70,19 @@ class Variant:
             return cls("subset", int(m[2]), int(m[3]))
         if m[4]:
             return cls("selection", int(m[5]), int(m[6]), method=m[4])
+        if m[8]:
+            return cls("manual", int(m[8]), method="manual")
         return cls("interpreter", interpreter=m[7])
+
+    @property
+    def keep(self) -> int | None:
+        """How many of the task's annotations a subset or the manual arm keeps (else all sources)."""
+        return self.k if self.kind in ("subset", "manual") else None
+
+    @property
+    def subset_draw(self) -> int | None:
+        """The seed of a random subset's draw; None keeps the first ``keep`` (the manual arm)."""
+        return None if self.kind == "manual" else self.draw
 
 
 def ratio_str(ratio: float) -> str:
@@ -93,6 +108,8 @@ class AblationPlan:
         return "base" if k >= self.n_annotations else f"ann{k}-{draw}"
 
     def selection_variant(self, method: str, k: int, draw: int) -> str:
+        if method == "manual":
+            return "base" if k >= self.n_annotations else f"manual{k}"
         return self.subset(k, draw) if k <= self.spec["selection"]["initial"] else f"{method}{k}-{draw}"
 
     def previous(self, variant: str) -> str:
@@ -103,7 +120,7 @@ class AblationPlan:
     def annotation_sources(self, variant: str) -> list[str]:
         """The sets a variant's annotations combine: the task's (a subset), or the previous
         round's and this round's picks (a selection round)."""
-        if Variant.parse(variant).kind == "subset":
+        if Variant.parse(variant).kind in ("subset", "manual"):
             return [f"results/{self.name}/annotations.h5"]
         return [self.annotations(self.previous(variant)), self._own(variant, "picked.h5")]
 
@@ -181,9 +198,11 @@ def count_annotations(folder: str | os.PathLike, fallback: int) -> int:
 
 
 # -- annotation sets of variants -----------------------------------------------------
-def combine_annotation_sets(sets: Sequence[AnnotationSet], keep: int | None = None, draw: int = 0) -> AnnotationSet:
+def combine_annotation_sets(sets: Sequence[AnnotationSet], keep: int | None = None,
+                            draw: int | None = 0) -> AnnotationSet:
     """Concatenate annotation sets of one generator and label set; with ``keep``, a random
-    subset of that many (seeded by ``draw``, in their original order)."""
+    subset of that many (seeded by ``draw``, in their original order), or with ``draw=None``
+    the first ``keep``."""
     first = sets[0]
     for other in sets[1:]:
         same = (other.labels, other.generator_hash, other.truncation, other.noise) == \
@@ -194,7 +213,10 @@ def combine_annotation_sets(sets: Sequence[AnnotationSet], keep: int | None = No
     if len(set(ids)) != len(ids):
         raise ValueError(f"annotation sets share samples: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
     n = len(ids)
-    idx = np.arange(n) if keep is None or keep >= n else np.sort(np.random.default_rng(draw).choice(n, keep, False))
+    if keep is None or keep >= n:
+        idx = np.arange(n)
+    else:
+        idx = np.arange(keep) if draw is None else np.sort(np.random.default_rng(draw).choice(n, keep, False))
     cat = {f: np.concatenate([getattr(s, f) for s in sets])[idx]
            for f in ("seeds", "classes", "latents", "images", "masks")}
     return AnnotationSet(ids=[ids[i] for i in idx], labels=first.labels, generator_hash=first.generator_hash,
@@ -202,7 +224,7 @@ def combine_annotation_sets(sets: Sequence[AnnotationSet], keep: int | None = No
 
 
 def write_combined(paths: Sequence[str | os.PathLike], out: str | os.PathLike, keep: int | None = None,
-                   draw: int = 0) -> AnnotationSet:
+                   draw: int | None = 0) -> AnnotationSet:
     ann = combine_annotation_sets([load_annotation_set(p) for p in paths], keep, draw)
     ann.save(out)
     return ann
@@ -341,6 +363,9 @@ def ablation_problems(cfg: dict) -> list[str]:
         sel = spec["selection"]
         if sel and sel["initial"] > have:
             problems.append(f"{where}.selection.initial: {sel['initial']} exceeds the task's {have} annotations")
+        if sel and "manual" in sel["methods"] and sel["initial"] + sel["step"] * sel["rounds"] > have:
+            problems.append(f"{where}.selection: the manual arm's {sel['initial'] + sel['step'] * sel['rounds']} "
+                            f"annotations exceed the task's {have}")
         if sel and not task["downstream"]["reference_annotator"]:
             problems.append(f"{where}.selection: needs tasks.{name}.downstream.reference_annotator "
                             "(the simulated annotator labels the picks)")

@@ -13,12 +13,15 @@ beat. The picks are handed out with :func:`labelfactory.annotations.sample_for_a
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .annotations import load_annotation_set
 from .generators.base import GeneratorBackend
+from .interpreters import INTERPRETERS
 from .synthesis import Labeller
 from .uncertainty import image_scores, js_divergence
 
@@ -106,3 +109,19 @@ def choose_seeds(select: str, pool: np.ndarray, k: int, *, backend: GeneratorBac
     scores, pooled = score_candidates(backend, labeller, pool, **score_options)
     picked = select_uncertain(scores, k, pooled if diversity == "kcenter" else None, oversample)
     return pool[picked]
+
+
+def next_round_seeds(selection: dict, backend: GeneratorBackend, annotated: Sequence[str | os.PathLike],
+                     interpreter: str | os.PathLike | None = None, **score_options) -> np.ndarray:
+    """One active-learning round: the seeds to hand out next.
+
+    ``selection`` holds the round's settings (``select``, ``k``, ``pool_start``,
+    ``pool_size``, ``diversity``, ``oversample``, ``draw``, ``interpreter_type``);
+    ``annotated`` are the annotation sets whose seeds leave the pool, and
+    ``interpreter`` the weights of the current ensemble (needed for ``uncertainty``)."""
+    done = [seed for path in annotated for seed in load_annotation_set(path).seeds]
+    labeller = None if interpreter is None else \
+        INTERPRETERS.get(selection["interpreter_type"]).load(interpreter, backend.device)
+    return choose_seeds(selection["select"], candidate_seeds(selection["pool_start"], selection["pool_size"], done),
+                        selection["k"], backend=backend, labeller=labeller, diversity=selection["diversity"],
+                        oversample=selection["oversample"], draw=selection["draw"], **score_options)

@@ -23,14 +23,14 @@ localrules:
 
 
 rule ablation_annotations:
-    """A variant's annotations: a random subset of the task's, or a selection round's union."""
+    """A variant's annotations: a random subset of the task's, their first k (manual), or a selection round's union."""
     input:
         lambda w: plan(w).annotation_sources(w.variant),
     output:
         f"{ABL}/annotations.h5",
     params:
-        keep=lambda w: variant(w).k if variant(w).kind == "subset" else None,
-        draw=lambda w: variant(w).draw,
+        keep=lambda w: variant(w).keep,
+        draw=lambda w: variant(w).subset_draw,
     log:
         "results/logs/ablations/{task}/{variant}/annotations.log",
     threads: 1
@@ -38,7 +38,7 @@ rule ablation_annotations:
         mem_mb=2000,
         runtime=10,
     wildcard_constraints:
-        variant=rf"ann\d+-\d+|{SELECTION_VARIANT}",
+        variant=rf"ann\d+-\d+|manual\d+|{SELECTION_VARIANT}",
     conda:
         "../../envs/labelfactory.yaml"
     script:
