@@ -1,6 +1,6 @@
 """Rule synthesize: one shard of seeded, labelled, uncertainty-scored samples."""
 from labelfactory.generators.view import load_task_generator
-from labelfactory.interpreters import INTERPRETERS
+from labelfactory.interpreters import load_labeller
 from labelfactory.io import sha256_file
 from labelfactory.runtime import resolve_device, snakemake_job
 from labelfactory.synthesis import synthesize_shard
@@ -9,7 +9,7 @@ with snakemake_job(snakemake):
     p = snakemake.params
     device = resolve_device(p.device)
     backend = load_task_generator(snakemake.input.weights, device, **p.generator)
-    labeller = INTERPRETERS.get(p.interpreter_type).load(snakemake.input.interpreter, device)
+    labeller = load_labeller(p.interpreter_type, snakemake.input.interpreter, device, p.precision)
     classes = None if p.cls < 0 else [p.cls] * len(p.seeds)
     synthesize_shard(backend, labeller, snakemake.output[0], p.seeds, classes=classes, truncation=p.truncation,
                      noise=p.noise, attrs={"labeller_hash": sha256_file(snakemake.input.interpreter)},

@@ -54,6 +54,7 @@ def test_defaults_are_not_shared_between_tasks(tmp_path):
         (lambda c: c["tasks"]["t"].update(annotation={"num_samples": 0}), "tasks.t.annotation.num_samples"),
         (lambda c: c["tasks"]["t"].update(features={"layers": "some"}), "tasks.t.features.layers"),
         (lambda c: c["tasks"]["t"].update(features={"layers": []}), "tasks.t.features.layers"),
+        (lambda c: c["tasks"]["t"].update(synthesis={"precision": "int8"}), "tasks.t.synthesis.precision"),
         (lambda c: c["checkpoints"]["g"].update(sha256="abc"), "checkpoints.g.sha256"),
         (lambda c: c["checkpoints"]["g"].update(format="onnx"), "checkpoints.g.format"),
         (lambda c: c.update(device="gpu"), "device"),

@@ -255,6 +255,19 @@ def test_inference_refuses_missing_or_misshapen_layers(conditional):
         ens.member_probabilities({**feats, "b16": feats["b16"][:, :, :8]}, cls)
 
 
+def test_bfloat16_inference_keeps_the_labels(conditional):
+    maps, _, _, classes, ens = conditional
+    feats, cls = batch_features(maps), torch.as_tensor(classes)
+    exact = ens.member_probabilities(feats, cls)
+    ens.compute_dtype = torch.bfloat16
+    try:
+        half = ens.member_probabilities(feats, cls)
+    finally:
+        ens.compute_dtype = torch.float32
+    assert half.dtype == torch.float32 and (half - exact).abs().max() < 0.05
+    assert (half.argmax(2) == exact.argmax(2)).float().mean() > 0.99
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (mixed precision)")
 def test_mixed_precision_training_on_cuda(conditional):
     maps, store, masks, classes, ens = conditional

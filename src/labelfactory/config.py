@@ -86,6 +86,7 @@ class SynthesisSpec:
     top_fraction: float = 0.1
     store_latents: bool = False
     store_uncertainty: bool = True
+    precision: str = "float32"
 
     @property
     def shards(self) -> list[str]:

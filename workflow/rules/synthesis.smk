@@ -12,6 +12,7 @@ rule synthesize:
         truncation=lambda w: task_of(w).truncation,
         noise=lambda w: task_of(w).noise,
         interpreter_type=lambda w: task_of(w).interpreter["type"],
+        precision=lambda w: task_of(w).synthesis.precision,
         options=lambda w: synthesis_options(task_of(w)),
         generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,

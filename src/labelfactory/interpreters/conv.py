@@ -58,7 +58,8 @@ class ConvInterpreterConfig:
     every group but the last (release: 32, 128), or None to split the taps'
     resolutions evenly. Native-resolution features of up to ``cache_mb`` are
     held in memory, the rest read from the feature store per batch. ``amp``:
-    autocast (float16) on CUDA; CPUs always run float32.
+    training under autocast (float16) on CUDA; CPUs always train in float32.
+    Inference runs in the ensemble's ``compute_dtype`` (``synthesis.precision``).
     """
 
     num_members: int = 3
@@ -427,6 +428,7 @@ class ConvEnsemble(nn.Module):
         self.generator_hash = generator_hash
         self.history = list(history)
         self.label_names = None if label_names is None else list(label_names)
+        self.compute_dtype = torch.float32  # of inference (autocast); see interpreters.PRECISIONS
         self.register_buffer("class_embedding", class_embedding)
 
     fit = staticmethod(train_conv_ensemble)
@@ -465,7 +467,8 @@ class ConvEnsemble(nn.Module):
         device = next(self.parameters()).device
         maps = self._maps(features, device)
         e = self._embedding(classes, maps[0].shape[0])
-        with torch.autocast(device.type, dtype=torch.float16, enabled=self.cfg.amp and device.type == "cuda"):
+        dtype = self.compute_dtype
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             return torch.stack([_probabilities(member(maps, e)) for member in self.members])
 
     def metadata(self) -> dict:

@@ -501,7 +501,7 @@ class MLPEnsemble(nn.Module):
         self.history = list(history)
         self.label_names = None if label_names is None else list(label_names)
         self._interp_cache: dict[tuple, torch.Tensor] = {}
-        self.compute_dtype = torch.float32  # of the fast path's matmuls; bfloat16/float16 are for GPUs
+        self.compute_dtype = torch.float32  # of the fast path's matmuls; see interpreters.PRECISIONS
 
     fit = staticmethod(train_mlp_ensemble)
 
