@@ -11,6 +11,12 @@ shape it also reports training wall time per member and in total: measured for
 the batches run, and extrapolated (labelled so) to one epoch over all annotated
 pixels per member. ``--quick``: 2 members × 50 batches.
 
+The conv interpreter (BigDatasetGAN) gets the same measurement at its shape:
+8 annotated images with every tap of a BigGAN-512 (random float16 features),
+its 3 members at the release widths, binary labels, class-conditional; peak
+RSS and seconds per iteration, extrapolated (labelled so) to its 5000
+iterations per member. ``--conv-iterations`` sets the measured iterations.
+
     PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_interpreter.py [--batches 200] [--members 10] [--quick]
 """
 
@@ -33,7 +39,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from labelfactory.features import FeatureStore  # noqa: E402
-from labelfactory.interpreters import MLPEnsembleConfig, PixelFeatures, fit_members  # noqa: E402
+from labelfactory.generators.biggan import BigGANConfig, BigGANGenerator  # noqa: E402
+from labelfactory.interpreters import ConvInterpreterConfig, MLPEnsembleConfig, PixelFeatures, fit_members  # noqa: E402
+from labelfactory.interpreters import train_conv_ensemble  # noqa: E402
 
 CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32}  # StyleGAN, 2 layers each
 NUM_CLASSES = 34  # DatasetGAN's car task: the wider (256/128) members
@@ -43,9 +51,15 @@ def stylegan_shapes(resolution: int) -> dict[str, tuple[int, int, int]]:
     return {f"b{r}.conv{i}": (c, r, r) for r, c in CHANNELS.items() if r <= resolution for i in (0, 1)}
 
 
-def write_store(path: Path, num_images: int, resolution: int, seed: int = 0) -> None:
+def biggan_shapes(resolution: int) -> dict[str, tuple[int, int, int]]:
+    with torch.device("meta"):  # shapes only, no weights
+        return BigGANGenerator(BigGANConfig(resolution=resolution)).feature_shapes()
+
+
+def write_store(path: Path, num_images: int, resolution: int, seed: int = 0,
+                shapes: dict[str, tuple[int, int, int]] | None = None) -> None:
     """Random float16 features in the feature-file layout, one image at a time."""
-    shapes = stylegan_shapes(resolution)
+    shapes = shapes or stylegan_shapes(resolution)
     ids = [f"s{i:08d}" for i in range(num_images)]
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
@@ -101,6 +115,22 @@ def child(approach: str, store_path: str, members: int, batches: int) -> None:
                       "ms_per_batch": 1000 * float(np.median(np.diff(stamps)))}))
 
 
+def child_conv(store_path: str, members: int, iterations: int) -> None:
+    """One conv-interpreter training run; prints a JSON line."""
+    torch.set_num_threads(1)
+    base = _rss_mb("VmRSS")
+    store = FeatureStore.open(store_path)
+    n, r = len(store.ids), store.resolution
+    masks = np.random.default_rng(1).integers(0, 2, (n, r, r), dtype=np.uint8)
+    cfg = ConvInterpreterConfig(num_members=members, iterations=iterations)
+    emb = torch.randn(1000, 128)
+    t = time.perf_counter()
+    train_conv_ensemble(store, masks, 2, cfg, classes=np.arange(n), class_embedding=emb)
+    train_s = time.perf_counter() - t
+    print(json.dumps({"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "train_s": train_s,
+                      "s_per_iteration": train_s / (members * iterations)}))
+
+
 def run(approach: str, store: Path, members: int, batches: int) -> dict:
     cmd = [sys.executable, __file__, "--child", approach, "--store", str(store), "--members", str(members),
            "--batches", str(batches)]
@@ -113,11 +143,14 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=100, help="batches per member")
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="2 members x 50 batches")
-    ap.add_argument("--child", choices=("ours", "naive"))
+    ap.add_argument("--conv-iterations", type=int, default=10, help="measured iterations per conv member")
+    ap.add_argument("--child", choices=("ours", "naive", "conv"))
     ap.add_argument("--store")
     args = ap.parse_args()
     if args.quick:
-        args.members, args.batches = 2, 50
+        args.members, args.batches, args.conv_iterations = 2, 50, 4
+    if args.child == "conv":
+        return child_conv(args.store, args.members, args.batches)
     if args.child:
         return child(args.child, args.store, args.members, args.batches)
 
@@ -155,6 +188,27 @@ def main() -> None:
           f"(with its held-out evaluation), {paper['train_s']:.1f} s for {args.members} members")
     print(f"paper shape training wall time (EXTRAPOLATED from {paper['ms_per_batch']:.1f} ms/batch): one epoch of "
           f"{epoch} batches {epoch_s / 60:.0f} min per member, {10 * epoch_s / 3600:.1f} h for 10 members")
+    conv_case(args.conv_iterations)
+
+
+def conv_case(iterations: int, images: int = 8, members: int = 3, resolution: int = 512) -> None:
+    """The conv interpreter at BigDatasetGAN's shape (see the module docstring)."""
+    shapes = biggan_shapes(resolution)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "biggan.h5"
+        write_store(path, images, resolution, shapes=shapes)
+        cmd = [sys.executable, __file__, "--child", "conv", "--store", str(path), "--members", str(members),
+               "--batches", str(iterations)]
+        r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    native_mb = images * sum(c * h * w for c, h, w in shapes.values()) * 2 / 2**20
+    release = ConvInterpreterConfig().iterations
+    print(f"conv interpreter, BigGAN-{resolution} taps ({len(shapes)}, {sum(c for c, _, _ in shapes.values())} "
+          f"channels), {images} images ({native_mb:.0f} MB native float16), {members} members x {iterations} "
+          f"iterations of {ConvInterpreterConfig().batch_size} images: peak RSS {r['peak_mb']:.0f} MB "
+          f"({r['base_mb']:.0f} at import), {r['s_per_iteration']:.2f} s per iteration (measured)")
+    print(f"conv interpreter training wall time (EXTRAPOLATED to the release's {release} iterations): "
+          f"{release * r['s_per_iteration'] / 60:.0f} min per member, "
+          f"{members * release * r['s_per_iteration'] / 3600:.1f} h for {members} members on one thread")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """Labelled vs. bare-generator synthesis throughput, where the labelling time goes, and shard memory.
 
-A random-weight StyleGAN2 (rosinality's channel table) and a 10-member
-ensemble of DatasetGAN's MLPs over every synthesis layer (20 classes) at
-128², 256² and 512². In one run, interleaved round by round:
+DatasetGAN's shape: a random-weight StyleGAN2 (rosinality's channel table) and
+a 10-member ensemble of DatasetGAN's MLPs over every synthesis layer (20
+classes) at 128², 256² and 512². BigDatasetGAN's shape: a random-weight
+BigGAN (BigGAN-PyTorch's ``get_config``, 1000 classes) and the class-conditional
+conv interpreter (3 members, release widths 128/64/32, binary labels) over
+every block and attention tap, at 512² (``--biggan-sizes``). In one run,
+interleaved round by round:
 
 - ``bare``: the generator alone (``backend.synthesize``);
 - ``labelled``: :func:`synthesize_shard` of the same samples (generator,
   interpreter, JS divergence, score, vote, HDF5 writing);
-- ``reference`` (not at 512² unless ``--reference``): the same with the
-  per-member reference interpreter (:meth:`MLPEnsemble.member_probabilities_reference`).
+- ``reference`` (StyleGAN2 only; not at 512² unless ``--reference``): the same
+  with the per-member reference interpreter (:meth:`MLPEnsemble.member_probabilities_reference`).
 
 Prints labelled/bare throughput ratios (medians over rounds), the share of
 labelled time in generator / interpreter / uncertainty (JS, score, vote) /
@@ -35,12 +39,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from labelfactory.generators.biggan import BigGANBackend, BigGANConfig, BigGANGenerator  # noqa: E402
 from labelfactory.generators.stylegan2 import Generator, StyleGAN2Backend, StyleGAN2Config  # noqa: E402
+from labelfactory.interpreters import conv  # noqa: E402
 from labelfactory.interpreters.mlp import MemberHistory, MLPEnsemble, MLPEnsembleConfig, build_member  # noqa: E402
 from labelfactory.synthesis import synthesize_shard  # noqa: E402
 from labelfactory.uncertainty import image_scores, js_divergence, vote_labels  # noqa: E402
 
 MEMBERS, CLASSES = 10, 20
+CONV_MEMBERS = 3
 
 
 def setup(size: int, device: str, seed: int = 0) -> tuple[StyleGAN2Backend, MLPEnsemble]:
@@ -63,6 +70,22 @@ def setup(size: int, device: str, seed: int = 0) -> tuple[StyleGAN2Backend, MLPE
     if device != "cpu":
         ens.compute_dtype = torch.bfloat16
     return backend, ens
+
+
+def setup_biggan(size: int, device: str, seed: int = 0) -> tuple[BigGANBackend, conv.ConvEnsemble]:
+    """A random-weight BigGAN and a random conv ensemble over all its taps (class-conditional, binary)."""
+    torch.manual_seed(seed)
+    module = BigGANGenerator(BigGANConfig(resolution=size)).eval()
+    backend = BigGANBackend(module, module.cfg.to_dict(), generator_hash=f"bench-biggan-{size}").to(device)
+    shapes = backend.feature_shapes()
+    cfg = conv.ConvInterpreterConfig(num_members=CONV_MEMBERS)
+    emb = backend.class_embedding()
+    members = [conv.build_member(list(shapes.values()), 2, size, cfg, emb.shape[1], seed=m) for m in range(CONV_MEMBERS)]
+    ens = conv.ConvEnsemble(members, cfg, list(shapes), list(shapes.values()), 2, size, backend.generator_hash,
+                            [conv.ConvMemberHistory(seed=m) for m in range(CONV_MEMBERS)], None, emb.cpu()).to(device)
+    if device != "cpu":
+        ens.compute_dtype = torch.float16
+    return backend, ens.eval()
 
 
 def _sync(device: str) -> None:
@@ -102,8 +125,10 @@ class Reference:
         return self._ens.member_probabilities_reference(features)
 
 
-def measure(size: int, rounds: int, batch: int, device: str, reference: bool, tmp: Path) -> dict:
-    backend, ens = setup(size, device)
+def measure(model: str, size: int, rounds: int, batch: int, device: str, reference: bool, tmp: Path) -> dict:
+    backend, ens = SETUPS[model](size, device)
+    classes = np.arange(batch) % backend.num_classes if model == "biggan" else None
+    cls = None if classes is None else torch.from_numpy(classes).to(device)
     variants = ["bare", "labelled"] + (["reference"] if reference else [])
     times: dict[str, list[float]] = {v: [] for v in variants}
     parts: dict[str, list[float]] = {k: [] for k in ("generator", "interpreter", "uncertainty", "writing+rest")}
@@ -114,19 +139,20 @@ def measure(size: int, rounds: int, batch: int, device: str, reference: bool, tm
             t = time.perf_counter()
             if v == "bare":
                 with torch.no_grad():
-                    backend.synthesize(torch.from_numpy(backend.sample_latents(seeds)).to(device), features=True)
+                    backend.synthesize(torch.from_numpy(backend.sample_latents(seeds)).to(device), cls, features=True)
                 _sync(device)
             else:
                 gen = Timed(backend, "synthesize", device)
                 lab = Timed(ens if v == "labelled" else Reference(ens), "member_probabilities", device)
-                synthesize_shard(gen, lab, tmp / f"{v}.h5", seeds, batch_size=batch, progress=False)
+                synthesize_shard(gen, lab, tmp / f"{v}.h5", seeds, classes, batch_size=batch, progress=False)
             elapsed = time.perf_counter() - t
             if r == 0:
                 continue
             times[v].append(elapsed)
             if v == "labelled":
-                probs = ens.member_probabilities(backend.synthesize(
-                    torch.from_numpy(backend.sample_latents(seeds)).to(device)).features)
+                with torch.no_grad():
+                    probs = ens.member_probabilities(backend.synthesize(
+                        torch.from_numpy(backend.sample_latents(seeds)).to(device), cls).features, cls)
                 _sync(device)
                 t = time.perf_counter()
                 image_scores(js_divergence(probs, dim=2)).cpu()
@@ -136,9 +162,13 @@ def measure(size: int, rounds: int, batch: int, device: str, reference: bool, tm
                 for k, s in zip(parts, (gen.seconds, lab.seconds, unc, elapsed - gen.seconds - lab.seconds - unc)):
                     parts[k].append(s / elapsed)
     med = {v: float(np.median(t)) for v, t in times.items()}
-    return {"size": size, "dim": ens.dim, "s_per_image": {v: s / batch for v, s in med.items()},
+    dim = sum(s[0] for s in backend.feature_shapes().values())
+    return {"model": model, "size": size, "dim": dim, "s_per_image": {v: s / batch for v, s in med.items()},
             "ratio": {v: med["bare"] / med[v] for v in variants if v != "bare"},
             "share": {k: float(np.median(s)) for k, s in parts.items()}}
+
+
+SETUPS = {"stylegan2": setup, "biggan": setup_biggan}
 
 
 def child(size: int, samples: int, batch: int, device: str) -> None:
@@ -162,11 +192,12 @@ def shard_memory(size: int, samples: int, batch: int, device: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="StyleGAN2 + MLP ensemble")
+    ap.add_argument("--biggan-sizes", type=int, nargs="*", default=[512], help="BigGAN + conv interpreter")
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds per size (after one warm-up)")
     ap.add_argument("--batch", type=int, default=None, help="images per batch (default: 1 on CPU, 8 on GPU)")
     ap.add_argument("--reference", action="store_true", help="also time the reference path at 512²")
-    ap.add_argument("--quick", action="store_true", help="2 rounds, 128² and 256² only")
+    ap.add_argument("--quick", action="store_true", help="2 rounds, StyleGAN2 at 128² and 256², BigGAN at 128²")
     ap.add_argument("--child", type=int)
     ap.add_argument("--samples", type=int)
     args = ap.parse_args()
@@ -175,16 +206,20 @@ def main() -> None:
     if args.child:
         return child(args.child, args.samples, batch, device)
     torch.set_num_threads(1)
-    sizes, rounds = ([128, 256], 2) if args.quick else (args.sizes, args.rounds)
+    cases = [("stylegan2", n) for n in args.sizes] + [("biggan", n) for n in args.biggan_sizes]
+    rounds = args.rounds
+    if args.quick:
+        cases, rounds = [("stylegan2", 128), ("stylegan2", 256), ("biggan", 128)], 2
     print(f"device {device}, {torch.get_num_threads()} thread(s), batch {batch}, {MEMBERS} members, {CLASSES} classes, "
           f"{rounds} rounds, medians")
-    print(f"{'size':>5s} {'D':>5s} {'bare s/img':>10s} {'labelled/bare':>13s} {'reference/bare':>14s} "
+    print(f"{'model':>9s} {'size':>5s} {'D':>5s} {'bare s/img':>10s} {'labelled/bare':>13s} {'reference/bare':>14s} "
           f"{'generator':>9s} {'interp.':>7s} {'uncert.':>7s} {'writing+rest':>12s}")
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            r = measure(size, rounds, batch, device, args.reference or size < 512, Path(tmp))
+        for model, size in cases:
+            reference = model == "stylegan2" and (args.reference or size < 512)
+            r = measure(model, size, rounds, batch, device, reference, Path(tmp))
             ref = r["ratio"].get("reference")
-            print(f"{size:5d} {r['dim']:5d} {r['s_per_image']['bare']:10.2f} {r['ratio']['labelled']:13.2f} "
+            print(f"{model:>9s} {size:5d} {r['dim']:5d} {r['s_per_image']['bare']:10.2f} {r['ratio']['labelled']:13.2f} "
                   f"{'-' if ref is None else f'{ref:.2f}':>14s} "
                   + " ".join(f"{r['share'][k]:{w}.0%}" for k, w in zip(r["share"], (9, 7, 7, 12))))
     small, large = 2 * batch, 6 * batch

@@ -7,4 +7,5 @@ with snakemake_job(snakemake):
     p = snakemake.params
     evaluate_downstream(snakemake.input.weights, snakemake.input.annotations, RealDataSpec.from_dict(p.real),
                         snakemake.output[0], device=resolve_device(p.device),
-                        class_aware=ClassAwareLabels.from_dict(p.class_aware) if p.class_aware else None)
+                        class_aware=ClassAwareLabels.from_dict(p.class_aware) if p.class_aware else None,
+                        **p.evaluation)

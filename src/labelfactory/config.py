@@ -121,15 +121,16 @@ class DownstreamSpec:
     report_samples: int = 500
     labels: str = "annotated"
     compare: tuple[str, ...] = ()
+    evaluation: dict = field(default_factory=lambda: {"protocol": "holdout", "folds": 5})
 
     @classmethod
     def from_dict(cls, d: dict) -> "DownstreamSpec":
         own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples", "labels",
-               "compare"}
+               "compare", "evaluation"}
         return cls(enabled=d["enabled"], settings=tuple(d["settings"]), seeds=d["seeds"], threads=d["threads"],
                    train={k: v for k, v in d.items() if k not in own}, real=dict(d["real"]),
                    reference_annotator=d["reference_annotator"], report_samples=d["report_samples"],
-                   labels=d["labels"], compare=tuple(d["compare"]))
+                   labels=d["labels"], compare=tuple(d["compare"]), evaluation=dict(d["evaluation"]))
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,8 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         problems += _class_problems(name, task)
     if accepted("checkpoint", "truncation", "average_latent", "image") and task["checkpoint"] in checkpoints:
         problems += _generator_problems(name, task, checkpoints[task["checkpoint"]], base_dir, check_files)
+    if accepted("downstream.snapshots", "downstream.steps", "downstream.evaluation"):
+        problems += _snapshot_problems(f"tasks.{name}.downstream", task["downstream"])
     if accepted("downstream.compare"):
         problems += [f"tasks.{name}.downstream.compare: {other!r} is not another key of `tasks`"
                      for other in task["downstream"]["compare"] if other not in cfg["tasks"] or other == name]
@@ -414,6 +417,16 @@ def _class_problems(name: str, task: dict) -> list[str]:
             and len(real["classes"]) != len(classes):
         problems.append(f"{where}.downstream.real.classes: {len(real['classes'])} toy classes for the task's "
                         f"{len(classes)} classes (one per class, in order)")
+    return problems
+
+
+def _snapshot_problems(where: str, ds: dict) -> list[str]:
+    problems = []
+    if ds["snapshots"] > ds["steps"]:
+        problems.append(f"{where}.snapshots: {ds['snapshots']} snapshots of a {ds['steps']}-step run")
+    if ds["evaluation"]["protocol"] == "cross_validation" and ds["snapshots"] < 2:
+        problems.append(f"{where}.evaluation.protocol: cross_validation chooses among snapshots; "
+                        f"set {where}.snapshots >= 2")
     return problems
 
 

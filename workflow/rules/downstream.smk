@@ -34,6 +34,7 @@ rule evaluate_downstream:
     params:
         real=lambda w: task_of(w).downstream.real,
         class_aware=lambda w: class_aware_labels(task_of(w)),
+        evaluation=lambda w: task_of(w).downstream.evaluation,
         device=CFG.device,
     log:
         "results/logs/evaluate_downstream/{task}/{setting}/seed{seed}.log",

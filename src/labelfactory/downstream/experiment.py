@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -31,8 +32,10 @@ from ..manifest import read_manifest
 from ..registry import Registry
 from ..synthesis import read_samples
 from .class_aware import ClassAwareLabels
+from .cross_validation import cross_validate
 from .data import ArraySegmentation, ShardSegmentation, ToyWorldObjects, ToyWorldSegmentation
-from .segmentation import SegTrainConfig, evaluate_segmentation, load_model, save_model, train_segmentation
+from .segmentation import (SegTrainConfig, evaluate_segmentation, load_model, per_image_confusions, save_model,
+                           train_segmentation)
 
 log = logging.getLogger(__name__)
 
@@ -209,21 +212,43 @@ def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, o
     model, history = train_segmentation(dataset, len(labels.names), cfg, device)
     info = {"setting": setting, "seed": cfg.seed, "num_train_images": len(dataset), "wall_s": history["wall_s"],
             "threads": history["threads"], "final_loss": float(np.mean(history["loss"][-20:]))}
-    save_model(model, out, cfg, len(labels.names), metrics=info, class_names=labels.names)
+    save_model(model, out, cfg, len(labels.names), metrics=info, class_names=labels.names,
+               snapshots=history["snapshots"])
     return info
 
 
+PROTOCOLS = ("holdout", "cross_validation")
+
+
 def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: RealDataSpec, out_json: str | Path,
-                        device: str = "cpu", class_aware: ClassAwareLabels | None = None) -> dict:
+                        device: str = "cpu", class_aware: ClassAwareLabels | None = None,
+                        protocol: str = "holdout", folds: int = 5) -> dict:
     """Score a saved run on the real test split; writes and returns the scores
     (per-class IoU, mIoU, foreground IoU, pixel accuracy, confusion) with the run's
-    setting and seed."""
+    setting and seed.
+
+    ``protocol="cross_validation"`` is DatasetGAN's: the run's snapshot is chosen
+    per fold of the test images (:func:`~labelfactory.downstream.cross_validation.cross_validate`);
+    ``miou`` is then the mean over folds (``cross_validation`` has the folds,
+    ``miou_final`` the final weights' holdout mIoU, the other scores are the final weights')."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     labels = SettingInputs(str(annotations), class_aware=class_aware).labels()
     model, meta = load_model(model_path, device)
     test = real_dataset(real, "test", labels)
     scores = evaluate_segmentation(model, test, len(labels.names), device, ignore_index=labels.ignore_index,
                                    class_names=labels.names)
-    result = {**meta["metrics"], **scores, "class_aware": class_aware is not None}
+    result = {**meta["metrics"], **scores, "class_aware": class_aware is not None, "protocol": protocol}
+    if protocol == "cross_validation":
+        steps = meta.get("snapshot_steps") or []
+        if len(steps) < 2:
+            raise ValueError(f"{model_path}: cross-validation chooses among snapshots, but the run kept "
+                             f"{len(steps)} (set downstream.snapshots > 1)")
+        confusions = torch.stack([per_image_confusions(load_model(model_path, device, step)[0], test,
+                                                       len(labels.names), device, ignore_index=labels.ignore_index)
+                                  for step in steps])
+        result["cross_validation"] = cross_validate(confusions.numpy(), folds, steps)
+        result["miou_final"], result["miou"] = result["miou"], result["cross_validation"]["mean"]
     atomic_write_json(out_json, result)
     log.info("%s seed %s: mIoU %.4f on %d real test images", result["setting"], result["seed"], result["miou"],
              len(test))
@@ -233,7 +258,7 @@ def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: R
 def seg_config(options: dict, seed: int, threads: int | None) -> SegTrainConfig:
     """The training config of one run from the config's ``downstream`` section."""
     keys = {"model", "model_options", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-            "poly_power", "warmup_steps", "augment"}
+            "poly_power", "warmup_steps", "augment", "snapshots"}
     cfg = SegTrainConfig.from_dict({k: v for k, v in options.items() if k in keys})
     extra = {k: options[k] for k in ("weights", "backbone_weights") if options.get(k)}
     return replace(cfg, seed=seed, threads=threads, model_options={**cfg.model_options, **extra})

@@ -4,7 +4,10 @@ One schedule for every data source (few-shot annotations, generated samples,
 filtered samples, real labelled images), so the scores compare the data, not
 the training. Training is step-based (not epoch-based) for the same reason,
 and deterministic on the CPU for a seed and thread count. Scores come from one
-confusion matrix over the whole test set.
+confusion matrix over the whole test set; with ``snapshots`` > 1 a run also
+keeps evenly spaced snapshots of its weights (in the same file, under
+``snapshot.<step>.``) for DatasetGAN's cross-validated checkpoint selection
+(:mod:`labelfactory.downstream.cross_validation`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..io import atomic_path, atomic_write_json, sha256_file
 from ..typed import strict_from_dict
 from .data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
-from .models import SegmentationNet, build_segmentation_model, load_weights
+from .models import SegmentationNet, build_segmentation_model, load_state_dict_checked, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class SegTrainConfig:
     ignore_index: int = IGNORE_INDEX
     threads: int | None = None  # CPU threads for the run; None keeps the process setting
     log_every: int = 100
+    snapshots: int = 1  # weights kept at steps/snapshots, 2·steps/snapshots, ..., steps
 
     def __post_init__(self):
         if isinstance(self.augment, dict):
@@ -63,6 +67,13 @@ class SegTrainConfig:
             raise ValueError("batch_size must be at least 2 (BatchNorm after the ASPP image pooling needs it)")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps must lie in [0, steps), got {self.warmup_steps} of {self.steps}")
+        if not 1 <= self.snapshots <= self.steps:
+            raise ValueError(f"snapshots must lie in [1, steps], got {self.snapshots} of {self.steps}")
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        """The steps after which a snapshot is kept; the last is the final model."""
+        return [self.steps * (i + 1) // self.snapshots for i in range(self.snapshots)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +122,8 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
     wrap around, so few-shot and large sets get the same schedule).
 
     Returns the model in eval mode and the history: per-step ``loss`` and
-    ``lr``, ``wall_s``, ``threads``.
+    ``lr``, ``wall_s``, ``threads`` and, with ``cfg.snapshots`` > 1,
+    ``snapshots`` ``{step: state dict}`` (the last is the returned model's).
     """
     if len(dataset) == 0:
         raise ValueError("cannot train a segmentation network on an empty dataset")
@@ -125,7 +137,8 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
                             generator=generator, pin_memory=device.type == "cuda", drop_last=True)
         opt = _optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-        history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads()}
+        history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads(), "snapshots": {}}
+        keep = set(cfg.snapshot_steps) if cfg.snapshots > 1 else set()
         model.train()
         t0 = time.perf_counter()
         batches = iter(loader)
@@ -140,6 +153,8 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
             opt.step()
             sched.step()
             history["loss"].append(loss.item())
+            if step + 1 in keep:
+                history["snapshots"][step + 1] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if progress and (step + 1) % cfg.log_every == 0:
                 recent = history["loss"][-cfg.log_every:]
                 log.info("step %d/%d loss %.4f (%.1f s)", step + 1, cfg.steps, sum(recent) / len(recent),
@@ -195,6 +210,19 @@ def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def per_image_confusions(model: nn.Module, dataset: Dataset, num_classes: int, device: str | torch.device = "cpu",
+                         batch_size: int = 64, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """``[images, C, C]`` confusion matrices of ``model`` on each image of ``dataset``, in its order."""
+    device = torch.device(device)
+    model.eval().to(device)
+    out = []
+    for image, label in DataLoader(dataset, batch_size=batch_size):
+        pred = predict(model, image.to(device))
+        out += [confusion_matrix(p, t, num_classes, ignore_index) for p, t in zip(pred, label.to(device))]
+    return torch.stack(out)
+
+
+@torch.no_grad()
 def evaluate_segmentation(model: nn.Module, dataset: Dataset, num_classes: int, device: str | torch.device = "cpu",
                           batch_size: int = 64, ignore_index: int = IGNORE_INDEX,
                           class_names: Sequence[str] | None = None) -> dict:
@@ -209,32 +237,48 @@ def evaluate_segmentation(model: nn.Module, dataset: Dataset, num_classes: int, 
     return {**scores_from_confusion(conf, class_names), "num_images": len(dataset)}
 
 
+SNAPSHOT = "snapshot."
+
+
 def save_model(model: SegmentationNet, path: str | Path, cfg: SegTrainConfig, num_classes: int,
-               metrics: dict | None = None, class_names: Sequence[str] | None = None) -> None:
-    """Write ``<path>.safetensors`` (the state dict) and ``<path>.json`` (model
-    name and options, class count and names, training config, metrics, sha256)."""
+               metrics: dict | None = None, class_names: Sequence[str] | None = None,
+               snapshots: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
+    """Write ``<path>.safetensors`` (the state dict, and each snapshot's under
+    ``snapshot.<step>.``) and ``<path>.json`` (model name and options, class count
+    and names, training config, metrics, snapshot steps, sha256)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: a segmentation model is saved as a .safetensors file")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for step, state in (snapshots or {}).items():
+        tensors.update({f"{SNAPSHOT}{step}.{k}": v.contiguous() for k, v in state.items()})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
     options = {k: v for k, v in cfg.model_options.items() if k not in ("weights", "backbone_weights")}
     atomic_write_json(path.with_suffix(".json"), {
         "model": cfg.model, "model_options": options, "num_classes": num_classes,
         "class_names": list(class_names) if class_names is not None else None,
-        "config": cfg.to_dict(), "metrics": metrics, "sha256": sha256_file(path),
+        "config": cfg.to_dict(), "metrics": metrics, "snapshot_steps": sorted(snapshots or {}),
+        "sha256": sha256_file(path),
     })
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationNet, dict]:
-    """Rebuild a model saved by :func:`save_model`; returns it in eval mode and its sidecar."""
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               snapshot: int | None = None) -> tuple[SegmentationNet, dict]:
+    """Rebuild a model saved by :func:`save_model` (the final weights, or the
+    ``snapshot`` of that step); returns it in eval mode and its sidecar."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
     if sha256_file(path) != meta["sha256"]:
         raise ValueError(f"{path}: sha256 differs from its sidecar: the file is corrupt or was replaced")
+    if snapshot is not None and snapshot not in meta.get("snapshot_steps", []):
+        raise ValueError(f"{path}: no snapshot of step {snapshot} (it has {meta.get('snapshot_steps', [])})")
     model = build_segmentation_model(meta["model"], meta["num_classes"], **meta["model_options"])
-    load_weights(model, path)
+    sd = read_state_dict(path)
+    prefix = None if snapshot is None else f"{SNAPSHOT}{snapshot}."
+    sd = {k: v for k, v in sd.items() if not k.startswith(SNAPSHOT)} if prefix is None else \
+        {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+    load_state_dict_checked(model, sd, path)
     return model.to(device).eval(), meta
