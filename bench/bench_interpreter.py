@@ -13,9 +13,11 @@ pixels per member. ``--quick``: 2 members × 50 batches.
 
 The conv interpreter (BigDatasetGAN) gets the same measurement at its shape:
 8 annotated images with every tap of a BigGAN-512 (random float16 features),
-its 3 members at the release widths, binary labels, class-conditional; peak
-RSS and seconds per iteration, extrapolated (labelled so) to its 5000
-iterations per member. ``--conv-iterations`` sets the measured iterations.
+one member at the release widths (members train alike and one after another),
+binary labels, class-conditional, batches of 4; peak RSS and seconds per
+iteration, extrapolated (labelled so) to its 5000 iterations per member and to
+3 members. ``--conv-iterations`` sets the measured iterations (one takes
+minutes on a CPU thread at this shape).
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_interpreter.py [--batches 200] [--members 10] [--quick]
 """
@@ -143,12 +145,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=100, help="batches per member")
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="2 members x 50 batches")
-    ap.add_argument("--conv-iterations", type=int, default=10, help="measured iterations per conv member")
+    ap.add_argument("--conv-iterations", type=int, default=3, help="measured iterations of the conv member")
     ap.add_argument("--child", choices=("ours", "naive", "conv"))
     ap.add_argument("--store")
     args = ap.parse_args()
     if args.quick:
-        args.members, args.batches, args.conv_iterations = 2, 50, 4
+        args.members, args.batches, args.conv_iterations = 2, 50, 1
     if args.child == "conv":
         return child_conv(args.store, args.members, args.batches)
     if args.child:
@@ -191,7 +193,7 @@ def main() -> None:
     conv_case(args.conv_iterations)
 
 
-def conv_case(iterations: int, images: int = 8, members: int = 3, resolution: int = 512) -> None:
+def conv_case(iterations: int, images: int = 8, members: int = 1, resolution: int = 512, ensemble: int = 3) -> None:
     """The conv interpreter at BigDatasetGAN's shape (see the module docstring)."""
     shapes = biggan_shapes(resolution)
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,8 +209,8 @@ def conv_case(iterations: int, images: int = 8, members: int = 3, resolution: in
           f"iterations of {ConvInterpreterConfig().batch_size} images: peak RSS {r['peak_mb']:.0f} MB "
           f"({r['base_mb']:.0f} at import), {r['s_per_iteration']:.2f} s per iteration (measured)")
     print(f"conv interpreter training wall time (EXTRAPOLATED to the release's {release} iterations): "
-          f"{release * r['s_per_iteration'] / 60:.0f} min per member, "
-          f"{members * release * r['s_per_iteration'] / 3600:.1f} h for {members} members on one thread")
+          f"{release * r['s_per_iteration'] / 3600:.1f} h per member, "
+          f"{ensemble * release * r['s_per_iteration'] / 3600:.1f} h for {ensemble} members on one thread")
 
 
 if __name__ == "__main__":
