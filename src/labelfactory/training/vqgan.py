@@ -175,7 +175,7 @@ def _record(history: Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-def train_vqgan(cfg: VQGANTrainConfig, history: Path, elapsed0: float = 0.0) -> VQGAN:
+def train_vqgan(cfg: VQGANTrainConfig, history: Path) -> VQGAN:
     """Phase 1: the VQGAN without a prior (codebook initialised as taming's, U(−1/n, 1/n))."""
     torch.manual_seed(cfg.seed)
     model = VQGAN(cfg.vqgan_config(prior=False))
@@ -195,17 +195,16 @@ def train_vqgan(cfg: VQGANTrainConfig, history: Path, elapsed0: float = 0.0) -> 
         opt.step()
         used[codes.unique()] = True
         done = step + 1
-        restarted = None
+        window = {}
         if done % cfg.restart_every == 0:
-            usage = int(used.sum())
+            window["codes_used_last_window"] = int(used.sum())
             if done <= cfg.restart_until:
-                restarted = restart_dead_codes(model, used, x, gen)
+                window["restarted"] = restart_dead_codes(model, used, x, gen)
             used.zero_()
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if done % cfg.log_every == 0 or done == cfg.steps or window:
             rec = {"phase": "vqgan", "step": done, "loss": loss.item(), **parts,
-                   "codes_in_batch": int(codes.unique().numel()), "elapsed_s": elapsed0 + time.time() - t0}
-            if restarted is not None:
-                rec.update(codes_used_last_window=usage, restarted=restarted)
+                   "codes_in_batch": int(codes.unique().numel()), **window,
+                   "elapsed_s": time.time() - t0}
             _record(history, rec)
             log.info("vqgan step %d/%d loss %.4f psnr %.2f dB codes/batch %d", done, cfg.steps, rec["loss"],
                      parts["psnr"], rec["codes_in_batch"])
