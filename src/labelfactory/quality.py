@@ -76,8 +76,11 @@ def generator_samples(backend: GeneratorBackend, seeds, truncation: float = 1.0,
     """uint8 images ``[N,H,W,3]`` of the given seeds (constant noise), all of generator
     class ``gen_class`` for class-conditional generators."""
     seeds = list(seeds)
-    z = backend.sample_latents(seeds, truncation=truncation)
     classes = None if gen_class is None else [gen_class] * len(seeds)
+    if hasattr(backend, "sample_codes"):  # VQGAN: its prior draws the codes of each (seed, class)
+        z = backend.sample_codes(seeds, classes)
+    else:
+        z = backend.sample_latents(seeds, truncation=truncation)
     return images_to_uint8(torch.from_numpy(backend.render(z, classes, truncation=truncation, batch_size=batch_size)))
 
 
