@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from labelfactory.generators.checkpoints import load_generator, write_canonical
+from labelfactory.generators.base import images_to_uint8
 from labelfactory.generators.vqgan import VQGANBackend
+from labelfactory.quality import generator_samples, reconstruction_quality
 from labelfactory.training.state import trained_sidecar
 from labelfactory.training.vqgan import (VQGANTrainConfig, learning_rate, prior_loss, restart_dead_codes, train,
                                          train_prior, train_vqgan, training_batch, vq_loss)
@@ -95,5 +97,8 @@ def test_written_weights_load_as_a_class_conditional_vqgan(tmp_path):
     backend = load_generator(tmp_path / "vq.safetensors")
     assert isinstance(backend, VQGANBackend) and backend.num_classes == 4 and backend.latent_shape == (8, 8)
     assert backend.generator_hash == meta["generator_hash"]
-    codes = backend.sample_codes([0, 1], classes=[2, 3])
-    assert codes.shape == (2, 8, 8) and backend.render(codes).shape == (2, 3, 16, 16)
+    codes = backend.sample_codes([0, 1], classes=[2, 2])
+    samples = generator_samples(backend, [0, 1], gen_class=2)  # what the quality measures see
+    np.testing.assert_array_equal(samples, images_to_uint8(torch.from_numpy(backend.render(codes))))
+    rec = reconstruction_quality(backend, "car", n=3)
+    assert rec["n"] == 3 and rec["psnr_p05"] <= rec["psnr_median"] and 1 <= rec["codes_used"] <= TINY.n_embed
