@@ -4,9 +4,12 @@
         --cls car --out weights/toy/stylegan2-car-32.quality.json --grid docs/toy-car-samples.png
     python scripts/evaluate_toy_generator.py --checkpoint weights/toy/biggan-32.safetensors \
         --cls car face house tree --out weights/toy/biggan-32.quality.json --grid docs/toy-biggan-samples.png
+    python scripts/evaluate_toy_generator.py --checkpoint weights/toy/vqgan-32.safetensors --n 500 \
+        --cls car face house tree --out weights/toy/vqgan-32.quality.json --grid docs/toy-vqgan-samples.png
 
 For a class-conditional generator, ``--cls`` names the toy class of each generator
-class in order (class i is the i-th name); each is measured on its own samples.
+class in order (class i is the i-th name); each is measured on its own samples. A generator that
+encodes images (VQGAN) also gets the reconstruction PSNR of ``--n`` real renders per class.
 """
 
 import argparse
@@ -20,7 +23,7 @@ from labelfactory.annotator import Annotator
 from labelfactory.generators.checkpoints import load_generator
 from labelfactory.io import atomic_write_json
 from labelfactory.provenance import code_version, command_line
-from labelfactory.quality import generator_quality, generator_samples
+from labelfactory.quality import generator_quality, generator_samples, reconstruction_quality
 from labelfactory.runtime import setup_logging
 
 
@@ -43,6 +46,8 @@ def main() -> None:
                          for k, name in enumerate(a.cls)}}
     else:
         q = generator_quality(backend, annotator, a.cls[0], a.n, a.truncation)
+    if hasattr(backend, "encode"):
+        q["reconstruction"] = {name: reconstruction_quality(backend, name, a.n) for name in a.cls}
     atomic_write_json(a.out, {**q, "command": command_line(), "code_version": code_version()})
     print(json.dumps(q, indent=2))
     if a.grid:

@@ -204,7 +204,8 @@ class AnnotationSet:
     """Validated annotations with the generator's re-rendered images.
 
     ``images`` uint8 ``[N,H,W,3]``, ``masks`` uint8 ``[N,H,W]``, ``latents``
-    float32 ``[N,z_dim]``, ``seeds`` int64 ``[N]``, ``classes`` int32 ``[N]``.
+    float32 ``[N,z_dim]`` (VQGAN: int64 code grids flattened to ``[N, h*w]``, see
+    :mod:`labelfactory.vqgan_reuse`), ``seeds`` int64 ``[N]``, ``classes`` int32 ``[N]``.
     """
 
     ids: list[str]
@@ -230,13 +231,19 @@ class AnnotationSet:
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("images", data=self.images.astype(np.uint8))
             f.create_dataset("masks", data=self.masks.astype(np.uint8))
-            f.create_dataset("latents", data=self.latents.astype(np.float32))
+            f.create_dataset("latents", data=_latent_array(self.latents))
             f.create_dataset("seeds", data=self.seeds.astype(np.int64))
             f.create_dataset("classes", data=self.classes.astype(np.int32))
             f.create_dataset("ids", data=list(self.ids), dtype=h5py.string_dtype("utf-8"))
             f.attrs.update(generator_hash=self.generator_hash, labels=json.dumps(list(self.labels.names)),
                            ignore_index=self.labels.ignore_index, truncation=float(self.truncation),
                            noise=self.noise, resolution=self.resolution)
+
+
+def _latent_array(latents: np.ndarray) -> np.ndarray:
+    """Latents as stored: int64 code indices stay integers, every other latent is float32."""
+    latents = np.asarray(latents)
+    return latents.astype(np.int64 if latents.dtype.kind in "iu" else np.float32)
 
 
 def load_annotation_set(path: str | os.PathLike) -> AnnotationSet:
@@ -272,7 +279,7 @@ def load_annotation_set(path: str | os.PathLike) -> AnnotationSet:
         raise AnnotationError(path, problems)
     return AnnotationSet(
         ids=[str(i) for i in data["ids"]], seeds=data["seeds"].astype(np.int64),
-        classes=data["classes"].astype(np.int32), latents=latents.astype(np.float32), images=images,
+        classes=data["classes"].astype(np.int32), latents=_latent_array(latents), images=images,
         masks=masks, labels=labels, generator_hash=str(attrs["generator_hash"]),
         truncation=float(attrs["truncation"]), noise=str(attrs["noise"]),
     )

@@ -69,7 +69,7 @@ def extract_features(
     against re-rendering something other than what was annotated."""
     layers = select_layers(backend, layers)
     shapes = backend.feature_shapes()
-    latents = np.asarray(latents, dtype=np.float32)
+    latents = backend.check_latents(latents)
     if len(ids) != len(latents) or len(set(ids)) != len(ids):
         raise ValueError("need one unique id per latent")
     cls = backend.check_classes(classes, len(latents))

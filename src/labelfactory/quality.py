@@ -5,6 +5,8 @@ world; no ImageNet Inception is available offline):
 
 - **object-found rate**: share of samples in which the annotator finds a solid
   object of the class with its main part, next to the same rate on real renders;
+- **reconstruction PSNR** (generators that encode images, VQGAN): how close
+  decoding the codes of a real render comes to it;
 - **KID** (kernel inception distance, Bińkowski et al. 2018: unbiased MMD² with
   the cubic polynomial kernel, averaged over random subsets) computed on the
   annotator's bottleneck embedding instead of Inception features — comparable
@@ -42,14 +44,43 @@ def kid(x: np.ndarray, y: np.ndarray, subsets: int = 50, subset_size: int = 500,
     return float(np.mean(vals)), float(np.std(vals))
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR in dB of uint8 images ``[N,H,W,C]`` (peak 255; inf where identical)."""
+    if a.shape != b.shape or a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise ValueError(f"PSNR needs two uint8 image stacks of one shape, got {a.dtype} {list(a.shape)} "
+                         f"and {b.dtype} {list(b.shape)}")
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(255.0**2 / mse)
+
+
+def reconstruct(backend: GeneratorBackend, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images ``[N,H,W,3]`` → their codes and the decoded codes as uint8 images (VQGAN)."""
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    codes = backend.encode(x, batch_size=batch_size)
+    return codes, images_to_uint8(torch.from_numpy(backend.render(codes, batch_size=batch_size)))
+
+
+def reconstruction_quality(backend: GeneratorBackend, cls: str, n: int = 500, seed0: int = QUALITY_SEED0) -> dict:
+    """PSNR of encoding and decoding ``n`` fresh real renders of ``cls``, and how many codes they use."""
+    real, _, _ = toyworld.render_batch(range(seed0, seed0 + n), cls, backend.resolution)
+    codes, rec = reconstruct(backend, real)
+    p = psnr(real, rec)
+    return {"n": n, "seed0": seed0, "psnr_mean": float(p.mean()), "psnr_median": float(np.median(p)),
+            "psnr_p05": float(np.percentile(p, 5)), "codes_used": int(len(np.unique(codes)))}
+
+
 @torch.no_grad()
 def generator_samples(backend: GeneratorBackend, seeds, truncation: float = 1.0, batch_size: int = 64,
                       gen_class: int | None = None) -> np.ndarray:
     """uint8 images ``[N,H,W,3]`` of the given seeds (constant noise), all of generator
     class ``gen_class`` for class-conditional generators."""
     seeds = list(seeds)
-    z = backend.sample_latents(seeds, truncation=truncation)
     classes = None if gen_class is None else [gen_class] * len(seeds)
+    if hasattr(backend, "sample_codes"):  # VQGAN: its prior draws the codes of each (seed, class)
+        z = backend.sample_codes(seeds, classes)
+    else:
+        z = backend.sample_latents(seeds, truncation=truncation)
     return images_to_uint8(torch.from_numpy(backend.render(z, classes, truncation=truncation, batch_size=batch_size)))
 
 

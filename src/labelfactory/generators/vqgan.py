@@ -306,7 +306,7 @@ class VQGAN(nn.Module):
 
 @GENERATORS.register("vqgan")
 class VQGANBackend(GeneratorBackend):
-    """VQGAN: latents are code grids (int64 ``[N, h, w]``, :meth:`check_latents`),
+    """VQGAN: latents are code grids (int64 ``[N, h, w]`` or flat ``[N, h*w]``, :meth:`check_latents`),
     :meth:`encode` turns images into them, and with a prior :meth:`sample_codes`
     draws new ones per (seed, class). Decoding does not read classes: they may be
     left out of :meth:`render` (a given class is still checked). No noise, no truncation."""
@@ -341,10 +341,13 @@ class VQGANBackend(GeneratorBackend):
         return 0 if self.prior is None else self.prior.n_classes
 
     def check_latents(self, z) -> np.ndarray:
+        """Code grids int ``[N, h, w]``, or flattened ``[N, h*w]`` (as annotation sets store them)."""
         z = np.asarray(z)
         h, w = self.latent_shape
         if z.dtype.kind not in "iu":
             raise ValueError(f"VQGAN latents are integer code indices [N, {h}, {w}], got {z.dtype}")
+        if z.ndim == 2 and z.shape[1] == h * w:
+            z = z.reshape(len(z), h, w)
         if z.ndim != 3 or z.shape[1:] != (h, w):
             raise ValueError(f"VQGAN code grids must have shape [N, {h}, {w}], got {list(z.shape)}")
         n = self.module.cfg.n_embed
