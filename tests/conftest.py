@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 
 import pytest
@@ -11,6 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from helpers import tiny_generator  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with more end-to-end tests first, each file's tests in order: under `make test`
+    (`-n auto --dist loadfile`) the long files start at once and the short ones fill in behind."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture
