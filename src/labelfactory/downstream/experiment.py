@@ -34,8 +34,8 @@ from ..synthesis import read_samples
 from .class_aware import ClassAwareLabels
 from .cross_validation import cross_validate
 from .data import ArraySegmentation, ShardSegmentation, ToyWorldObjects, ToyWorldSegmentation
-from .segmentation import (SegTrainConfig, evaluate_segmentation, load_model, per_image_confusions, save_model,
-                           train_segmentation)
+from .segmentation import (SegTrainConfig, evaluate_segmentation, load_model, load_snapshots, per_image_confusions,
+                           save_model, train_segmentation)
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +244,9 @@ def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: R
         if len(steps) < 2:
             raise ValueError(f"{model_path}: cross-validation chooses among snapshots, but the run kept "
                              f"{len(steps)} (set downstream.snapshots > 1)")
-        confusions = torch.stack([per_image_confusions(load_model(model_path, device, step)[0], test,
-                                                       len(labels.names), device, ignore_index=labels.ignore_index)
-                                  for step in steps])
+        confusions = torch.stack([per_image_confusions(snap, test, len(labels.names), device,
+                                                       ignore_index=labels.ignore_index)
+                                  for _, snap in load_snapshots(model_path, device)])
         result["cross_validation"] = cross_validate(confusions.numpy(), folds, steps)
         result["miou_final"], result["miou"] = result["miou"], result["cross_validation"]["mean"]
     atomic_write_json(out_json, result)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..io import atomic_path, atomic_write_json, sha256_file
 from ..typed import strict_from_dict
 from .data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
-from .models import SegmentationNet, build_segmentation_model, load_state_dict_checked, read_state_dict
+from .models import SegmentationNet, build_segmentation_model, load_state_dict_checked
 
 log = logging.getLogger(__name__)
 
@@ -265,20 +265,41 @@ def save_model(model: SegmentationNet, path: str | Path, cfg: SegTrainConfig, nu
     })
 
 
+def _checked_sidecar(path: Path) -> dict:
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if sha256_file(path) != meta["sha256"]:
+        raise ValueError(f"{path}: sha256 differs from its sidecar: the file is corrupt or was replaced")
+    return meta
+
+
+def _build_saved(path: Path, meta: dict, prefix: str | None, device: str | torch.device) -> SegmentationNet:
+    """The model of ``meta`` with the tensors under ``prefix`` (None: the final weights), read
+    alone from the file (a run's file holds every snapshot)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = [k for k in f.keys() if (k.startswith(prefix) if prefix else not k.startswith(SNAPSHOT))]
+        sd = {k.removeprefix(prefix or ""): f.get_tensor(k) for k in keys}
+    model = build_segmentation_model(meta["model"], meta["num_classes"], **meta["model_options"])
+    load_state_dict_checked(model, sd, path)
+    return model.to(device).eval()
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu",
                snapshot: int | None = None) -> tuple[SegmentationNet, dict]:
     """Rebuild a model saved by :func:`save_model` (the final weights, or the
     ``snapshot`` of that step); returns it in eval mode and its sidecar."""
     path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    if sha256_file(path) != meta["sha256"]:
-        raise ValueError(f"{path}: sha256 differs from its sidecar: the file is corrupt or was replaced")
+    meta = _checked_sidecar(path)
     if snapshot is not None and snapshot not in meta.get("snapshot_steps", []):
         raise ValueError(f"{path}: no snapshot of step {snapshot} (it has {meta.get('snapshot_steps', [])})")
-    model = build_segmentation_model(meta["model"], meta["num_classes"], **meta["model_options"])
-    sd = read_state_dict(path)
-    prefix = None if snapshot is None else f"{SNAPSHOT}{snapshot}."
-    sd = {k: v for k, v in sd.items() if not k.startswith(SNAPSHOT)} if prefix is None else \
-        {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
-    load_state_dict_checked(model, sd, path)
-    return model.to(device).eval(), meta
+    return _build_saved(path, meta, None if snapshot is None else f"{SNAPSHOT}{snapshot}.", device), meta
+
+
+def load_snapshots(path: str | Path, device: str | torch.device = "cpu") -> Iterator[tuple[int, SegmentationNet]]:
+    """Every snapshot of a saved run as ``(step, model)`` in step order; the file's sha256 is
+    checked once, and each snapshot reads only its own tensors."""
+    path = Path(path)
+    meta = _checked_sidecar(path)
+    for step in meta.get("snapshot_steps", []):
+        yield step, _build_saved(path, meta, f"{SNAPSHOT}{step}.", device)
