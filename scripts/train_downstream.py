@@ -9,7 +9,8 @@ with snakemake_job(snakemake):
     inputs = SettingInputs(annotations=snakemake.input.annotations,
                            real=RealDataSpec.from_dict(real) if real else None,
                            manifest=snakemake.input.manifest[0] if snakemake.input.manifest else None,
-                           class_aware=ClassAwareLabels.from_dict(p.class_aware) if p.class_aware else None)
+                           class_aware=ClassAwareLabels.from_dict(p.class_aware) if p.class_aware else None,
+                           combined=tuple(snakemake.input.manifest[1:]))
     cfg = seg_config(snakemake.params.options, seed=int(snakemake.wildcards.seed), threads=snakemake.threads)
     train_downstream(snakemake.wildcards.setting, inputs, cfg, snakemake.output.weights,
                      device=resolve_device(snakemake.params.device))

@@ -128,10 +128,13 @@ def tiny_biggan(seed: int = 0, n_classes: int = 2):
     return BigGANBackend(g.eval(), g.cfg.to_dict())
 
 
-def make_tiny_conditional_project(root: Path, n_per_class: int = 3) -> dict:
+def make_tiny_conditional_project(root: Path, n_per_class: int = 3, vqgan: bool = False) -> dict:
     """A tiny BigDatasetGAN project: a BigGAN-PyTorch ``.pth`` with two classes, binary
     object masks per class (derived from the images), the conv interpreter, class-aware
-    downstream runs on toy-world cars and faces with object masks. Returns the config."""
+    downstream runs on toy-world cars and faces with object masks. With ``vqgan`` also
+    BigDatasetGAN's second generator: a task ``vq`` on the shipped toy VQGAN (classes 0, 1
+    of its prior are car and face) reusing the annotations, its rows and the combined
+    ones in the table. Returns the config."""
     import numpy as np
     import yaml
     from PIL import Image
@@ -166,6 +169,21 @@ def make_tiny_conditional_project(root: Path, n_per_class: int = 3) -> dict:
             },
         }},
     }
+    if vqgan:
+        toy = REPO / "weights/toy/vqgan-32.safetensors"
+        cfg["checkpoints"]["vq"] = {"url": str(toy), "sha256": sha256_file(toy)}
+        objects = cfg["tasks"]["objects"]
+        objects["downstream"].update(variant="BigGAN", compare=["vq"], combine=["vq"],
+                                     settings=["few_shot", "synthetic", "synthetic_filtered", "synthetic_combined",
+                                               "fully_supervised"])
+        cfg["tasks"]["vq"] = {
+            "checkpoint": "vq", "reuse": {"task": "objects"}, "classes": [0, 1], "class_names": ["car", "face"],
+            "interpreter": objects["interpreter"],
+            "synthesis": {**objects["synthesis"], "store_latents": True, "sampling": {"top_k": 50}},
+            "filter": objects["filter"],
+            "downstream": {**objects["downstream"], "enabled": False, "settings": ["synthetic", "synthetic_filtered"],
+                           "variant": "VQGAN", "compare": [], "combine": []},
+        }
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     return cfg
 
@@ -230,3 +248,21 @@ def config_changed(root: Path, changes: dict):
         yield update_config(root, changes)
     finally:
         path.write_text(original)
+
+
+TINY_VQGAN_CODES = 32
+
+
+def tiny_vqgan(resolution: int = 16, seed: int = 0):
+    """A random VQGAN with an 8x8 code grid (at 16 px) of 32 codes and a prior over two classes."""
+    from labelfactory.generators.taming_prior import PriorConfig
+    from labelfactory.generators.vqgan import VQGAN, DDConfig, VQGANBackend, VQGANConfig
+
+    torch.manual_seed(seed)
+    dd = DDConfig(ch=32, out_ch=3, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), in_channels=3,
+                  resolution=resolution, z_channels=32, double_z=False)
+    grid = resolution // 2
+    prior = PriorConfig(vocab_size=TINY_VQGAN_CODES, block_size=grid * grid, n_layer=1, n_head=1, n_embd=8,
+                        n_classes=2)
+    module = VQGAN(VQGANConfig(8, TINY_VQGAN_CODES, dd, prior))
+    return VQGANBackend(module, module.cfg.to_dict())

@@ -135,3 +135,77 @@ def test_load_config_rejects_non_mapping(tmp_path):
     p.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(p)
+
+
+def vqgan_pair(tmp_path: Path) -> dict:
+    """A class-conditional task and a VQGAN task reusing its annotations, combined in its table."""
+    cfg = minimal(tmp_path)
+    cfg["checkpoints"]["vq"] = {"url": "vq.ckpt"}
+    cfg["tasks"]["t"].update(classes=[0, 1], downstream={
+        "labels": "class_aware", "variant": "BigGAN", "compare": ["v"], "combine": ["v"],
+        "settings": ["synthetic", "synthetic_combined"]})
+    cfg["tasks"]["v"] = {"checkpoint": "vq", "reuse": {"task": "t"}, "classes": [0, 1],
+                         "synthesis": {"sampling": {"temperature": 0.9, "top_k": 100}},
+                         "downstream": {"labels": "class_aware", "variant": "VQGAN", "enabled": False}}
+    return cfg
+
+
+def test_a_vqgan_task_reuses_annotations_and_joins_the_combined_setting(tmp_path):
+    typed = WorkflowConfig.from_dict(validate_config(vqgan_pair(tmp_path)))
+    v, t = typed.tasks["v"], typed.tasks["t"]
+    assert v.annotations is None and v.reuse == {"task": "t", "min_psnr": 20.0}
+    assert v.labels == t.labels == str(tmp_path / "ann" / "labels.yaml")
+    assert v.synthesis.sampling == {"temperature": 0.9, "top_k": 100}
+    assert (t.variant, v.variant, typed.tasks["t"].downstream.combine) == ("BigGAN", "VQGAN", ("v",))
+    (tmp_path / "plain").mkdir()
+    plain = WorkflowConfig.from_dict(validate_config(minimal(tmp_path / "plain")))
+    assert plain.tasks["t"].variant == "mlp interpreter" and plain.tasks["t"].reuse is None
+
+
+def test_reuse_and_combine_problems_are_reported_at_once(tmp_path):
+    cfg = vqgan_pair(tmp_path)
+    cfg["tasks"]["x"] = {"checkpoint": "vq"}  # neither annotations nor reuse
+    cfg["tasks"]["y"] = {"checkpoint": "vq", "reuse": {"task": "t"}, "classes": [0]}
+    cfg["tasks"]["z"] = {"checkpoint": "vq", "reuse": {"task": "nope"},
+                         "downstream": {"combine": ["t"]}}
+    cfg["tasks"]["v"]["synthesis"]["sampling"]["top_p"] = 1.5
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    lines = sorted(str(err.value).splitlines()[1:])
+    assert lines == [
+        "  tasks.v.synthesis.sampling.top_p: 1.5 is greater than the maximum of 1",
+        "  tasks.x: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN re-encodes), "
+        "neither is set",
+        "  tasks.y.classes: [0] differ from the reused task 't''s [0, 1] (its annotations keep their classes)",
+        "  tasks.z.downstream.combine: the setting synthetic_combined needs the tasks to combine, and `combine` "
+        "needs synthetic_combined in `settings`",
+        "  tasks.z.reuse.task: 'nope' is not another key of `tasks`",
+    ]
+    (tmp_path / "again").mkdir()
+    cfg = vqgan_pair(tmp_path / "again")
+    cfg["tasks"]["v"]["annotations"] = "somewhere"  # both
+    cfg["tasks"]["u"] = {"checkpoint": "vq", "reuse": {"task": "t"}, "classes": [0, 1]}
+    cfg["tasks"]["w"] = {"checkpoint": "vq", "reuse": {"task": "u"}, "classes": [0, 1]}  # a reuse of a reuse
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert sorted(str(err.value).splitlines()[1:]) == [
+        "  tasks.v: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN re-encodes), "
+        "not both",
+        "  tasks.w.reuse.task: 'u' has no annotation folder of its own to reuse",
+    ]
+
+
+def test_combined_tasks_must_share_the_label_space(tmp_path):
+    cfg = vqgan_pair(tmp_path)
+    cfg["tasks"]["v"]["downstream"]["labels"] = "annotated"
+    with pytest.raises(ConfigError, match=r"tasks.t.downstream.combine: 'v' has other classes or labels than 't'"):
+        validate_config(cfg)
+
+
+def test_the_schema_offers_every_registered_checkpoint_format():
+    from labelfactory.config import SCHEMA_PATH
+    from labelfactory.generators.checkpoints import FORMATS
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    enum = schema["$defs"]["checkpoint"]["properties"]["format"]["enum"]
+    assert sorted(enum) == sorted(["auto", *FORMATS])

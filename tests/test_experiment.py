@@ -104,6 +104,40 @@ def test_synthetic_settings_differ_only_by_the_filter(tmp_path):
     assert len(SETTINGS.get("few_shot")(inputs, LABELS)) == 4
 
 
+def test_synthetic_combined_trains_on_the_kept_samples_of_every_task(tmp_path):
+    """BigDatasetGAN's "BigGAN + VQGAN" row: the kept samples of the task and of the
+    combined tasks together, in that order."""
+    backend = tiny_generator()
+
+    class Constant:
+        num_classes = 3
+
+        def __init__(self, label):
+            self.label = label
+
+        def member_probabilities(self, features, classes=None):
+            x = next(iter(features.values()))
+            p = torch.zeros(2, x.shape[0], 3, 16, 16)
+            p[:, :, self.label] = 1.0
+            return p
+
+    manifests = []
+    for label, kept in ((1, [True, True, False]), (2, [False, True, True])):
+        shard = tmp_path / f"{label}.h5"
+        synthesize_shard(backend, Constant(label), shard, range(10 * label, 10 * label + 3), progress=False)
+        manifests.append(tmp_path / f"manifest{label}.parquet")
+        write_manifest(pd.DataFrame({"shard": str(shard), "index": np.arange(3), "seed": np.arange(3), "class": -1,
+                                     "score": np.zeros(3), "kept": kept}), manifests[-1])
+    inputs = SettingInputs(annotations=str(annotation_set(tmp_path / "ann.h5")), manifest=str(manifests[0]),
+                           combined=(str(manifests[1]),))
+    both = SETTINGS.get("synthetic_combined")(inputs, LABELS)
+    assert len(both) == 4
+    assert [int(np.unique(both[i][1])[0]) for i in range(4)] == [1, 1, 2, 2]
+    with pytest.raises(ValueError, match="synthetic_combined needs the manifests of the tasks to combine"):
+        SETTINGS.get("synthetic_combined")(SettingInputs(annotations=inputs.annotations, manifest=inputs.manifest),
+                                           LABELS)
+
+
 def test_seg_config_takes_the_schedule_and_local_weights():
     cfg = seg_config({"model": "deeplabv3_resnet18", "model_options": {"width": 0.5}, "steps": 7, "batch_size": 4,
                       "backbone_weights": "b.safetensors", "weights": None, "augment": {"hflip": False,

@@ -21,6 +21,8 @@ def _stage(cfg: dict, root: Path) -> None:
             (root / ckpt["url"]).parent.mkdir(parents=True, exist_ok=True)
             (root / ckpt["url"]).write_bytes(b"placeholder")
     for task in cfg["tasks"].values():
+        if "reuse" in task:  # its annotations are another task's
+            continue
         ann = root / task["annotations"]
         (ann / "annotations").mkdir(parents=True, exist_ok=True)
         (ann / "latents").mkdir(exist_ok=True)
@@ -62,7 +64,9 @@ def test_paper_config_dry_runs(path, tmp_path):
     counts = job_counts(out)
     typed = WorkflowConfig.from_dict(load_config(tmp_path / "config.yaml", check_files=False))
     assert counts["synthesize"] == sum(len(t.synthesis.shards) for t in typed.tasks.values())
-    assert counts["import_annotations"] == len(typed.tasks)
+    reusing = [t for t in typed.tasks.values() if t.reuse]
+    assert counts["import_annotations"] == len(typed.tasks) - len(reusing)
+    assert counts.get("reuse_annotations", 0) == len(reusing)
 
 
 def test_bigdatasetgan_config_is_the_release_setting():
@@ -72,6 +76,16 @@ def test_bigdatasetgan_config_is_the_release_setting():
     assert task.interpreter["type"] == "conv"
     assert (task.interpreter["batch_size"], task.interpreter["lr"], task.interpreter["iterations"]) == (4, 1e-3, 5000)
     assert len(task.synthesis.shards) == 1000 and task.synthesis.shards[0] == "c0000-00000"
+    # the VQGAN task: the taming cin_transformer release, reusing the BigGAN-512 annotations, sampled
+    # as taming-transformers' README samples it; its rows and the combined ones in imagenet's table
+    vq = typed.tasks["imagenet-vqgan"]
+    ckpt = typed.checkpoints[vq.checkpoint]
+    assert ckpt.format == "lightning-taming" and ckpt.url.endswith("_cin_transformer/checkpoints/last.ckpt")
+    assert vq.reuse["task"] == "imagenet" and vq.annotations is None and vq.classes == task.classes
+    assert vq.synthesis.sampling == {"temperature": 1.0, "top_k": 600, "top_p": 0.92}
+    assert vq.interpreter["type"] == "conv" and vq.synthesis.store_latents
+    assert task.downstream.compare == task.downstream.combine == ("imagenet-vqgan",)
+    assert "synthetic_combined" in task.downstream.settings and vq.labels == task.labels
 
 
 # the release's settings per domain: generator resolution, feature width, image view, annotations

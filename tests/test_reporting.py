@@ -66,6 +66,21 @@ def test_compared_variants_follow_the_task_rows_and_are_named(runs, tmp_path):
     assert "| synthetic, unfiltered (conv interpreter) " in markdown_table(table)
 
 
+def test_vqgan_and_combined_rows_follow_in_setting_order(runs, tmp_path):
+    """BigDatasetGAN's table: the VQGAN task's rows, then the BigGAN + VQGAN ones."""
+    (tmp_path / "vq").mkdir()
+    vq = [write_scores(tmp_path / "vq", s, 0, m, (0.9, m), 450) for s, m in
+          (("synthetic_filtered", 0.6), ("synthetic", 0.55))]
+    combined = [write_scores(tmp_path, "synthetic_combined", 0, 0.7, (0.9, 0.7), 900)]
+    variants = {**{str(p): "VQGAN" for p in vq}, str(combined[0]): "BigGAN + VQGAN"}
+    rows = collect_scores(sorted(tmp_path.glob("*.json")) + vq, variants)
+    assert list(dict.fromkeys(rows["setting"].astype(str))) == [
+        "few_shot", "synthetic", "fully_supervised", "synthetic | VQGAN", "synthetic_filtered | VQGAN",
+        "synthetic_combined | BigGAN + VQGAN"]
+    md = markdown_table(main_table(rows))
+    assert "| synthetic, filtered (VQGAN) " in md and "| synthetic, filtered, combined (BigGAN + VQGAN) " in md
+
+
 def test_class_aware_runs_add_foreground_iou(tmp_path):
     paths = []
     for seed, fg in enumerate((0.6, 0.8)):

@@ -15,7 +15,7 @@ from labelfactory.synthesis import (ShardError, read_samples, read_shard_scores,
                                     verify_shard)
 from labelfactory.uncertainty import image_scores, js_divergence, mean_labels, vote_labels
 
-from helpers import tiny_generator
+from helpers import tiny_generator, tiny_vqgan
 
 torch.set_num_threads(1)
 
@@ -322,3 +322,51 @@ def test_read_shard_scores_and_samples(tmp_path, backend, labeller):
     assert read_samples(a, [])[0].shape == (0, 16, 16, 3)
     with pytest.raises(IndexError, match=r"\[0, 3\)"):
         read_samples(a, [3])
+
+
+# --- VQGAN: latents are code grids drawn by the class-conditional prior -------------------
+@pytest.fixture(scope="module")
+def vqgan():
+    return tiny_vqgan()
+
+
+def test_vqgan_shard_holds_the_priors_codes_per_seed_and_class(tmp_path, vqgan):
+    lab = LinearEnsemble(vqgan.feature_shapes(), num_classes=2, resolution=16)
+    seeds, classes = [5, 6, 7], [0, 1, 0]
+    synthesize_shard(vqgan, lab, tmp_path / "s.h5", seeds, classes=classes, batch_size=2, store_latents=True,
+                     progress=False)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        latents, images = f["latents"][()], f["images"][()]
+    assert latents.dtype == np.int64 and latents.shape == (3, 64)
+    for i, (seed, c) in enumerate(zip(seeds, classes)):  # one sample at a time: independent of the batch
+        np.testing.assert_array_equal(latents[i], vqgan.sample_codes([seed], [c]).reshape(-1))
+    rendered = images_to_uint8(torch.from_numpy(vqgan.render(latents, classes)))
+    np.testing.assert_array_equal(images, rendered)
+    # the class enters the draw: the same seed under the other class is another sample
+    assert not np.array_equal(vqgan.sample_codes([5], [1]), latents[:1].reshape(1, 8, 8))
+    synthesize_shard(vqgan, lab, tmp_path / "one.h5", [6], classes=[1], store_latents=True, progress=False)
+    with h5py.File(tmp_path / "one.h5", "r") as f:
+        np.testing.assert_array_equal(f["latents"][0], latents[1])
+        np.testing.assert_array_equal(f["images"][0], images[1])
+
+
+def test_vqgan_sampling_options_reach_the_prior_and_the_config_hash(tmp_path, vqgan):
+    lab = LinearEnsemble(vqgan.feature_shapes(), num_classes=2, resolution=16)
+    sampling = {"temperature": 0.5, "top_k": 3}
+    plain = synthesize_shard(vqgan, lab, tmp_path / "a.h5", [1, 2], classes=0, store_latents=True, progress=False)
+    sharp = synthesize_shard(vqgan, lab, tmp_path / "b.h5", [1, 2], classes=0, store_latents=True,
+                             sampling=sampling, progress=False)
+    assert plain.attrs["config_hash"] != sharp.attrs["config_hash"]
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        np.testing.assert_array_equal(f["latents"][()], vqgan.sample_codes([1, 2], [0, 0], **sampling).reshape(2, -1))
+    with pytest.raises(ValueError, match=r"unknown VQGAN sampling options \['topk'\]"):
+        synthesize_shard(vqgan, lab, tmp_path / "c.h5", [1], classes=0, sampling={"topk": 3}, progress=False)
+    with pytest.raises(ValueError, match="prior is class-conditional .2 classes.: give the class of every sample"):
+        synthesize_shard(vqgan, lab, tmp_path / "c.h5", [1], progress=False)
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_sampling_options_are_refused_for_generators_without_a_prior(tmp_path, backend, labeller):
+    with pytest.raises(ValueError, match=r"latents come from seeds alone; sampling options \['temperature'\]"):
+        synthesize_shard(backend, labeller, tmp_path / "s.h5", [1], sampling={"temperature": 0.7}, progress=False)
+    assert not (tmp_path / "s.h5").exists()

@@ -16,26 +16,12 @@ from labelfactory.annotations import AnnotationSet, LabelSet, load_annotation_se
 from labelfactory.annotator import Annotator, UNet
 from labelfactory.features import FeatureStore, extract_features
 from labelfactory.generators.base import images_to_uint8
-from labelfactory.generators.taming_prior import PriorConfig
-from labelfactory.generators.vqgan import VQGAN, DDConfig, VQGANBackend, VQGANConfig
 from labelfactory.interpreters import ConvInterpreterConfig, train_conv_ensemble
-from labelfactory.vqgan_reuse import reuse_annotations
+from labelfactory.vqgan_reuse import resize_annotations, reuse_annotation_file, reuse_annotations
+
+from helpers import TINY_VQGAN_CODES as N_EMBED, tiny_vqgan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-N_EMBED = 32
-
-
-def tiny_vqgan(resolution: int = 16, seed: int = 0) -> VQGANBackend:
-    """A random VQGAN with an 8x8 code grid (at 16 px) and a prior over two classes."""
-    torch.manual_seed(seed)
-    dd = DDConfig(ch=32, out_ch=3, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), in_channels=3,
-                  resolution=resolution, z_channels=32, double_z=False)
-    grid = resolution // 2
-    prior = PriorConfig(vocab_size=N_EMBED, block_size=grid * grid, n_layer=1, n_head=1, n_embd=8, n_classes=2)
-    module = VQGAN(VQGANConfig(8, N_EMBED, dd, prior))
-    return VQGANBackend(module, module.cfg.to_dict())
-
 
 def toy_annotations(size: int = 16, per_class: int = 3) -> AnnotationSet:
     """Toy-world cars and faces with their object masks, as a BigGAN task's annotation set."""
@@ -150,10 +136,8 @@ def test_bad_input_is_refused_in_one_line(reused, tiny_backend, tmp_path):
     ann, backend, new, _ = reused
     rgba = AnnotationSet(**{**vars(ann), "images": np.concatenate([ann.images, ann.images[..., :1]], -1)})
     _one_line_error(lambda: reuse_annotations(rgba, backend), r"uint8 \[N, H, W, 3\]")
-    small = toy_annotations(size=8, per_class=1)
-    _one_line_error(lambda: reuse_annotations(small, backend), "annotated images are 8x8 but the VQGAN works at 16x16")
-    _one_line_error(lambda: reuse_annotations(ann, tiny_vqgan(resolution=32)),
-                    "annotated images are 16x16 but the VQGAN works at 32x32")
+    wide = AnnotationSet(**{**vars(ann), "images": ann.images[:, :8], "masks": ann.masks[:, :8]})
+    _one_line_error(lambda: reuse_annotations(wide, backend), "annotated images are 8x16; the VQGAN works on square")
     unmasked = AnnotationSet(**{**vars(ann), "masks": ann.masks[:, :8]})
     _one_line_error(lambda: reuse_annotations(unmasked, backend), "masks .* do not match")
     _one_line_error(lambda: reuse_annotations(ann, tiny_backend), "needs a VQGAN")
@@ -163,3 +147,41 @@ def test_bad_input_is_refused_in_one_line(reused, tiny_backend, tmp_path):
                     rf"code indices must be in \[0, {N_EMBED}\)")
     _one_line_error(lambda: extract_features(backend, new.ids, bad[:, :60], tmp_path / "f.h5", classes=new.classes),
                     "code grids must have shape")
+
+
+def test_annotations_at_another_resolution_are_resized_first():
+    """BigGAN-512 annotations for a 256-pixel VQGAN: here 32 px for a 16-px VQGAN. Images are
+    2x2 block means (area), masks every second pixel (nearest), both computed with numpy."""
+    ann, backend = toy_annotations(size=32, per_class=2), tiny_vqgan()
+    blocks = ann.images.reshape(len(ann), 16, 2, 16, 2, 3).astype(np.float64).mean((2, 4))
+    images, masks = resize_annotations(ann.images, ann.masks, 16)
+    np.testing.assert_array_equal(images, np.round(blocks).astype(np.uint8))
+    np.testing.assert_array_equal(masks, ann.masks[:, ::2, ::2])
+    new, report = reuse_annotations(ann, backend, min_psnr=0.0)
+    assert new.images.shape == (len(ann), 16, 16, 3) and new.resolution == 16
+    np.testing.assert_array_equal(new.masks, masks)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        codes = backend.module.encode(x)
+    np.testing.assert_array_equal(new.latents, codes.reshape(len(codes), -1).numpy())
+    want = 10 * np.log10(255.0**2 / ((images.astype(np.float64) - new.images) ** 2).reshape(len(ann), -1).mean(1))
+    np.testing.assert_allclose(report["psnr"].to_numpy(), want, rtol=1e-12)
+
+
+def test_reuse_file_writes_the_set_the_report_and_its_summary(reused, tmp_path):
+    ann, backend, new, report = reused
+    ann.save(tmp_path / "source.h5")
+    threshold = float(np.median(report["psnr"]))
+    summary = reuse_annotation_file(tmp_path / "source.h5", backend, tmp_path / "out.h5", tmp_path / "reuse.csv",
+                                    tmp_path / "reuse.json", min_psnr=threshold)
+    back = load_annotation_set(tmp_path / "out.h5")
+    np.testing.assert_array_equal(back.latents, new.latents)
+    np.testing.assert_array_equal(back.masks, ann.masks)
+    written = __import__("pandas").read_csv(tmp_path / "reuse.csv")
+    np.testing.assert_allclose(written["psnr"], report["psnr"])
+    on_disk = __import__("json").loads((tmp_path / "reuse.json").read_text())
+    assert on_disk == summary and summary["n"] == len(ann)
+    assert summary["psnr_mean"] == pytest.approx(report["psnr"].mean())
+    assert summary["psnr_min"] == pytest.approx(report["psnr"].min())
+    assert summary["below_min_psnr"] == [i for i, v in zip(ann.ids, report["psnr"]) if v < threshold]
+    assert summary["annotator_agreement_mean"] is None

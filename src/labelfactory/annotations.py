@@ -177,7 +177,7 @@ def sample_for_annotation(backend: GeneratorBackend, seeds: Sequence[int], out_d
     ids = [sample_id(s, c) for s, c in zip(seeds, cls)]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate (seed, class) pairs: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
-    z = backend.sample_latents(seeds, truncation=truncation)
+    z = backend.draw_latents(seeds, cls if backend.num_classes else None, truncation)
     images = _render_uint8(backend, z, cls, truncation, noise)
     manifest = pd.DataFrame({"id": ids, "seed": seeds, "class": cls, "truncation": float(truncation),
                              "noise": noise, "generator_hash": backend.generator_hash})
@@ -607,7 +607,8 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
                                                 problems):
                 masks[row.id] = view.pad(mask, res, labelset.ignore_index)
         if row.seed is not None:
-            expected = backend.sample_latents([row.seed], truncation=truncation)[0]
+            expected = backend.draw_latents([row.seed], None if row.cls is None or not backend.num_classes
+                                            else [row.cls], truncation)[0]
             lat = ann_dir / f"{row.id}{LATENT_SUFFIX}"
             z = _read_latent(lat, row.seed, expected, problems) if lat.is_file() else expected
             if z is not None and row.cls is not None:

@@ -73,7 +73,11 @@ def _latents(args) -> None:
     from .generators.checkpoints import load_generator
 
     backend = load_generator(args.checkpoint, fmt=args.format)
-    np.save(args.out, backend.sample_latents(parse_range(args.seeds), truncation=args.truncation))
+    seeds = parse_range(args.seeds)
+    classes = None if args.cls is None else [args.cls] * len(seeds)
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p))
+                if v is not None}
+    np.save(args.out, backend.draw_latents(seeds, classes, args.truncation, sampling))
 
 
 def _encode(args) -> None:
@@ -145,12 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", help="comma-separated layer names (default: every tapped layer)")
     f.set_defaults(func=_features)
 
-    l = sub.add_parser("latents", help="write the z of seeds (e.g. 0-15 or 3,7,9) to .npy")
+    l = sub.add_parser("latents", help="write the latents of seeds (e.g. 0-15 or 3,7,9) to .npy: z, or VQGAN "
+                                       "code grids drawn by its prior")
     l.add_argument("--checkpoint", required=True)
     l.add_argument("--seeds", required=True)
     l.add_argument("--out", required=True)
+    l.add_argument("--class", dest="cls", type=int, help="the class of every sample (class-conditional VQGAN priors)")
     l.add_argument("--truncation", type=float, default=1.0,
                    help="BigGAN: z = truncation * truncnorm(-2, 2); StyleGAN2 ignores it (psi is applied at render)")
+    for name, kind in (("temperature", float), ("top-k", int), ("top-p", float)):
+        l.add_argument(f"--{name}", type=kind, help="VQGAN prior sampling (default: the release's sample_fast.py)")
     l.add_argument("--format", default="auto")
     l.set_defaults(func=_latents)
 

@@ -87,6 +87,7 @@ class SynthesisSpec:
     store_latents: bool = False
     store_uncertainty: bool = True
     precision: str = "float32"
+    sampling: dict | None = None  # VQGAN prior: temperature, top_k, top_p
 
     @property
     def shards(self) -> list[str]:
@@ -122,22 +123,25 @@ class DownstreamSpec:
     labels: str = "annotated"
     compare: tuple[str, ...] = ()
     evaluation: dict = field(default_factory=lambda: {"protocol": "holdout", "folds": 5})
+    variant: str | None = None
+    combine: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict) -> "DownstreamSpec":
         own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples", "labels",
-               "compare", "evaluation"}
+               "compare", "evaluation", "variant", "combine"}
         return cls(enabled=d["enabled"], settings=tuple(d["settings"]), seeds=d["seeds"], threads=d["threads"],
                    train={k: v for k, v in d.items() if k not in own}, real=dict(d["real"]),
                    reference_annotator=d["reference_annotator"], report_samples=d["report_samples"],
-                   labels=d["labels"], compare=tuple(d["compare"]), evaluation=dict(d["evaluation"]))
+                   labels=d["labels"], compare=tuple(d["compare"]), evaluation=dict(d["evaluation"]),
+                   variant=d["variant"], combine=tuple(d["combine"]))
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
     checkpoint: str
-    annotations: str
+    annotations: str | None
     labels: str
     cls: int = -1
     classes: tuple[int, ...] | None = None
@@ -152,6 +156,12 @@ class TaskSpec:
     synthesis: SynthesisSpec = field(default_factory=SynthesisSpec)
     filter_ratio: float = 0.1
     downstream: DownstreamSpec = field(default_factory=DownstreamSpec)
+    reuse: dict | None = None  # {task, min_psnr}: a VQGAN re-encodes that task's annotations
+
+    @property
+    def variant(self) -> str:
+        """How this task's rows are named in another task's table."""
+        return self.downstream.variant or f"{self.interpreter['type']} interpreter"
 
     @property
     def conditional(self) -> bool:
@@ -223,8 +233,8 @@ class WorkflowConfig:
             tasks[n] = TaskSpec(
                 name=n,
                 checkpoint=t["checkpoint"],
-                annotations=t["annotations"],
-                labels=t["labels"] or str(Path(t["annotations"]) / "labels.yaml"),
+                annotations=t.get("annotations"),
+                labels=_labels_file(cfg["tasks"], n),
                 cls=t["class"],
                 classes=classes,
                 class_names=tuple(t["class_names"]) if t["class_names"] else None,
@@ -239,9 +249,23 @@ class WorkflowConfig:
                 synthesis=SynthesisSpec(**{**t["synthesis"], "classes": syn_classes if syn_classes else classes}),
                 filter_ratio=float(t["filter"]["ratio"]),
                 downstream=DownstreamSpec.from_dict(t["downstream"]),
+                reuse=dict(t["reuse"]) if t["reuse"] else None,
             )
         pretraining = PretrainingSpec.from_dict(cfg["pretraining"]) if cfg.get("pretraining") else None
         return cls(device=cfg["device"], checkpoints=ckpts, tasks=tasks, pretraining=pretraining)
+
+
+def _labels_file(tasks: dict, name: str, seen: tuple[str, ...] = ()) -> str | None:
+    """A task's labels.yaml: its own `labels`, its folder's, or (reuse) the reused task's."""
+    t = tasks.get(name)
+    if not isinstance(t, dict) or name in seen:
+        return None
+    if t.get("labels"):
+        return t["labels"]
+    if t.get("annotations"):
+        return str(Path(t["annotations"]) / "labels.yaml")
+    reuse = t.get("reuse")
+    return _labels_file(tasks, reuse.get("task"), (*seen, name)) if isinstance(reuse, dict) else None
 
 
 def _classes(spec) -> tuple[int, ...] | None:
@@ -324,7 +348,9 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         if ann_seeds.start < syn_seeds.stop and syn_seeds.start < ann_seeds.stop:
             problems.append(f"tasks.{name}.synthesis.seed_start: synthesis seeds {syn_seeds.start}.."
                             f"{syn_seeds.stop - 1} overlap the annotation seeds {ann_seeds.start}..{ann_seeds.stop - 1}")
-    if check_files and accepted("annotations", "labels"):
+    if accepted("reuse", "classes") and not any(r[:3] == ("tasks", name, "annotations") for r in rejected):
+        problems += _reuse_problems(cfg, name)
+    if check_files and accepted("annotations", "labels") and task.get("annotations"):
         ann = base_dir / task["annotations"]
         labels = base_dir / (task["labels"] or Path(task["annotations"]) / "labels.yaml")
         # a missing folder is fine until import_annotations needs it: the samples
@@ -340,9 +366,54 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         problems += _generator_problems(name, task, checkpoints[task["checkpoint"]], base_dir, check_files)
     if accepted("downstream.snapshots", "downstream.steps", "downstream.evaluation"):
         problems += _snapshot_problems(f"tasks.{name}.downstream", task["downstream"])
-    if accepted("downstream.compare"):
-        problems += [f"tasks.{name}.downstream.compare: {other!r} is not another key of `tasks`"
-                     for other in task["downstream"]["compare"] if other not in cfg["tasks"] or other == name]
+    for key in ("compare", "combine"):
+        if accepted(f"downstream.{key}"):
+            problems += [f"tasks.{name}.downstream.{key}: {other!r} is not another key of `tasks`"
+                         for other in task["downstream"][key] if other not in cfg["tasks"] or other == name]
+    if accepted("downstream.combine", "downstream.settings", "downstream.labels", "classes"):
+        problems += _combine_problems(cfg, name)
+    return problems
+
+
+def _reuse_problems(cfg: dict, name: str) -> list[str]:
+    """Exactly one of `annotations` and `reuse`; a reused task that has annotations of its own
+    and the same classes."""
+    task, where = cfg["tasks"][name], f"tasks.{name}"
+    if bool(task.get("annotations")) == bool(task["reuse"]):
+        return [f"{where}: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN "
+                f"re-encodes), {'not both' if task['reuse'] else 'neither is set'}"]
+    if not task["reuse"]:
+        return []
+    source = task["reuse"]["task"]
+    other = cfg["tasks"].get(source)
+    if other is None or source == name:
+        return [f"{where}.reuse.task: {source!r} is not another key of `tasks`"]
+    if not isinstance(other, dict) or not other.get("annotations"):
+        return [f"{where}.reuse.task: {source!r} has no annotation folder of its own to reuse"]
+    if _classes(other.get("classes")) != _classes(task["classes"]):
+        return [f"{where}.classes: {task['classes']} differ from the reused task {source!r}'s "
+                f"{other.get('classes')} (its annotations keep their classes)"]
+    return []
+
+
+def _combine_problems(cfg: dict, name: str) -> list[str]:
+    """`combine` and the synthetic_combined setting go together, over tasks of one label space."""
+    task, where = cfg["tasks"][name], f"tasks.{name}.downstream"
+    ds = task["downstream"]
+    if bool(ds["combine"]) != ("synthetic_combined" in ds["settings"]):
+        return [f"{where}.combine: the setting synthetic_combined needs the tasks to combine, and `combine` "
+                "needs synthetic_combined in `settings`"]
+    problems = []
+    for other in ds["combine"]:
+        o = cfg["tasks"].get(other)
+        if not isinstance(o, dict) or other == name:
+            continue
+        if _classes(o.get("classes")) != _classes(task["classes"]) or \
+                o.get("downstream", {}).get("labels") != ds["labels"]:
+            problems.append(f"{where}.combine: {other!r} has other classes or labels than {name!r} "
+                            "(combined samples must share one label space)")
+        elif ds["labels"] != "class_aware" and _labels_file(cfg["tasks"], other) != _labels_file(cfg["tasks"], name):
+            problems.append(f"{where}.combine: {other!r} has another labels.yaml than {name!r}")
     return problems
 
 

@@ -19,11 +19,12 @@ from .io import atomic_path, atomic_write_json, atomic_write_text
 from .synthesis import read_samples
 from .visualize import overlay
 
-SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "fully_supervised")
+SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "synthetic_combined", "fully_supervised")
 SETTING_TITLES = {
     "few_shot": "few-shot (annotations only)",
     "synthetic": "synthetic, unfiltered",
     "synthetic_filtered": "synthetic, filtered",
+    "synthetic_combined": "synthetic, filtered, combined",
     "fully_supervised": "fully supervised (real)",
 }
 

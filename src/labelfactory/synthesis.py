@@ -5,7 +5,7 @@ A shard is one HDF5 file holding N samples, each regenerable from
 
 - ``images`` uint8 ``[N,H,W,3]``, ``labels`` uint8 ``[N,H,W]``, optional
   ``uncertainty`` float16 ``[N,H,W]`` (per-pixel JS divergence, nats) and
-  ``latents`` float32 ``[N,z]``: chunked one sample per chunk, so reading a
+  ``latents`` ``[N,z]`` (float32 z, or int64 VQGAN code grids flattened): chunked one sample per chunk, so reading a
   sample touches only that sample;
 - ``score`` float32 ``[N]`` (per-image uncertainty), ``seed`` int64 ``[N]``,
   ``class`` int32 ``[N]`` (-1 for unconditional generators): chunked in blocks of
@@ -53,7 +53,7 @@ MAX_LABEL_CLASSES = 255  # labels are uint8 and 255 means "ignore" in annotation
 # name -> (dtype, ndim); the per-sample datasets are chunked one sample per chunk
 REQUIRED_DATASETS = {"images": (np.uint8, 4), "labels": (np.uint8, 3), "score": (np.float32, 1),
                      "seed": (np.int64, 1), "class": (np.int32, 1)}
-OPTIONAL_DATASETS = {"latents": (np.float32, 2), "uncertainty": (np.float16, 3)}
+OPTIONAL_DATASETS = {"latents": ((np.float32, np.int64), 2), "uncertainty": (np.float16, 3)}
 REQUIRED_ATTRS = ("format_version", "num_samples", "generator_hash", "config_hash", "code_version",
                   "label_rule", "score_rule", "top_fraction", "truncation", "noise")
 _SCALAR_CHUNK = 1 << 16
@@ -164,6 +164,7 @@ def synthesize_shard(
     top_fraction: float = 0.1,
     store_latents: bool = False,
     store_uncertainty: bool = True,
+    sampling: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> ShardInfo:
@@ -172,7 +173,9 @@ def synthesize_shard(
     ``classes``: one per seed, a single class for all, or None (unconditional).
     Labels are the members' majority vote (``"vote"``) or the argmax of their
     mean (``"mean"``); the score is the mean of the top ``top_fraction`` of the
-    per-pixel JS divergences (``"top10"``, as released) or their mean. Same seeds
+    per-pixel JS divergences (``"top10"``, as released) or their mean. ``sampling``
+    (temperature, top_k, top_p) is for generators that draw latents from a prior
+    (VQGAN; :meth:`~labelfactory.generators.base.GeneratorBackend.draw_latents`). Same seeds
     and config give byte-identical datasets. With ``noise="random"`` the noise of
     each batch is seeded from the batch's seeds, so the batch size then enters the
     config hash (and a sample is regenerable only with its batch)."""
@@ -213,6 +216,8 @@ def synthesize_shard(
         config["image"] = [backend.resolution, *view.box(backend.resolution)]
     if noise == "random":
         config["batch_size"] = int(batch_size)
+    if sampling:
+        config["sampling"] = dict(sampling)
     root_attrs = {
         **attrs, "format_version": FORMAT_VERSION, "num_samples": n, "generator_hash": backend.generator_hash,
         "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
@@ -224,7 +229,7 @@ def synthesize_shard(
     if store_uncertainty:
         per_sample["uncertainty"] = ((n, h, w), np.float16)
     if store_latents:
-        per_sample["latents"] = ((n, backend.z_dim), np.float32)
+        per_sample["latents"] = ((n, backend.z_dim), backend.latent_dtype)
     device = backend.device
     conditional = backend.num_classes > 0
 
@@ -242,8 +247,10 @@ def synthesize_shard(
                 tqdm(total=n, desc=Path(out_path).name, unit="img", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 batch_seeds = seeds[start : start + batch_size]
-                z_np = backend.sample_latents(batch_seeds, truncation=truncation)
-                cls = torch.from_numpy(cls_all[start : start + batch_size]).to(device) if conditional else None
+                cls_np = cls_all[start : start + batch_size]
+                z_np = backend.draw_latents(batch_seeds, cls_np if conditional else None, truncation,
+                                            dict(sampling) if sampling else None)
+                cls = torch.from_numpy(cls_np).to(device) if conditional else None
                 generator = None
                 if noise == "random":
                     noise_seed = int(np.random.SeedSequence(batch_seeds.tolist()).generate_state(1)[0])
@@ -251,7 +258,7 @@ def synthesize_shard(
                 arrays = _label_batch(backend, labeller, torch.from_numpy(z_np).to(device), cls, truncation,
                                       noise, generator, label_rule, score_rule, top_fraction, store_uncertainty)
                 if store_latents:
-                    arrays["latents"] = z_np
+                    arrays["latents"] = z_np.reshape(len(z_np), -1)
                 writer.submit(start, arrays)
                 bar.update(len(batch_seeds))
     return verify_shard(out_path)
@@ -265,9 +272,9 @@ def _layout_problems(f: h5py.File) -> list[str]:
     present = {k: v for k, v in {**REQUIRED_DATASETS, **OPTIONAL_DATASETS}.items() if k in f}
     problems = []
     for name, (dtype, ndim) in present.items():
-        d = f[name]
-        if not isinstance(d, h5py.Dataset) or d.dtype != dtype or d.ndim != ndim:
-            problems.append(f"{name} should be {np.dtype(dtype).name} with {ndim} dims, "
+        d, dtypes = f[name], dtype if isinstance(dtype, tuple) else (dtype,)
+        if not isinstance(d, h5py.Dataset) or d.dtype not in dtypes or d.ndim != ndim:
+            problems.append(f"{name} should be {' or '.join(np.dtype(t).name for t in dtypes)} with {ndim} dims, "
                             f"is {getattr(d, 'dtype', 'a group')} {list(getattr(d, 'shape', ()))}")
         elif not d.fletcher32:
             problems.append(f"{name} has no fletcher32 checksum")

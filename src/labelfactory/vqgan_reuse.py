@@ -18,15 +18,19 @@ interpreters train on its features unchanged.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+import os
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
 from . import toyworld
-from .annotations import AnnotationSet
+from .annotations import AnnotationSet, load_annotation_set
 from .annotator import Annotator
 from .generators.base import GeneratorBackend
+from .io import atomic_path, atomic_write_json
 from .quality import psnr, reconstruct
 
 log = logging.getLogger(__name__)
@@ -43,21 +47,38 @@ def _check_inputs(ann: AnnotationSet, backend: GeneratorBackend) -> None:
     if masks.shape != images.shape[:3]:
         raise ValueError(f"masks {list(masks.shape)} do not match the annotated images {list(images.shape)}")
     h, w = images.shape[1:3]
-    if (h, w) != (backend.resolution,) * 2:
-        raise ValueError(f"annotated images are {h}x{w} but the VQGAN works at "
-                         f"{backend.resolution}x{backend.resolution}")
+    if h != w:
+        raise ValueError(f"annotated images are {h}x{w}; the VQGAN works on square images")
+
+
+def resize_annotations(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (area averaging down, bilinear up) and masks (nearest) at ``size`` x ``size``,
+    e.g. BigGAN-512's annotations for the 256-pixel ImageNet VQGAN."""
+    if images.shape[1] == size:
+        return images, masks
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    mode = "area" if size < images.shape[1] else "bilinear"
+    x = F.interpolate(x, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    m = F.interpolate(torch.from_numpy(masks)[:, None].float(), size=(size, size), mode="nearest")
+    return (x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(),
+            m[:, 0].to(torch.uint8).numpy())
+
+
+ToyClasses = Sequence[str] | Mapping[int, str]
 
 
 def annotator_agreement(annotator: Annotator, original: np.ndarray, reconstructed: np.ndarray,
-                        classes: np.ndarray, toy_classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+                        classes: np.ndarray, toy_classes: ToyClasses) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the share of pixels whose part label the annotator gives both images
-    alike, and the IoU of its two object masks (1 where both are empty)."""
+    alike, and the IoU of its two object masks (1 where both are empty). ``toy_classes``
+    names the toy-world class of each class id (a list indexed by id, or ``{id: name}``)."""
+    names = dict(toy_classes) if isinstance(toy_classes, Mapping) else dict(enumerate(toy_classes))
     agree, iou = np.empty(len(original)), np.empty(len(original))
     for c in np.unique(classes):
-        if not 0 <= c < len(toy_classes):
-            raise ValueError(f"class {c} has no toy-world class for the annotator (toy_classes: {list(toy_classes)})")
+        if int(c) not in names:
+            raise ValueError(f"class {c} has no toy-world class for the annotator (toy classes: {names})")
         idx = np.flatnonzero(classes == c)
-        a, b = annotator.label(original[idx], toy_classes[c]), annotator.label(reconstructed[idx], toy_classes[c])
+        a, b = annotator.label(original[idx], names[int(c)]), annotator.label(reconstructed[idx], names[int(c)])
         agree[idx] = (a == b).reshape(len(idx), -1).mean(1)
         fa, fb = (a > 0).reshape(len(idx), -1), (b > 0).reshape(len(idx), -1)
         inter, union = (fa & fb).sum(1), (fa | fb).sum(1)
@@ -66,20 +87,22 @@ def annotator_agreement(annotator: Annotator, original: np.ndarray, reconstructe
 
 
 def reuse_annotations(ann: AnnotationSet, backend: GeneratorBackend, annotator: Annotator | None = None,
-                      min_psnr: float = DEFAULT_MIN_PSNR, toy_classes: Sequence[str] = toyworld.CLASSES,
+                      min_psnr: float = DEFAULT_MIN_PSNR, toy_classes: ToyClasses = toyworld.CLASSES,
                       batch_size: int = 64) -> tuple[AnnotationSet, pd.DataFrame]:
     """Encode every annotated image with the VQGAN ``backend`` and decode its codes;
     returns the annotation set of the reconstructions and a per-image report
     (``id``, ``class``, ``psnr`` in dB, ``annotator_agreement`` and
     ``annotator_object_iou``, NaN without an ``annotator``). ``toy_classes`` names
     the toy-world class of each class id (for the annotator); images with a PSNR
-    below ``min_psnr`` are logged as a warning."""
+    below ``min_psnr`` are logged as a warning. Annotations at another resolution than the
+    VQGAN's are resized first (:func:`resize_annotations`); PSNR and agreement are measured there."""
     _check_inputs(ann, backend)
-    codes, recon = reconstruct(backend, ann.images, batch_size)
-    p = psnr(ann.images, recon)
+    images, masks = resize_annotations(ann.images, ann.masks, backend.resolution)
+    codes, recon = reconstruct(backend, images, batch_size)
+    p = psnr(images, recon)
     agree = iou = np.full(len(ann), np.nan)
     if annotator is not None:
-        agree, iou = annotator_agreement(annotator, ann.images, recon, np.asarray(ann.classes), toy_classes)
+        agree, iou = annotator_agreement(annotator, images, recon, np.asarray(ann.classes), toy_classes)
     low = [i for i, v in zip(ann.ids, p) if v < min_psnr]
     if low:
         log.warning("%d of %d reconstructions below %.1f dB PSNR: %s", len(low), len(ann), min_psnr, ", ".join(low))
@@ -87,7 +110,39 @@ def reuse_annotations(ann: AnnotationSet, backend: GeneratorBackend, annotator: 
                            "annotator_agreement": agree, "annotator_object_iou": iou})
     reused = AnnotationSet(
         ids=list(ann.ids), seeds=ann.seeds.copy(), classes=ann.classes.copy(),
-        latents=codes.reshape(len(codes), -1).astype(np.int64), images=recon, masks=ann.masks.copy(),
+        latents=codes.reshape(len(codes), -1).astype(np.int64), images=recon, masks=masks.copy(),
         labels=ann.labels, generator_hash=backend.generator_hash, truncation=1.0, noise="const",
     )
     return reused, report
+
+
+def reuse_summary(report: pd.DataFrame, min_psnr: float = DEFAULT_MIN_PSNR) -> dict:
+    """The reconstruction check in numbers: PSNR (mean, median, min), the annotator's
+    agreement and object IoU (means, None without an annotator), and the images below ``min_psnr``."""
+    def mean(col):
+        v = report[col].dropna()
+        return float(v.mean()) if len(v) else None
+
+    p = report["psnr"]
+    return {"n": int(len(report)), "min_psnr": float(min_psnr), "psnr_mean": float(p.mean()),
+            "psnr_median": float(p.median()), "psnr_min": float(p.min()),
+            "annotator_agreement_mean": mean("annotator_agreement"),
+            "annotator_object_iou_mean": mean("annotator_object_iou"),
+            "below_min_psnr": report.loc[p < min_psnr, "id"].tolist()}
+
+
+def reuse_annotation_file(source: str | os.PathLike, backend: GeneratorBackend, out_h5: str | os.PathLike,
+                          report_csv: str | os.PathLike, summary_json: str | os.PathLike,
+                          annotator: Annotator | None = None, min_psnr: float = DEFAULT_MIN_PSNR,
+                          toy_classes: ToyClasses = toyworld.CLASSES) -> dict:
+    """:func:`reuse_annotations` of the annotation set at ``source`` (a BigGAN task's): writes
+    the VQGAN's annotation set, the per-image report and its :func:`reuse_summary`, each atomically."""
+    reused, report = reuse_annotations(load_annotation_set(source), backend, annotator, min_psnr, toy_classes)
+    summary = reuse_summary(report, min_psnr)
+    with atomic_path(report_csv) as tmp:
+        report.to_csv(tmp, index=False)
+    atomic_write_json(summary_json, summary)
+    reused.save(out_h5)
+    log.info("reused %d annotations: PSNR %.1f dB mean (min %.1f), annotator agreement %s", summary["n"],
+             summary["psnr_mean"], summary["psnr_min"], summary["annotator_agreement_mean"])
+    return summary

@@ -32,6 +32,8 @@ rule sample_for_annotation:
 
 rule import_annotations:
     """Validate the annotation folder against the generator and labels.yaml; one HDF5 set."""
+    wildcard_constraints:
+        task=one_of(ANNOTATED_TASKS),
     input:
         weights=checkpoint_weights,
         average_latent=average_latent_file,
@@ -62,3 +64,35 @@ rule import_annotations:
         "../../envs/labelfactory.yaml"
     script:
         "../../scripts/import_annotations.py"
+
+
+rule reuse_annotations:
+    """BigDatasetGAN's VQGAN: encode and decode another task's annotated images; the
+    reconstructions keep its masks (report: per-image PSNR and annotator agreement)."""
+    wildcard_constraints:
+        task=one_of(REUSE_TASKS),
+    input:
+        weights=checkpoint_weights,
+        source=lambda w: f"results/{task_of(w).reuse['task']}/annotations.h5",
+        annotator=lambda w: task_of(w).downstream.reference_annotator or [],
+    output:
+        annotations="results/{task}/annotations.h5",
+        report="results/{task}/report/reuse.csv",
+        summary="results/{task}/report/reuse.json",
+    params:
+        min_psnr=lambda w: task_of(w).reuse["min_psnr"],
+        toy_classes=lambda w: toy_classes(task_of(w)) if task_of(w).downstream.reference_annotator else None,
+        generator=lambda w: generator_options(task_of(w)),
+        device=CFG.device,
+    log:
+        "results/logs/reuse_annotations/{task}.log",
+    priority: UPSTREAM_PRIORITY
+    threads: 2
+    resources:
+        mem_mb=attempt_scaled(4000),
+        runtime=attempt_scaled(30),
+        gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
+    script:
+        "../../scripts/reuse_annotations.py"

@@ -15,6 +15,9 @@ config.clear()
 config.update(_validated)
 CFG = WorkflowConfig.from_dict(config)
 TASKS = sorted(CFG.tasks)
+# Tasks whose VQGAN re-encodes another task's annotations (rule reuse_annotations), and the rest.
+REUSE_TASKS = [n for n in TASKS if CFG.tasks[n].reuse]
+ANNOTATED_TASKS = [n for n in TASKS if not CFG.tasks[n].reuse]
 CHECKPOINTS = sorted(CFG.checkpoints)
 # GPU rules ask the scheduler for a GPU unless the config pins them to the CPU.
 GPUS = 0 if CFG.device == "cpu" else 1
@@ -23,11 +26,16 @@ GPUS = 0 if CFG.device == "cpu" else 1
 UPSTREAM_PRIORITY = 10
 
 
+def one_of(names):
+    """A wildcard pattern matching exactly ``names`` (none: matches nothing)."""
+    return "|".join(map(re.escape, names)) if names else "(?!)"
+
+
 wildcard_constraints:
-    task="|".join(map(re.escape, TASKS)) if TASKS else "(?!)",
-    ckpt="|".join(map(re.escape, CHECKPOINTS)) if CHECKPOINTS else "(?!)",
+    task=one_of(TASKS),
+    ckpt=one_of(CHECKPOINTS),
     shard=r"(c\d{4}-)?\d{5}",
-    setting="few_shot|synthetic|synthetic_filtered|fully_supervised",
+    setting="few_shot|synthetic|synthetic_filtered|synthetic_combined|fully_supervised",
     seed=r"\d+",
 
 
@@ -77,8 +85,9 @@ def attempt_scaled(base):
 def synthesis_options(task):
     """Keyword arguments of synthesize_shard that come straight from the config."""
     s = task.synthesis
-    return dict(batch_size=s.batch_size, label_rule=s.label_rule, score_rule=s.score_rule,
-                top_fraction=s.top_fraction, store_latents=s.store_latents, store_uncertainty=s.store_uncertainty)
+    options = dict(batch_size=s.batch_size, label_rule=s.label_rule, score_rule=s.score_rule,
+                   top_fraction=s.top_fraction, store_latents=s.store_latents, store_uncertainty=s.store_uncertainty)
+    return {**options, "sampling": s.sampling} if s.sampling else options
 
 
 def task_scores(name):
@@ -117,10 +126,26 @@ def compared_scores(wildcards):
     return [p for other in task_of(wildcards).downstream.compare for p in task_scores(other)]
 
 
+def combined_variant(task):
+    """The name of a task's synthetic_combined rows: its variant and the combined tasks', e.g. BigGAN + VQGAN."""
+    return " + ".join(CFG.tasks[n].variant for n in (task.name, *task.downstream.combine))
+
+
 def compared_variants(wildcards):
-    """{scores path: variant name} of the compared runs: "<interpreter type> interpreter"."""
-    return {p: f"{CFG.tasks[other].interpreter['type']} interpreter" for other in task_of(wildcards).downstream.compare
-            for p in task_scores(other)}
+    """{scores path: variant name} of the compared runs (each task's `variant`) and of the
+    task's own synthetic_combined runs (the combined tasks' variants)."""
+    task = task_of(wildcards)
+    variants = {p: CFG.tasks[other].variant for other in task.downstream.compare for p in task_scores(other)}
+    return {**variants, **{p: combined_variant(task) for p in task_scores(task.name) if "/synthetic_combined/" in p}}
+
+
+def training_manifests(wildcards):
+    """The manifests a run trains on: the task's own (synthetic settings), and with
+    synthetic_combined also those of the `combine` tasks."""
+    if not wildcards.setting.startswith("synthetic"):
+        return []
+    combined = task_of(wildcards).downstream.combine if wildcards.setting == "synthetic_combined" else ()
+    return [f"results/{name}/manifest.parquet" for name in (wildcards.task, *combined)]
 
 
 def real_training_data(wildcards):
@@ -137,8 +162,9 @@ def final_targets():
     targets = []
     for name in TASKS:
         task = CFG.tasks[name]
-        targets += [f"results/{name}/for_annotation", f"results/{name}/manifest.parquet",
-                    f"results/{name}/report/samples.png"]
+        if not task.reuse:  # a reuse task's annotations are the reused task's
+            targets.append(f"results/{name}/for_annotation")
+        targets += [f"results/{name}/manifest.parquet", f"results/{name}/report/samples.png"]
         if task.conditional:
             targets.append(f"results/{name}/report/samples_by_class.png")
         if task.downstream.enabled:
@@ -154,7 +180,7 @@ TRANSFER = "results/pretraining"
 
 
 wildcard_constraints:
-    init="|".join(map(re.escape, PRE.inits)) if PRE else "(?!)",
+    init=one_of(PRE.inits if PRE else []),
     fraction=r"[0-9.e-]+",
     split="train|test",
 

@@ -2,7 +2,7 @@ rule train_downstream:
     """Train one segmentation run of a setting (few-shot, synthetic, filtered, real) and seed."""
     input:
         annotations="results/{task}/annotations.h5",
-        manifest=lambda w: ["results/{task}/manifest.parquet"] if w.setting.startswith("synthetic") else [],
+        manifest=training_manifests,
     output:
         weights="results/{task}/downstream/{setting}/seed{seed}/model.safetensors",
         sidecar="results/{task}/downstream/{setting}/seed{seed}/model.json",

@@ -6,6 +6,8 @@ training images come from) and seed, then scored on held-out real images:
 - ``few_shot``: the annotated generated images alone (the human's labels);
 - ``synthetic``: every generated sample with the interpreter's labels;
 - ``synthetic_filtered``: only the samples the uncertainty filter kept;
+- ``synthetic_combined``: the kept samples of this task and of others with the
+  same labels together (BigDatasetGAN's "BigGAN + VQGAN synthetic");
 - ``fully_supervised``: real labelled images (the upper bound).
 
 Real images come from a registered source: the toy world (exact masks from
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -154,12 +157,14 @@ def real_dataset(spec: RealDataSpec, split: str, labels: LabelSet) -> Dataset:
 
 @dataclass(frozen=True)
 class SettingInputs:
-    """Everything a setting may read; each setting uses its own part."""
+    """Everything a setting may read; each setting uses its own part (``combined``: the
+    manifests of other tasks whose kept samples join the task's in ``synthetic_combined``)."""
 
     annotations: str
     real: RealDataSpec | None = None
     manifest: str | None = None
     class_aware: ClassAwareLabels | None = None
+    combined: tuple[str, ...] = ()
 
     def labels(self) -> LabelSet:
         """The label set the network learns: the annotations' own, or the class-aware one."""
@@ -178,11 +183,12 @@ def few_shot(inputs: SettingInputs, labels: LabelSet) -> Dataset:
     return ArraySegmentation(ann.images, masks)
 
 
-def _shards(inputs: SettingInputs, kept_only: bool) -> Dataset:
+def _shards(inputs: SettingInputs, kept_only: bool, combined: tuple[str, ...] = ()) -> Dataset:
     if inputs.manifest is None:
         raise ValueError("the synthetic settings need the filter's manifest")
     label_map = None if inputs.class_aware is None else inputs.class_aware.apply
-    return ShardSegmentation(read_manifest(inputs.manifest), read_samples, kept_only=kept_only, label_map=label_map)
+    manifest = pd.concat([read_manifest(m) for m in (inputs.manifest, *combined)], ignore_index=True)
+    return ShardSegmentation(manifest, read_samples, kept_only=kept_only, label_map=label_map)
 
 
 @SETTINGS.register("synthetic")
@@ -193,6 +199,13 @@ def synthetic(inputs: SettingInputs, labels: LabelSet) -> Dataset:
 @SETTINGS.register("synthetic_filtered")
 def synthetic_filtered(inputs: SettingInputs, labels: LabelSet) -> Dataset:
     return _shards(inputs, kept_only=True)
+
+
+@SETTINGS.register("synthetic_combined")
+def synthetic_combined(inputs: SettingInputs, labels: LabelSet) -> Dataset:
+    if not inputs.combined:
+        raise ValueError("synthetic_combined needs the manifests of the tasks to combine (downstream.combine)")
+    return _shards(inputs, kept_only=True, combined=inputs.combined)
 
 
 @SETTINGS.register("fully_supervised")

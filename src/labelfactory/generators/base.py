@@ -130,6 +130,22 @@ class GeneratorBackend(abc.ABC):
         default ignores it, as StyleGAN2 applies ψ in w space at synthesis."""
         return np.stack([np.random.RandomState(int(s)).randn(self.z_dim) for s in seeds]).astype(np.float32)
 
+    def draw_latents(self, seeds: Sequence[int], classes: Sequence[int] | np.ndarray | None = None,
+                     truncation: float = 1.0, sampling: dict | None = None) -> np.ndarray:
+        """The latents of the samples ``(seed, class)``, as :meth:`synthesize` takes them.
+
+        Here z depends on the seed alone (:meth:`sample_latents`); generators that draw
+        latents per class from a prior (VQGAN) override this and take ``sampling`` options."""
+        if sampling:
+            raise ValueError(f"{self.arch} latents come from seeds alone; sampling options {sorted(sampling)} "
+                             "are for generators with a prior over latents (VQGAN)")
+        return self.sample_latents(seeds, truncation=truncation)
+
+    @property
+    def latent_dtype(self) -> np.dtype:
+        """How latents are stored (float32 z here; VQGAN: int64 code indices)."""
+        return np.dtype(np.float32)
+
     @property
     def latent_shape(self) -> tuple[int, ...]:
         """The shape of one latent: ``(z_dim,)`` here (VQGAN: its ``(h, w)`` code grid)."""

@@ -396,6 +396,9 @@ class VQGANBackend(GeneratorBackend):
                              "checkpoint")
         check_sampling(temperature, top_k, top_p)
         seeds = [int(s) for s in seeds]
+        if self.num_classes and (classes is None or np.any(np.asarray(classes) == UNCONDITIONAL)):
+            raise ValueError(f"this VQGAN's prior is class-conditional ({self.num_classes} classes): "
+                             "give the class of every sample")
         cls = super().check_classes(classes, len(seeds))
         cond = cls if self.num_classes else np.full(len(seeds), self.prior.sos_token, dtype=np.int64)
         h, w = self.latent_shape
@@ -408,9 +411,21 @@ class VQGANBackend(GeneratorBackend):
 
     def sample_latents(self, seeds, truncation: float = 1.0, classes=None):
         """:meth:`sample_codes` with its defaults (VQGAN has no truncation)."""
+        return self.draw_latents(seeds, classes, truncation)
+
+    def draw_latents(self, seeds, classes=None, truncation: float = 1.0, sampling: dict | None = None):
+        """:meth:`sample_codes` of (seed, class) with the ``sampling`` options (temperature, top_k,
+        top_p; the release's defaults where absent)."""
         if truncation != 1.0:
-            raise ValueError("VQGAN has no truncation; use sample_codes(temperature, top_k, top_p)")
-        return self.sample_codes(seeds, classes)
+            raise ValueError("VQGAN has no truncation; sample codes with temperature, top_k and top_p instead")
+        unknown = sorted(set(sampling or {}) - set(SAMPLING_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown VQGAN sampling options {unknown} (known: {sorted(SAMPLING_DEFAULTS)})")
+        return self.sample_codes(seeds, classes, **(sampling or {}))
+
+    @property
+    def latent_dtype(self) -> np.dtype:
+        return np.dtype(np.int64)
 
 
 # --- the checkpoint format: taming's release folder / pytorch-lightning .ckpt ---------------
