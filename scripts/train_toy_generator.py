@@ -5,15 +5,10 @@ Reproduces the shipped weights, e.g.:
 Resumable: re-running with the same --work-dir continues from the last saved state.
 """
 
-import argparse
-import logging
-from pathlib import Path
-
-from labelfactory.generators.checkpoints import write_canonical
 from labelfactory.generators.stylegan2 import StyleGAN2Backend
 from labelfactory.runtime import setup_logging
 from labelfactory.training.gan import GANTrainConfig, finalize, train
-from labelfactory.training.state import trained_sidecar
+from labelfactory.training.recipe_cli import recipe_from_args, recipe_parser, work_dir, write_trained
 
 
 def channels(spec: str) -> dict[int, int]:
@@ -21,36 +16,13 @@ def channels(spec: str) -> dict[int, int]:
     return {int(r): int(c) for r, c in (kv.split(":") for kv in spec.split(","))}
 
 
-def main() -> None:
-    d = GANTrainConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cls", default=d.cls)
-    p.add_argument("--size", type=int, default=d.size)
-    p.add_argument("--kimg", type=float, default=d.kimg, help="thousands of real images shown to D")
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--channels", type=channels, default=d.channels, help="G channels per resolution")
-    p.add_argument("--d-channels", type=channels, default=d.d_channels, help="D channels per resolution")
-    p.add_argument("--style-dim", type=int, default=d.style_dim)
-    p.add_argument("--n-mlp", type=int, default=d.n_mlp)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--r1-gamma", type=float, default=d.r1_gamma)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--work-dir", type=Path, default=None, help="training state and snapshots")
-    p.add_argument("--out", type=Path, required=True, help="output .safetensors (sidecar .json beside it)")
-    a = p.parse_args()
-    setup_logging()
-
-    cfg = GANTrainConfig(cls=a.cls, size=a.size, kimg=a.kimg, batch=a.batch, channels=a.channels,
-                         d_channels=a.d_channels, style_dim=a.style_dim, n_mlp=a.n_mlp, lr=a.lr,
-                         r1_gamma=a.r1_gamma, seed=a.seed, threads=a.threads)
-    work = a.work_dir or a.out.parent / f".train-{a.out.stem}"
-    state = train(cfg, work)
-    arch_config, tensors = finalize(cfg, state)
-    backend = StyleGAN2Backend.from_tensors(arch_config, tensors)
-    meta = write_canonical(a.out, backend, trained_sidecar("labelfactory.training.gan", cfg, work))
-    logging.getLogger("labelfactory").info("wrote %s (generator %s)", a.out, meta["generator_hash"][:12])
-
+HELP = {"kimg": "thousands of real images shown to D", "channels": "G channels per resolution, e.g. 4:128,8:64",
+        "d_channels": "D channels per resolution"}
 
 if __name__ == "__main__":
-    main()
+    args = recipe_parser(__doc__, GANTrainConfig, HELP, {"channels": channels, "d_channels": channels}).parse_args()
+    setup_logging()
+    cfg, work = recipe_from_args(GANTrainConfig, args), work_dir(args)
+    arch_config, tensors = finalize(cfg, train(cfg, work))
+    write_trained(args.out, StyleGAN2Backend.from_tensors(arch_config, tensors), "labelfactory.training.gan", cfg,
+                  work)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from labelfactory.generators.biggan import BigGANGenerator
@@ -45,3 +46,29 @@ def test_standing_statistics_are_the_mean_batch_statistics_of_each_layer_input()
     bn = g.blocks[0][0].bn1
     torch.testing.assert_close(bn.stored_mean, torch.stack(means).mean(0))
     torch.testing.assert_close(bn.stored_var, torch.stack(variances).mean(0))
+
+
+def test_recipe_flags_come_from_the_recipe_dataclass():
+    """scripts/train_toy_*.py: a flag per int/float/str field (and fields with a parser), the
+    recipe's defaults, the rest fixed; parsed flags give back the recipe."""
+    from dataclasses import dataclass, field
+
+    from labelfactory.training.recipe_cli import recipe_from_args, recipe_parser, work_dir
+
+    @dataclass
+    class Recipe:
+        d_ch: int = 16
+        lr: float = 2e-4
+        cls: str = "car"
+        classes: tuple[str, ...] = ("car", "face")
+        channels: dict = field(default_factory=lambda: {4: 8})
+
+    p = recipe_parser("doc", Recipe, {"d_ch": "D width"}, {"channels": lambda s: {4: int(s)}})
+    flags = {a.dest for a in p._actions} - {"help"}
+    assert flags == {"d_ch", "lr", "cls", "channels", "work_dir", "out"}
+    assert recipe_from_args(Recipe, p.parse_args(["--out", "w/x.safetensors"])) == Recipe()
+    args = p.parse_args(["--d-ch", "8", "--lr", "0.01", "--channels", "32", "--out", "w/x.safetensors"])
+    assert recipe_from_args(Recipe, args) == Recipe(d_ch=8, lr=0.01, channels={4: 32})
+    assert str(work_dir(args)) == "w/.train-x"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--d-ch", "eight", "--out", "x"])

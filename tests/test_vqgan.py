@@ -367,3 +367,17 @@ def test_cli_errors(release, tmp_path, capfd):
     assert main(["encode", "--checkpoint", str(tmp_path / "g.pt"), "--images", str(tmp_path / "x.npy"),
                  "--out", str(tmp_path / "c.npy"), "--device", "cpu"]) == 1
     assert "stylegan2 generator has no encoder" in capfd.readouterr().err
+
+
+def test_cli_latents_draws_the_priors_codes(cin_release, tmp_path, capfd):
+    """`labelfactory latents` on a class-conditional transformer release: the codes of the
+    reference (taming's own sampling, tests/data) for seed 3, class 4."""
+    out = tmp_path / "codes.npy"
+    assert main(["latents", "--checkpoint", str(cin_release), "--seeds", "3", "--class", "4", "--temperature", "0.7",
+                 "--top-k", "5", "--top-p", "0.9", "--out", str(out)]) == 0
+    codes = np.load(out)
+    assert codes.dtype == np.int64
+    np.testing.assert_array_equal(codes, REF["sample/filtered/codes"].numpy())
+    assert main(["latents", "--checkpoint", str(cin_release), "--seeds", "3", "--out", str(out)]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prior is class-conditional" in err[0]
