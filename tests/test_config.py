@@ -209,3 +209,12 @@ def test_the_schema_offers_every_registered_checkpoint_format():
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     enum = schema["$defs"]["checkpoint"]["properties"]["format"]["enum"]
     assert sorted(enum) == sorted(["auto", *FORMATS])
+
+
+def test_a_malformed_reused_task_is_reported_by_the_schema_alone(tmp_path):
+    cfg = vqgan_pair(tmp_path)
+    cfg["tasks"]["t"]["classes"] = "zero-one"
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    lines = str(err.value).splitlines()[1:]
+    assert len(lines) == 1 and lines[0].startswith("  tasks.t.classes: 'zero-one' is not valid")

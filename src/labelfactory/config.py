@@ -390,10 +390,18 @@ def _reuse_problems(cfg: dict, name: str) -> list[str]:
         return [f"{where}.reuse.task: {source!r} is not another key of `tasks`"]
     if not isinstance(other, dict) or not other.get("annotations"):
         return [f"{where}.reuse.task: {source!r} has no annotation folder of its own to reuse"]
-    if _classes(other.get("classes")) != _classes(task["classes"]):
+    if not _same_classes(other.get("classes"), task["classes"]):
         return [f"{where}.classes: {task['classes']} differ from the reused task {source!r}'s "
                 f"{other.get('classes')} (its annotations keep their classes)"]
     return []
+
+
+def _same_classes(a, b) -> bool:
+    """Whether two tasks' `classes` name the same classes (True when one is malformed: the schema says so)."""
+    try:
+        return _classes(a) == _classes(b)
+    except (TypeError, ValueError):
+        return True
 
 
 def _combine_problems(cfg: dict, name: str) -> list[str]:
@@ -408,7 +416,7 @@ def _combine_problems(cfg: dict, name: str) -> list[str]:
         o = cfg["tasks"].get(other)
         if not isinstance(o, dict) or other == name:
             continue
-        if _classes(o.get("classes")) != _classes(task["classes"]) or \
+        if not _same_classes(o.get("classes"), task["classes"]) or \
                 o.get("downstream", {}).get("labels") != ds["labels"]:
             problems.append(f"{where}.combine: {other!r} has other classes or labels than {name!r} "
                             "(combined samples must share one label space)")
