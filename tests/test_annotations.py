@@ -475,3 +475,30 @@ def test_load_annotation_set_checks_the_file(folder, backend, out, tmp_path):
     with pytest.raises(AnnotationError, match="short.h5") as info:
         load_annotation_set(short)
     assert "datasets differ in length" in str(info.value) and "'seeds': 2" in str(info.value)
+
+
+def test_vqgan_samples_are_annotated_and_imported_with_their_code_latents(tmp_path):
+    """Annotating a VQGAN's own samples (without reuse): the folder holds each sample's code
+    grid, drawn by the prior per (seed, class); import checks it exactly and keeps int64 codes."""
+    from helpers import tiny_vqgan
+
+    backend = tiny_vqgan()
+    df = sample_for_annotation(backend, [3, 4], tmp_path / "ann", classes=[0, 1])
+    for sid in df["id"]:
+        image = np.asarray(Image.open(tmp_path / "ann" / f"{sid}.image.png"))
+        Image.fromarray((image.mean(-1) > 127).astype(np.uint8)).save(tmp_path / "ann" / f"{sid}.png")
+    (tmp_path / "ann" / "labels.yaml").write_text("names: [background, object]\n")
+    ann = import_annotations(tmp_path / "ann", backend, tmp_path / "ann.h5", classes=[0, 1])
+    assert ann.latents.dtype == np.int64 and ann.latents.shape == (4, 64)
+    for i, (seed, c) in enumerate(zip(ann.seeds, ann.classes)):
+        np.testing.assert_array_equal(ann.latents[i], backend.sample_codes([seed], [c]).reshape(-1))
+    # a code grid that is not the prior's draw of its (seed, class) is refused, naming the file
+    first = df["id"][0]
+    codes = np.load(tmp_path / "ann" / f"{first}.latent.npy")
+    np.save(tmp_path / "ann" / f"{first}.latent.npy", (codes + 1) % 32)
+    with pytest.raises(AnnotationError, match=f"{first}.latent.npy: latent disagrees with the latent of seed 3"):
+        import_annotations(tmp_path / "ann", backend, tmp_path / "bad.h5", classes=[0, 1])
+    np.save(tmp_path / "ann" / f"{first}.latent.npy", codes.astype(np.float32))
+    with pytest.raises(AnnotationError, match=r"latent must be integer \[8, 8\] or \[1, 8, 8\]"):
+        import_annotations(tmp_path / "ann", backend, tmp_path / "bad.h5", classes=[0, 1])
+    assert not (tmp_path / "bad.h5").exists()

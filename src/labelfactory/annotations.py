@@ -518,12 +518,18 @@ def _read_latent(path: Path, seed: int, expected: np.ndarray, problems: list[str
     except (OSError, ValueError, EOFError) as e:
         problems.append(f"{path.name}: unreadable .npy ({e})")
         return None
-    d = expected.shape[0]
-    if z.shape not in ((d,), (1, d)) or not np.issubdtype(z.dtype, np.floating):
-        problems.append(f"{path.name}: latent must be float [{d}] or [1, {d}], got {z.dtype} {list(z.shape)}")
+    shape, codes = list(expected.shape), np.issubdtype(expected.dtype, np.integer)  # VQGAN latents are code grids
+    kind = "integer" if codes else "float"
+    if z.shape not in (expected.shape, (1, *expected.shape)) or \
+            not np.issubdtype(z.dtype, np.integer if codes else np.floating):
+        problems.append(f"{path.name}: latent must be {kind} {shape} or [1, {', '.join(map(str, shape))}], "
+                        f"got {z.dtype} {list(z.shape)}")
         return None
-    z = z.reshape(d).astype(np.float32)
-    err = float(np.max(np.abs(z - expected))) if np.all(np.isfinite(z)) else math.inf
+    z = z.reshape(expected.shape).astype(expected.dtype)
+    if codes:
+        err = 0.0 if np.array_equal(z, expected) else math.inf
+    else:
+        err = float(np.max(np.abs(z - expected))) if np.all(np.isfinite(z)) else math.inf
     if err > LATENT_TOLERANCE:
         problems.append(f"{path.name}: latent disagrees with the latent of seed {seed} (max difference {err:.3g})")
         return None
@@ -640,7 +646,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     aset = AnnotationSet(
         ids=ids, seeds=np.array([by_id[i].seed for i in ids], dtype=np.int64),
         classes=np.array([by_id[i].cls for i in ids], dtype=np.int32),
-        latents=np.stack([latents[i] for i in ids]).astype(np.float32),
+        latents=_latent_array(np.stack([latents[i] for i in ids]).reshape(len(ids), -1)),
         images=np.stack([rendered[i] for i in ids]), masks=np.stack([masks[i] for i in ids]),
         labels=labelset, generator_hash=backend.generator_hash, truncation=float(truncation), noise=noise,
     )
