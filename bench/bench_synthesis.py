@@ -43,8 +43,8 @@ from labelfactory.generators.biggan import BigGANBackend, BigGANConfig, BigGANGe
 from labelfactory.generators.stylegan2 import Generator, StyleGAN2Backend, StyleGAN2Config  # noqa: E402
 from labelfactory.interpreters import conv  # noqa: E402
 from labelfactory.interpreters.mlp import MemberHistory, MLPEnsemble, MLPEnsembleConfig, build_member  # noqa: E402
-from labelfactory.synthesis import synthesize_shard  # noqa: E402
-from labelfactory.uncertainty import image_scores, js_divergence, vote_labels  # noqa: E402
+from labelfactory.synthesis.shards import synthesize_shard  # noqa: E402
+from labelfactory.synthesis.uncertainty import image_scores, js_divergence, vote_labels  # noqa: E402
 
 MEMBERS, CLASSES = 10, 20
 CONV_MEMBERS = 3

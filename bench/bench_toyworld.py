@@ -10,7 +10,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from labelfactory import toyworld  # noqa: E402
+from labelfactory.toybench import world as toyworld  # noqa: E402
 
 TARGET = 500.0
 

@@ -1,8 +1,8 @@
 """Rule ablation_report: gather one ablation's runs into a tidy CSV, its summary and its figure."""
 import pandas as pd
 
-from labelfactory.ablations import collect, write_ablation
-from labelfactory.runtime import snakemake_job
+from labelfactory.experiments.ablations import collect, write_ablation
+from labelfactory.core.runtime import snakemake_job
 
 with snakemake_job(snakemake):
     runs = collect(pd.DataFrame(snakemake.params.points))

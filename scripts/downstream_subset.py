@@ -1,6 +1,6 @@
 """Rule downstream_subset: a nested fraction of a downstream COCO split."""
 from labelfactory.downstream.pretrain import subset_coco
-from labelfactory.runtime import snakemake_job
+from labelfactory.core.runtime import snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params

@@ -1,7 +1,8 @@
 """Rule evaluate_downstream: score one run on the real test images."""
 from labelfactory.downstream.class_aware import ClassAwareLabels
-from labelfactory.downstream.experiment import RealDataSpec, evaluate_downstream
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.downstream.experiment import evaluate_downstream
+from labelfactory.downstream.real import RealDataSpec
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params

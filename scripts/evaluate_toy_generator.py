@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from labelfactory.annotator import Annotator
-from labelfactory.generators.checkpoints import load_generator
-from labelfactory.io import atomic_write_json
-from labelfactory.provenance import code_version, command_line
-from labelfactory.quality import generator_quality, generator_samples, reconstruction_quality
-from labelfactory.runtime import setup_logging
+from labelfactory.toybench.annotator import Annotator
+from labelfactory.generators.loading import load_generator
+from labelfactory.core.io import atomic_write_json
+from labelfactory.core.provenance import code_version, command_line
+from labelfactory.toybench.quality import generator_quality, generator_samples, reconstruction_quality
+from labelfactory.core.runtime import setup_logging
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Rule extract_features: re-render the annotated latents and store their features (HDF5)."""
-from labelfactory.annotations import load_annotation_set
+from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.features import extract_features
 from labelfactory.generators.view import load_task_generator
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params

@@ -1,8 +1,8 @@
 """Rule fetch_checkpoint: download (resumable), verify sha256, convert to safetensors + sidecar."""
 from pathlib import Path
 
-from labelfactory.fetch import fetch_checkpoint
-from labelfactory.runtime import snakemake_job
+from labelfactory.generators.fetch import fetch_checkpoint
+from labelfactory.core.runtime import snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params

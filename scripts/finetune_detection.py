@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from labelfactory.downstream.detectron import FinetuneConfig, finetune
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     gpus = int(snakemake.resources.gpu) if resolve_device(snakemake.params.device).type == "cuda" else 0

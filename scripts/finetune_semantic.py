@@ -1,6 +1,6 @@
 """Rule finetune_semantic: DeepLabV3 with a pretrained trunk on a downstream COCO set's semantic masks."""
 from labelfactory.downstream.pretrain import finetune_semantic, semantic_config
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params

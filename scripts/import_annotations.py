@@ -1,7 +1,8 @@
 """Rule import_annotations: validate a task's annotation folder (or BigDatasetGAN's release) into one set."""
-from labelfactory.annotations import import_annotations, load_labels
+from labelfactory.annotations.importing import import_annotations
+from labelfactory.annotations.labels import load_labels
 from labelfactory.generators.view import load_task_generator
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params

@@ -1,6 +1,6 @@
 """Rule main_table: gather the runs' scores into the main table and the per-class IoU figure."""
-from labelfactory.reporting import collect_scores, plot_per_class_iou, write_main_table
-from labelfactory.runtime import snakemake_job
+from labelfactory.experiments.reporting import collect_scores, plot_per_class_iou, write_main_table
+from labelfactory.core.runtime import snakemake_job
 
 with snakemake_job(snakemake):
     runs = collect_scores(list(snakemake.input), snakemake.params.variants)

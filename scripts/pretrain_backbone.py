@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from labelfactory.downstream.pretrain import PretrainConfig, pretrain_backbone, pretrain_inputs
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p, files = snakemake.params, snakemake.input

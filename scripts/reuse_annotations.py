@@ -1,8 +1,8 @@
 """Rule reuse_annotations: a VQGAN task's annotations from another task's, encoded and decoded."""
-from labelfactory.annotator import Annotator
+from labelfactory.toybench.annotator import Annotator
 from labelfactory.generators.view import load_task_generator
-from labelfactory.runtime import resolve_device, snakemake_job
-from labelfactory.vqgan_reuse import reuse_annotation_file
+from labelfactory.core.runtime import resolve_device, snakemake_job
+from labelfactory.annotations.reuse import reuse_annotation_file
 
 with snakemake_job(snakemake):
     p, out = snakemake.params, snakemake.output
@@ -10,4 +10,4 @@ with snakemake_job(snakemake):
     annotator = Annotator.load(snakemake.input.annotator) if snakemake.input.annotator else None
     reuse_annotation_file(snakemake.input.source, backend, out.annotations, out.report, out.summary,
                           annotator=annotator, min_psnr=p.min_psnr,
-                          toy_classes={int(k): v for k, v in p.toy_classes.items()} if p.toy_classes else ())
+                          annotator_classes={int(k): v for k, v in p.toy_classes.items()} if p.toy_classes else ())

@@ -1,9 +1,9 @@
 """Rule sample_for_annotation: seeded samples (images, latents, manifest) for a human to annotate,
 either a seed range or (active learning) picked from a pool by the current interpreter's uncertainty."""
-from labelfactory.active_learning import next_round_seeds
-from labelfactory.annotations import sample_for_annotation
+from labelfactory.annotations.active_selection import next_round_seeds
+from labelfactory.annotations.handout import sample_for_annotation
 from labelfactory.generators.view import load_task_generator
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from labelfactory.annotator import Annotator, simulate_annotation
-from labelfactory.runtime import setup_logging
+from labelfactory.toybench.annotator import Annotator, simulate_annotation
+from labelfactory.core.runtime import setup_logging
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Rule synthesize: one shard of seeded, labelled, uncertainty-scored samples."""
 from labelfactory.generators.view import load_task_generator
 from labelfactory.interpreters import load_labeller
-from labelfactory.io import sha256_file
-from labelfactory.runtime import resolve_device, snakemake_job
-from labelfactory.synthesis import synthesize_shard
+from labelfactory.core.io import sha256_file
+from labelfactory.core.runtime import resolve_device, snakemake_job
+from labelfactory.synthesis.shards import synthesize_shard
 
 with snakemake_job(snakemake):
     p = snakemake.params

@@ -1,8 +1,8 @@
 """Rule toy_scenes: one split of the multi-object toy scenes as COCO JSON + PNGs."""
 from pathlib import Path
 
-from labelfactory.downstream.toy_scenes import SceneSpec, write_toy_scenes
-from labelfactory.runtime import snakemake_job
+from labelfactory.toybench.scenes import SceneSpec, write_toy_scenes
+from labelfactory.core.runtime import snakemake_job
 
 with snakemake_job(snakemake):
     start, count = snakemake.params.seeds

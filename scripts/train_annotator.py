@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from labelfactory import toyworld
-from labelfactory.annotator import Annotator, AnnotatorConfig, config_to_dict, evaluate_annotator, train_annotator
+from labelfactory.toybench import world as toyworld
+from labelfactory.toybench.annotator import Annotator, AnnotatorConfig, config_to_dict, evaluate_annotator, train_annotator
 
 
 def git_version() -> dict:

@@ -1,7 +1,8 @@
 """Rule train_downstream: one segmentation run of a setting and seed."""
 from labelfactory.downstream.class_aware import ClassAwareLabels
-from labelfactory.downstream.experiment import RealDataSpec, SettingInputs, seg_config, train_downstream
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.downstream.experiment import SettingInputs, seg_config, train_downstream
+from labelfactory.downstream.real import RealDataSpec
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     p = snakemake.params

@@ -1,9 +1,9 @@
 """Rule train_interpreter: fit the task's interpreter on the annotated samples' features."""
-from labelfactory.annotations import load_annotation_set
+from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.features import FeatureStore
-from labelfactory.generators.checkpoints import load_generator
+from labelfactory.generators.loading import load_generator
 from labelfactory.interpreters import INTERPRETERS
-from labelfactory.runtime import resolve_device, snakemake_job
+from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
     params = dict(snakemake.params.interpreter)

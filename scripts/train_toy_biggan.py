@@ -7,9 +7,9 @@ Resumable: re-running with the same --work-dir continues from the last saved sta
 """
 
 from labelfactory.generators.biggan import BigGANBackend
-from labelfactory.runtime import setup_logging
-from labelfactory.training.biggan import BigGANTrainConfig, finalize, train
-from labelfactory.training.recipe_cli import recipe_from_args, recipe_parser, work_dir, write_trained
+from labelfactory.core.runtime import setup_logging
+from labelfactory.toybench.recipes.biggan import BigGANTrainConfig, finalize, train
+from labelfactory.toybench.recipes.recipe_cli import recipe_from_args, recipe_parser, work_dir, write_trained
 
 HELP = {"ch": "G channel unit (BigGAN's G_ch)", "d_ch": "D channel unit (BigGAN's D_ch)",
         "kimg": "thousands of real images shown to D"}
@@ -23,4 +23,4 @@ if __name__ == "__main__":
     cfg, work = recipe_from_args(BigGANTrainConfig, args), work_dir(args)
     g = finalize(cfg, train(cfg, work), args.weights)
     backend = BigGANBackend(g, g.cfg.to_dict(), class_names=list(cfg.classes))
-    write_trained(args.out, backend, "labelfactory.training.biggan", cfg, work)
+    write_trained(args.out, backend, "labelfactory.toybench.recipes.biggan", cfg, work)

@@ -6,9 +6,9 @@ Resumable: re-running with the same --work-dir continues from the last saved sta
 """
 
 from labelfactory.generators.stylegan2 import StyleGAN2Backend
-from labelfactory.runtime import setup_logging
-from labelfactory.training.gan import GANTrainConfig, finalize, train
-from labelfactory.training.recipe_cli import recipe_from_args, recipe_parser, work_dir, write_trained
+from labelfactory.core.runtime import setup_logging
+from labelfactory.toybench.recipes.gan import GANTrainConfig, finalize, train
+from labelfactory.toybench.recipes.recipe_cli import recipe_from_args, recipe_parser, work_dir, write_trained
 
 
 def channels(spec: str) -> dict[int, int]:
@@ -24,5 +24,5 @@ if __name__ == "__main__":
     setup_logging()
     cfg, work = recipe_from_args(GANTrainConfig, args), work_dir(args)
     arch_config, tensors = finalize(cfg, train(cfg, work))
-    write_trained(args.out, StyleGAN2Backend.from_tensors(arch_config, tensors), "labelfactory.training.gan", cfg,
+    write_trained(args.out, StyleGAN2Backend.from_tensors(arch_config, tensors), "labelfactory.toybench.recipes.gan", cfg,
                   work)

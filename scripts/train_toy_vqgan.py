@@ -7,9 +7,9 @@ Re-running with the same --work-dir reuses a phase (VQGAN, prior) finished with 
 """
 
 from labelfactory.generators.vqgan import VQGANBackend
-from labelfactory.runtime import setup_logging
-from labelfactory.training.recipe_cli import recipe_from_args, recipe_parser, work_dir, write_trained
-from labelfactory.training.vqgan import VQGANTrainConfig, train
+from labelfactory.core.runtime import setup_logging
+from labelfactory.toybench.recipes.recipe_cli import recipe_from_args, recipe_parser, work_dir, write_trained
+from labelfactory.toybench.recipes.vqgan import VQGANTrainConfig, train
 
 HELP = {"ch": "channel unit (taming's ddconfig.ch)", "n_embed": "codebook size", "steps": "VQGAN steps"}
 
@@ -18,4 +18,4 @@ if __name__ == "__main__":
     setup_logging()
     cfg, work = recipe_from_args(VQGANTrainConfig, args), work_dir(args)
     model = train(cfg, work)
-    write_trained(args.out, VQGANBackend(model, model.cfg.to_dict()), "labelfactory.training.vqgan", cfg, work)
+    write_trained(args.out, VQGANBackend(model, model.cfg.to_dict()), "labelfactory.toybench.recipes.vqgan", cfg, work)

@@ -74,8 +74,8 @@ def make_tiny_project(root: Path, n_annotations: int = 4, size: int = 16, downst
     import yaml
     from PIL import Image
 
-    from labelfactory.annotations import sample_for_annotation
-    from labelfactory.io import sha256_file
+    from labelfactory.annotations.handout import sample_for_annotation
+    from labelfactory.core.io import sha256_file
 
     root.mkdir(parents=True, exist_ok=True)
     b = tiny_generator(size=size)
@@ -139,8 +139,8 @@ def make_tiny_conditional_project(root: Path, n_per_class: int = 3, vqgan: bool 
     import yaml
     from PIL import Image
 
-    from labelfactory.annotations import sample_for_annotation
-    from labelfactory.io import sha256_file
+    from labelfactory.annotations.handout import sample_for_annotation
+    from labelfactory.core.io import sha256_file
 
     root.mkdir(parents=True, exist_ok=True)
     b = tiny_biggan()

@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
-from labelfactory.ablations import AblationPlan, Variant, calibration, combine_annotation_sets
-from labelfactory.active_learning import (candidate_seeds, choose_seeds, kcenter_greedy, next_round_seeds,
+from labelfactory.experiments.ablations import AblationPlan, Variant, calibration, combine_annotation_sets
+from labelfactory.annotations.active_selection import (candidate_seeds, choose_seeds, kcenter_greedy, next_round_seeds,
                                           score_candidates, select_uncertain)
-from labelfactory.annotations import AnnotationSet, LabelSet
+from labelfactory.annotations.annotation_set import AnnotationSet
+from labelfactory.annotations.labels import LabelSet
 from labelfactory.config import ConfigError, WorkflowConfig, validate_config
 
 from helpers import config_changed, job_counts, make_tiny_project, snakemake, update_config

@@ -15,19 +15,14 @@ import torch
 import yaml
 from PIL import Image
 
-from labelfactory import annotations as ann
-from labelfactory.annotations import (
-    AnnotationError,
-    LabelSet,
-    import_annotations,
-    load_annotation_set,
-    load_labels,
-    sample_for_annotation,
-    sample_id,
-)
+from labelfactory.annotations import handout as ann
+from labelfactory.annotations.annotation_set import load_annotation_set
+from labelfactory.annotations.importing import import_annotations
+from labelfactory.annotations.handout import sample_for_annotation, sample_id
+from labelfactory.annotations.labels import AnnotationError, LabelSet, load_labels
 from labelfactory.generators.base import images_to_uint8
 from labelfactory.generators.stylegan2 import Generator, NoiseInjection, StyleGAN2Backend, StyleGAN2Config
-from labelfactory.visualize import palette
+from labelfactory.core.visualize import palette
 
 LABELS = ["background", "body", "head", "tail"]
 SEEDS = [3, 1, 4]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from labelfactory import toyworld
-from labelfactory.annotator import (
+from labelfactory.toybench import world as toyworld
+from labelfactory.toybench.annotator import (
     Annotator,
     AnnotatorConfig,
     UNet,

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from labelfactory.cli import main
 from labelfactory.generators.biggan import BigGANBackend, BigGANGenerator, truncated_normal
-from labelfactory.generators.checkpoints import (CheckpointError, convert_checkpoint, load_generator,
-                                                 read_checkpoint, write_canonical)
+from labelfactory.generators.checkpoints import CheckpointError
+from labelfactory.generators.loading import convert_checkpoint, load_generator, read_checkpoint, write_canonical
 from labelfactory.generators.stylegan2 import StyleGAN2Backend
 
 from formats import rosinality_generator, save_rosinality

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from labelfactory.cli import main
 from labelfactory.generators import GENERATORS
-from labelfactory.generators.checkpoints import (CheckpointError, convert_checkpoint, load_generator,
-                                                 read_checkpoint, read_sidecar)
+from labelfactory.generators.checkpoints import CheckpointError, read_sidecar
+from labelfactory.generators.loading import convert_checkpoint, load_generator, read_checkpoint
 
 DATA = Path(__file__).parent / "data"
 FOLDER = DATA / "biggan_deep"

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from labelfactory.generators.base import content_hash
-from labelfactory.generators.checkpoints import (CheckpointError, convert_checkpoint, load_generator,
-                                                 read_checkpoint, sidecar_path)
+from labelfactory.generators.checkpoints import CheckpointError, sidecar_path
+from labelfactory.generators.loading import convert_checkpoint, load_generator, read_checkpoint
 from labelfactory.generators.nvidia_pickle import UntrustedPickleError
-from labelfactory.io import sha256_file
+from labelfactory.core.io import sha256_file
 
 from formats import (EXEC_MARKER_ENV, make_nvidia_pickle, nvidia_standins, rosinality_generator,
                      save_rosinality)

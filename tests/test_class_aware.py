@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from labelfactory import toyworld
-from labelfactory.annotations import LabelSet
+from labelfactory.toybench import world as toyworld
+from labelfactory.annotations.labels import LabelSet
 from labelfactory.downstream.class_aware import ClassAwareLabels, class_names_for
-from labelfactory.downstream.experiment import DatasetError, RealDataSpec, real_dataset
+from labelfactory.downstream.real import DatasetError, RealDataSpec, real_dataset
 from labelfactory.downstream.segmentation import scores_from_confusion
 
 

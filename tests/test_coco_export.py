@@ -16,8 +16,8 @@ from pycocotools.coco import COCO
 from helpers import tiny_biggan
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.coco_export import CocoImage, export_synthetic, mask_annotation, write_coco
-from labelfactory.downstream.toy_scenes import SceneSpec, render_scene, write_toy_scenes
-from labelfactory.synthesis import read_samples, synthesize_shard
+from labelfactory.toybench.scenes import SceneSpec, render_scene, write_toy_scenes
+from labelfactory.synthesis.shards import read_samples, synthesize_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

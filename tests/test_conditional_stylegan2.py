@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from labelfactory.cli import main
-from labelfactory.generators.checkpoints import convert_checkpoint, load_generator
+from labelfactory.generators.loading import convert_checkpoint, load_generator
 from labelfactory.generators.nvidia_pickle import UntrustedPickleError
 
 from formats import EXEC_MARKER_ENV, make_nvidia_pickle

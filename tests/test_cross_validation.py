@@ -7,8 +7,8 @@ import pytest
 from safetensors.torch import load_file
 
 from labelfactory.downstream.cross_validation import cross_validate, release_miou
-from labelfactory.downstream.experiment import RealDataSpec, SettingInputs, evaluate_downstream, seg_config, \
-    train_downstream
+from labelfactory.downstream.experiment import SettingInputs, evaluate_downstream, seg_config, train_downstream
+from labelfactory.downstream.real import RealDataSpec
 from labelfactory.downstream.segmentation import SegTrainConfig, load_model
 
 from helpers import TINY_SEGMENTATION, make_real_folder

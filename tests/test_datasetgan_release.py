@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from labelfactory.annotations import AnnotationError, LabelSet, import_annotations, load_annotation_set
+from labelfactory.annotations.annotation_set import load_annotation_set
+from labelfactory.annotations.importing import import_annotations
+from labelfactory.annotations.labels import AnnotationError, LabelSet
 from labelfactory.config import ConfigError, WorkflowConfig, validate_config
-from labelfactory.datasetgan_release import ADECAR12, CAR20, CELEBAMASK8, FACE34, MERGES, merge_masks
+from labelfactory.annotations.datasetgan_release import ADECAR12, CAR20, CELEBAMASK8, FACE34, MERGES, merge_masks
 from labelfactory.generators.base import images_to_uint8
-from labelfactory.generators.checkpoints import load_generator
+from labelfactory.generators.loading import load_generator
 from labelfactory.generators.view import ImageView, load_task_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,7 +90,7 @@ def test_truncation_needs_the_average_latent_of_a_stylegan1_checkpoint():
 
 
 def test_average_latent_is_refused_for_checkpoints_with_their_own(tmp_path, tiny_backend):
-    from labelfactory.generators.checkpoints import write_canonical
+    from labelfactory.generators.loading import write_canonical
 
     write_canonical(tmp_path / "g.safetensors", tiny_backend, {})
     with pytest.raises(ValueError, match="this stylegan2 checkpoint has its own"):
@@ -222,7 +224,7 @@ class _Brightness:
 
 
 def test_synthesis_keeps_the_crop(tmp_path, g):
-    from labelfactory.synthesis import read_samples, synthesize_shard
+    from labelfactory.synthesis.shards import read_samples, synthesize_shard
 
     info = synthesize_shard(g, _Brightness(), tmp_path / "s.h5", [3, 5], truncation=PSI, noise="none",
                             progress=False)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from labelfactory.annotations import LabelSet
-from labelfactory.datasets import celebamask, chest_xray, cityscapes, voc
-from labelfactory.downstream.experiment import REAL_DATASETS, DatasetError, RealDataSpec, real_dataset
+from labelfactory.annotations.labels import LabelSet
+from labelfactory.downstream.datasets import celebamask, chest_xray, cityscapes, voc
+from labelfactory.downstream.real import REAL_DATASETS, DatasetError, RealDataSpec, real_dataset
 
 RNG = np.random.default_rng(0)
 VOC = LabelSet(voc.CLASSES)
@@ -398,9 +398,9 @@ def test_celebamask_errors_name_the_file(tmp_path, damage, culprit, words):
 
 
 # -- registration and detection -------------------------------------------------
-@pytest.mark.parametrize("first", ["labelfactory.datasets", "labelfactory.downstream.experiment"])
+@pytest.mark.parametrize("first", ["labelfactory.downstream.datasets", "labelfactory.downstream.experiment"])
 def test_readers_register_whichever_module_is_imported_first(first):
-    code = (f"import {first}\nfrom labelfactory.downstream.experiment import REAL_DATASETS\n"
+    code = (f"import {first}\nfrom labelfactory.downstream.real import REAL_DATASETS\n"
             "print(sorted(REAL_DATASETS))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
@@ -427,7 +427,7 @@ def test_voc_detection_dicts_through_detectron2(tmp_path):
     (root / "Annotations").mkdir()
     (root / "Annotations" / "2007_000032.xml").write_text(voc_xml("car", (1, 1, 16, 12)))
     spec = RealDataSpec(type="voc", path=str(root))
-    from labelfactory.datasets import register_detection
+    from labelfactory.downstream.datasets import register_detection
 
     name = f"lf_voc_{tmp_path.name}"
     raises_naming(root / "Annotations" / "2007_000039.xml", "missing", lambda: register_detection(name, spec, "test"))
@@ -447,7 +447,7 @@ def test_coco_detection_dicts_through_detectron2(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.structures import BoxMode
 
-    from labelfactory.datasets import register_detection
+    from labelfactory.downstream.datasets import register_detection
 
     root = write_coco(tmp_path)
     name = f"lf_coco_{tmp_path.name}"
@@ -465,7 +465,7 @@ def test_cityscapes_detection_dicts_through_detectron2(tmp_path):
         pytest.importorskip(module)
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from labelfactory.datasets import register_detection
+    from labelfactory.downstream.datasets import register_detection
 
     root, _ = write_cityscapes(tmp_path, n=1)
     gt = root / "gtFine/val/frankfurt/frankfurt_000000_000000"

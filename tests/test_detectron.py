@@ -15,7 +15,7 @@ from labelfactory.downstream.detectron import (AP_KEYS, BACKBONE_PREFIX, MASK_RC
                                                check_backbone_fits, detectron2_config, detectron2_resnet_state,
                                                export_backbone, finetune, register_coco)
 from labelfactory.downstream.models import WeightsError, build_segmentation_model, resnet_trunk
-from labelfactory.downstream.toy_scenes import SceneSpec, write_toy_scenes
+from labelfactory.toybench.scenes import SceneSpec, write_toy_scenes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,7 +13,8 @@ import torchvision
 from helpers import REPO, TINY_SEGMENTATION
 from labelfactory.config import WorkflowConfig, load_config
 from labelfactory.downstream.data import (IGNORE_INDEX, ArraySegmentation, Augment, ShardGroupedSampler,
-                                          ShardSegmentation, ToyWorldSegmentation, augment_pair)
+                                          ShardSegmentation, augment_pair)
+from labelfactory.toybench.datasets import ToyWorldSegmentation
 from labelfactory.downstream.experiment import seg_config
 from labelfactory.downstream.models import SEGMENTATION_MODELS, WeightsError, build_segmentation_model
 from labelfactory.downstream.segmentation import (SegTrainConfig, confusion_matrix, evaluate_segmentation,

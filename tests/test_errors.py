@@ -11,7 +11,7 @@ from helpers import REPO, make_tiny_project, snakemake, update_config
 # a Snakemake `script:` job in miniature: argv = log file, the statement the job fails with
 JOB = """
 import sys, types
-from labelfactory.runtime import snakemake_job
+from labelfactory.core.runtime import snakemake_job
 smk = types.SimpleNamespace(log=[sys.argv[1]], threads=1, rule="fetch_checkpoint", wildcards={})
 with snakemake_job(smk):
     exec(sys.argv[2])
@@ -30,7 +30,7 @@ def run_job(tmp_path, statement: str) -> tuple[subprocess.CompletedProcess, str,
     ("from labelfactory.generators.checkpoints import CheckpointError\n"
      "raise CheckpointError('sha256 mismatch for weights/g.pt: expected 00, got 11')",
      "sha256 mismatch for weights/g.pt: expected 00, got 11"),
-    ("from labelfactory.annotations import AnnotationError\n"
+    ("from labelfactory.annotations.labels import AnnotationError\n"
      "raise AnnotationError('ann', ['a.png: RGB, not an index mask', 'b.png: missing'])",
      "2 problems in ann:\n  a.png: RGB, not an index mask\n  b.png: missing"),
 ])

@@ -10,13 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from labelfactory import toyworld
-from labelfactory.annotations import AnnotationSet, LabelSet
-from labelfactory.downstream.experiment import (SETTINGS, DatasetError, RealDataSpec, SettingInputs,
-                                                evaluate_downstream, real_dataset, seg_config, train_downstream)
-from labelfactory.io import sha256_file
-from labelfactory.manifest import write_manifest
-from labelfactory.synthesis import synthesize_shard
+from labelfactory.toybench import world as toyworld
+from labelfactory.annotations.annotation_set import AnnotationSet
+from labelfactory.annotations.labels import LabelSet
+from labelfactory.downstream.experiment import SETTINGS, SettingInputs, evaluate_downstream, seg_config, train_downstream
+from labelfactory.downstream.real import DatasetError, RealDataSpec, real_dataset
+from labelfactory.core.io import sha256_file
+from labelfactory.synthesis.filtering import write_manifest
+from labelfactory.synthesis.shards import synthesize_shard
 
 from helpers import TINY_SEGMENTATION, make_real_folder, tiny_generator, tiny_mask
 

@@ -7,7 +7,7 @@ from torch import nn
 from labelfactory.interpreters.mlp import (
     _DENSE_COLUMNS, _TILE_PIXELS, MemberHistory, MLPEnsemble, MLPEnsembleConfig, build_member, stack_members)
 from labelfactory.interpreters import load_labeller
-from labelfactory.uncertainty import image_scores, js_divergence, vote_labels
+from labelfactory.synthesis.uncertainty import image_scores, js_divergence, vote_labels
 
 CLASSES = 6
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import labelfactory.generators.checkpoints as checkpoints
-from labelfactory.fetch import FetchError, fetch, fetch_checkpoint
-from labelfactory.generators.checkpoints import CheckpointError, load_generator, sidecar_path
+from labelfactory.generators.fetch import FetchError, fetch, fetch_checkpoint
+from labelfactory.generators.checkpoints import CheckpointError, sidecar_path
+from labelfactory.generators.loading import load_generator
 
 from formats import rosinality_generator, save_rosinality
 
@@ -95,7 +96,7 @@ def test_plain_download(server, tmp_path):
 
 def test_resumes_after_a_cut_connection(server, tmp_path, caplog):
     server.cut_first = True
-    with caplog.at_level(logging.INFO, logger="labelfactory.fetch"):
+    with caplog.at_level(logging.INFO, logger="labelfactory.generators.fetch"):
         out = fetch(server.url, tmp_path / "model.bin", sha256=SHA, backoff=0, chunk=16_384)
     assert out.read_bytes() == PAYLOAD
     assert server.ranges == [None, f"bytes={server.cut_after}-"]

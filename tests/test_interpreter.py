@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from labelfactory.features import FeatureStore, FeatureStoreError
 from labelfactory.interpreters import (INTERPRETERS, MLPEnsemble, MLPEnsembleConfig, PixelFeatures,
                                        train_mlp_ensemble)
-from labelfactory.uncertainty import mean_labels
+from labelfactory.synthesis.uncertainty import mean_labels
 
 torch.set_num_threads(1)
 

@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from labelfactory.io import sha256_file
-from labelfactory.manifest import (MANIFEST_COLUMNS, filter_manifest, num_dropped, read_manifest,
+from labelfactory.core.io import sha256_file
+from labelfactory.synthesis.filtering import (MANIFEST_COLUMNS, filter_manifest, num_dropped, read_manifest,
                                    write_manifest)
-from labelfactory.synthesis import read_shard_scores, synthesize_shard
+from labelfactory.synthesis.shards import read_shard_scores, synthesize_shard
 
 from helpers import tiny_generator
 from test_synthesis import LinearEnsemble

@@ -102,8 +102,8 @@ DATASETGAN = {
 
 @pytest.mark.parametrize("name", list(DATASETGAN))
 def test_datasetgan_config_is_the_release_setting(name):
-    from labelfactory.annotations import load_labels
-    from labelfactory.datasetgan_release import MERGES
+    from labelfactory.annotations.labels import load_labels
+    from labelfactory.annotations.datasetgan_release import MERGES
     from labelfactory.generators.stylegan1 import StyleGAN1Config, StyleGAN1Generator, release_channels
     import torch
 

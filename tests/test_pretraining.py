@@ -16,14 +16,14 @@ from detectron2.modeling import build_model
 from labelfactory.config import ConfigError, WorkflowConfig, load_config, validate_config
 from labelfactory.downstream import pretrain
 from labelfactory.downstream.class_aware import ClassAwareLabels
-from labelfactory.downstream.data import ToyWorldObjects
+from labelfactory.toybench.datasets import ToyWorldObjects
 from labelfactory.downstream.detectron import FinetuneConfig, check_backbone_fits, detectron2_config
 from labelfactory.downstream.experiment import SettingInputs
 from labelfactory.downstream.models import build_segmentation_model
 from labelfactory.downstream.pretrain import (PRETRAINING_METHODS, PretrainConfig, PretrainInputs, finetune_semantic,
                                               pretrain_backbone, pretrain_inputs, semantic_config, subset_coco)
-from labelfactory.downstream.toy_scenes import SceneSpec, write_toy_scenes
-from labelfactory.reporting import collect_transfer, plot_data_efficiency, write_transfer_table
+from labelfactory.toybench.scenes import SceneSpec, write_toy_scenes
+from labelfactory.experiments.reporting import collect_transfer, plot_data_efficiency, write_transfer_table
 
 from helpers import REPO, job_counts, snakemake
 

@@ -3,10 +3,11 @@ import pandas as pd
 import pytest
 import torch
 
-from labelfactory import toyworld
-from labelfactory.annotations import import_annotations, sample_for_annotation
-from labelfactory.annotator import Annotator, UNet, simulate_annotation
-from labelfactory.quality import kid
+from labelfactory.toybench import world as toyworld
+from labelfactory.annotations.importing import import_annotations
+from labelfactory.annotations.handout import sample_for_annotation
+from labelfactory.toybench.annotator import Annotator, UNet, simulate_annotation
+from labelfactory.toybench.quality import kid
 
 from helpers import tiny_biggan, tiny_generator
 

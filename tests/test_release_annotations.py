@@ -12,16 +12,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from labelfactory.annotations import (
-    AnnotationError,
-    LabelSet,
-    import_annotations,
-    load_annotation_set,
-    sample_for_annotation,
-)
+from labelfactory.annotations.annotation_set import load_annotation_set
+from labelfactory.annotations.importing import import_annotations
+from labelfactory.annotations.handout import sample_for_annotation
+from labelfactory.annotations.labels import AnnotationError, LabelSet
 from labelfactory.generators.base import images_to_uint8
 from labelfactory.generators.biggan import BigGANBackend, BigGANConfig, BigGANGenerator, truncated_normal
-from labelfactory.release_annotations import import_release_annotations, release_layout, saved_image
+from labelfactory.annotations.bigdatasetgan_release import import_release_annotations, release_layout, saved_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from labelfactory.reporting import (collect_scores, error_summary, label_errors, main_table, markdown_table,
+from labelfactory.experiments.reporting import (collect_scores, error_summary, label_errors, main_table, markdown_table,
                                     plot_per_class_iou,
                                     plot_sample_grid, write_main_table)
-from labelfactory.synthesis import synthesize_shard
+from labelfactory.synthesis.shards import synthesize_shard
 
 from helpers import tiny_generator
 
@@ -160,7 +160,7 @@ def test_sample_grid_titles_overlap_no_image_and_no_other_title(monkeypatch, tmp
     import matplotlib.image
     import matplotlib.pyplot as plt
 
-    from labelfactory import reporting
+    from labelfactory.experiments import reporting
 
     def samples(rows):
         rng = np.random.default_rng(len(rows))

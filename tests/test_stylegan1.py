@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from labelfactory.cli import main
-from labelfactory.generators.checkpoints import CheckpointError, convert_checkpoint, load_generator, read_checkpoint
+from labelfactory.generators.checkpoints import CheckpointError
+from labelfactory.generators.loading import convert_checkpoint, load_generator, read_checkpoint
 from labelfactory.generators.stylegan1 import StyleGAN1Backend, StyleGAN1Config, StyleGAN1Generator, release_channels
 
 from formats import rosinality_generator, save_rosinality

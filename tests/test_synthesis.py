@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from labelfactory.generators import images_to_uint8
-from labelfactory.io import sha256_file
-from labelfactory.manifest import filter_manifest, write_manifest
-from labelfactory.synthesis import (ShardError, read_samples, read_shard_scores, synthesize_shard,
+from labelfactory.core.io import sha256_file
+from labelfactory.synthesis.filtering import filter_manifest, write_manifest
+from labelfactory.synthesis.shards import (ShardError, read_samples, read_shard_scores, synthesize_shard,
                                     verify_shard)
-from labelfactory.uncertainty import image_scores, js_divergence, mean_labels, vote_labels
+from labelfactory.synthesis.uncertainty import image_scores, js_divergence, mean_labels, vote_labels
 
 from helpers import tiny_generator, tiny_vqgan
 

@@ -13,13 +13,16 @@ import torch
 import yaml
 from PIL import Image
 
-from labelfactory.annotations import AnnotationError, import_annotations, sample_for_annotation
+from labelfactory.annotations.importing import import_annotations
+from labelfactory.annotations.handout import sample_for_annotation
+from labelfactory.annotations.labels import AnnotationError
 from labelfactory.cli import main
 from labelfactory.config import ConfigError, validate_config
 from labelfactory.generators import torch_module
 from labelfactory.generators.base import images_to_uint8
 from labelfactory.generators.biggan import truncated_normal
-from labelfactory.generators.checkpoints import CheckpointError, convert_checkpoint, load_generator
+from labelfactory.generators.checkpoints import CheckpointError
+from labelfactory.generators.loading import convert_checkpoint, load_generator
 from labelfactory.generators.torch_module import TorchModuleBackend, package_version
 
 from helpers import REPO, make_tiny_conditional_project, make_tiny_project, snakemake, tiny_mask
@@ -303,7 +306,7 @@ def test_dcgan_through_the_workflow(tmp_path):
     b = _use_own_generator(root, cfg, "tiny", "netG.pth", DCGAN_SPEC)
     snakemake(root, env=_user_env())
 
-    from labelfactory.annotations import load_annotation_set
+    from labelfactory.annotations.annotation_set import load_annotation_set
     from labelfactory.features import FeatureStore
     import pandas as pd
 
@@ -326,7 +329,7 @@ def test_dcgan_through_the_workflow(tmp_path):
 
 @pytest.mark.slow
 def test_conditional_generator_through_the_workflow(tmp_path):
-    from labelfactory.synthesis import read_samples
+    from labelfactory.synthesis.shards import read_samples
     import pandas as pd
 
     root = tmp_path / "cond"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from labelfactory import toyworld as tw
+from labelfactory.toybench import world as tw
 
 
 @pytest.mark.parametrize("cls", tw.CLASSES)

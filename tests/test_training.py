@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from labelfactory.generators.biggan import BigGANGenerator
-from labelfactory.training.biggan import BigGANTrainConfig, finalize, standing_stats, train
+from labelfactory.toybench.recipes.biggan import BigGANTrainConfig, finalize, standing_stats, train
 
 
 def _tiny(kimg: float) -> BigGANTrainConfig:
@@ -53,7 +53,7 @@ def test_recipe_flags_come_from_the_recipe_dataclass():
     recipe's defaults, the rest fixed; parsed flags give back the recipe."""
     from dataclasses import dataclass, field
 
-    from labelfactory.training.recipe_cli import recipe_from_args, recipe_parser, work_dir
+    from labelfactory.toybench.recipes.recipe_cli import recipe_from_args, recipe_parser, work_dir
 
     @dataclass
     class Recipe:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from labelfactory.uncertainty import image_scores, js_divergence, mean_labels, vote_labels
+from labelfactory.synthesis.uncertainty import image_scores, js_divergence, mean_labels, vote_labels
 
 torch.set_num_threads(1)
 

@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 
 from labelfactory.cli import main
 from labelfactory.generators import GENERATORS
-from labelfactory.generators.checkpoints import CheckpointError, convert_checkpoint, load_generator, read_checkpoint
+from labelfactory.generators.checkpoints import CheckpointError
+from labelfactory.generators.loading import convert_checkpoint, load_generator, read_checkpoint
 from labelfactory.generators.taming_prior import filter_logits
 
 DATA = Path(__file__).parent / "data"

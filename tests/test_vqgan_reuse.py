@@ -1,4 +1,4 @@
-"""Annotation reuse for a VQGAN (labelfactory.vqgan_reuse) on a tiny random-weight VQGAN and
+"""Annotation reuse for a VQGAN (labelfactory.annotations.reuse) on a tiny random-weight VQGAN and
 a tiny toy-world annotation set: codes and reconstructions, PSNR against numpy, masks kept,
 the set's int64 code latents through HDF5, feature extraction and the conv interpreter,
 the annotator's agreement, the warning, and one-line errors for bad input."""
@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from labelfactory import toyworld
-from labelfactory.annotations import AnnotationSet, LabelSet, load_annotation_set
-from labelfactory.annotator import Annotator, UNet
+from labelfactory.toybench import world as toyworld
+from labelfactory.annotations.annotation_set import AnnotationSet, load_annotation_set
+from labelfactory.annotations.labels import LabelSet
+from labelfactory.toybench.annotator import Annotator, UNet
 from labelfactory.features import FeatureStore, extract_features
 from labelfactory.generators.base import images_to_uint8
 from labelfactory.interpreters import ConvInterpreterConfig, train_conv_ensemble
-from labelfactory.vqgan_reuse import resize_annotations, reuse_annotation_file, reuse_annotations
+from labelfactory.annotations.reuse import resize_annotations, reuse_annotation_file, reuse_annotations
 
 from helpers import TINY_VQGAN_CODES as N_EMBED, tiny_vqgan
 
@@ -104,7 +105,7 @@ def test_annotator_agreement_against_its_labels():
     ann, backend = toy_annotations(), tiny_vqgan()
     torch.manual_seed(0)
     annotator = Annotator(UNet(len(toyworld.global_part_labels()), width=8, levels=2).eval())
-    new, report = reuse_annotations(ann, backend, annotator, min_psnr=0.0)
+    new, report = reuse_annotations(ann, backend, annotator, min_psnr=0.0, annotator_classes=toyworld.CLASSES)
     for c in (0, 1):
         idx = np.flatnonzero(ann.classes == c)
         a = annotator.label(ann.images[idx], c)
@@ -117,11 +118,11 @@ def test_annotator_agreement_against_its_labels():
 
 def test_low_psnr_is_named_in_a_warning(caplog):
     ann, backend = toy_annotations(per_class=1), tiny_vqgan()
-    with caplog.at_level(logging.WARNING, logger="labelfactory.vqgan_reuse"):
+    with caplog.at_level(logging.WARNING, logger="labelfactory.annotations.reuse"):
         reuse_annotations(ann, backend, min_psnr=200.0)
     assert "2 of 2 reconstructions below 200.0 dB" in caplog.text and all(i in caplog.text for i in ann.ids)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="labelfactory.vqgan_reuse"):
+    with caplog.at_level(logging.WARNING, logger="labelfactory.annotations.reuse"):
         reuse_annotations(ann, backend, min_psnr=0.0)
     assert caplog.text == ""
 

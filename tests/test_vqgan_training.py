@@ -1,4 +1,4 @@
-"""The toy VQGAN recipe (labelfactory.training.vqgan) on a tiny config: a few steps lower both
+"""The toy VQGAN recipe (labelfactory.toybench.recipes.vqgan) on a tiny config: a few steps lower both
 phases' losses, a run is a function of its seed, finished phases are reused only under the
 same recipe, and the written weights load as a class-conditional VQGAN."""
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from labelfactory.generators.checkpoints import load_generator, write_canonical
+from labelfactory.generators.loading import load_generator, write_canonical
 from labelfactory.generators.base import images_to_uint8
 from labelfactory.generators.vqgan import VQGANBackend
-from labelfactory.quality import generator_samples, reconstruction_quality
-from labelfactory.training.state import trained_sidecar
-from labelfactory.training.vqgan import (VQGANTrainConfig, learning_rate, prior_loss, restart_dead_codes, train,
+from labelfactory.toybench.quality import generator_samples, reconstruction_quality
+from labelfactory.toybench.recipes.state import trained_sidecar
+from labelfactory.toybench.recipes.vqgan import (VQGANTrainConfig, learning_rate, prior_loss, restart_dead_codes, train,
                                          train_prior, train_vqgan, training_batch, vq_loss)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,7 +78,7 @@ def test_a_run_is_its_seed_and_phases_are_reused_only_for_their_recipe(tmp_path,
     a, b = train(TINY, tmp_path / "a"), train(TINY, tmp_path / "b")
     assert states_equal(a, b)
     assert not states_equal(a, train(replace(TINY, seed=1), tmp_path / "c"))
-    caplog.set_level("INFO", logger="labelfactory.training.vqgan")
+    caplog.set_level("INFO", logger="labelfactory.toybench.recipes.vqgan")
     assert states_equal(a, train(TINY, tmp_path / "a"))
     assert "reusing the finished vqgan phase" in caplog.text and "reusing the finished prior phase" in caplog.text
     caplog.clear()
@@ -92,7 +92,7 @@ def test_a_run_is_its_seed_and_phases_are_reused_only_for_their_recipe(tmp_path,
 def test_written_weights_load_as_a_class_conditional_vqgan(tmp_path):
     model = train(TINY, tmp_path / "work")
     meta = write_canonical(tmp_path / "vq.safetensors", VQGANBackend(model, model.cfg.to_dict()),
-                           trained_sidecar("labelfactory.training.vqgan", TINY, tmp_path / "work"))
+                           trained_sidecar("labelfactory.toybench.recipes.vqgan", TINY, tmp_path / "work"))
     assert meta["recipe"]["train_config"]["n_embed"] == TINY.n_embed and meta["recipe"]["train_seconds"] > 0
     backend = load_generator(tmp_path / "vq.safetensors")
     assert isinstance(backend, VQGANBackend) and backend.num_classes == 4 and backend.latent_shape == (8, 8)

@@ -6,7 +6,7 @@ import h5py
 import pandas as pd
 import pytest
 
-from labelfactory.annotations import load_annotation_set
+from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.features import FeatureStore
 
 from helpers import config_changed, job_counts, make_tiny_project, snakemake, update_config

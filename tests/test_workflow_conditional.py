@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelfactory.annotations import load_annotation_set
+from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.generators.base import images_to_uint8
-from labelfactory.generators.checkpoints import load_generator
-from labelfactory.synthesis import read_samples
+from labelfactory.generators.loading import load_generator
+from labelfactory.synthesis.shards import read_samples
 
 from helpers import make_tiny_conditional_project, snakemake
 

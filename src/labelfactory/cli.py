@@ -14,9 +14,9 @@ log = logging.getLogger("labelfactory")
 
 def _load_inputs(args):
     """The backend, latents ``[N, *latent_shape]`` and classes (or None) a render-like command names."""
-    from .generators.checkpoints import load_generator
-    from .generators.view import set_average_latent
-    from .runtime import resolve_device
+    from labelfactory.generators.loading import load_generator
+    from labelfactory.generators.view import set_average_latent
+    from labelfactory.core.runtime import resolve_device
 
     backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
     z = np.load(args.latents)
@@ -34,8 +34,8 @@ def _load_inputs(args):
 def _render(args) -> None:
     from PIL import Image
 
-    from .generators.base import images_to_uint8
-    from .io import atomic_path
+    from labelfactory.generators.base import images_to_uint8
+    from labelfactory.core.io import atomic_path
 
     backend, z, classes = _load_inputs(args)
     images = backend.render(z, classes, truncation=args.truncation, noise=args.noise,
@@ -55,7 +55,7 @@ def _render(args) -> None:
 
 
 def _features(args) -> None:
-    from .io import atomic_path
+    from labelfactory.core.io import atomic_path
 
     backend, z, classes = _load_inputs(args)
     layers = args.layers.split(",") if args.layers else None
@@ -69,8 +69,8 @@ def _features(args) -> None:
 
 
 def _latents(args) -> None:
-    from .config import parse_range
-    from .generators.checkpoints import load_generator
+    from labelfactory.config import parse_range
+    from labelfactory.generators.loading import load_generator
 
     backend = load_generator(args.checkpoint, fmt=args.format)
     seeds = parse_range(args.seeds)
@@ -81,9 +81,9 @@ def _latents(args) -> None:
 
 
 def _encode(args) -> None:
-    from .generators.checkpoints import load_generator
-    from .io import atomic_path
-    from .runtime import resolve_device
+    from labelfactory.generators.loading import load_generator
+    from labelfactory.core.io import atomic_path
+    from labelfactory.core.runtime import resolve_device
 
     backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
     if not hasattr(backend, "encode"):
@@ -99,7 +99,7 @@ def _encode(args) -> None:
 def _convert(args) -> None:
     import yaml
 
-    from .generators.checkpoints import convert_checkpoint
+    from labelfactory.generators.loading import convert_checkpoint
 
     generator = yaml.safe_load(Path(args.generator).read_text()) if args.generator else None
     meta = convert_checkpoint(args.src, args.dest, fmt=args.format, generator=generator, source_url=str(args.src))
@@ -107,7 +107,7 @@ def _convert(args) -> None:
 
 
 def _toyworld_sheet(args) -> None:
-    from .toyworld import sample_sheet
+    from labelfactory.toybench.world import sample_sheet
 
     sample_sheet(args.out, size=args.size, per_class=args.per_class, seed0=args.seed)
 
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import setup_logging
+    from labelfactory.core.runtime import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)

@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 import torch
 
-from .generators.base import GeneratorBackend, images_to_uint8
-from .io import atomic_path
+from labelfactory.generators.base import GeneratorBackend, images_to_uint8
+from labelfactory.core.io import atomic_path
 
 log = logging.getLogger(__name__)
 

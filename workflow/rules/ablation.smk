@@ -3,7 +3,7 @@
 `snakemake ablations` builds every configured ablation (never part of `all`);
 `snakemake figures` redraws every table and figure whose results exist (see
 README, "Ablations"). A variant's stages reuse the task's own rules through
-`use rule ... with:`; labelfactory.ablations names the variants and their files.
+`use rule ... with:`; labelfactory.experiments.ablations names the variants and their files.
 """
 
 

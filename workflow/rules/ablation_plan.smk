@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from labelfactory.ablations import ABLATIONS, AblationPlan, Variant, count_annotations
+from labelfactory.experiments.ablations import ABLATIONS, AblationPlan, Variant, count_annotations
 
 PLANS = {name: AblationPlan(CFG.tasks[name], spec, count_annotations(
              CFG.tasks[name].annotations, CFG.tasks[name].annotation.expected_count or

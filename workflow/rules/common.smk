@@ -5,7 +5,7 @@ from pathlib import Path
 
 from labelfactory.config import WorkflowConfig, validate_config
 from labelfactory.downstream.class_aware import ClassAwareLabels, class_names_for
-from labelfactory.runtime import release_stale_lock
+from labelfactory.core.runtime import release_stale_lock
 
 if workflow.is_main_process:
     release_stale_lock()  # a killed run resumes with the same command

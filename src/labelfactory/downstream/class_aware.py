@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..annotations import LabelSet
+from labelfactory.annotations.labels import LabelSet
 
 BACKGROUND, OBJECT = 0, 1
 

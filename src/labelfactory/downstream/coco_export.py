@@ -25,10 +25,10 @@ import pandas as pd
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from ..io import atomic_write_text
-from ..synthesis import read_samples
-from .class_aware import OBJECT, ClassAwareLabels
-from .data import Reader
+from labelfactory.core.io import atomic_write_text
+from labelfactory.synthesis.shards import read_samples
+from labelfactory.downstream.class_aware import OBJECT, ClassAwareLabels
+from labelfactory.downstream.data import Reader
 
 IMAGE_FOLDER, SEMANTIC_FOLDER = "images", "semantic"
 

@@ -4,8 +4,7 @@ Every dataset yields ``(image, label)``: a float tensor ``[3, H, W]``
 normalised with the ImageNet statistics (what pretrained backbones expect) and
 a long tensor ``[H, W]`` of class ids, :data:`IGNORE_INDEX` marking pixels that
 take no part in loss or score. Sources: arrays in memory (the few annotated
-images), toy-world renders (real labelled images and the test set), and
-generated samples in HDF5 shards listed by a manifest. Augmentation is a
+images, real labelled images) and generated samples in HDF5 shards listed by a manifest. Augmentation is a
 wrapper the trainer applies, so evaluation never sees it.
 """
 
@@ -20,8 +19,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
-
-from .. import toyworld
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,45 +52,6 @@ class ArraySegmentation(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return to_tensors(self.images[i], self.labels[i])
-
-
-class ToyWorldSegmentation(Dataset):
-    """Toy-world scenes of one class with their part masks, rendered on first
-    use from ``seeds`` (deterministic) and kept (small at toy sizes)."""
-
-    def __init__(self, seeds: Iterable[int], cls: str | int = "car", size: int = 32):
-        self.seeds = [int(s) for s in seeds]
-        self.cls, self.size = cls, size
-        self._scenes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if i not in self._scenes:
-            scene = toyworld.render(self.seeds[i], self.cls, self.size)
-            self._scenes[i] = (scene.image, scene.parts)
-        return to_tensors(*self._scenes[i])
-
-
-class ToyWorldObjects(Dataset):
-    """Toy-world scenes of several classes with class-aware object masks (BigDatasetGAN's
-    labels): image ``i`` shows class ``classes[i % K]``, its object pixels labelled ``k + 1``."""
-
-    def __init__(self, seeds: Iterable[int], classes: Sequence[str], size: int = 32):
-        self.seeds = [int(s) for s in seeds]
-        self.classes, self.size = list(classes), size
-        self._scenes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if i not in self._scenes:
-            k = i % len(self.classes)
-            scene = toyworld.render(self.seeds[i], self.classes[k], self.size)
-            self._scenes[i] = (scene.image, np.where(scene.parts > 0, k + 1, 0))
-        return to_tensors(*self._scenes[i])
 
 
 Reader = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -44,10 +44,10 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from torch import nn
 
-from ..io import atomic_path, atomic_torch_save, atomic_write_json
-from ..typed import strict_from_dict
-from .data import IMAGENET_MEAN, IMAGENET_STD
-from .models import WeightsError
+from labelfactory.core.io import atomic_path, atomic_torch_save, atomic_write_json
+from labelfactory.core.typed import strict_from_dict
+from labelfactory.downstream.data import IMAGENET_MEAN, IMAGENET_STD
+from labelfactory.downstream.models import WeightsError
 
 MASK_RCNN_R50_FPN_1X = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
 PIXEL_MEAN = tuple(255.0 * m for m in IMAGENET_MEAN)

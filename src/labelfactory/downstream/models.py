@@ -30,7 +30,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from ..registry import Registry
+from labelfactory.core.registry import Registry
 
 SEGMENTATION_MODELS: Registry[Callable[..., "SegmentationNet"]] = Registry("segmentation model")
 

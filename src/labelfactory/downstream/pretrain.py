@@ -35,15 +35,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
-from ..registry import Registry
-from ..typed import strict_from_dict
-from .class_aware import ClassAwareLabels
-from .data import ToyWorldObjects
-from .detectron import export_backbone
-from .experiment import RealDataSpec, SettingInputs, SETTINGS
-from .models import load_state_dict_checked, read_state_dict, resnet_trunk
-from .segmentation import (SegTrainConfig, _optimizer, _threads, evaluate_segmentation, lr_factor,
+from labelfactory.core.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from labelfactory.core.registry import Registry
+from labelfactory.core.typed import strict_from_dict
+from labelfactory.downstream.class_aware import ClassAwareLabels
+from labelfactory.annotations.labels import LabelSet
+from labelfactory.downstream.data import IGNORE_INDEX
+from labelfactory.downstream.detectron import export_backbone
+from labelfactory.downstream.experiment import SETTINGS, SettingInputs
+from labelfactory.downstream.real import RealDataSpec, real_dataset
+from labelfactory.downstream.models import load_state_dict_checked, read_state_dict, resnet_trunk
+from labelfactory.downstream.segmentation import (SegTrainConfig, _optimizer, _threads, evaluate_segmentation, lr_factor,
                            train_segmentation)
 
 log = logging.getLogger(__name__)
@@ -160,18 +162,25 @@ def segmentation_pretraining(cfg: PretrainConfig, inputs: PretrainInputs, device
 
 
 class ClassLabelled(Dataset):
-    """Toy-world object images (:class:`~.data.ToyWorldObjects`) with their class index."""
+    """Real images of single objects with their class index, read from a real dataset
+    with object labels (background 0, class ``k`` labelled ``k + 1``: the ``objects``
+    labels of BigDatasetGAN): each image's class is its one object label."""
 
     def __init__(self, spec: RealDataSpec):
         classes = spec.classes or (spec.cls,)
-        seeds = range(spec.train_seed_start, spec.train_seed_start + spec.train_images)
-        self.objects, self.num_classes = ToyWorldObjects(seeds, classes, spec.size), len(classes)
+        self.objects = real_dataset(spec, "train", LabelSet(("background", *classes)))
+        self.num_classes = len(classes)
 
     def __len__(self) -> int:
         return len(self.objects)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.objects[i][0], i % self.num_classes
+        image, mask = self.objects[i]
+        present = torch.unique(mask[(mask > 0) & (mask != IGNORE_INDEX)])
+        if len(present) != 1:
+            raise ValueError(f"real image {i} shows labels {present.tolist()}: classification pretraining "
+                             "needs exactly one object class per image")
+        return image, int(present[0]) - 1
 
 
 @PRETRAINING_METHODS.register("classification")
@@ -253,7 +262,7 @@ def subset_coco(json_path: str | Path, image_root: str | Path | None, fraction: 
 def coco_semantic(json_path: str | Path):
     """A COCO set's semantic masks (instances painted with their class, background 0)
     and its label names, read by the project's COCO reader."""
-    from ..datasets.coco import COCOSegmentation, class_names, load_coco
+    from labelfactory.downstream.datasets.coco import COCOSegmentation, class_names, load_coco
 
     json_path = Path(json_path)
     coco = load_coco(json_path)

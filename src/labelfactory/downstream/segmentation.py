@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..io import atomic_path, atomic_write_json, sha256_file
-from ..typed import strict_from_dict
-from .data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
-from .models import SegmentationNet, build_segmentation_model, load_state_dict_checked
+from labelfactory.core.io import atomic_path, atomic_write_json, sha256_file
+from labelfactory.core.typed import strict_from_dict
+from labelfactory.downstream.data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
+from labelfactory.downstream.models import SegmentationNet, build_segmentation_model, load_state_dict_checked
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import ClassVar, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..registry import Registry
+from labelfactory.core.registry import Registry
 
 GENERATORS: Registry[type["GeneratorBackend"]] = Registry("generator backend")
 

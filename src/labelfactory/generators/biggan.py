@@ -20,8 +20,11 @@ interface; ``checkpoints.py`` reads BigGAN-PyTorch ``.pth`` state dicts into it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -29,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, GeneratorBackend, Synthesis, load_strict
+from labelfactory.generators.base import GENERATORS, GeneratorBackend, Synthesis, load_strict
+from labelfactory.generators.checkpoints import (
+    FORMATS,
+    CheckpointError,
+    FormatReader,
+    RawCheckpoint,
+    torch_keys,
+    torch_load,
+)
 
 # Channel multipliers per resolution: (in, out) for each GBlock, from
 # BigGAN-PyTorch's G_arch; 512 is the TF-Hub BigGAN-512 layout BigDatasetGAN uses.
@@ -386,3 +397,71 @@ class BigGANBackend(GeneratorBackend):
 
 __all__ = ["BigGANBackend", "BigGANConfig", "BigGANGenerator", "G_ARCH", "SNLinear", "SNConv2d", "CCBN", "BN", "GBlock",
            "Attention", "truncated_normal"]
+
+
+# --- ajbrock BigGAN-PyTorch checkpoints ------------------------------------------------
+_BIGGAN_SIGNATURE = frozenset({"shared.weight", "linear.weight", "linear.u0", "blocks.0.0.conv1.weight"})
+
+# Keys that a state dict written by BigGAN-PyTorch's ``TFHub/converter.py`` lacks:
+# ``convert_from_v1`` maps only weights, biases, ``u0`` (TF's ``u0`` via ``weight_u``), BN statistics,
+# ``gamma`` and ``shared``, never the ``sv0`` singular-value records, and loads with
+# ``strict=False  # Ignore missing sv0 entries`` (so does BigDatasetGAN's release).
+# ``layers.SN`` keeps ``sv0`` "just for logging", unused by the forward pass; they
+# are filled with the constructor's value, ones.
+_BIGGAN_CONVERTER_MISSING = re.compile(r".*\.sv0$")
+
+
+def _is_biggan_pytorch(path: Path) -> bool:
+    """A torch file whose dict has BigGAN-PyTorch ``Generator`` keys."""
+    return _BIGGAN_SIGNATURE <= torch_keys(path)
+
+
+def biggan_config_from_pytorch(sd: dict[str, torch.Tensor]) -> BigGANConfig:
+    """Infer a BigGAN-PyTorch ``Generator``'s config (``G_shared``, one SV) from its state dict.
+
+    Resolution from the number of blocks, ``ch`` from the first block's input
+    channels, ``hier`` and the z chunk from the ccbn input width (shared dim + chunk)
+    and the first linear layer, attention from which blocks carry one. What shapes
+    cannot tell is set as in ``TFHub/converter.py:get_config``: BN and SN eps 1e-4
+    and one power iteration (models trained with other eps need them edited in
+    the sidecar after conversion)."""
+    try:
+        n_classes, shared_dim = sd["shared.weight"].shape
+        n_blocks = len({k.split(".")[1] for k in sd if re.match(r"blocks\.\d+\.0\.conv1\.weight$", k)})
+        in0 = sd["blocks.0.0.conv1.weight"].shape[1]
+        lin_out, lin_in = sd["linear.weight"].shape
+        cond = sd["blocks.0.0.bn1.gain.weight"].shape[1]
+    except KeyError as e:
+        raise CheckpointError(f"not a BigGAN-PyTorch generator state dict with G_shared: missing {e}") from e
+    resolution = next((r for r, (cin, _) in G_ARCH.items() if len(cin) == n_blocks), None)
+    if resolution is None:
+        raise CheckpointError(f"BigGAN-PyTorch generator with {n_blocks} blocks: no known resolution")
+    ch, bottom_width = in0 // G_ARCH[resolution][0][0], math.isqrt(lin_out // in0)
+    hier = cond > shared_dim
+    if hier and cond - shared_dim != lin_in:
+        raise CheckpointError(f"ccbn input {cond} is not shared_dim {shared_dim} + z chunk {lin_in}")
+    cfg = BigGANConfig(resolution=resolution, ch=int(ch), dim_z=int(lin_in * (n_blocks + 1) if hier else lin_in),
+                       shared_dim=int(shared_dim), n_classes=int(n_classes), attention=(),
+                       bottom_width=int(bottom_width), hier=bool(hier))
+    attention = tuple(r for i, r in enumerate(cfg.block_resolutions) if any(k.startswith(f"blocks.{i}.1.") for k in sd))
+    return dataclasses.replace(cfg, attention=attention)
+
+
+def _read_biggan_pytorch(path: Path) -> RawCheckpoint:
+    """A ``torch.save(G.state_dict())`` of BigGAN-PyTorch's ``Generator`` (e.g. ``biggan-512.pth``
+    from its TF-Hub converter), loaded strictly except for the converter's missing keys."""
+    sd = torch_load(path)
+    cfg = biggan_config_from_pytorch(sd)
+    with torch.device("meta"):
+        expected = set(BigGANGenerator(cfg).state_dict())
+    filled = sorted(k for k in expected - set(sd) if _BIGGAN_CONVERTER_MISSING.fullmatch(k))
+    missing, unexpected = sorted(expected - set(sd) - set(filled)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: BigGAN-PyTorch state dict does not fit {cfg}: "
+                              f"missing {missing}, unexpected {unexpected}")
+    tensors = {**sd, **{k: torch.ones(1) for k in filled}}
+    notes = {"filled_with_ones": filled} if filled else {}
+    return RawCheckpoint("biggan", cfg.to_dict(), tensors, "biggan-pytorch", notes)
+
+
+FORMATS.register("biggan-pytorch")(FormatReader(_is_biggan_pytorch, _read_biggan_pytorch))

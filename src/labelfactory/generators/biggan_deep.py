@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, GeneratorBackend, Synthesis, load_strict
-from .biggan import truncated_normal
-from .checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint, _torch_load
+from labelfactory.generators.base import GENERATORS, GeneratorBackend, Synthesis, load_strict
+from labelfactory.generators.biggan import truncated_normal
+from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint, torch_load
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "pytorch_model.bin"
@@ -330,7 +330,7 @@ def read_pretrained_biggan(path: Path) -> RawCheckpoint:
         raise CheckpointError(f"{config}: {e}") from e
     if not weights.is_file():
         raise CheckpointError(f"{path}: no {weights.name} beside {CONFIG_NAME}")
-    sd = _torch_load(weights)
+    sd = torch_load(weights)
     bad = sorted(k for k, v in sd.items() if not isinstance(v, torch.Tensor))
     if bad:
         raise CheckpointError(f"{weights}: not a state dict (non-tensor entries {bad[:6]})")

@@ -14,11 +14,24 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from labelfactory.generators.checkpoints import (
+    FORMATS,
+    CheckpointError,
+    FormatReader,
+    RawCheckpoint,
+    head,
+    is_torch_file,
+)
+from labelfactory.generators.ops import make_kernel
+from labelfactory.generators.stylegan2 import StyleGAN2Config
 
 
 class UntrustedPickleError(pickle.UnpicklingError):
@@ -130,3 +143,91 @@ def load_network_pickle(path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: network pickle holds a {type(data).__name__}, expected a dict with 'G_ema'")
     return data
+
+
+# --- the StyleGAN2 generator in a pickle, read to canonical tensors -------------------
+def _is_pickle(path: Path) -> bool:
+    head = head(path, 2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and not is_torch_file(path)
+
+
+def stylegan2_from_nvidia(g: PersistentObject) -> RawCheckpoint:
+    """Rename an NVIDIA ``G_ema`` record into the rosinality layout (a conditional
+    mapping's ``mapping.embed`` becomes ``embed``)."""
+    t = g.tensors()
+    blocks = sorted({int(m.group(1)) for k in t if (m := re.match(r"synthesis\.b(\d+)\.", k))})
+    if not blocks or blocks[0] != 4:
+        raise CheckpointError("G_ema has no synthesis.b4 block: not a StyleGAN2-ADA generator")
+    if any(".skip." in k for k in t) or any(f"synthesis.b{r}.torgb.weight" not in t for r in blocks):
+        raise CheckpointError("only the 'skip' StyleGAN2 architecture is supported (found 'resnet' or 'orig')")
+    fcs = sorted(int(m.group(1)) for k in t if (m := re.match(r"mapping\.fc(\d+)\.weight$", k)))
+    fc0 = g.child("mapping.fc0").state
+    lr_mlp = float(fc0.get("bias_gain", 0.01))
+    clamp = g.child("synthesis.b4.conv1").state.get("conv_clamp")
+    channels = {r: int(t[f"synthesis.b{r}.conv1.weight"].shape[0]) for r in blocks}
+    embed = t.get("mapping.embed.weight")
+    embed_dim, c_dim = (0, 0) if embed is None else embed.shape
+    w_dim, z_dim = t["mapping.fc0.weight"].shape[0], t["mapping.fc0.weight"].shape[1] - embed_dim
+    cfg = StyleGAN2Config(size=blocks[-1], style_dim=int(t[f"mapping.fc{fcs[-1]}.weight"].shape[0]),
+                          n_mlp=len(fcs), channels=channels, z_dim=int(z_dim), lr_mlp=lr_mlp,
+                          conv_clamp=None if clamp is None else float(clamp),
+                          c_dim=int(c_dim), embed_dim=int(embed_dim) if c_dim else None)
+    if int(w_dim) != cfg.style_dim:
+        raise CheckpointError("mapping layers of different widths are not supported")
+    rf = t.get("synthesis.b8.resample_filter", t.get("synthesis.b4.resample_filter"))
+    if rf is not None and not torch.allclose(rf.float(), make_kernel(cfg.blur_kernel), atol=1e-6):
+        raise CheckpointError("resample filter other than [1,3,3,1] is not supported")
+
+    out: dict[str, torch.Tensor] = {}
+    if c_dim:
+        out["embed.weight"], out["embed.bias"] = embed, t["mapping.embed.bias"]
+    for i in fcs:
+        out[f"style.{i + 1}.weight"] = t[f"mapping.fc{i}.weight"]
+        out[f"style.{i + 1}.bias"] = t[f"mapping.fc{i}.bias"]
+    out["latent_avg"] = t["mapping.w_avg"].reshape(-1)
+    out["input.input"] = t["synthesis.b4.const"][None]
+    kernel4 = make_kernel(cfg.blur_kernel) * 4
+
+    def layer(src: str, dst: str, noise_idx: int, up: bool):
+        out[f"{dst}.conv.weight"] = t[f"{src}.weight"][None]
+        out[f"{dst}.conv.modulation.weight"] = t[f"{src}.affine.weight"]
+        out[f"{dst}.conv.modulation.bias"] = t[f"{src}.affine.bias"]
+        out[f"{dst}.noise.weight"] = t[f"{src}.noise_strength"].reshape(1)
+        out[f"{dst}.activate.bias"] = t[f"{src}.bias"]
+        out[f"noises.noise_{noise_idx}"] = t[f"{src}.noise_const"][None, None]
+        if up:
+            out[f"{dst}.conv.blur.kernel"] = kernel4.clone()
+
+    def torgb(src: str, dst: str, up: bool):
+        out[f"{dst}.conv.weight"] = t[f"{src}.weight"][None]
+        out[f"{dst}.conv.modulation.weight"] = t[f"{src}.affine.weight"]
+        out[f"{dst}.conv.modulation.bias"] = t[f"{src}.affine.bias"]
+        out[f"{dst}.bias"] = t[f"{src}.bias"].reshape(1, -1, 1, 1)
+        if up:
+            out[f"{dst}.upsample.kernel"] = kernel4.clone()
+
+    try:
+        layer("synthesis.b4.conv1", "conv1", 0, False)
+        torgb("synthesis.b4.torgb", "to_rgb1", False)
+        for k, r in enumerate(blocks[1:]):
+            layer(f"synthesis.b{r}.conv0", f"convs.{2 * k}", 2 * k + 1, True)
+            layer(f"synthesis.b{r}.conv1", f"convs.{2 * k + 1}", 2 * k + 2, False)
+            torgb(f"synthesis.b{r}.torgb", f"to_rgbs.{k}", True)
+    except KeyError as e:
+        raise CheckpointError(f"G_ema lacks {e}: not a StyleGAN2-ADA generator") from e
+    return RawCheckpoint("stylegan2", cfg.to_dict(), {k: v.float().contiguous() for k, v in out.items()},
+                         "stylegan2-ada-pickle", {"conv_clamp": cfg.conv_clamp})
+
+
+def _read_nvidia_pickle(path: Path) -> RawCheckpoint:
+    try:
+        data = load_network_pickle(path)
+    except ValueError as e:  # truncated or corrupt (UntrustedPickleError is not a ValueError and passes)
+        raise CheckpointError(str(e)) from e
+    g = data.get("G_ema")
+    if not isinstance(g, PersistentObject):
+        raise CheckpointError(f"{path}: network pickle has no G_ema module (keys: {sorted(data)})")
+    return stylegan2_from_nvidia(g)
+
+
+FORMATS.register("stylegan2-ada-pickle")(FormatReader(_is_pickle, _read_nvidia_pickle))

@@ -46,9 +46,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, GeneratorBackend, Synthesis, load_strict
-from .checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint, _torch_load, torch_keys
-from .stylegan2 import PixelNorm
+from labelfactory.generators.base import GENERATORS, GeneratorBackend, Synthesis, load_strict
+from labelfactory.generators.checkpoints import (
+    FORMATS,
+    CheckpointError,
+    FormatReader,
+    RawCheckpoint,
+    torch_load,
+    torch_keys,
+)
+from labelfactory.generators.stylegan2 import PixelNorm
 
 NOISE_MODES = ("none", "random")
 FUSED_UP_MIN = 128  # output resolution from which an upsampling conv is TF's fused transposed conv
@@ -349,7 +356,7 @@ def stylegan1_config_from_g_all(sd: dict[str, torch.Tensor]) -> StyleGAN1Config:
 
 def read_g_all(path: Path) -> RawCheckpoint:
     """A ``*.for_g_all.pt`` of DatasetGAN's release → canonical tensors (its own keys)."""
-    sd = _torch_load(path)
+    sd = torch_load(path)
     bad = sorted(k for k, v in sd.items() if not isinstance(v, torch.Tensor))
     if bad:
         raise CheckpointError(f"{path}: not a state dict (non-tensor entries {bad[:6]})")

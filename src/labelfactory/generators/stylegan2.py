@@ -19,14 +19,25 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, GeneratorBackend, Synthesis, load_strict
-from .ops import make_kernel, upfirdn2d
+from labelfactory.generators.base import GENERATORS, GeneratorBackend, Synthesis, load_strict
+from labelfactory.generators.checkpoints import (
+    FORMATS,
+    CheckpointError,
+    FormatReader,
+    RawCheckpoint,
+    claims,
+    is_torch_file,
+    torch_load,
+)
+from labelfactory.generators.ops import make_kernel, upfirdn2d
 
 NOISE_MODES = ("const", "random", "none")
 
@@ -394,3 +405,62 @@ class StyleGAN2Backend(GeneratorBackend):
         img, feats = self.module(z, truncation=truncation, noise_mode=noise, return_features=True,
                                  generator=generator, classes=c)
         return Synthesis(img, feats if features else {})
+
+
+# --- rosinality stylegan2-pytorch checkpoints -----------------------------------------
+def stylegan2_config_from_rosinality(sd: dict[str, torch.Tensor]) -> StyleGAN2Config:
+    """Infer size, style/z dims, mapping depth and per-resolution channels from a
+    rosinality ``g_ema`` state dict."""
+    try:
+        n_mlp = len({k.split(".")[1] for k in sd if re.match(r"style\.\d+\.weight$", k)})
+        style_dim, z_dim = sd["style.1.weight"].shape[0], sd["style.1.weight"].shape[1]
+        channels = {4: sd["conv1.conv.weight"].shape[1]}
+        n_up = len({k.split(".")[1] for k in sd if re.match(r"to_rgbs\.\d+\.conv\.weight$", k)})
+        for i in range(n_up):
+            channels[2 ** (i + 3)] = sd[f"convs.{2 * i}.conv.weight"].shape[1]
+        blur = sd.get("convs.0.conv.blur.kernel")
+    except KeyError as e:
+        raise CheckpointError(f"not a rosinality StyleGAN2 state dict: missing {e}") from e
+    size = 2 ** (n_up + 2)
+    cfg = StyleGAN2Config(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels, z_dim=z_dim)
+    if blur is not None and not torch.allclose(blur, make_kernel(cfg.blur_kernel) * 4, atol=1e-6):
+        raise CheckpointError("rosinality checkpoint uses a blur kernel other than [1,3,3,1]; not supported")
+    return cfg
+
+
+def _channel_multiplier(cfg: StyleGAN2Config) -> int | None:
+    for cm in (1, 2, 4):
+        if rosinality_channels(cfg.size, cm) == cfg.channels:
+            return cm
+    return None
+
+
+def _read_rosinality(path: Path) -> RawCheckpoint:
+    ckpt = torch_load(path)
+    if "g_ema" in ckpt:
+        sd, latent_avg = ckpt["g_ema"], ckpt.get("latent_avg")
+    elif "style.1.weight" in ckpt:
+        sd, latent_avg = ckpt, None
+    else:
+        raise CheckpointError(f"{path}: torch checkpoint has neither 'g_ema' nor a StyleGAN2 state dict "
+                              f"(keys: {sorted(ckpt)[:8]})")
+    cfg = stylegan2_config_from_rosinality(sd)
+    tensors = {k: v for k, v in sd.items()}
+    notes = {"channel_multiplier": _channel_multiplier(cfg)}
+    if latent_avg is None:
+        from labelfactory.generators.stylegan2 import Generator
+
+        g = Generator(cfg)
+        g.load_state_dict({**tensors, "latent_avg": g.latent_avg}, strict=True)
+        latent_avg = g.mean_latent(4096)
+        notes["latent_avg"] = "mean w of 4096 z (seed 0): the checkpoint has none"
+    tensors["latent_avg"] = latent_avg.reshape(-1).float()
+    return RawCheckpoint("stylegan2", cfg.to_dict(), tensors, "rosinality", notes)
+
+
+def _is_rosinality(path: Path) -> bool:
+    """Every torch file that no other reader claims, so an unknown dict gets this reader's error."""
+    return is_torch_file(path) and not any(claims(FORMATS.get(n), path) for n in FORMATS if n != "rosinality")
+
+
+FORMATS.register("rosinality")(FormatReader(_is_rosinality, _read_rosinality))

@@ -46,10 +46,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..typed import strict_from_dict
-from .base import GENERATORS, GeneratorBackend, Synthesis, content_hash, load_strict
-from .biggan import truncated_normal
-from .checkpoints import CheckpointError, RawCheckpoint, _is_safetensors, _is_torch_file, _torch_load
+from labelfactory.core.typed import strict_from_dict
+from labelfactory.generators.base import GENERATORS, GeneratorBackend, Synthesis, content_hash, load_strict
+from labelfactory.generators.biggan import truncated_normal
+from labelfactory.generators.checkpoints import (
+    CheckpointError,
+    RawCheckpoint,
+    is_safetensors,
+    is_torch_file,
+    torch_load,
+)
 
 log = logging.getLogger(__name__)
 
@@ -357,16 +363,16 @@ def read_torch_module(path: Path, generator: dict) -> RawCheckpoint:
     file: an entry of the saved dict (``netG_state_dict``) or a name prefix (``module.``)."""
     spec = dict(generator)
     key = spec.pop("key", None)
-    if _is_safetensors(path):
+    if is_safetensors(path):
         from safetensors.torch import load_file
 
         try:
             obj, source = load_file(str(path)), "safetensors-state-dict"
         except Exception as e:
             raise CheckpointError(f"{path}: corrupt safetensors file ({_one_line(e)})") from None
-    elif _is_torch_file(path):
+    elif is_torch_file(path):
         try:
-            obj, source = _torch_load(path), "torch-state-dict"
+            obj, source = torch_load(path), "torch-state-dict"
         except CheckpointError as e:
             raise CheckpointError(f"{str(e).splitlines()[0]} (save the generator's state_dict(), not the "
                                   "module: files are read weights-only)") from None

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import GeneratorBackend, Synthesis
+from labelfactory.generators.base import GeneratorBackend, Synthesis
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def load_task_generator(weights: str | Path, device: str | torch.device = "cpu",
     ``average_latent`` (the release's ``avg_latent_stylegan1.npy``) is for checkpoints
     without one; truncation below 1 on such a checkpoint without it is refused here,
     in one line naming ``tasks.<task>.average_latent``."""
-    from .checkpoints import load_generator
+    from labelfactory.generators.loading import load_generator
 
     backend = load_generator(weights, device)
     if average_latent is not None:

@@ -32,9 +32,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import GENERATORS, UNCONDITIONAL, GeneratorBackend, Synthesis, load_strict
-from .checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint, _head, _is_torch_file, _torch_load
-from .taming_prior import GPT, PriorConfig, check_sampling, sample
+from labelfactory.generators.base import (
+    GENERATORS,
+    UNCONDITIONAL,
+    GeneratorBackend,
+    Synthesis,
+    images_to_uint8,
+    load_strict,
+)
+from labelfactory.generators.checkpoints import (
+    FORMATS,
+    CheckpointError,
+    FormatReader,
+    RawCheckpoint,
+    head,
+    is_torch_file,
+    torch_load,
+)
+from labelfactory.generators.taming_prior import GPT, PriorConfig, check_sampling, sample
 
 VQMODEL_TARGET = "taming.models.vqgan.VQModel"
 NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
@@ -442,7 +457,7 @@ def load_lightning_checkpoint(path: Path) -> dict:
     """A Lightning ``.ckpt`` as plain data (weights-only unpickling, callback classes allowed by name)."""
     try:
         with torch.serialization.safe_globals(_LIGHTNING_GLOBALS):
-            ckpt = _torch_load(path, mmap=_head(path, 4) == b"PK\x03\x04")
+            ckpt = torch_load(path, mmap=_head(path, 4) == b"PK\x03\x04")
     except CheckpointError as e:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if refused:
@@ -533,7 +548,7 @@ def vqgan_config_from_state(sd: dict[str, torch.Tensor]) -> VQGANConfig:
 def _is_taming(path: Path) -> bool:
     if path.is_dir():
         return (path / "checkpoints").is_dir() or (path / "configs").is_dir()
-    return path.suffix == ".ckpt" and _is_torch_file(path)
+    return path.suffix == ".ckpt" and is_torch_file(path)
 
 
 def read_taming(path: Path) -> RawCheckpoint:
@@ -570,3 +585,10 @@ FORMATS.register("lightning-taming")(FormatReader(_is_taming, read_taming))
 
 __all__ = ["VQGAN", "VQGANBackend", "VQGANConfig", "DDConfig", "VectorQuantizer", "read_taming",
            "load_lightning_checkpoint", "vqgan_config_from_taming", "vqgan_config_from_state"]
+
+
+def reconstruct(backend: GeneratorBackend, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images ``[N,H,W,3]`` → their VQGAN codes and the decoded codes as uint8 images."""
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    codes = backend.encode(x, batch_size=batch_size)
+    return codes, images_to_uint8(torch.from_numpy(backend.render(codes, batch_size=batch_size)))

@@ -9,7 +9,7 @@
 
 import torch
 
-from ..registry import Registry
+from labelfactory.core.registry import Registry
 
 INTERPRETERS: Registry[type] = Registry("interpreter")
 
@@ -26,7 +26,7 @@ def load_labeller(interpreter_type: str, path, device: torch.device | str = "cpu
     labeller.compute_dtype = PRECISIONS[precision]
     return labeller
 
-from .mlp import (  # noqa: E402  (registers "mlp" in INTERPRETERS)
+from labelfactory.interpreters.mlp import (  # noqa: E402  (registers "mlp" in INTERPRETERS)
     MLPEnsemble,
     MLPEnsembleConfig,
     MemberHistory,
@@ -35,7 +35,7 @@ from .mlp import (  # noqa: E402  (registers "mlp" in INTERPRETERS)
     fit_members,
     train_mlp_ensemble,
 )
-from .conv import (  # noqa: E402  (registers "conv" in INTERPRETERS)
+from labelfactory.interpreters.conv import (  # noqa: E402  (registers "conv" in INTERPRETERS)
     ConvEnsemble,
     ConvInterpreter,
     ConvInterpreterConfig,

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..features import FeatureStore
-from . import INTERPRETERS
-from .mlp import Progress, check_inputs, read_interpreter, save_interpreter
+from labelfactory.features import FeatureStore
+from labelfactory.interpreters import INTERPRETERS
+from labelfactory.interpreters.mlp import Progress, check_inputs, read_interpreter, save_interpreter
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..features import FeatureStore, FeatureStoreError
-from ..io import atomic_path, atomic_write_json
-from . import INTERPRETERS
+from labelfactory.features import FeatureStore, FeatureStoreError
+from labelfactory.core.io import atomic_path, atomic_write_json
+from labelfactory.interpreters import INTERPRETERS
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,209 @@
+"""Import a filled-in annotation folder: validate it against the generator and the task, re-render
+every sample and write one :class:`~labelfactory.annotations.annotation_set.AnnotationSet`.
+
+A task's annotation folder holds ``labels.yaml`` (label names, optional
+``ignore_index``), ``manifest.csv`` (one row per annotated sample: ``id``,
+``seed``, ``class`` and optionally ``truncation``, ``noise``,
+``generator_hash``) and per sample a mask ``<id>.png`` (8-bit single-channel or
+palette PNG of label ids) or a LabelMe ``<id>.json``, optionally with the latent
+``<id>.latent.npy`` and the annotated image ``<id>.image.png``. Folders in the
+layout of DatasetGAN's or BigDatasetGAN's release are recognised and read by
+:mod:`.datasetgan_release` and :mod:`.bigdatasetgan_release`. Every problem found
+is reported at once in a single ``AnnotationError``, each as ``<file>: <problem>``,
+so a user fixes a folder in one round instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from labelfactory.annotations.annotation_set import AnnotationSet, latent_array
+from labelfactory.annotations.bigdatasetgan_release import import_release_annotations, release_layout
+from labelfactory.annotations.checks import (
+    REQUIRED_COLUMNS,
+    check_image,
+    check_mask,
+    check_setting,
+    class_problem,
+    count_problems,
+    read_latent,
+    read_png_mask,
+)
+from labelfactory.annotations.datasetgan_release import datasetgan_layout, import_datasetgan_annotations
+from labelfactory.annotations.handout import IMAGE_SUFFIX, LATENT_SUFFIX, MANIFEST_FILE, render_uint8
+from labelfactory.annotations.labelme import read_labelme_mask
+from labelfactory.annotations.labels import LABELS_FILE, AnnotationError, LabelSet, resolve_labels
+from labelfactory.generators.base import UNCONDITIONAL, GeneratorBackend
+from labelfactory.generators.view import view_of
+
+
+@dataclass
+class _Row:
+    """A manifest row; ``seed``/``cls`` are None where the manifest value is unusable."""
+
+    id: str
+    seed: int | None
+    cls: int | None
+
+
+def _as_int(value: str) -> int | None:
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noise: str,
+                   classes: Sequence[int] | None, problems: list[str]) -> list[_Row]:
+    """Parse and check ``manifest.csv``; returns one row per distinct usable id."""
+    name = path.name
+    if not path.is_file():
+        problems.append(f"{name}: missing (one row per annotated sample: {', '.join(REQUIRED_COLUMNS)})")
+        return []
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        problems.append(f"{name}: unreadable CSV ({e})")
+        return []
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        problems.append(f"{name}: missing required columns {missing} (has {list(df.columns)})")
+        return []
+    if df.empty:
+        problems.append(f"{name}: no annotated samples")
+        return []
+    ids = df["id"].str.strip()
+    dup = sorted(set(ids[ids.duplicated()]))
+    if dup:
+        problems.append(f"{name}: duplicate ids {dup}")
+    rows, seen = [], set()
+    for line, (sid, seed_s, cls_s) in enumerate(zip(ids, df["seed"], df["class"]), start=2):
+        where = f"{name}: line {line} (id {sid!r})"
+        if not sid or sid.startswith(".") or "/" in sid or "\\" in sid:
+            problems.append(f"{where}: id must be a non-empty file name stem")
+            continue
+        seed, cls = _as_int(seed_s), _as_int(cls_s)
+        if seed is None:
+            problems.append(f"{where}: seed {seed_s!r} is not an integer")
+        elif not 0 <= seed < 2**32:
+            problems.append(f"{where}: seed {seed} is outside [0, 2**32)")
+            seed = None
+        if cls is None:
+            problems.append(f"{where}: class {cls_s!r} is not an integer (use {UNCONDITIONAL} for unconditional)")
+        else:
+            problem = class_problem(backend, cls, classes)
+            if problem:
+                problems.append(f"{where}: {problem}")
+                cls = None
+        if sid not in seen:
+            seen.add(sid)
+            rows.append(_Row(sid, seed, cls))
+    expected = {"generator_hash": backend.generator_hash, "truncation": truncation, "noise": noise}
+    for col, want in expected.items():
+        if col in df.columns:
+            check_setting(name, col, df[col].str.strip(), ids, want, problems)
+    return rows
+
+
+def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, out_h5: str | os.PathLike,
+                       truncation: float = 1.0, noise: str = "const",
+                       labels: LabelSet | str | os.PathLike | None = None,
+                       expected_count: int | None = None, classes: Sequence[int] | None = None,
+                       expected_per_class: int | None = None, latents: str | os.PathLike | None = None,
+                       merge: str | None = None) -> AnnotationSet:
+    """Validate an annotation folder, re-render its samples and write them to HDF5.
+
+    ``labels`` (a :class:`LabelSet` or a ``labels.yaml`` path) replaces the
+    folder's own ``labels.yaml``. Each sample is re-rendered from its stored
+    latent (or its seed's) with ``truncation``/``noise``; constant noise makes the
+    image exactly the one annotated, which ``<id>.image.png`` confirms. For a
+    class-conditional task, ``classes`` are the task's classes (every sample must
+    be of one, every one must have samples) and ``expected_per_class`` the
+    fewest annotations of each. A folder in the layout of BigDatasetGAN's release
+    is read by :func:`~labelfactory.annotations.bigdatasetgan_release.import_release_annotations`, one
+    of DatasetGAN's (with its ``latents`` file and class ``merge``) by
+    :func:`~labelfactory.annotations.datasetgan_release.import_datasetgan_annotations`. With an
+    image view (:mod:`labelfactory.generators.view`), masks and images are its crop.
+    Raises one :class:`AnnotationError` listing every problem; ``out_h5`` is
+    written atomically and only when there are none.
+    """
+    ann_dir = Path(ann_dir)
+    if not ann_dir.is_dir():
+        raise AnnotationError(ann_dir, [f"{ann_dir.name}: annotation folder not found"])
+    if not (ann_dir / MANIFEST_FILE).exists() and datasetgan_layout(ann_dir):
+        return import_datasetgan_annotations(ann_dir, backend, out_h5, truncation=truncation, noise=noise,
+                                             labels=labels, latents=latents, merge=merge,
+                                             expected_count=expected_count)
+    if latents is not None or merge is not None:
+        raise AnnotationError(ann_dir, [f"{ann_dir.name}: a latent file and a class merge are for folders of "
+                                        "DatasetGAN's release (image_mask<i>.npy), which this is not"])
+    if not (ann_dir / MANIFEST_FILE).exists() and release_layout(ann_dir):
+        return import_release_annotations(ann_dir, backend, out_h5, truncation=truncation, noise=noise,
+                                          labels=labels, expected_count=expected_count, classes=classes,
+                                          expected_per_class=expected_per_class)
+    problems: list[str] = []
+    labelset = resolve_labels(labels, ann_dir / LABELS_FILE, problems)
+    rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, float(truncation), noise, classes, problems)
+    res, view = backend.resolution, view_of(backend)
+    shape = res if view.crop is None else view.shape(res)
+
+    masks: dict[str, np.ndarray] = {}
+    latents: dict[str, np.ndarray] = {}
+    for row in rows:
+        png, lm = ann_dir / f"{row.id}.png", ann_dir / f"{row.id}.json"
+        if png.is_file() and lm.is_file():
+            problems.append(f"{lm.name}: both {png.name} and {lm.name} exist; keep one mask")
+        elif not png.is_file() and not lm.is_file():
+            problems.append(f"{png.name}: missing mask for manifest row {row.id!r}")
+        else:
+            mask = read_png_mask(png, problems) if png.is_file() else read_labelme_mask(lm, labelset, problems)
+            if mask is not None and check_mask(png.name if png.is_file() else lm.name, mask, shape, labelset,
+                                                problems):
+                masks[row.id] = view.pad(mask, res, labelset.ignore_index)
+        if row.seed is not None:
+            expected = backend.draw_latents([row.seed], None if row.cls is None or not backend.num_classes
+                                            else [row.cls], truncation)[0]
+            lat = ann_dir / f"{row.id}{LATENT_SUFFIX}"
+            z = read_latent(lat, row.seed, expected, problems) if lat.is_file() else expected
+            if z is not None and row.cls is not None:
+                latents[row.id] = z
+
+    known = {r.id for r in rows}
+    for f in sorted(ann_dir.iterdir()):
+        if (f.name.startswith(".") or f.name.endswith(IMAGE_SUFFIX) or f.suffix not in (".png", ".json")
+                or not f.is_file()):
+            continue
+        if f.stem not in known:
+            problems.append(f"{f.name}: mask without a manifest row (extra file)")
+
+    by_id = {r.id: r for r in rows}
+    rendered: dict[str, np.ndarray] = {}
+    if latents:
+        images = render_uint8(backend, np.stack(list(latents.values())),
+                               np.array([by_id[i].cls for i in latents]), truncation, noise)
+        rendered = dict(zip(latents, images))
+        for sid in rendered:
+            img = ann_dir / f"{sid}{IMAGE_SUFFIX}"
+            if img.is_file():
+                check_image(img, view.cut(rendered[sid], res, channels_last=True), problems)
+    problems += count_problems(MANIFEST_FILE, [r.cls for r in rows], classes, expected_count, expected_per_class)
+    if problems:
+        raise AnnotationError(ann_dir, problems)
+
+    ids = [r.id for r in rows]
+    aset = AnnotationSet(
+        ids=ids, seeds=np.array([by_id[i].seed for i in ids], dtype=np.int64),
+        classes=np.array([by_id[i].cls for i in ids], dtype=np.int32),
+        latents=latent_array(np.stack([latents[i] for i in ids]).reshape(len(ids), -1)),
+        images=np.stack([rendered[i] for i in ids]), masks=np.stack([masks[i] for i in ids]),
+        labels=labelset, generator_hash=backend.generator_hash, truncation=float(truncation), noise=noise,
+    )
+    aset.save(out_h5)
+    return aset

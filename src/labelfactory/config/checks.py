@@ -1,0 +1,314 @@
+"""What the schema cannot express: references between sections, files that must
+exist, the ablations' sizes. :func:`validate_config` runs the schema and these
+checks and reports every problem at once; the Snakefile calls it at parse time.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from labelfactory.config.schema import ConfigError, schema_errors, schema_message
+
+
+def _labels_file(tasks: dict, name: str, seen: tuple[str, ...] = ()) -> str | None:
+    """A task's labels.yaml: its own `labels`, its folder's, or (reuse) the reused task's."""
+    t = tasks.get(name)
+    if not isinstance(t, dict) or name in seen:
+        return None
+    if t.get("labels"):
+        return t["labels"]
+    if t.get("annotations"):
+        return str(Path(t["annotations"]) / "labels.yaml")
+    reuse = t.get("reuse")
+    return _labels_file(tasks, reuse.get("task"), (*seen, name)) if isinstance(reuse, dict) else None
+
+
+def _classes(spec) -> tuple[int, ...] | None:
+    if spec is None:
+        return None
+    return tuple(parse_range(spec)) if isinstance(spec, str) else tuple(spec)
+
+
+def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = True) -> dict:
+    """Validate against the schema (filling defaults) and cross-check; returns the filled dict.
+
+    Every problem is reported in one :class:`ConfigError`, a line each with its key
+    path and what is allowed; a value the schema rejects is not cross-checked.
+    ``base_dir`` is where relative paths in the config are resolved (the
+    workflow's working directory)."""
+    cfg = copy.deepcopy(cfg)
+    errors = schema_errors(cfg)
+    problems = [schema_message(e) for e in errors]
+    rejected = [tuple(e.absolute_path) for e in errors]
+    if isinstance(cfg.get("checkpoints"), dict) and isinstance(cfg.get("tasks"), dict):
+        for name in cfg["tasks"]:
+            problems += _task_problems(cfg, name, rejected, Path(base_dir), check_files)
+    if not errors:  # the ablations' cross-checks read the filled-in tasks
+        problems += ablation_problems(cfg)
+    if _accepted(cfg, rejected, ("pretraining",)) and isinstance(cfg.get("tasks"), dict):
+        problems += _pretraining_problems(cfg, Path(base_dir), check_files)
+    if problems:
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError(f"invalid configuration ({count}):\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def _accepted(cfg: dict, rejected: list[tuple], path: tuple) -> bool:
+    """Whether ``path`` is in ``cfg`` and the schema rejected nothing at or under it."""
+    node = cfg
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return not any(r[:len(path)] == path for r in rejected)
+
+
+def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, check_files: bool) -> list[str]:
+    """What the schema cannot express about one task, checked on the keys the schema accepted."""
+    task, checkpoints = cfg["tasks"][name], cfg["checkpoints"]
+
+    def accepted(*keys: str) -> bool:
+        return all(_accepted(cfg, rejected, ("tasks", name, *k.split("."))) for k in keys)
+
+    problems = []
+    if accepted("checkpoint") and task["checkpoint"] not in checkpoints:
+        problems.append(f"tasks.{name}.checkpoint: {task['checkpoint']!r} is not a key of `checkpoints` "
+                        f"(known: {sorted(checkpoints)})")
+    if accepted("annotation.seed_start", "annotation.num_samples", "synthesis.seed_start", "synthesis.num_shards",
+                "synthesis.samples_per_shard"):
+        ann_seeds = range(task["annotation"]["seed_start"],
+                          task["annotation"]["seed_start"] + task["annotation"]["num_samples"])
+        syn = task["synthesis"]
+        syn_seeds = range(syn["seed_start"], syn["seed_start"] + syn["num_shards"] * syn["samples_per_shard"])
+        if ann_seeds.start < syn_seeds.stop and syn_seeds.start < ann_seeds.stop:
+            problems.append(f"tasks.{name}.synthesis.seed_start: synthesis seeds {syn_seeds.start}.."
+                            f"{syn_seeds.stop - 1} overlap the annotation seeds {ann_seeds.start}..{ann_seeds.stop - 1}")
+    if accepted("reuse", "classes") and not any(r[:3] == ("tasks", name, "annotations") for r in rejected):
+        problems += _reuse_problems(cfg, name)
+    if check_files and accepted("annotations", "labels") and task.get("annotations"):
+        ann = base_dir / task["annotations"]
+        labels = base_dir / (task["labels"] or Path(task["annotations"]) / "labels.yaml")
+        # a missing folder is fine until import_annotations needs it: the samples
+        # to annotate are rendered first (rule sample_for_annotation)
+        if ann.is_dir() and not labels.is_file():
+            problems.append(f"tasks.{name}.labels: {labels} does not exist")
+    if accepted("downstream.real", "downstream.weights", "downstream.backbone_weights",
+                "downstream.reference_annotator"):
+        problems += _downstream_problems(name, task["downstream"], base_dir, check_files)
+    if accepted("classes", "class_names", "downstream.labels", "downstream.real", "annotation.expected_per_class"):
+        problems += _class_problems(name, task)
+    if accepted("checkpoint", "truncation", "average_latent", "image") and task["checkpoint"] in checkpoints:
+        problems += _generator_problems(name, task, checkpoints[task["checkpoint"]], base_dir, check_files)
+    if accepted("downstream.snapshots", "downstream.steps", "downstream.evaluation"):
+        problems += _snapshot_problems(f"tasks.{name}.downstream", task["downstream"])
+    for key in ("compare", "combine"):
+        if accepted(f"downstream.{key}"):
+            problems += [f"tasks.{name}.downstream.{key}: {other!r} is not another key of `tasks`"
+                         for other in task["downstream"][key] if other not in cfg["tasks"] or other == name]
+    if accepted("downstream.combine", "downstream.settings", "downstream.labels", "classes"):
+        problems += _combine_problems(cfg, name)
+    return problems
+
+
+def _reuse_problems(cfg: dict, name: str) -> list[str]:
+    """Exactly one of `annotations` and `reuse`; a reused task that has annotations of its own
+    and the same classes."""
+    task, where = cfg["tasks"][name], f"tasks.{name}"
+    if bool(task.get("annotations")) == bool(task["reuse"]):
+        return [f"{where}: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN "
+                f"re-encodes), {'not both' if task['reuse'] else 'neither is set'}"]
+    if not task["reuse"]:
+        return []
+    source = task["reuse"]["task"]
+    other = cfg["tasks"].get(source)
+    if other is None or source == name:
+        return [f"{where}.reuse.task: {source!r} is not another key of `tasks`"]
+    if not isinstance(other, dict) or not other.get("annotations"):
+        return [f"{where}.reuse.task: {source!r} has no annotation folder of its own to reuse"]
+    if not _same_classes(other.get("classes"), task["classes"]):
+        return [f"{where}.classes: {task['classes']} differ from the reused task {source!r}'s "
+                f"{other.get('classes')} (its annotations keep their classes)"]
+    return []
+
+
+def _same_classes(a, b) -> bool:
+    """Whether two tasks' `classes` name the same classes (True when one is malformed: the schema says so)."""
+    try:
+        return _classes(a) == _classes(b)
+    except (TypeError, ValueError):
+        return True
+
+
+def _combine_problems(cfg: dict, name: str) -> list[str]:
+    """`combine` and the synthetic_combined setting go together, over tasks of one label space."""
+    task, where = cfg["tasks"][name], f"tasks.{name}.downstream"
+    ds = task["downstream"]
+    if bool(ds["combine"]) != ("synthetic_combined" in ds["settings"]):
+        return [f"{where}.combine: the setting synthetic_combined needs the tasks to combine, and `combine` "
+                "needs synthetic_combined in `settings`"]
+    problems = []
+    for other in ds["combine"]:
+        o = cfg["tasks"].get(other)
+        if not isinstance(o, dict) or other == name:
+            continue
+        if not _same_classes(o.get("classes"), task["classes"]) or \
+                o.get("downstream", {}).get("labels") != ds["labels"]:
+            problems.append(f"{where}.combine: {other!r} has other classes or labels than {name!r} "
+                            "(combined samples must share one label space)")
+        elif ds["labels"] != "class_aware" and _labels_file(cfg["tasks"], other) != _labels_file(cfg["tasks"], name):
+            problems.append(f"{where}.combine: {other!r} has another labels.yaml than {name!r}")
+    return problems
+
+
+def _generator_problems(name: str, task: dict, checkpoint: dict, base_dir: Path, check_files: bool) -> list[str]:
+    """The average latent a checkpoint format needs, and an image crop inside its image."""
+    where, problems = f"tasks.{name}", []
+    avg = task["average_latent"]
+    if avg is None and task["truncation"] < 1 and checkpoint.get("format") == "datasetgan-stylegan1":
+        problems.append(f"{where}.average_latent: truncation {task['truncation']:g} needs the average latent, which "
+                        "datasetgan-stylegan1 checkpoints do not hold (give the release's avg_latent_stylegan1.npy)")
+    if avg is not None and check_files and not (base_dir / avg).is_file():
+        problems.append(f"{where}.average_latent: {avg} does not exist")
+    size, crop = task["image"]["size"], task["image"]["crop"]
+    if crop is not None and not (crop[0] < crop[1] <= (size or crop[1]) and crop[2] < crop[3] <= (size or crop[3])):
+        problems.append(f"{where}.image.crop: {crop} is not [top, bottom, left, right] with top < bottom and "
+                        f"left < right" + (f" inside the {size}x{size} image" if size else ""))
+    return problems
+
+
+def pretraining_files(cfg: dict) -> dict[str, str]:
+    """``{key path: file}`` of every local file the ``pretraining`` section names
+    (weights of `weights` inits, the `coco` data's JSON files and image folders)."""
+    pre = cfg.get("pretraining") or {}
+    files = {f"pretraining.inits.{n}.path": i.get("path") for n, i in pre.get("inits", {}).items()
+             if i.get("method") == "weights"}
+    data = pre.get("data", {})
+    if data.get("type") == "coco":
+        files.update({f"pretraining.data.{k}": data.get(k) for k in ("train_json", "test_json", "train_image_root",
+                                                                     "test_image_root")})
+    return {k: v for k, v in files.items() if v}
+
+
+def _pretraining_problems(cfg: dict, base_dir: Path, check_files: bool) -> list[str]:
+    """An init's task, weights and data against the rest of the config; the data's files."""
+    pre, problems = cfg["pretraining"], []
+    for name, init in pre["inits"].items():
+        where, method = f"pretraining.inits.{name}", init["method"]
+        if method == "segmentation" and init["task"] not in cfg["tasks"]:
+            problems.append(f"{where}.task: segmentation pretraining needs a key of `tasks` "
+                            f"(known: {sorted(cfg['tasks'])}), got {init['task']!r}")
+        if method == "weights" and not init["path"]:
+            problems.append(f"{where}.path: the weights method needs a local torchvision ResNet state dict")
+        problems += [f"{where}.{key}: only a {used} init reads `{key}` (this one is {method})"
+                     for key, used in (("task", "segmentation"), ("path", "weights")) if init[key] and method != used]
+    if pre["data"]["type"] == "coco":
+        problems += [f"pretraining.data.{k}: a `coco` downstream set needs its instances JSON"
+                     for k in ("train_json", "test_json") if not pre["data"][k]]
+    lo, hi = pre["data"]["objects"]
+    if lo > hi:
+        problems.append(f"pretraining.data.objects: [{lo}, {hi}] is not a range low <= high")
+    if check_files:
+        problems += [f"{key}: {path} does not exist" for key, path in pretraining_files(cfg).items()
+                     if not (base_dir / path).exists()]
+    return problems
+
+
+def _class_problems(name: str, task: dict) -> list[str]:
+    """A class-conditional task's classes against its names, labels and real data."""
+    where = f"tasks.{name}"
+    classes = _classes(task["classes"])
+    ds, real = task["downstream"], task["downstream"]["real"]
+    problems = []
+    if classes is None:
+        if ds["labels"] == "class_aware":
+            problems.append(f"{where}.downstream.labels: class_aware needs the task's `classes`")
+        if task["annotation"]["expected_per_class"] is not None and task["class"] < 0:
+            problems.append(f"{where}.annotation.expected_per_class: needs `classes` (or `class`)")
+        return problems
+    if task["class_names"] is not None and len(task["class_names"]) != len(classes):
+        problems.append(f"{where}.class_names: {len(task['class_names'])} names for {len(classes)} classes")
+    if real["type"] == "toyworld" and real["labels"] == "objects" and real["classes"] is not None \
+            and len(real["classes"]) != len(classes):
+        problems.append(f"{where}.downstream.real.classes: {len(real['classes'])} toy classes for the task's "
+                        f"{len(classes)} classes (one per class, in order)")
+    return problems
+
+
+def _snapshot_problems(where: str, ds: dict) -> list[str]:
+    problems = []
+    if ds["snapshots"] > ds["steps"]:
+        problems.append(f"{where}.snapshots: {ds['snapshots']} snapshots of a {ds['steps']}-step run")
+    if ds["evaluation"]["protocol"] == "cross_validation" and ds["snapshots"] < 2:
+        problems.append(f"{where}.evaluation.protocol: cross_validation chooses among snapshots; "
+                        f"set {where}.snapshots >= 2")
+    return problems
+
+
+def _downstream_problems(task: str, ds: dict, base_dir: Path, check_files: bool) -> list[str]:
+    where = f"tasks.{task}.downstream"
+    problems = []
+    on_disk = ds["real"]["type"] != "toyworld"
+    if on_disk and not ds["real"]["path"]:
+        problems.append(f"{where}.real.path: a `{ds['real']['type']}` dataset needs its path")
+    if check_files:
+        files = {"weights": ds["weights"], "backbone_weights": ds["backbone_weights"],
+                 "reference_annotator": ds["reference_annotator"],
+                 "real.path": ds["real"]["path"] if on_disk else None}
+        problems += [f"{where}.{key}: {path} does not exist" for key, path in files.items()
+                     if path and not (base_dir / path).exists()]
+    return problems
+
+
+def load_config(path: str | Path, check_files: bool = True) -> dict:
+    """Read a YAML config file and validate it (paths relative to the current directory)."""
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the config must be a mapping")
+    return validate_config(cfg, ".", check_files)
+
+
+def ablation_problems(cfg: dict) -> list[str]:
+    """What the schema cannot say about ``cfg["ablations"]``; fills each interpreter
+    variant in as the whole interpreter it stands for (the task's, overridden)."""
+    problems = []
+    for name, spec in cfg.get("ablations", {}).items():
+        where = f"ablations.{name}"
+        task = cfg["tasks"].get(name)
+        if not isinstance(task, dict):
+            problems.append(f"{where}: {name!r} is not a key of `tasks`")
+            continue
+        if task.get("classes") is not None or not task["downstream"]["enabled"]:
+            problems.append(f"{where}: ablations need an unconditional task with downstream runs")
+            continue
+        per_shard = task["synthesis"]["samples_per_shard"]
+        sizes = list(spec["synthetic_size"]) + ([spec["retrain_size"]] if spec["retrain_size"] else [])
+        problems += [f"{where}: synthetic set size {n} is not a multiple of samples_per_shard {per_shard}"
+                     for n in sizes if n % per_shard]
+        have = task["annotation"]["expected_count"] or task["annotation"]["num_samples"]
+        problems += [f"{where}.num_annotations: {k} exceeds the task's {have} annotations"
+                     for k in spec["num_annotations"] if k > have]
+        sel = spec["selection"]
+        if sel and sel["initial"] > have:
+            problems.append(f"{where}.selection.initial: {sel['initial']} exceeds the task's {have} annotations")
+        if sel and "manual" in sel["methods"] and sel["initial"] + sel["step"] * sel["rounds"] > have:
+            problems.append(f"{where}.selection: the manual arm's {sel['initial'] + sel['step'] * sel['rounds']} "
+                            f"annotations exceed the task's {have}")
+        if sel and not task["downstream"]["reference_annotator"]:
+            problems.append(f"{where}.selection: needs tasks.{name}.downstream.reference_annotator "
+                            "(the simulated annotator labels the picks)")
+        if sel and sel["step"] * sel["rounds"] > task["annotation"]["pool"]["size"]:
+            problems.append(f"{where}.selection: {sel['rounds']} rounds of {sel['step']} exceed the pool of "
+                            f"{task['annotation']['pool']['size']} (tasks.{name}.annotation.pool.size)")
+        for variant, override in spec["interpreter"].items():
+            base = task["interpreter"]
+            merged = {**base, **override} if override.get("type", base["type"]) == base["type"] else dict(override)
+            probe = {"checkpoints": cfg["checkpoints"], "tasks": {name: {**copy.deepcopy(task), "interpreter": merged}}}
+            errors = schema_errors(probe)
+            problems += [f"{where}.interpreter.{variant}: " + schema_message(e).split(": ", 1)[1]
+                         for e in errors if tuple(e.absolute_path)[:3] == ("tasks", name, "interpreter")]
+            spec["interpreter"][variant] = probe["tasks"][name]["interpreter"]
+    return problems

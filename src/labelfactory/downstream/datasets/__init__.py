@@ -1,0 +1,16 @@
+"""Readers of the real datasets of the transfer experiments, in their on-disk
+formats: PASCAL VOC 2012, MS-COCO, Cityscapes, chest X-ray lungs (Montgomery /
+Shenzhen) and CelebAMask-HQ parts.
+
+Importing the package registers each segmentation reader in
+:data:`~labelfactory.downstream.experiment.REAL_DATASETS` (``voc``, ``coco``,
+``cityscapes``, ``chest_xray``, ``celebamask_hq``) and each detection source in
+:data:`DETECTION_DATASETS`; experiment imports it, so the readers are there
+whichever module comes first. pycocotools and detectron2 are imported only
+when a reader needs them.
+"""
+
+from labelfactory.downstream.datasets import celebamask, chest_xray, cityscapes, coco, voc  # noqa: F401  (registration)
+from labelfactory.downstream.datasets.base import DETECTION_DATASETS, register_detection
+
+__all__ = ["DETECTION_DATASETS", "register_detection"]

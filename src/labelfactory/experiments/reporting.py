@@ -1,0 +1,355 @@
+"""Tables and figures of a task: the main table, per-class IoU, a sample grid
+with label overlays, and per-sample uncertainty against label error.
+
+Inputs are the workflow's own outputs (``scores.json`` of every downstream
+run, the filter's manifest, shards); nothing here trains a network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from labelfactory.core.io import atomic_path, atomic_write_json, atomic_write_text
+from labelfactory.synthesis.shards import read_samples
+from labelfactory.core.visualize import overlay
+
+SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "synthetic_combined", "fully_supervised")
+SETTING_TITLES = {
+    "few_shot": "few-shot (annotations only)",
+    "synthetic": "synthetic, unfiltered",
+    "synthetic_filtered": "synthetic, filtered",
+    "synthetic_combined": "synthetic, filtered, combined",
+    "fully_supervised": "fully supervised (real)",
+}
+
+
+def collect_scores(paths: Sequence[str | os.PathLike], variants: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per downstream run: ``setting``, ``seed``, ``num_train_images``,
+    ``miou``, ``pixel_accuracy``, ``iou/<class>`` for every class, and for
+    class-aware (BigDatasetGAN) runs the class-agnostic ``foreground_iou``.
+
+    ``variants`` maps the path of a run compared in the same table (e.g. the same
+    data labelled by another interpreter) to its variant's name; its setting then
+    reads ``<setting> | <variant>`` and its rows follow the task's own."""
+    variants = {str(k): v for k, v in (variants or {}).items()}
+    rows = []
+    for p in paths:
+        s = json.loads(Path(p).read_text())
+        fg = {"foreground_iou": s["foreground_iou"]} if s.get("class_aware") else {}
+        setting = s["setting"] if str(p) not in variants else f"{s['setting']} | {variants[str(p)]}"
+        rows.append({"setting": setting, "seed": s["seed"], "num_train_images": s["num_train_images"],
+                     "miou": s["miou"], **fg, "pixel_accuracy": s["pixel_accuracy"],
+                     **{f"iou/{c}": v for c, v in s["iou_by_class"].items()}})
+    df = pd.DataFrame(rows)
+    names = list(dict.fromkeys(variants.values()))
+    order = [s for s in SETTING_ORDER] + [f"{s} | {v}" for v in names for s in SETTING_ORDER]
+    order = [s for s in order if s in set(df["setting"])]
+    df["setting"] = pd.Categorical(df["setting"], categories=order, ordered=True)
+    return df.sort_values(["setting", "seed"]).reset_index(drop=True)
+
+
+def setting_title(setting: str) -> str:
+    """``synthetic_filtered | conv interpreter`` → ``synthetic, filtered (conv interpreter)``."""
+    base, _, variant = setting.partition(" | ")
+    title = SETTING_TITLES.get(base, base)
+    return f"{title} ({variant})" if variant else title
+
+
+def main_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: runs, training images, mIoU mean/sd/min/max (in IoU points,
+    0–100), its share of the fully supervised mIoU, its gain over few-shot, the
+    foreground IoU mean/sd where the runs have it, and the mean IoU of every
+    class. Spread is the sample sd over seeds."""
+    classes = [c for c in runs.columns if c.startswith("iou/")]
+    g = runs.groupby("setting", observed=True)
+    table = pd.DataFrame({
+        "runs": g.size(),
+        "train_images": g["num_train_images"].first(),
+        "miou_mean": 100 * g["miou"].mean(),
+        "miou_sd": 100 * g["miou"].std(ddof=1),
+        "miou_min": 100 * g["miou"].min(),
+        "miou_max": 100 * g["miou"].max(),
+    })
+    if "fully_supervised" in table.index:
+        table["pct_of_fully_supervised"] = 100 * table["miou_mean"] / table.loc["fully_supervised", "miou_mean"]
+    if "few_shot" in table.index:
+        table["gain_over_few_shot"] = table["miou_mean"] - table.loc["few_shot", "miou_mean"]
+    if "foreground_iou" in runs:
+        table["fg_iou_mean"] = 100 * g["foreground_iou"].mean()
+        table["fg_iou_sd"] = 100 * g["foreground_iou"].std(ddof=1)
+    for c in classes:
+        table[c] = 100 * g[c].mean()
+    table.index = table.index.astype(str)
+    return table
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The main table as Markdown: mIoU as ``mean ± sd`` and one IoU column per class."""
+    out = pd.DataFrame(index=[setting_title(s) for s in table.index])
+    out.index.name = "setting"
+    out["runs"] = table["runs"].to_numpy()
+    out["train images"] = table["train_images"].to_numpy()
+    sd = table["miou_sd"].fillna(0.0).to_numpy()
+    out["mIoU"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(table["miou_mean"], sd)]
+    if "pct_of_fully_supervised" in table:
+        out["% of fully sup."] = [f"{v:.0f}%" for v in table["pct_of_fully_supervised"]]
+    if "gain_over_few_shot" in table:
+        out["vs few-shot"] = [f"{v:+.1f}" for v in table["gain_over_few_shot"]]
+    if "fg_iou_mean" in table:
+        fg_sd = table["fg_iou_sd"].fillna(0.0).to_numpy()
+        out["fg IoU"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(table["fg_iou_mean"], fg_sd)]
+    for c in (c for c in table.columns if c.startswith("iou/")):
+        out[c.removeprefix("iou/")] = [f"{v:.1f}" for v in table[c]]
+    return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * len(out.columns)) + "\n"
+
+
+def write_main_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
+                     runs_path: str | os.PathLike) -> pd.DataFrame:
+    """Write the main table (CSV and Markdown) and every run's scores (CSV)."""
+    return _write_table(main_table(runs), markdown_table, runs, csv_path, md_path, runs_path, "%.5f")
+
+
+def _write_table(table: pd.DataFrame, markdown, runs: pd.DataFrame, csv_path, md_path, runs_path,
+                 runs_format: str) -> pd.DataFrame:
+    """``table`` as CSV and as ``markdown(table)``, and the runs it summarises as CSV, each atomically."""
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, float_format="%.3f")
+    with atomic_path(runs_path) as tmp:
+        runs.to_csv(tmp, index=False, float_format=runs_format)
+    atomic_write_text(md_path, markdown(table))
+    return table
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_class_iou(runs: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Bars of IoU per class and setting, error bars the sd over seeds."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    cols = [c for c in runs.columns if c.startswith("iou/")] + ["miou"]
+    long = runs.melt(id_vars=["setting", "seed"], value_vars=cols, var_name="class", value_name="IoU")
+    long["class"] = long["class"].str.removeprefix("iou/").replace({"miou": "mean"})
+    long["IoU"] *= 100
+    long["setting"] = long["setting"].astype(str).map(setting_title)
+    fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 2, 4))
+    sns.barplot(long, x="class", y="IoU", hue="setting", errorbar="sd", ax=ax, palette="colorblind")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("IoU on real test images (%)")
+    ax.legend(loc="lower left", fontsize=8)
+    _save(fig, path)
+
+
+def _manifest_samples(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of manifest rows, read shard by shard, in row order."""
+    images, labels = [None] * len(manifest), [None] * len(manifest)
+    for shard, rows in manifest.reset_index(drop=True).groupby("shard", sort=False):
+        im, lb = read_samples(shard, rows["index"].to_numpy())
+        for k, i in enumerate(rows.index):
+            images[i], labels[i] = im[k], lb[k]
+    return np.stack(images), np.stack(labels)
+
+
+def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: int = 8) -> None:
+    """Generated images with their labels overlaid: the ``per_row`` most certain
+    samples, a random draw of the kept ones, and the most uncertain dropped ones
+    (scores in the titles). Each group is a subfigure titled with its name, so
+    constrained layout keeps the titles clear of the rows around them."""
+    plt = _pyplot()
+    kept, dropped = manifest[manifest["kept"]], manifest[~manifest["kept"]]
+    groups = [("most certain", kept.nsmallest(per_row, "score")),
+              ("random kept", kept.sample(min(per_row, len(kept)), random_state=0) if len(kept) else kept),
+              ("most uncertain (dropped)", dropped.nlargest(per_row, "score"))]
+    groups = [(name, rows) for name, rows in groups if len(rows)]
+    fig = plt.figure(figsize=(1.3 * per_row, 2.9 * len(groups)), layout="constrained")
+    for sub, (name, rows) in zip(fig.subfigures(len(groups), 1, squeeze=False).ravel(), groups):
+        sub.suptitle(name, x=0.01, ha="left", fontsize=9, weight="bold")
+        axes = sub.subplots(2, per_row, squeeze=False)
+        images, labels = _manifest_samples(rows)
+        for j, (top, bottom) in enumerate(axes.T):
+            top.axis("off")
+            bottom.axis("off")
+            if j < len(rows):
+                top.imshow(images[j], interpolation="nearest")
+                bottom.imshow(overlay(images[j], labels[j]), interpolation="nearest")
+                top.set_title(f"{rows['score'].iloc[j]:.3f}", fontsize=7)
+    _save(fig, path)
+
+
+def label_errors(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
+                 seed: int = 0) -> pd.DataFrame:
+    """Score ``n`` random samples' labels against the simulated annotator's:
+    ``error`` is the share of pixels where the two disagree. ``cls`` is the toy
+    class of a part-labelled task, or for a class-conditional (BigDatasetGAN) task
+    the toy class of each generator class, whose samples are then scored as binary
+    object masks. Columns: manifest columns plus ``error``."""
+    rows = manifest.sample(min(n, len(manifest)), random_state=seed).sort_values(["shard", "index"])
+    images, labels = _manifest_samples(rows)
+    if isinstance(cls, dict):
+        reference = np.zeros_like(labels)
+        for c, name in cls.items():
+            sel = rows["class"].to_numpy() == c
+            if sel.any():
+                reference[sel] = annotator.object_masks(images[sel], name)
+    else:
+        reference = annotator.label(images, cls)
+    out = rows.reset_index(drop=True).copy()
+    out["error"] = (reference != labels).mean(axis=(1, 2))
+    return out
+
+
+def error_summary(errors: pd.DataFrame) -> dict:
+    """Mean label error of all, kept and dropped samples, and the Spearman rank
+    correlation between uncertainty score and error."""
+    rho = errors["score"].rank().corr(errors["error"].rank()) if len(errors) > 1 else float("nan")
+    return {
+        "samples": len(errors),
+        "mean_error": float(errors["error"].mean()),
+        "mean_error_kept": float(errors.loc[errors["kept"], "error"].mean()),
+        "mean_error_dropped": float(errors.loc[~errors["kept"], "error"].mean()),
+        "spearman_score_error": float(rho),
+    }
+
+
+def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Scatter of per-image uncertainty score against label error, coloured by
+    whether the filter kept the sample."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    s = error_summary(errors)
+    df = errors.assign(error=100 * errors["error"], filter=np.where(errors["kept"], "kept", "dropped"))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sns.scatterplot(df, x="score", y="error", hue="filter", hue_order=["kept", "dropped"], s=12, alpha=0.6, ax=ax)
+    ax.set_xlabel("uncertainty score (mean top-10% JS divergence, nats)")
+    ax.set_ylabel("label error vs simulated annotator (% pixels)")
+    ax.set_title(f"Spearman ρ = {s['spearman_score_error']:.2f}; error kept {100 * s['mean_error_kept']:.1f}% "
+                 f"vs dropped {100 * s['mean_error_dropped']:.1f}%", fontsize=9)
+    _save(fig, path)
+
+
+def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_path: str | os.PathLike,
+                        png_path: str | os.PathLike) -> dict:
+    with atomic_path(csv_path) as tmp:
+        errors.to_csv(tmp, index=False)
+    summary = error_summary(errors)
+    atomic_write_json(json_path, summary)
+    plot_uncertainty_vs_error(errors, png_path)
+    return summary
+
+
+def plot_class_grid(manifest: pd.DataFrame, path: str | os.PathLike, class_names: dict[int, str],
+                    per_class: int = 8, seed: int = 0) -> None:
+    """A class-conditional task's synthetic data: per class, ``per_class`` random kept
+    samples above their object masks (coloured by class, as the class-aware labels)."""
+    plt = _pyplot()
+    kept = manifest[manifest["kept"]]
+    classes = [c for c in class_names if (kept["class"] == c).any()]
+    fig, axes = plt.subplots(2 * len(classes), per_class, figsize=(1.2 * per_class, 2.5 * len(classes)),
+                             squeeze=False, gridspec_kw={"hspace": 0.08, "wspace": 0.05})
+    for g, c in enumerate(classes):
+        rows = kept[kept["class"] == c]
+        rows = rows.sample(min(per_class, len(rows)), random_state=seed)
+        images, labels = _manifest_samples(rows)
+        label_id = list(class_names).index(c) + 1
+        for j in range(per_class):
+            top, bottom = axes[2 * g, j], axes[2 * g + 1, j]
+            top.axis("off")
+            bottom.axis("off")
+            if j < len(rows):
+                top.imshow(images[j], interpolation="nearest")
+                mask = np.where(labels[j] == 1, label_id, 0).astype(np.uint8)
+                bottom.imshow(overlay(images[j], mask, alpha=0.6), interpolation="nearest")
+        axes[2 * g, 0].set_title(class_names[c], loc="left", fontsize=9, weight="bold")
+    _save(fig, path)
+
+
+# --- the transfer experiment: pretrained backbones finetuned at several data fractions ---
+TRANSFER_METRICS = {"box_AP": "box AP", "box_AP50": "box AP50", "mask_AP": "mask AP", "mask_AP50": "mask AP50",
+                    "miou": "mIoU"}
+
+
+def collect_transfer(runs: Sequence[dict]) -> pd.DataFrame:
+    """One row per finetuning run from ``{init, fraction, seed, detection, semantic}``
+    (the paths of detectron2's and the semantic run's ``results.json``): box and mask
+    AP/AP50/AP75 (COCOEvaluator, %; 0 where the model predicted nothing) and mIoU (%)."""
+    rows = []
+    for r in runs:
+        det = json.loads(Path(r["detection"]).read_text())
+        sem = json.loads(Path(r["semantic"]).read_text())
+        row = {"init": r["init"], "fraction": float(r["fraction"]), "seed": int(r["seed"]),
+               "train_images": sem["num_train_images"]}
+        for task, prefix in (("bbox", "box"), ("segm", "mask")):
+            row.update({f"{prefix}_{k}": det[task][k] or 0.0 for k in ("AP", "AP50", "AP75")})
+        rows.append({**row, "miou": 100 * sem["miou"]})
+    df = pd.DataFrame(rows)
+    df["init"] = pd.Categorical(df["init"], categories=list(dict.fromkeys(r["init"] for r in runs)), ordered=True)
+    return df.sort_values(["init", "fraction", "seed"]).reset_index(drop=True)
+
+
+def transfer_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per initialisation × fraction: runs, training images, and mean and sample sd
+    over seeds of every metric of :data:`TRANSFER_METRICS`."""
+    g = runs.groupby(["init", "fraction"], observed=True)
+    table = pd.DataFrame({"runs": g.size(), "train_images": g["train_images"].first()})
+    for m in TRANSFER_METRICS:
+        table[f"{m}_mean"], table[f"{m}_sd"] = g[m].mean(), g[m].std(ddof=1)
+    return table
+
+
+def transfer_markdown(table: pd.DataFrame) -> str:
+    """The transfer table as Markdown, every metric as ``mean ± sd``."""
+    out = table[["runs", "train_images"]].reset_index()
+    out["fraction"] = [f"{100 * f:g} %" for f in out["fraction"]]
+    out = out.rename(columns={"train_images": "train images"})
+    for m, title in TRANSFER_METRICS.items():
+        sd = table[f"{m}_sd"].fillna(0.0).to_numpy()
+        out[title] = [f"{v:.1f} ± {s:.1f}" for v, s in zip(table[f"{m}_mean"], sd)]
+    return out.to_markdown(index=False, disable_numparse=True,
+                           colalign=["left", "right"] + ["right"] * (len(out.columns) - 2)) + "\n"
+
+
+def write_transfer_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
+                         runs_path: str | os.PathLike) -> pd.DataFrame:
+    """Write the transfer table (CSV and Markdown) and every run's metrics (CSV)."""
+    return _write_table(transfer_table(runs), transfer_markdown, runs, csv_path, md_path, runs_path, "%.4f")
+
+
+def plot_data_efficiency(runs: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Box AP, mask AP and mIoU against the fraction of downstream training data
+    (log scale), a line per initialisation, error bars the sd over seeds."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    panels = {"box_AP": "box AP (%)", "mask_AP": "mask AP (%)", "miou": "mIoU (%)"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for ax, (metric, label) in zip(axes, panels.items()):
+        sns.lineplot(runs, x="fraction", y=metric, hue="init", marker="o", errorbar="sd", err_style="bars",
+                     ax=ax, palette="colorblind", legend=ax is axes[-1])
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(runs["fraction"].unique()), [f"{100 * f:g} %" for f in sorted(runs["fraction"].unique())])
+        ax.set_xlabel("fraction of downstream training data")
+        ax.set_ylabel(label)
+    axes[-1].legend(title="initialisation", fontsize=8)
+    _save(fig, path)
