@@ -39,8 +39,10 @@ figures: setup
 	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) figures --forcerun $(FIGURE_RULES) \
 		--allowed-rules figures $(FIGURE_RULES)
 
-# One test file per worker (module fixtures stay in one process), one worker per core.
+# The import layers (.importlinter) first, then one test file per worker (module fixtures stay
+# in one process), one worker per core.
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -n auto --dist loadfile
 
 clean-results:

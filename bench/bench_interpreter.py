@@ -42,8 +42,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from labelfactory.features import FeatureStore  # noqa: E402
 from labelfactory.generators.biggan import BigGANConfig, BigGANGenerator  # noqa: E402
-from labelfactory.interpreters import ConvInterpreterConfig, MLPEnsembleConfig, PixelFeatures, fit_members  # noqa: E402
-from labelfactory.interpreters import train_conv_ensemble  # noqa: E402
+from labelfactory.interpreters.conv import ConvInterpreterConfig
+from labelfactory.interpreters.mlp import MLPEnsembleConfig, PixelFeatures, fit_members  # noqa: E402
+from labelfactory.interpreters.conv import train_conv_ensemble  # noqa: E402
 
 CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32}  # StyleGAN, 2 layers each
 NUM_CLASSES = 34  # DatasetGAN's car task: the wider (256/128) members

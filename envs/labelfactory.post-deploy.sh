@@ -7,7 +7,7 @@
 #   - by hand after `conda env create -f envs/labelfactory.yaml`.
 # Snakemake rebuilds a rule's environment when this file changes, so it carries the digests of
 # what it installs (tests/test_envs.py keeps them current):
-#   requirements.txt sha256 f663e45d421eb4cbd4633c9da8064ccd9a6ecee32244a85604971058d73206d7
+#   requirements.txt sha256 9a8b7b034b8b2bad710c4a8fc8e9504044fa8bf155070d9793d6d6f394459362
 #   envs/install_detectron2.sh sha256 ed2ded45ce8caa207b123624480c1ad8c82653ae280fb275ddb5fa2df959b3f8
 # A torch build for another CUDA comes from PIP_EXTRA_INDEX_URL (make TORCH_INDEX_URL=... sets it).
 #

@@ -10,7 +10,7 @@ with snakemake_job(snakemake):
     kind = INTERPRETERS.get(params.pop("type"))
     ann = load_annotation_set(snakemake.input.annotations)
     conditioning = {}
-    if getattr(kind, "class_conditional", False):  # conditioned on the generator's class embedding
+    if kind.class_conditional:  # conditioned on the generator's class embedding
         embedding = load_generator(snakemake.input.weights).class_embedding()
         conditioning = dict(classes=None if embedding is None else ann.classes, class_embedding=embedding)
     model = kind.fit(FeatureStore.open(snakemake.input.features), ann.masks, len(ann.labels.names),

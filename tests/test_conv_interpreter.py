@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from labelfactory.features import FeatureStoreError
-from labelfactory.interpreters import (INTERPRETERS, ConvEnsemble, ConvInterpreterConfig, resolution_groups,
-                                       train_conv_ensemble)
+from labelfactory.interpreters import INTERPRETERS
+from labelfactory.interpreters.conv import ConvEnsemble, ConvInterpreterConfig, resolution_groups, train_conv_ensemble
 from labelfactory.interpreters.conv import build_member, pixel_loss
 from test_interpreter import write_store
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from labelfactory.interpreters.mlp import (
     _DENSE_COLUMNS, _TILE_PIXELS, MemberHistory, MLPEnsemble, MLPEnsembleConfig, build_member, stack_members)
-from labelfactory.interpreters import load_labeller
+from labelfactory.interpreters import load_interpreter
 from labelfactory.synthesis.uncertainty import image_scores, js_divergence, vote_labels
 
 CLASSES = 6
@@ -129,10 +129,10 @@ def test_the_configured_precision_is_set_when_loading(tmp_path):
     resolution, shapes = CASES["stylegan-like"]
     ens, feats = ensemble(shapes, resolution), features(shapes)
     ens.save(tmp_path / "interpreter.safetensors")
-    exact = load_labeller("mlp", tmp_path / "interpreter.safetensors")
-    half = load_labeller("mlp", tmp_path / "interpreter.safetensors", precision="bfloat16")
+    exact = load_interpreter("mlp", tmp_path / "interpreter.safetensors")
+    half = load_interpreter("mlp", tmp_path / "interpreter.safetensors", precision="bfloat16")
     assert (exact.compute_dtype, half.compute_dtype) == (torch.float32, torch.bfloat16)
     torch.testing.assert_close(exact.member_probabilities(feats), ens.member_probabilities(feats), rtol=0, atol=0)
     assert (half.member_probabilities(feats).argmax(2) == ens.member_probabilities(feats).argmax(2)).float().mean() > 0.97
     with pytest.raises(ValueError, match="precision must be one of"):
-        load_labeller("mlp", tmp_path / "interpreter.safetensors", precision="int8")
+        load_interpreter("mlp", tmp_path / "interpreter.safetensors", precision="int8")

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-import labelfactory.generators.checkpoints as checkpoints
+import labelfactory.generators.loading as loading
 from labelfactory.generators.fetch import FetchError, fetch, fetch_checkpoint
 from labelfactory.generators.checkpoints import CheckpointError, sidecar_path
 from labelfactory.generators.loading import load_generator
@@ -208,7 +208,7 @@ def test_fetch_checkpoint_failure_leaves_no_output(server, tmp_path, rosinality_
     def no_sidecar(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints, "atomic_write_json", no_sidecar)  # fails after the .safetensors is in place
+    monkeypatch.setattr(loading, "atomic_write_json", no_sidecar)  # fails after the .safetensors is in place
     with pytest.raises(OSError, match="disk full"):
         fetch_checkpoint(str(rosinality_file[0]), out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["downloads"]

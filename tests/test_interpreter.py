@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from labelfactory.features import FeatureStore, FeatureStoreError
-from labelfactory.interpreters import (INTERPRETERS, MLPEnsemble, MLPEnsembleConfig, PixelFeatures,
-                                       train_mlp_ensemble)
+from labelfactory.interpreters import INTERPRETERS
+from labelfactory.interpreters.mlp import MLPEnsemble, MLPEnsembleConfig, PixelFeatures, train_mlp_ensemble
 from labelfactory.synthesis.uncertainty import mean_labels
 
 torch.set_num_threads(1)

@@ -169,7 +169,7 @@ def test_sample_grid_titles_overlap_no_image_and_no_other_title(monkeypatch, tmp
 
     saved = []
     monkeypatch.setattr(reporting, "_manifest_samples", samples)
-    monkeypatch.setattr(reporting, "_save", lambda fig, path: saved.append(fig))
+    monkeypatch.setattr(reporting, "save_figure", lambda fig, path: saved.append(fig))
     manifest = pd.DataFrame({"shard": "s.h5", "index": np.arange(12), "seed": np.arange(12), "class": -1,
                              "score": np.linspace(0, 1, 12), "kept": kept})
     plot_sample_grid(manifest, tmp_path / "grid.png", per_row=4)

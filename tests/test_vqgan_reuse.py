@@ -17,7 +17,7 @@ from labelfactory.annotations.labels import LabelSet
 from labelfactory.toybench.annotator import Annotator, UNet
 from labelfactory.features import FeatureStore, extract_features
 from labelfactory.generators.base import images_to_uint8
-from labelfactory.interpreters import ConvInterpreterConfig, train_conv_ensemble
+from labelfactory.interpreters.conv import ConvInterpreterConfig, train_conv_ensemble
 from labelfactory.annotations.reuse import resize_annotations, reuse_annotation_file, reuse_annotations
 
 from helpers import TINY_VQGAN_CODES as N_EMBED, tiny_vqgan

@@ -21,7 +21,7 @@ import torch
 
 from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.generators.base import GeneratorBackend
-from labelfactory.interpreters import load_labeller
+from labelfactory.interpreters import load_interpreter
 from labelfactory.synthesis.shards import Labeller
 from labelfactory.synthesis.uncertainty import image_scores, js_divergence
 
@@ -121,7 +121,7 @@ def next_round_seeds(selection: dict, backend: GeneratorBackend, annotated: Sequ
     ``interpreter`` the weights of the current ensemble (needed for ``uncertainty``)."""
     done = [seed for path in annotated for seed in load_annotation_set(path).seeds]
     labeller = None if interpreter is None else \
-        load_labeller(selection["interpreter_type"], interpreter, backend.device)
+        load_interpreter(selection["interpreter_type"], interpreter, backend.device)
     return choose_seeds(selection["select"], candidate_seeds(selection["pool_start"], selection["pool_size"], done),
                         selection["k"], backend=backend, labeller=labeller, diversity=selection["diversity"],
                         oversample=selection["oversample"], draw=selection["draw"], **score_options)

@@ -8,8 +8,18 @@ checks what a schema cannot express and reports every problem at once;
 
 from labelfactory.config.checks import ablation_problems, load_config, pretraining_files, validate_config
 from labelfactory.config.schema import REPO_ROOT, SCHEMA_PATH, ConfigError
-from labelfactory.config.specs import (AnnotationSpec, CheckpointSpec, DownstreamSpec, FeatureSpec, InitSpec,
-                                       PretrainingSpec, SynthesisSpec, TaskSpec, WorkflowConfig, parse_range)
+from labelfactory.config.specs import (
+                                       AnnotationSpec,
+                                       CheckpointSpec,
+                                       DownstreamSpec,
+                                       FeatureSpec,
+                                       InitSpec,
+                                       PretrainingSpec,
+                                       SynthesisSpec,
+                                       TaskSpec,
+                                       WorkflowConfig,
+                                       parse_range,
+)
 
 __all__ = ["REPO_ROOT", "SCHEMA_PATH", "AnnotationSpec", "CheckpointSpec", "ConfigError", "DownstreamSpec",
            "FeatureSpec", "InitSpec", "PretrainingSpec", "SynthesisSpec", "TaskSpec", "WorkflowConfig",

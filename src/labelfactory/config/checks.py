@@ -11,25 +11,7 @@ from pathlib import Path
 import yaml
 
 from labelfactory.config.schema import ConfigError, schema_errors, schema_message
-
-
-def _labels_file(tasks: dict, name: str, seen: tuple[str, ...] = ()) -> str | None:
-    """A task's labels.yaml: its own `labels`, its folder's, or (reuse) the reused task's."""
-    t = tasks.get(name)
-    if not isinstance(t, dict) or name in seen:
-        return None
-    if t.get("labels"):
-        return t["labels"]
-    if t.get("annotations"):
-        return str(Path(t["annotations"]) / "labels.yaml")
-    reuse = t.get("reuse")
-    return _labels_file(tasks, reuse.get("task"), (*seen, name)) if isinstance(reuse, dict) else None
-
-
-def _classes(spec) -> tuple[int, ...] | None:
-    if spec is None:
-        return None
-    return tuple(parse_range(spec)) if isinstance(spec, str) else tuple(spec)
+from labelfactory.config.specs import labels_file, task_classes
 
 
 def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = True) -> dict:
@@ -137,7 +119,7 @@ def _reuse_problems(cfg: dict, name: str) -> list[str]:
 def _same_classes(a, b) -> bool:
     """Whether two tasks' `classes` name the same classes (True when one is malformed: the schema says so)."""
     try:
-        return _classes(a) == _classes(b)
+        return task_classes(a) == task_classes(b)
     except (TypeError, ValueError):
         return True
 
@@ -158,7 +140,7 @@ def _combine_problems(cfg: dict, name: str) -> list[str]:
                 o.get("downstream", {}).get("labels") != ds["labels"]:
             problems.append(f"{where}.combine: {other!r} has other classes or labels than {name!r} "
                             "(combined samples must share one label space)")
-        elif ds["labels"] != "class_aware" and _labels_file(cfg["tasks"], other) != _labels_file(cfg["tasks"], name):
+        elif ds["labels"] != "class_aware" and labels_file(cfg["tasks"], other) != labels_file(cfg["tasks"], name):
             problems.append(f"{where}.combine: {other!r} has another labels.yaml than {name!r}")
     return problems
 
@@ -219,7 +201,7 @@ def _pretraining_problems(cfg: dict, base_dir: Path, check_files: bool) -> list[
 def _class_problems(name: str, task: dict) -> list[str]:
     """A class-conditional task's classes against its names, labels and real data."""
     where = f"tasks.{name}"
-    classes = _classes(task["classes"])
+    classes = task_classes(task["classes"])
     ds, real = task["downstream"], task["downstream"]["real"]
     problems = []
     if classes is None:

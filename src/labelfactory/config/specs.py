@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,25 @@ def parse_range(spec: str) -> list[int]:
         lo, _, hi = part.strip().partition("-")
         out.extend(range(int(lo), int(hi or lo) + 1))
     return out
+
+
+def labels_file(tasks: dict, name: str, seen: tuple[str, ...] = ()) -> str | None:
+    """A task's labels.yaml: its own `labels`, its folder's, or (reuse) the reused task's."""
+    t = tasks.get(name)
+    if not isinstance(t, dict) or name in seen:
+        return None
+    if t.get("labels"):
+        return t["labels"]
+    if t.get("annotations"):
+        return str(Path(t["annotations"]) / "labels.yaml")
+    reuse = t.get("reuse")
+    return labels_file(tasks, reuse.get("task"), (*seen, name)) if isinstance(reuse, dict) else None
+
+
+def task_classes(spec) -> tuple[int, ...] | None:
+    if spec is None:
+        return None
+    return tuple(parse_range(spec)) if isinstance(spec, str) else tuple(spec)
 
 
 @dataclass(frozen=True)
@@ -209,13 +229,13 @@ class WorkflowConfig:
         for n, t in cfg["tasks"].items():
             t = dict(t)
             layers = t["features"]["layers"]
-            classes = _classes(t["classes"])
-            syn_classes = _classes(t["synthesis"]["classes"])
+            classes = task_classes(t["classes"])
+            syn_classes = task_classes(t["synthesis"]["classes"])
             tasks[n] = TaskSpec(
                 name=n,
                 checkpoint=t["checkpoint"],
                 annotations=t.get("annotations"),
-                labels=_labels_file(cfg["tasks"], n),
+                labels=labels_file(cfg["tasks"], n),
                 cls=t["class"],
                 classes=classes,
                 class_names=tuple(t["class_names"]) if t["class_names"] else None,

@@ -23,7 +23,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from labelfactory.annotations.annotation_set import load_annotation_set

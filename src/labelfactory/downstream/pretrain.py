@@ -35,18 +35,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from labelfactory.annotations.labels import LabelSet
 from labelfactory.core.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from labelfactory.core.registry import Registry
 from labelfactory.core.typed import strict_from_dict
 from labelfactory.downstream.class_aware import ClassAwareLabels
-from labelfactory.annotations.labels import LabelSet
 from labelfactory.downstream.data import IGNORE_INDEX
+from labelfactory.downstream.datasets.coco import COCOSegmentation, class_names, load_coco
 from labelfactory.downstream.detectron import export_backbone
 from labelfactory.downstream.experiment import SETTINGS, SettingInputs
-from labelfactory.downstream.real import RealDataSpec, real_dataset
 from labelfactory.downstream.models import load_state_dict_checked, read_state_dict, resnet_trunk
-from labelfactory.downstream.segmentation import (SegTrainConfig, _optimizer, _threads, evaluate_segmentation, lr_factor,
-                           train_segmentation)
+from labelfactory.downstream.real import RealDataSpec, real_dataset
+from labelfactory.downstream.segmentation import (
+    SegTrainConfig,
+    build_optimizer,
+    evaluate_segmentation,
+    lr_factor,
+    torch_threads,
+    train_segmentation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +198,14 @@ def classification_pretraining(cfg: PretrainConfig, inputs: PretrainInputs, devi
         raise ValueError("classification pretraining needs real images with class labels")
     sched_cfg = cfg.schedule_config()
     dataset = ClassLabelled(inputs.real)
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         trunk = _trunk(cfg)
         channels = trunk.layer4[-1].conv1.in_channels
         model = nn.Sequential(trunk, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                               nn.Linear(channels, dataset.num_classes)).to(device)
         generator = torch.Generator().manual_seed(cfg.seed)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
-        opt = _optimizer(model, sched_cfg)
+        opt = build_optimizer(model, sched_cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, sched_cfg))
         losses: list[float] = []
         model.train()
@@ -262,8 +269,6 @@ def subset_coco(json_path: str | Path, image_root: str | Path | None, fraction: 
 def coco_semantic(json_path: str | Path):
     """A COCO set's semantic masks (instances painted with their class, background 0)
     and its label names, read by the project's COCO reader."""
-    from labelfactory.downstream.datasets.coco import COCOSegmentation, class_names, load_coco
-
     json_path = Path(json_path)
     coco = load_coco(json_path)
     return COCOSegmentation(coco, json_path, json_path.parent, 255, None), class_names(coco)

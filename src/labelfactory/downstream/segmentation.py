@@ -84,7 +84,7 @@ class SegTrainConfig:
 
 
 @contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
     old = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
@@ -104,7 +104,7 @@ def lr_factor(step: int, cfg: SegTrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def _optimizer(model: nn.Module, cfg: SegTrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: SegTrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -128,14 +128,14 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
     if len(dataset) == 0:
         raise ValueError("cannot train a segmentation network on an empty dataset")
     device = torch.device(device)
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         torch.manual_seed(cfg.seed)
         model = build_segmentation_model(cfg.model, num_classes, **cfg.model_options).to(device)
         generator = torch.Generator().manual_seed(cfg.seed)
         loader = DataLoader(Augmented(dataset, cfg.augment), batch_size=cfg.batch_size,
                             sampler=ShardGroupedSampler(dataset, generator), num_workers=cfg.num_workers,
                             generator=generator, pin_memory=device.type == "cuda", drop_last=True)
-        opt = _optimizer(model, cfg)
+        opt = build_optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
         history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads(), "snapshots": {}}
         keep = set(cfg.snapshot_steps) if cfg.snapshots > 1 else set()

@@ -25,7 +25,6 @@ filter ratio's threshold against per-image label error.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -39,6 +38,7 @@ import pandas as pd
 
 from labelfactory.annotations.annotation_set import AnnotationSet, load_annotation_set
 from labelfactory.core.io import atomic_path
+from labelfactory.experiments.reporting import pyplot, save_figure
 from labelfactory.synthesis.filtering import filter_manifest
 
 ABLATIONS = ("synthetic_size", "filter_ratio", "num_annotations", "selection", "interpreter")
@@ -263,9 +263,7 @@ def plot_ablation(runs: pd.DataFrame, path: str | os.PathLike) -> None:
     for set sizes), or bars for categorical values (interpreters)."""
     import seaborn as sns
 
-    from labelfactory.experiments.reporting import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     ablation = runs["ablation"].iloc[0]
     df = runs.assign(miou=100 * runs["miou"])
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -284,7 +282,7 @@ def plot_ablation(runs: pd.DataFrame, path: str | os.PathLike) -> None:
             ax.get_legend().remove()
     ax.set_ylabel("mIoU on real test images (%)")
     ax.set_title(f"{TITLES[ablation]} (mean ± sd over {df['seed'].nunique()} seeds)", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def calibration(manifest: pd.DataFrame, errors: pd.DataFrame, ratios: Sequence[float]) -> pd.DataFrame:
@@ -318,9 +316,7 @@ def plot_calibration(errors: pd.DataFrame, table: pd.DataFrame, path: str | os.P
     threshold, kept and dropped samples coloured."""
     import seaborn as sns
 
-    from labelfactory.experiments.reporting import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(table), figsize=(3.4 * len(table), 3.4), sharey=True, squeeze=False)
     for ax, row in zip(axes[0], table.itertuples()):
         df = errors.assign(error=100 * errors["error"],
@@ -334,4 +330,4 @@ def plot_calibration(errors: pd.DataFrame, table: pd.DataFrame, path: str | os.P
                      f"{100 * row.mean_error_dropped:.1f}%", fontsize=8)
         ax.set_xlabel("uncertainty score (nats)")
     axes[0][0].set_ylabel("label error vs simulated annotator (% pixels)")
-    _save(fig, path)
+    save_figure(fig, path)

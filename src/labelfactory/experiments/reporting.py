@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from labelfactory.core.io import atomic_path, atomic_write_json, atomic_write_text
-from labelfactory.synthesis.shards import read_samples
 from labelfactory.core.visualize import overlay
+from labelfactory.synthesis.shards import read_samples
 
 SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "synthetic_combined", "fully_supervised")
 SETTING_TITLES = {
@@ -126,7 +126,7 @@ def _write_table(table: pd.DataFrame, markdown, runs: pd.DataFrame, csv_path, md
     return table
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
@@ -134,7 +134,7 @@ def _save(fig, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +147,7 @@ def plot_per_class_iou(runs: pd.DataFrame, path: str | os.PathLike) -> None:
     """Bars of IoU per class and setting, error bars the sd over seeds."""
     import seaborn as sns
 
-    plt = _pyplot()
+    plt = pyplot()
     cols = [c for c in runs.columns if c.startswith("iou/")] + ["miou"]
     long = runs.melt(id_vars=["setting", "seed"], value_vars=cols, var_name="class", value_name="IoU")
     long["class"] = long["class"].str.removeprefix("iou/").replace({"miou": "mean"})
@@ -158,7 +158,7 @@ def plot_per_class_iou(runs: pd.DataFrame, path: str | os.PathLike) -> None:
     ax.set_ylim(0, 100)
     ax.set_ylabel("IoU on real test images (%)")
     ax.legend(loc="lower left", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _manifest_samples(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +176,7 @@ def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: i
     samples, a random draw of the kept ones, and the most uncertain dropped ones
     (scores in the titles). Each group is a subfigure titled with its name, so
     constrained layout keeps the titles clear of the rows around them."""
-    plt = _pyplot()
+    plt = pyplot()
     kept, dropped = manifest[manifest["kept"]], manifest[~manifest["kept"]]
     groups = [("most certain", kept.nsmallest(per_row, "score")),
               ("random kept", kept.sample(min(per_row, len(kept)), random_state=0) if len(kept) else kept),
@@ -194,7 +194,7 @@ def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: i
                 top.imshow(images[j], interpolation="nearest")
                 bottom.imshow(overlay(images[j], labels[j]), interpolation="nearest")
                 top.set_title(f"{rows['score'].iloc[j]:.3f}", fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def label_errors(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
@@ -237,7 +237,7 @@ def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike) -> 
     whether the filter kept the sample."""
     import seaborn as sns
 
-    plt = _pyplot()
+    plt = pyplot()
     s = error_summary(errors)
     df = errors.assign(error=100 * errors["error"], filter=np.where(errors["kept"], "kept", "dropped"))
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -246,7 +246,7 @@ def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike) -> 
     ax.set_ylabel("label error vs simulated annotator (% pixels)")
     ax.set_title(f"Spearman ρ = {s['spearman_score_error']:.2f}; error kept {100 * s['mean_error_kept']:.1f}% "
                  f"vs dropped {100 * s['mean_error_dropped']:.1f}%", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_path: str | os.PathLike,
@@ -263,7 +263,7 @@ def plot_class_grid(manifest: pd.DataFrame, path: str | os.PathLike, class_names
                     per_class: int = 8, seed: int = 0) -> None:
     """A class-conditional task's synthetic data: per class, ``per_class`` random kept
     samples above their object masks (coloured by class, as the class-aware labels)."""
-    plt = _pyplot()
+    plt = pyplot()
     kept = manifest[manifest["kept"]]
     classes = [c for c in class_names if (kept["class"] == c).any()]
     fig, axes = plt.subplots(2 * len(classes), per_class, figsize=(1.2 * per_class, 2.5 * len(classes)),
@@ -282,7 +282,7 @@ def plot_class_grid(manifest: pd.DataFrame, path: str | os.PathLike, class_names
                 mask = np.where(labels[j] == 1, label_id, 0).astype(np.uint8)
                 bottom.imshow(overlay(images[j], mask, alpha=0.6), interpolation="nearest")
         axes[2 * g, 0].set_title(class_names[c], loc="left", fontsize=9, weight="bold")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --- the transfer experiment: pretrained backbones finetuned at several data fractions ---
@@ -341,7 +341,7 @@ def plot_data_efficiency(runs: pd.DataFrame, path: str | os.PathLike) -> None:
     (log scale), a line per initialisation, error bars the sd over seeds."""
     import seaborn as sns
 
-    plt = _pyplot()
+    plt = pyplot()
     panels = {"box_AP": "box AP (%)", "mask_AP": "mask AP (%)", "miou": "mIoU (%)"}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (metric, label) in zip(axes, panels.items()):
@@ -352,4 +352,4 @@ def plot_data_efficiency(runs: pd.DataFrame, path: str | os.PathLike) -> None:
         ax.set_xlabel("fraction of downstream training data")
         ax.set_ylabel(label)
     axes[-1].legend(title="initialisation", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -3,6 +3,7 @@
 from labelfactory.generators import (
     biggan,  # noqa: F401  (registers "biggan")
     biggan_deep,  # noqa: F401  (registers "biggan-deep" and its checkpoint format)
+    nvidia_pickle,  # noqa: F401  (registers the "stylegan2-ada-pickle" checkpoint format)
     stylegan1,  # noqa: F401  (registers "stylegan1" and its checkpoint format)
     stylegan2,  # noqa: F401  (registers "stylegan2")
     torch_module,  # noqa: F401  (registers "torch-module": a user's nn.Module class)

@@ -50,7 +50,7 @@ _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 _LEGACY_TORCH_PREFIX = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
-def head(path: Path, n: int = 16) -> bytes:
+def file_head(path: Path, n: int = 16) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
 
@@ -61,7 +61,7 @@ def sidecar_path(path: Path) -> Path:
 
 # --- canonical safetensors ------------------------------------------------------
 def is_safetensors(path: Path) -> bool:
-    head = head(path, 9)
+    head = file_head(path, 9)
     if len(head) < 9:
         return False
     n = int.from_bytes(head[:8], "little")
@@ -101,7 +101,7 @@ FORMATS.register("safetensors")(FormatReader(is_safetensors, _read_safetensors))
 
 # --- torch files --------------------------------------------------------------------
 def is_torch_file(path: Path) -> bool:
-    head = head(path, 16)
+    head = file_head(path, 16)
     return head.startswith(b"PK\x03\x04") or head.startswith(_LEGACY_TORCH_PREFIX)
 
 
@@ -129,7 +129,7 @@ def torch_keys(path: Path) -> frozenset:
 @functools.lru_cache(maxsize=16)
 def _torch_keys(path: str, inode: int, mtime_ns: int, size: int) -> frozenset:
     try:
-        return frozenset(torch_load(Path(path), mmap=head(Path(path), 4) == b"PK\x03\x04"))
+        return frozenset(torch_load(Path(path), mmap=file_head(Path(path), 4) == b"PK\x03\x04"))
     except CheckpointError:
         return frozenset()
 

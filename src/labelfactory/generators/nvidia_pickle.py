@@ -27,7 +27,7 @@ from labelfactory.generators.checkpoints import (
     CheckpointError,
     FormatReader,
     RawCheckpoint,
-    head,
+    file_head,
     is_torch_file,
 )
 from labelfactory.generators.ops import make_kernel
@@ -147,7 +147,7 @@ def load_network_pickle(path) -> dict:
 
 # --- the StyleGAN2 generator in a pickle, read to canonical tensors -------------------
 def _is_pickle(path: Path) -> bool:
-    head = head(path, 2)
+    head = file_head(path, 2)
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and not is_torch_file(path)
 
 

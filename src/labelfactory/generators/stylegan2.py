@@ -448,8 +448,6 @@ def _read_rosinality(path: Path) -> RawCheckpoint:
     tensors = {k: v for k, v in sd.items()}
     notes = {"channel_multiplier": _channel_multiplier(cfg)}
     if latent_avg is None:
-        from labelfactory.generators.stylegan2 import Generator
-
         g = Generator(cfg)
         g.load_state_dict({**tensors, "latent_avg": g.latent_avg}, strict=True)
         latent_avg = g.mean_latent(4096)

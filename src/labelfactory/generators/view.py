@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from labelfactory.generators.base import GeneratorBackend, Synthesis
+from labelfactory.generators.loading import load_generator
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,6 @@ def load_task_generator(weights: str | Path, device: str | torch.device = "cpu",
     ``average_latent`` (the release's ``avg_latent_stylegan1.npy``) is for checkpoints
     without one; truncation below 1 on such a checkpoint without it is refused here,
     in one line naming ``tasks.<task>.average_latent``."""
-    from labelfactory.generators.loading import load_generator
-
     backend = load_generator(weights, device)
     if average_latent is not None:
         set_average_latent(backend, average_latent, f"tasks.{task}.average_latent")

@@ -45,7 +45,7 @@ from labelfactory.generators.checkpoints import (
     CheckpointError,
     FormatReader,
     RawCheckpoint,
-    head,
+    file_head,
     is_torch_file,
     torch_load,
 )
@@ -457,7 +457,7 @@ def load_lightning_checkpoint(path: Path) -> dict:
     """A Lightning ``.ckpt`` as plain data (weights-only unpickling, callback classes allowed by name)."""
     try:
         with torch.serialization.safe_globals(_LIGHTNING_GLOBALS):
-            ckpt = torch_load(path, mmap=_head(path, 4) == b"PK\x03\x04")
+            ckpt = torch_load(path, mmap=file_head(path, 4) == b"PK\x03\x04")
     except CheckpointError as e:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if refused:

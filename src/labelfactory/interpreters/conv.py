@@ -38,8 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from labelfactory.features import FeatureStore
-from labelfactory.interpreters import INTERPRETERS
-from labelfactory.interpreters.mlp import Progress, check_inputs, read_interpreter, save_interpreter
+from labelfactory.interpreters.base import INTERPRETERS, Interpreter, Progress, check_inputs, read_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -405,11 +404,13 @@ def train_conv_ensemble(store: FeatureStore, masks: np.ndarray, num_classes: int
 
 # -- the trained ensemble ----------------------------------------------------------
 @INTERPRETERS.register("conv")
-class ConvEnsemble(nn.Module):
+class ConvEnsemble(Interpreter):
     """Trained conv interpreters with the class embedding they condition on and what
     they need to be applied and audited."""
 
+    name: ClassVar[str] = "conv"
     config_class: ClassVar[type] = ConvInterpreterConfig
+    format_version: ClassVar[int] = FORMAT_VERSION
     class_conditional: ClassVar[bool] = True  # fit() takes the samples' classes and the class embedding
 
     def __init__(self, members: Sequence[ConvInterpreter], cfg: ConvInterpreterConfig, layers: Sequence[str],
@@ -474,7 +475,7 @@ class ConvEnsemble(nn.Module):
     def metadata(self) -> dict:
         """What the JSON sidecar records."""
         return {
-            "interpreter": "conv", "format_version": FORMAT_VERSION, "config": asdict(self.cfg),
+            "interpreter": self.name, "format_version": self.format_version, "config": asdict(self.cfg),
             "layers": self.layers, "layer_shapes": [list(s) for s in self.layer_shapes],
             "groups": [[self.layers[i] for i in g] for g in self.members[0].groups],
             "num_classes": self.num_classes, "label_names": self.label_names, "resolution": self.resolution,
@@ -483,15 +484,10 @@ class ConvEnsemble(nn.Module):
             "member_seeds": [h.seed for h in self.history], "history": [asdict(h) for h in self.history],
         }
 
-    def save(self, path: str | Path) -> None:
-        """Weights (and the class embedding) to ``path`` (safetensors) and :meth:`metadata`
-        to its JSON sidecar, each atomically."""
-        save_interpreter(self, path, self.metadata())
-
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "ConvEnsemble":
         """Read what :meth:`save` wrote; the ensemble comes back in eval mode."""
-        meta, weights = read_interpreter(path, "conv", FORMAT_VERSION)
+        meta, weights = read_interpreter(path, cls.name, cls.format_version)
         cfg = ConvInterpreterConfig(**meta["config"])
         shapes = [tuple(s) for s in meta["layer_shapes"]]
         emb_shape = meta["class_embedding_shape"]

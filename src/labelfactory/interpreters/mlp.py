@@ -22,7 +22,6 @@ float32 for 16 images at 512² with D = 5056) is never materialised:
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -32,12 +31,10 @@ from typing import Callable, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from labelfactory.features import FeatureStore, FeatureStoreError
-from labelfactory.core.io import atomic_path, atomic_write_json
-from labelfactory.interpreters import INTERPRETERS
+from labelfactory.features import FeatureStore
+from labelfactory.interpreters.base import INTERPRETERS, Interpreter, Progress, check_inputs, read_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +44,6 @@ _GATHER_CHUNK = 1024  # held-out pixels per feature gather (its temporaries are 
 _TILE_PIXELS = 2048  # output pixels per fused inference pass (bounds its [members · w1, pixels] tile)
 _DENSE_COLUMNS = 32  # maps up to this wide upsample columns by a dense matmul (2·w flops per output, at
 # GEMM speed); wider ones by 1-D F.interpolate (memory-bound, constant per output): measured crossover on CPU
-
-Progress = Callable[[int, int, float, float], None]  # (member, batch, held-out loss, held-out accuracy)
 
 
 @dataclass
@@ -325,41 +320,6 @@ def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labe
     return members, histories
 
 
-def check_inputs(store: FeatureStore, masks: np.ndarray, num_classes: int, ignore_index: int,
-                 ids: list[str], layers: Sequence[str] | None, generator_hash: str | None,
-                 label_names: Sequence[str] | None) -> list[str]:
-    """Refuse features that do not belong to the masks, and masks with unknown labels; returns
-    the chosen layers in the store's (generator) order."""
-    if generator_hash is not None and generator_hash != store.generator_hash:
-        raise FeatureStoreError(
-            f"{store.path}: features come from generator {store.generator_hash[:16]} but the annotations were "
-            f"made on generator {generator_hash[:16]}; re-extract the features with the annotated generator")
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be [N, H, W], got shape {list(masks.shape)}")
-    if masks.shape[1:] != (store.resolution, store.resolution):
-        raise FeatureStoreError(
-            f"{store.path}: resolution mismatch: features are for {store.resolution}x{store.resolution} images "
-            f"but the masks are {masks.shape[1]}x{masks.shape[2]}")
-    if len(ids) != len(masks):
-        raise ValueError(f"{len(masks)} masks but {len(ids)} image ids")
-    stored = set(store.ids)
-    missing = [i for i in ids if i not in stored]
-    if missing:
-        raise FeatureStoreError(f"{store.path}: no features for annotated images {missing[:5]}")
-    chosen = set(store.layers if layers is None else layers)
-    unknown = sorted(chosen - set(store.layers))
-    if unknown or not chosen:
-        raise ValueError(f"unknown feature layers {unknown}; the store has {store.layers}")
-    if num_classes < 2 or (label_names is not None and len(label_names) != num_classes):
-        raise ValueError(f"need >= 2 classes and one name per class, got {num_classes} and {label_names}")
-    annotated = masks != ignore_index
-    bad = np.unique(masks[annotated & (masks >= num_classes)])
-    if bad.size:
-        raise ValueError(f"mask values {bad.tolist()} are neither labels 0..{num_classes - 1} "
-                         f"nor ignore_index {ignore_index}")
-    return [l for l in store.layers if l in chosen]
-
-
 def train_mlp_ensemble(store: FeatureStore, masks: np.ndarray, num_classes: int,
                        cfg: MLPEnsembleConfig | None = None, ignore_index: int = 255,
                        layers: Sequence[str] | None = None, device: torch.device | str = "cpu",
@@ -388,31 +348,6 @@ def train_mlp_ensemble(store: FeatureStore, masks: np.ndarray, num_classes: int,
 
 
 # -- the trained ensemble ----------------------------------------------------------
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON sidecar beside a weights file: ``x.safetensors`` → ``x.json``."""
-    return Path(path).with_suffix(".json")
-
-
-def save_interpreter(module: nn.Module, path: str | Path, metadata: Mapping) -> None:
-    """``module``'s weights to ``path`` (safetensors) and ``metadata`` to its JSON sidecar, each atomically."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-    atomic_write_json(sidecar_path(path), metadata)
-
-
-def read_interpreter(path: str | Path, interpreter: str, format_version: int) -> tuple[dict, dict]:
-    """The sidecar and weights :func:`save_interpreter` wrote for an ``interpreter`` of ``format_version``."""
-    meta_path = sidecar_path(path)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{meta_path}: unreadable interpreter sidecar ({e})") from e
-    if meta.get("interpreter") != interpreter or meta.get("format_version") != format_version:
-        raise ValueError(f"{meta_path}: not a {interpreter!r} interpreter of format version {format_version}")
-    return meta, load_file(str(path))
-
-
 def stack_members(members: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor,
                                                          list[tuple[torch.Tensor, torch.Tensor]]]:
     """The ensemble as batched tensors: every member's first Linear as one ``[M·w1, D]`` weight
@@ -480,10 +415,12 @@ def _tile_upsampler(h: int, w: int, size: int, align_corners: bool, device: torc
 
 
 @INTERPRETERS.register("mlp")
-class MLPEnsemble(nn.Module):
+class MLPEnsemble(Interpreter):
     """A trained ensemble of pixel classifiers with what it needs to be applied and audited."""
 
+    name: ClassVar[str] = "mlp"
     config_class: ClassVar[type] = MLPEnsembleConfig
+    format_version: ClassVar[int] = FORMAT_VERSION
 
     def __init__(self, members: Sequence[nn.Module], cfg: MLPEnsembleConfig, layers: Sequence[str],
                  layer_dims: Sequence[int], num_classes: int, resolution: int, generator_hash: str,
@@ -610,20 +547,16 @@ class MLPEnsemble(nn.Module):
     def metadata(self) -> dict:
         """What the JSON sidecar records."""
         return {
-            "interpreter": "mlp", "format_version": FORMAT_VERSION, "config": asdict(self.cfg),
+            "interpreter": self.name, "format_version": self.format_version, "config": asdict(self.cfg),
             "layers": self.layers, "layer_dims": self.layer_dims, "num_classes": self.num_classes,
             "label_names": self.label_names, "resolution": self.resolution, "generator_hash": self.generator_hash,
             "member_seeds": [h.seed for h in self.history], "history": [asdict(h) for h in self.history],
         }
 
-    def save(self, path: str | Path) -> None:
-        """Weights to ``path`` (safetensors) and :meth:`metadata` to its JSON sidecar, each atomically."""
-        save_interpreter(self, path, self.metadata())
-
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "MLPEnsemble":
         """Read what :meth:`save` wrote; the ensemble comes back in eval mode."""
-        meta, weights = read_interpreter(path, "mlp", FORMAT_VERSION)
+        meta, weights = read_interpreter(path, cls.name, cls.format_version)
         history = [MemberHistory(**h) for h in meta["history"]]
         dim, classes = sum(meta["layer_dims"]), meta["num_classes"]
         ens = cls([build_member(dim, classes) for _ in history], MLPEnsembleConfig(**meta["config"]),

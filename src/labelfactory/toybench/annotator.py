@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelfactory.toybench import world as toyworld
-from labelfactory.generators.checkpoints import CheckpointError, read_sidecar, sidecar_path
 from labelfactory.core.io import atomic_path, atomic_write_json, sha256_file
+from labelfactory.generators.checkpoints import CheckpointError, read_sidecar, sidecar_path
+from labelfactory.toybench import world as toyworld
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labelfactory.toybench import world as toyworld
-from labelfactory.toybench.annotator import Annotator
 from labelfactory.annotations.reuse import psnr
 from labelfactory.generators.base import GeneratorBackend, images_to_uint8
 from labelfactory.generators.vqgan import reconstruct
+from labelfactory.toybench import world as toyworld
+from labelfactory.toybench.annotator import Annotator
 
 QUALITY_SEED0 = 4_000_000_000  # real renders used only for generator quality
 

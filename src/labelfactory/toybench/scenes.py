@@ -19,8 +19,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from labelfactory.toybench import world as toyworld
 from labelfactory.downstream.coco_export import CocoImage, write_coco
+from labelfactory.toybench import world as toyworld
 
 _STREAM = 0x5CE7E  # keeps scene seeds apart from the toy world's own (seed, class) streams
 _TRIES = 8  # placements tried per wanted object

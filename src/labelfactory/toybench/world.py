@@ -20,6 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from labelfactory.core.visualize import colorize_labels
+
 CLASSES: tuple[str, ...] = ("car", "face", "house", "tree")
 
 PARTS: dict[str, tuple[str, ...]] = {
@@ -292,8 +294,6 @@ def render_batch(seeds, cls: int | str, size: int = 64) -> tuple[np.ndarray, np.
 def sample_sheet(path, size: int = 64, per_class: int = 8, seed0: int = 0) -> None:
     """Write a PNG grid: for each class a row of images and a row of part masks."""
     from PIL import Image
-
-    from labelfactory.core.visualize import colorize_labels
 
     rows = []
     for ci, _ in enumerate(CLASSES):

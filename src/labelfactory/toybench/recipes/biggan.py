@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelfactory.generators.base import images_to_uint8
+from labelfactory.generators.biggan import BN, CCBN, BigGANConfig, BigGANGenerator, SNConv2d, SNLinear
 from labelfactory.toybench import world as toyworld
-from labelfactory.generators.biggan import BN, CCBN, Attention, BigGANConfig, BigGANGenerator, SNConv2d, SNLinear
-from labelfactory.toybench.recipes.state import resume_state, save_state
 from labelfactory.toybench.recipes.gan import TRAIN_SEED_OFFSET
+from labelfactory.toybench.recipes.state import resume_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,6 @@ def train(cfg: BigGANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
 def save_grid(g: BigGANGenerator, n_classes: int, path: Path, per_class: int = 12, seed: int = 123) -> None:
     """A PNG grid, one row per class, of fixed seeds (eval mode) to watch training."""
     from PIL import Image
-
-    from labelfactory.generators.base import images_to_uint8
 
     was = g.training
     g.eval()

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelfactory.toybench import world as toyworld
+from labelfactory.generators.base import images_to_uint8
 from labelfactory.generators.ops import make_kernel, upfirdn2d
 from labelfactory.generators.stylegan2 import EqualLinear, Generator, StyleGAN2Config
+from labelfactory.toybench import world as toyworld
 from labelfactory.toybench.recipes.state import resume_state, save_state
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,6 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
 def save_grid(g: Generator, path: Path, n: int = 64, seed: int = 123) -> None:
     """A PNG grid of ``n`` samples of fixed seeds (constant noise) to watch training."""
     from PIL import Image
-
-    from labelfactory.generators.base import images_to_uint8
 
     z = torch.randn(n, g.cfg.z_dim, generator=torch.Generator().manual_seed(seed))
     imgs = images_to_uint8(g(z))

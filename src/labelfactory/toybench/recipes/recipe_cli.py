@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from labelfactory.generators.base import GeneratorBackend
+from labelfactory.generators.loading import write_canonical
 from labelfactory.toybench.recipes.state import trained_sidecar
 
 log = logging.getLogger("labelfactory")
@@ -45,8 +46,6 @@ def work_dir(args: argparse.Namespace) -> Path:
 
 def write_trained(out: Path, backend: GeneratorBackend, source: str, recipe, work: Path) -> dict:
     """Write the trained generator as canonical safetensors with its recipe in the sidecar."""
-    from labelfactory.generators.loading import write_canonical
-
     meta = write_canonical(out, backend, trained_sidecar(source, recipe, work))
     log.info("wrote %s (generator %s)", out, meta["generator_hash"][:12])
     return meta

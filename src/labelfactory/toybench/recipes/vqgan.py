@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelfactory.toybench import world as toyworld
+from labelfactory.core.io import atomic_torch_save
 from labelfactory.generators.taming_prior import GPT, PriorConfig
 from labelfactory.generators.vqgan import VQGAN, DDConfig, VQGANConfig
-from labelfactory.core.io import atomic_torch_save
+from labelfactory.toybench import world as toyworld
 from labelfactory.toybench.recipes.gan import TRAIN_SEED_OFFSET
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,167 @@
+"""The interpreter contract: what DatasetGAN's MLP ensemble and BigDatasetGAN's conv
+interpreter both are, and what synthesis, active selection and the ablations rely on.
+
+An interpreter labels every pixel of a generated image from the generator's
+feature maps. It is an ensemble: :meth:`Interpreter.member_probabilities`
+returns each member's class probabilities, from which synthesis takes the label
+(vote or mean) and the uncertainty (the members' Jensen–Shannon divergence).
+
+A new interpreter subclasses :class:`Interpreter`, fills the class attributes,
+implements the abstract methods and registers with ``@INTERPRETERS.register(name)``
+(the name is also the schema's ``interpreter.type`` and the sidecar's
+``interpreter``); ``docs/extending.md`` walks through one.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABCMeta, abstractmethod
+from pathlib import Path
+from typing import Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from labelfactory.core.io import atomic_path, atomic_write_json
+from labelfactory.core.registry import Registry
+from labelfactory.features import FeatureStore, FeatureStoreError
+
+# synthesis.precision: inference in float32 (exact), or bfloat16/float16 matmuls (for GPUs; labels
+# equal float32's except at near ties, tests/test_fast_labelling.py); probabilities are float32
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+Progress = Callable[[int, int, float, float], None]  # (member, step, loss, pixel accuracy)
+
+
+class Interpreter(nn.Module, metaclass=ABCMeta):
+    """A trained ensemble of per-pixel classifiers on generator features.
+
+    Class attributes: ``name`` (registry and sidecar name), ``config_class`` (the
+    dataclass of its ``interpreter`` config block), ``format_version`` (of what
+    :meth:`save` writes) and ``class_conditional`` (whether :meth:`fit` takes the
+    annotated samples' ``classes`` and the generator's ``class_embedding``).
+    Instance attributes every implementation sets: ``layers`` (the feature taps it
+    reads, in the store's order), ``num_classes``, ``resolution`` (of its labels),
+    ``generator_hash`` (the generator it was trained on), ``label_names`` and
+    ``compute_dtype`` (the precision of inference, one of :data:`PRECISIONS`).
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    format_version: ClassVar[int]
+    class_conditional: ClassVar[bool] = False
+
+    layers: list[str]
+    num_classes: int
+    resolution: int
+    generator_hash: str
+    label_names: list[str] | None
+    compute_dtype: torch.dtype
+
+    @classmethod
+    @abstractmethod
+    def fit(cls, store: FeatureStore, masks: np.ndarray, num_classes: int, cfg=None, ignore_index: int = 255,
+            layers: Sequence[str] | None = None, device: torch.device | str = "cpu",
+            progress: Progress | None = None, *, ids: Sequence[str] | None = None,
+            generator_hash: str | None = None, label_names: Sequence[str] | None = None,
+            **conditioning) -> "Interpreter":
+        """Train on the features in ``store`` of the annotated images ``ids`` with their
+        ``masks`` uint8 ``[N, H, W]`` (``ignore_index`` pixels skipped); ``cfg`` is a
+        ``config_class``. Checks its inputs with :func:`check_inputs`."""
+
+    @abstractmethod
+    def member_probabilities(self, features: Mapping[str, torch.Tensor], classes: torch.Tensor | None = None
+                             ) -> torch.Tensor:
+        """Probabilities ``[M, B, C, R, R]`` of every member for generator features
+        ``{layer: [B, C_l, h, w]}`` (``classes`` ``[B]`` for a class-conditional
+        interpreter, ignored otherwise); switches the ensemble to eval mode."""
+
+    @abstractmethod
+    def metadata(self) -> dict:
+        """What the JSON sidecar records: at least ``interpreter`` (= ``name``),
+        ``format_version``, ``config``, ``layers``, ``num_classes``, ``label_names``,
+        ``resolution``, ``generator_hash``, the members' seeds and training history."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Interpreter":
+        """Read what :meth:`save` wrote (with :func:`read_interpreter`); in eval mode."""
+
+    def save(self, path: str | Path) -> None:
+        """Weights to ``path`` (safetensors) and :meth:`metadata` to its JSON sidecar, each atomically."""
+        save_interpreter(self, path, self.metadata())
+
+
+INTERPRETERS: Registry[type[Interpreter]] = Registry("interpreter")
+
+
+def load_interpreter(interpreter_type: str, path, device: torch.device | str = "cpu",
+                     precision: str = "float32") -> Interpreter:
+    """A trained interpreter of ``interpreter_type`` from ``path``, set to infer in ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    interpreter = INTERPRETERS.get(interpreter_type).load(path, device)
+    interpreter.compute_dtype = PRECISIONS[precision]
+    return interpreter
+
+
+def check_inputs(store: FeatureStore, masks: np.ndarray, num_classes: int, ignore_index: int,
+                 ids: list[str], layers: Sequence[str] | None, generator_hash: str | None,
+                 label_names: Sequence[str] | None) -> list[str]:
+    """Refuse features that do not belong to the masks, and masks with unknown labels; returns
+    the chosen layers in the store's (generator) order."""
+    if generator_hash is not None and generator_hash != store.generator_hash:
+        raise FeatureStoreError(
+            f"{store.path}: features come from generator {store.generator_hash[:16]} but the annotations were "
+            f"made on generator {generator_hash[:16]}; re-extract the features with the annotated generator")
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W], got shape {list(masks.shape)}")
+    if masks.shape[1:] != (store.resolution, store.resolution):
+        raise FeatureStoreError(
+            f"{store.path}: resolution mismatch: features are for {store.resolution}x{store.resolution} images "
+            f"but the masks are {masks.shape[1]}x{masks.shape[2]}")
+    if len(ids) != len(masks):
+        raise ValueError(f"{len(masks)} masks but {len(ids)} image ids")
+    stored = set(store.ids)
+    missing = [i for i in ids if i not in stored]
+    if missing:
+        raise FeatureStoreError(f"{store.path}: no features for annotated images {missing[:5]}")
+    chosen = set(store.layers if layers is None else layers)
+    unknown = sorted(chosen - set(store.layers))
+    if unknown or not chosen:
+        raise ValueError(f"unknown feature layers {unknown}; the store has {store.layers}")
+    if num_classes < 2 or (label_names is not None and len(label_names) != num_classes):
+        raise ValueError(f"need >= 2 classes and one name per class, got {num_classes} and {label_names}")
+    annotated = masks != ignore_index
+    bad = np.unique(masks[annotated & (masks >= num_classes)])
+    if bad.size:
+        raise ValueError(f"mask values {bad.tolist()} are neither labels 0..{num_classes - 1} "
+                         f"nor ignore_index {ignore_index}")
+    return [l for l in store.layers if l in chosen]
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar beside a weights file: ``x.safetensors`` → ``x.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def save_interpreter(module: nn.Module, path: str | Path, metadata: Mapping) -> None:
+    """``module``'s weights to ``path`` (safetensors) and ``metadata`` to its JSON sidecar, each atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(sidecar_path(path), metadata)
+
+
+def read_interpreter(path: str | Path, interpreter: str, format_version: int) -> tuple[dict, dict]:
+    """The sidecar and weights :func:`save_interpreter` wrote for an ``interpreter`` of ``format_version``."""
+    meta_path = sidecar_path(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path}: unreadable interpreter sidecar ({e})") from e
+    if meta.get("interpreter") != interpreter or meta.get("format_version") != format_version:
+        raise ValueError(f"{meta_path}: not a {interpreter!r} interpreter of format version {format_version}")
+    return meta, load_file(str(path))
