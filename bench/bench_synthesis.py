@@ -43,7 +43,7 @@ from labelfactory.generators.biggan import BigGANBackend, BigGANConfig, BigGANGe
 from labelfactory.generators.stylegan2 import Generator, StyleGAN2Backend, StyleGAN2Config  # noqa: E402
 from labelfactory.interpreters import conv  # noqa: E402
 from labelfactory.interpreters.mlp import MemberHistory, MLPEnsemble, MLPEnsembleConfig, build_member  # noqa: E402
-from labelfactory.synthesis.shards import synthesize_shard  # noqa: E402
+from labelfactory.synthesis.shards import ShardSettings, synthesize_shard  # noqa: E402
 from labelfactory.synthesis.uncertainty import image_scores, js_divergence, vote_labels  # noqa: E402
 
 MEMBERS, CLASSES = 10, 20
@@ -144,7 +144,8 @@ def measure(model: str, size: int, rounds: int, batch: int, device: str, referen
             else:
                 gen = Timed(backend, "synthesize", device)
                 lab = Timed(ens if v == "labelled" else Reference(ens), "member_probabilities", device)
-                synthesize_shard(gen, lab, tmp / f"{v}.h5", seeds, classes, batch_size=batch, progress=False)
+                synthesize_shard(gen, lab, tmp / f"{v}.h5", seeds, classes, ShardSettings(batch_size=batch),
+                                 progress=False)
             elapsed = time.perf_counter() - t
             if r == 0:
                 continue
@@ -176,7 +177,8 @@ def child(size: int, samples: int, batch: int, device: str) -> None:
     torch.set_num_threads(1)
     backend, ens = setup(size, device)
     with tempfile.TemporaryDirectory() as tmp:
-        synthesize_shard(backend, ens, Path(tmp) / "shard.h5", np.arange(samples), batch_size=batch, progress=False)
+        synthesize_shard(backend, ens, Path(tmp) / "shard.h5", np.arange(samples),
+                         settings=ShardSettings(batch_size=batch), progress=False)
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
     dev = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else 0.0

@@ -3,7 +3,7 @@ from labelfactory.generators.view import load_task_generator
 from labelfactory.interpreters import load_labeller
 from labelfactory.core.io import sha256_file
 from labelfactory.core.runtime import resolve_device, snakemake_job
-from labelfactory.synthesis.shards import synthesize_shard
+from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
 
 with snakemake_job(snakemake):
     p = snakemake.params
@@ -11,6 +11,6 @@ with snakemake_job(snakemake):
     backend = load_task_generator(snakemake.input.weights, device, **p.generator)
     labeller = load_labeller(p.interpreter_type, snakemake.input.interpreter, device, p.precision)
     classes = None if p.cls < 0 else [p.cls] * len(p.seeds)
-    synthesize_shard(backend, labeller, snakemake.output[0], p.seeds, classes=classes, truncation=p.truncation,
-                     noise=p.noise, attrs={"labeller_hash": sha256_file(snakemake.input.interpreter)},
-                     progress=False, **p.options)
+    settings = ShardSettings(truncation=p.truncation, noise=p.noise, **p.options)
+    synthesize_shard(backend, labeller, snakemake.output[0], p.seeds, classes, settings,
+                     attrs={"labeller_hash": sha256_file(snakemake.input.interpreter)}, progress=False)

@@ -12,26 +12,14 @@ import argparse
 import dataclasses
 import logging
 import shlex
-import subprocess
 import sys
 import time
 
 import torch
 
+from labelfactory.core.provenance import code_version
 from labelfactory.toybench import world as toyworld
 from labelfactory.toybench.annotator import Annotator, AnnotatorConfig, config_to_dict, evaluate_annotator, train_annotator
-
-
-def git_version() -> dict:
-    """HEAD commit and whether src/ or scripts/ differ from it (None outside git)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--", "src", "scripts"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = AnnotatorConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnnotatorConfig)})
     cfg.classes = tuple(cfg.classes)
-    version = git_version()  # before training: the code that runs, not what HEAD is later
+    version = code_version()  # before training: the code that runs, not what HEAD is later
 
     t0 = time.time()
     model, history = train_annotator(cfg, log_every=args.log_every)

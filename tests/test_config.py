@@ -202,15 +202,6 @@ def test_combined_tasks_must_share_the_label_space(tmp_path):
         validate_config(cfg)
 
 
-def test_the_schema_offers_every_registered_checkpoint_format():
-    from labelfactory.config import SCHEMA_PATH
-    from labelfactory.generators.checkpoints import FORMATS
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    enum = schema["$defs"]["checkpoint"]["properties"]["format"]["enum"]
-    assert sorted(enum) == sorted(["auto", *FORMATS])
-
-
 def test_a_malformed_reused_task_is_reported_by_the_schema_alone(tmp_path):
     cfg = vqgan_pair(tmp_path)
     cfg["tasks"]["t"]["classes"] = "zero-one"
@@ -218,3 +209,91 @@ def test_a_malformed_reused_task_is_reported_by_the_schema_alone(tmp_path):
         validate_config(cfg)
     lines = str(err.value).splitlines()[1:]
     assert len(lines) == 1 and lines[0].startswith("  tasks.t.classes: 'zero-one' is not valid")
+
+
+# --- one source for every default: the schema's, restated by the config dataclasses ---------------
+def _plain(value):
+    """Dataclasses as dicts and tuples as lists, so that a default compares with the schema's."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _dataclass_defaults(cls) -> dict:
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _spec_classes():
+    """(dataclass, schema object it mirrors, the object a config leaving it out gets, renames of fields
+    to key paths in that object) for every dataclass that restates schema defaults."""
+    from labelfactory.config import specs
+    from labelfactory.downstream.real import RealDataSpec
+    from labelfactory.downstream.pretrain import PretrainConfig
+    from labelfactory.downstream.segmentation import SegTrainConfig
+    from labelfactory.generators.torch_module import TorchModuleConfig
+    from labelfactory.interpreters.conv import ConvInterpreterConfig
+    from labelfactory.interpreters.mlp import MLPEnsembleConfig
+    from labelfactory.toybench.scenes import SceneSpec
+
+    task, ds = "$defs/task", "$defs/downstream"
+    pre = {f: f"pretrain.{f}" for f in _dataclass_defaults(PretrainConfig) if f != "arch"}
+    return [
+        (specs.CheckpointSpec, "$defs/checkpoint", {}, {}),
+        (specs.TaskSpec, task, {}, {"cls": "class", "filter_ratio": "filter.ratio"}),
+        (specs.AnnotationSpec, f"{task}/properties/annotation", {}, {}),
+        (specs.FeatureSpec, f"{task}/properties/features", {}, {}),
+        (specs.SynthesisSpec, f"{task}/properties/synthesis", {}, {}),
+        (specs.DownstreamSpec, ds, {}, {}),
+        (specs.InitSpec, "$defs/init", {}, {}),
+        (TorchModuleConfig, "$defs/torch_module", {}, {}),
+        (MLPEnsembleConfig, f"{task}/properties/interpreter", {"type": "mlp"}, {}),
+        (ConvInterpreterConfig, f"{task}/properties/interpreter", {"type": "conv"}, {}),
+        (SegTrainConfig, ds, {}, {}),
+        (RealDataSpec, f"{ds}/properties/real", {}, {"cls": "class"}),
+        (PretrainConfig, "$defs/pretraining", {"pretrain": {}}, pre),
+        (SceneSpec, "$defs/pretraining/properties/data", {}, {}),
+    ]
+
+
+# fields named like a schema key that mean something else
+NOT_RESTATED = {("SegTrainConfig", "threads"): "None keeps the process's threads; the workflow passes downstream.threads"}
+
+
+def test_every_dataclass_default_is_the_schemas():
+    """Walks the schema object each config dataclass mirrors: every field with a default whose key the
+    object has (directly or by a rename) defaults to what a config that leaves the key out gets."""
+    import dataclasses
+
+    from labelfactory.config.schema import filled
+
+    specs = _spec_classes()
+    drift, compared = [], 0
+    for cls, pointer, instance, renames in specs:
+        got = filled(instance, pointer)  # the object's keys (and their nested objects') filled in
+        for name, default in _dataclass_defaults(cls).items():
+            path, node = renames.get(name, name), got
+            for key in path.split("."):
+                node = node.get(key, KeyError) if isinstance(node, dict) else KeyError
+            if node is KeyError or (cls.__name__, name) in NOT_RESTATED:
+                continue  # not a key of the object (e.g. a seed the workflow sets per run)
+            if dataclasses.is_dataclass(default) and type(default) in {c for c, *_ in specs}:
+                continue  # a section of its own, compared in its own row
+            compared += 1
+            if _plain(default) != _plain(node):
+                drift.append(f"{cls.__name__}.{name} = {default!r}, schema {pointer}: {path} = {node!r}")
+    assert not drift, "\n".join(drift)
+    assert compared > 100

@@ -83,7 +83,7 @@ def attempt_scaled(base):
 
 
 def synthesis_options(task):
-    """Keyword arguments of synthesize_shard that come straight from the config."""
+    """Fields of synthesize_shard's ShardSettings that come from the task's synthesis section."""
     s = task.synthesis
     options = dict(batch_size=s.batch_size, label_rule=s.label_rule, score_rule=s.score_rule,
                    top_fraction=s.top_fraction, store_latents=s.store_latents, store_uncertainty=s.store_uncertainty)

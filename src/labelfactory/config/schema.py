@@ -8,7 +8,9 @@ as Snakemake's validator does) and lists every violation.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -20,8 +22,14 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message says which key and why."""
 
 
-def schema_errors(cfg: dict) -> list:
-    """Every schema violation in ``cfg``, filling in defaults on the way (as Snakemake's
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The parsed schema (cached: treat it as read-only)."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _filling_validator(schema: dict):
+    """A validator of ``schema`` that fills in defaults on the way (as Snakemake's
     ``validate(set_default=True)`` does, but without stopping at the first error)."""
     from jsonschema import Draft202012Validator, validators
 
@@ -34,8 +42,39 @@ def schema_errors(cfg: dict) -> list:
                     instance.setdefault(key, copy.deepcopy(sub["default"]))
         yield from properties(validator, props, instance, schema)
 
-    validator = validators.extend(Draft202012Validator, {"properties": fill_defaults})
-    return list(validator(yaml.safe_load(SCHEMA_PATH.read_text())).iter_errors(cfg))
+    return validators.extend(Draft202012Validator, {"properties": fill_defaults})(schema)
+
+
+def schema_errors(cfg: dict) -> list:
+    """Every schema violation in ``cfg``, filling in defaults on the way."""
+    return list(_filling_validator(load_schema()).iter_errors(cfg))
+
+
+def schema_node(pointer: str) -> dict:
+    """The schema at a JSON pointer without the ``#/``, e.g. ``$defs/task/properties/image``."""
+    node = load_schema()
+    for part in filter(None, pointer.split("/")):
+        node = node[part]
+    return node
+
+
+def filled(instance: Any, pointer: str) -> Any:
+    """A copy of ``instance`` with the defaults of the schema at ``pointer`` filled in
+    (also in nested objects, and in the branch an ``if``/``then``/``else`` takes)."""
+    instance = copy.deepcopy(instance)
+    sub = {**schema_node(pointer), "$defs": load_schema()["$defs"]}  # so that its "#/$defs/..." refs resolve
+    for _ in _filling_validator(sub).iter_errors(instance):
+        pass
+    return instance
+
+
+def schema_default(pointer: str) -> Any:
+    """What a config that leaves out the key at ``pointer`` gets: its ``default``, filled in
+    (``$defs/task/properties/image`` → ``{"size": None, "crop": None}``)."""
+    node = schema_node(pointer)
+    if "default" not in node:
+        raise KeyError(f"the schema gives {pointer} no default")
+    return filled(node["default"], pointer)
 
 
 def schema_message(err) -> str:

@@ -1,9 +1,21 @@
-"""Typed views of a validated configuration (defaults come from the schema)."""
+"""Typed views of a validated configuration.
+
+Defaults come from the schema: a field restating a scalar default is checked
+against it (tests/test_config.py), and a field holding a whole section as a
+dict defaults to the schema's filled-in section (:func:`_schema_default`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from labelfactory.config.schema import schema_default
+
+
+def _schema_default(pointer: str):
+    """A ``default_factory``: what a config leaving out the key at ``pointer`` gets."""
+    return lambda: schema_default(pointer)
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,7 @@ class DownstreamSpec:
     seeds: int = 3
     threads: int = 4
     train: dict = field(default_factory=dict)
-    real: dict = field(default_factory=dict)
+    real: dict = field(default_factory=_schema_default("$defs/downstream/properties/real"))
     reference_annotator: str | None = None
     report_samples: int = 500
     labels: str = "annotated"
@@ -150,10 +162,10 @@ class TaskSpec:
     truncation: float = 1.0
     noise: str = "const"
     average_latent: str | None = None
-    image: dict = field(default_factory=dict)
+    image: dict = field(default_factory=_schema_default("$defs/task/properties/image"))
     annotation: AnnotationSpec = field(default_factory=AnnotationSpec)
     features: FeatureSpec = field(default_factory=FeatureSpec)
-    interpreter: dict = field(default_factory=dict)
+    interpreter: dict = field(default_factory=_schema_default("$defs/task/properties/interpreter"))
     synthesis: SynthesisSpec = field(default_factory=SynthesisSpec)
     filter_ratio: float = 0.1
     downstream: DownstreamSpec = field(default_factory=DownstreamSpec)
@@ -186,7 +198,7 @@ class InitSpec:
     method: str
     task: str | None = None
     path: str | None = None
-    real: dict = field(default_factory=dict)
+    real: dict = field(default_factory=_schema_default("$defs/init/properties/real"))
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,9 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         self._load_plugins()
         return iter(sorted(self._items))
+
+    def names(self) -> tuple[str, ...]:
+        """The names in the order they were registered (plugins' after the package's own),
+        for registries whose order means something, e.g. the downstream settings' table order."""
+        self._load_plugins()
+        return tuple(self._items)

@@ -56,7 +56,7 @@ def snakemake_job(smk) -> Iterator[None]:
         log.exception("job failed")
         if not isinstance(e, Exception):
             raise
-        deliberate = type(e).__module__.split(".")[0] == __package__  # an error type of the library
+        deliberate = type(e).__module__.split(".")[0] == __package__.split(".")[0]  # an error type of the library
         reason = str(e) if deliberate else f"{type(e).__name__}: {e}"
         where = f" (log: {log_path})" if log_path else ""
         print(f"labelfactory: {smk.rule} failed: {reason}{where}", file=sys.stderr, flush=True)

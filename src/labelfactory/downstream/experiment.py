@@ -60,6 +60,8 @@ class SettingInputs:
         return load_annotation_set(self.annotations).labels
 
 
+# The one list of setting names: the schema's enum (downstream.settings) is tested against it, and
+# the order of registration below (weakest to strongest supervision) is the reports' row order.
 SETTINGS: Registry[Callable[[SettingInputs, LabelSet], Dataset]] = Registry("downstream setting")
 
 

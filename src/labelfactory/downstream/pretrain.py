@@ -294,11 +294,6 @@ def finetune_semantic(backbone: str | Path | None, train_json: str | Path, test_
     return result
 
 
-def fraction_name(fraction: float) -> str:
-    """A fraction as it appears in paths and tables (``0.1`` → ``"0.1"``, ``1.0`` → ``"1"``)."""
-    return format(float(fraction), "g")
-
-
 def semantic_config(options: dict[str, Any], arch: str, seed: int, threads: int | None) -> SegTrainConfig:
     """The semantic finetuning run: DeepLabV3 on ``arch`` with the config's options."""
     return SegTrainConfig.from_dict({**options, "model": f"deeplabv3_{arch}", "seed": seed, "threads": threads})

@@ -17,9 +17,10 @@ import pandas as pd
 
 from labelfactory.core.io import atomic_path, atomic_write_json, atomic_write_text
 from labelfactory.core.visualize import overlay
+from labelfactory.downstream.experiment import SETTINGS
 from labelfactory.synthesis.shards import read_samples
 
-SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "synthetic_combined", "fully_supervised")
+SETTING_ORDER = SETTINGS.names()  # weakest to strongest supervision, as registered
 SETTING_TITLES = {
     "few_shot": "few-shot (annotations only)",
     "synthetic": "synthetic, unfiltered",

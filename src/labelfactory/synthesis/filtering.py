@@ -1,4 +1,4 @@
-"""Uncertainty filtering (DAG step 7): which synthesized samples make the dataset.
+"""Uncertainty filtering (the workflow's `filter` rule): which synthesized samples make the dataset.
 
 The manifest has one row per sample of every shard: ``shard`` (path), ``index``
 (within the shard), ``seed``, ``class``, ``score`` and a boolean ``kept``. No

@@ -84,6 +84,36 @@ class ShardInfo:
     attrs: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ShardSettings:
+    """How :func:`synthesize_shard` renders, labels, scores and stores samples: every
+    setting of a shard, as opposed to its inputs (generator, labeller, seeds, classes).
+
+    The defaults are the workflow config's (``workflow/schemas/config.schema.yaml``:
+    a task's ``truncation`` and ``noise``, the rest its ``synthesis`` section; a test
+    holds them equal). Values are checked on construction."""
+
+    truncation: float = 1.0  # psi towards the average latent
+    noise: str = "const"  # per-layer noise: const, random (seeded per batch) or none
+    batch_size: int = 64  # samples rendered and labelled at once
+    label_rule: str = "vote"  # members' majority vote, or "mean": argmax of their mean probability
+    score_rule: str = "top10"  # per-image score: mean of the top_fraction largest pixel JS values, or "mean"
+    top_fraction: float = 0.1
+    store_latents: bool = False
+    store_uncertainty: bool = True  # keep the per-pixel JS maps (float16)
+    sampling: Mapping[str, Any] | None = None  # temperature, top_k, top_p of a generator with a prior (VQGAN)
+
+    def __post_init__(self) -> None:
+        if self.label_rule not in LABEL_RULES:
+            raise ValueError(f"label_rule must be one of {sorted(LABEL_RULES)}, got {self.label_rule!r}")
+        if self.score_rule not in SCORE_RULES:
+            raise ValueError(f"score_rule must be one of {list(SCORE_RULES)}, got {self.score_rule!r}")
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+
 class _BackgroundWriter:
     """Writes batches into pre-created datasets from one thread, in submission order
     (so the file is the same as a serial write), while the caller keeps the device
@@ -127,11 +157,10 @@ class _BackgroundWriter:
 
 @torch.no_grad()
 def _label_batch(backend: GeneratorBackend, labeller: Labeller, z: torch.Tensor, cls: torch.Tensor | None,
-                 truncation: float, noise: str, generator: torch.Generator | None, label_rule: str,
-                 score_rule: str, top_fraction: float, store_uncertainty: bool) -> dict[str, np.ndarray]:
+                 generator: torch.Generator | None, settings: ShardSettings) -> dict[str, np.ndarray]:
     """One batch, on the backend's device until the final copy to host; images, labels and
     scores are of the crop of the backend's image view."""
-    out = backend.synthesize(z, cls, truncation, noise, features=True, generator=generator)
+    out = backend.synthesize(z, cls, settings.truncation, settings.noise, features=True, generator=generator)
     probs = labeller.member_probabilities(out.features, classes=cls)
     b, _, h, w = out.images.shape
     if probs.ndim != 5 or tuple(probs.shape[1:]) != (b, labeller.num_classes, h, w):
@@ -142,10 +171,10 @@ def _label_batch(backend: GeneratorBackend, labeller: Labeller, z: torch.Tensor,
     js = js_divergence(probs, dim=2)
     arrays = {
         "images": images_to_uint8(images),
-        "labels": LABEL_RULES[label_rule](probs).to(torch.uint8).cpu().numpy(),
-        "score": image_scores(js, rule=score_rule, top_fraction=top_fraction).float().cpu().numpy(),
+        "labels": LABEL_RULES[settings.label_rule](probs).to(torch.uint8).cpu().numpy(),
+        "score": image_scores(js, rule=settings.score_rule, top_fraction=settings.top_fraction).float().cpu().numpy(),
     }
-    if store_uncertainty:
+    if settings.store_uncertainty:
         arrays["uncertainty"] = js.half().cpu().numpy()
     return arrays
 
@@ -156,29 +185,27 @@ def synthesize_shard(
     out_path: str | os.PathLike,
     seeds: Sequence[int] | np.ndarray,
     classes: int | Sequence[int] | np.ndarray | None = None,
-    truncation: float = 1.0,
-    noise: str = "const",
-    batch_size: int = 32,
-    label_rule: str = "vote",
-    score_rule: str = "top10",
-    top_fraction: float = 0.1,
-    store_latents: bool = False,
-    store_uncertainty: bool = True,
-    sampling: Mapping[str, Any] | None = None,
+    settings: ShardSettings = ShardSettings(),
+    *,
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> ShardInfo:
     """Render, label and score one sample per seed and write them as one shard.
 
     ``classes``: one per seed, a single class for all, or None (unconditional).
-    Labels are the members' majority vote (``"vote"``) or the argmax of their
-    mean (``"mean"``); the score is the mean of the top ``top_fraction`` of the
-    per-pixel JS divergences (``"top10"``, as released) or their mean. ``sampling``
-    (temperature, top_k, top_p) is for generators that draw latents from a prior
-    (VQGAN; :meth:`~labelfactory.generators.base.GeneratorBackend.draw_latents`). Same seeds
-    and config give byte-identical datasets. With ``noise="random"`` the noise of
+    ``settings`` (:class:`ShardSettings`): labels are the members' majority vote
+    (``"vote"``) or the argmax of their mean (``"mean"``); the score is the mean of
+    the top ``top_fraction`` of the per-pixel JS divergences (``"top10"``, as
+    released) or their mean. ``sampling`` (temperature, top_k, top_p) is for
+    generators that draw latents from a prior (VQGAN;
+    :meth:`~labelfactory.generators.base.GeneratorBackend.draw_latents`). Same seeds
+    and settings give byte-identical datasets. With ``noise="random"`` the noise of
     each batch is seeded from the batch's seeds, so the batch size then enters the
-    config hash (and a sample is regenerable only with its batch)."""
+    config hash (and a sample is regenerable only with its batch). ``attrs`` are
+    extra root attributes (e.g. ``labeller_hash``), also hashed."""
+    if not isinstance(settings, ShardSettings):
+        raise TypeError(f"settings must be a ShardSettings, got {type(settings).__name__}")
+    s = settings
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
     n = len(seeds)
     if n == 0:
@@ -186,14 +213,6 @@ def synthesize_shard(
     if classes is not None and np.ndim(classes) == 0:
         classes = np.full(n, int(classes))
     cls_all = backend.check_classes(classes, n)
-    if label_rule not in LABEL_RULES:
-        raise ValueError(f"label_rule must be one of {sorted(LABEL_RULES)}, got {label_rule!r}")
-    if score_rule not in SCORE_RULES:
-        raise ValueError(f"score_rule must be one of {list(SCORE_RULES)}, got {score_rule!r}")
-    if not 0 < top_fraction <= 1:
-        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     labeller_generator = getattr(labeller, "generator_hash", None)
     if labeller_generator is not None and labeller_generator != backend.generator_hash:
         raise ValueError(f"the labeller was trained on features of generator {labeller_generator[:16]}, "
@@ -207,28 +226,28 @@ def synthesize_shard(
 
     config = {
         "format_version": FORMAT_VERSION, "generator_hash": backend.generator_hash,
-        "seeds": seeds.tolist(), "classes": cls_all.tolist(), "truncation": float(truncation), "noise": noise,
-        "label_rule": label_rule, "score_rule": score_rule, "top_fraction": float(top_fraction),
-        "store_latents": bool(store_latents), "store_uncertainty": bool(store_uncertainty), "attrs": attrs,
+        "seeds": seeds.tolist(), "classes": cls_all.tolist(), "truncation": float(s.truncation), "noise": s.noise,
+        "label_rule": s.label_rule, "score_rule": s.score_rule, "top_fraction": float(s.top_fraction),
+        "store_latents": bool(s.store_latents), "store_uncertainty": bool(s.store_uncertainty), "attrs": attrs,
     }
     view = view_of(backend)
     if view.size is not None or view.crop is not None:  # the view changes every image
         config["image"] = [backend.resolution, *view.box(backend.resolution)]
-    if noise == "random":
-        config["batch_size"] = int(batch_size)
-    if sampling:
-        config["sampling"] = dict(sampling)
+    if s.noise == "random":
+        config["batch_size"] = int(s.batch_size)
+    if s.sampling:
+        config["sampling"] = dict(s.sampling)
     root_attrs = {
         **attrs, "format_version": FORMAT_VERSION, "num_samples": n, "generator_hash": backend.generator_hash,
         "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
-        "code_version": code_version(), "label_rule": label_rule, "score_rule": score_rule,
-        "top_fraction": float(top_fraction), "truncation": float(truncation), "noise": noise,
+        "code_version": code_version(), "label_rule": s.label_rule, "score_rule": s.score_rule,
+        "top_fraction": float(s.top_fraction), "truncation": float(s.truncation), "noise": s.noise,
     }
     h, w = view.shape(backend.resolution)
     per_sample = {"images": ((n, h, w, 3), np.uint8), "labels": ((n, h, w), np.uint8)}
-    if store_uncertainty:
+    if s.store_uncertainty:
         per_sample["uncertainty"] = ((n, h, w), np.float16)
-    if store_latents:
+    if s.store_latents:
         per_sample["latents"] = ((n, backend.z_dim), backend.latent_dtype)
     device = backend.device
     conditional = backend.num_classes > 0
@@ -245,19 +264,18 @@ def synthesize_shard(
 
         with _BackgroundWriter(datasets) as writer, \
                 tqdm(total=n, desc=Path(out_path).name, unit="img", disable=not progress) as bar:
-            for start in range(0, n, batch_size):
-                batch_seeds = seeds[start : start + batch_size]
-                cls_np = cls_all[start : start + batch_size]
-                z_np = backend.draw_latents(batch_seeds, cls_np if conditional else None, truncation,
-                                            dict(sampling) if sampling else None)
+            for start in range(0, n, s.batch_size):
+                batch_seeds = seeds[start : start + s.batch_size]
+                cls_np = cls_all[start : start + s.batch_size]
+                z_np = backend.draw_latents(batch_seeds, cls_np if conditional else None, s.truncation,
+                                            dict(s.sampling) if s.sampling else None)
                 cls = torch.from_numpy(cls_np).to(device) if conditional else None
                 generator = None
-                if noise == "random":
+                if s.noise == "random":
                     noise_seed = int(np.random.SeedSequence(batch_seeds.tolist()).generate_state(1)[0])
                     generator = torch.Generator(device=device).manual_seed(noise_seed)
-                arrays = _label_batch(backend, labeller, torch.from_numpy(z_np).to(device), cls, truncation,
-                                      noise, generator, label_rule, score_rule, top_fraction, store_uncertainty)
-                if store_latents:
+                arrays = _label_batch(backend, labeller, torch.from_numpy(z_np).to(device), cls, generator, s)
+                if s.store_latents:
                     arrays["latents"] = z_np.reshape(len(z_np), -1)
                 writer.submit(start, arrays)
                 bar.update(len(batch_seeds))

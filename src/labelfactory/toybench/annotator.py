@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelfactory.core.io import atomic_path, atomic_write_json, sha256_file
+from labelfactory.downstream.segmentation import confusion_matrix
 from labelfactory.generators.checkpoints import CheckpointError, read_sidecar, sidecar_path
 from labelfactory.toybench import world as toyworld
 
@@ -272,12 +273,6 @@ def train_annotator(cfg: AnnotatorConfig, log_every: int = 100) -> tuple[UNet, l
 
 
 # --- evaluation --------------------------------------------------------------------
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, n: int) -> np.ndarray:
-    """``[n, n]`` counts, rows = target label, columns = predicted label."""
-    idx = target.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel()
-    return np.bincount(idx, minlength=n * n).reshape(n, n)
-
-
 def iou_from_confusion(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-label IoU and a mask of the labels that occur (in target or prediction).
     Labels that never occur get IoU 0 and ``False``: leave them out of means."""
@@ -291,7 +286,9 @@ def score_parts(pred: np.ndarray, target: np.ndarray, cls: int | str) -> dict:
     """IoU per label of the class (``None`` for labels absent from both), their
     mean ``miou`` and pixel accuracy, from the confusion matrix of the whole set."""
     labels = toyworld.part_labels(toyworld.CLASSES[toyworld.class_index(cls)])
-    iou, valid = iou_from_confusion(confusion_matrix(pred, target, len(labels)))
+    counts = confusion_matrix(torch.from_numpy(np.asarray(pred)), torch.from_numpy(np.asarray(target)), len(labels),
+                              ignore_index=-1)  # every pixel counts: the toy world's masks have no ignore label
+    iou, valid = iou_from_confusion(counts.numpy())
     return {
         "miou": float(iou[valid].mean()) if valid.any() else 0.0,
         "iou": {name: (float(v) if ok else None) for name, v, ok in zip(labels, iou, valid)},
