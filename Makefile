@@ -25,11 +25,11 @@ run: setup
 dryrun: setup
 	$(VENV)/bin/snakemake --profile profiles/local -n
 
-# The toy ablations (README "Ablations"); not part of `run`.
+# The toy ablations (docs/ablations.md); not part of `run`.
 ablations: setup
 	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) ablations
 
-# The toy transfer experiment (README "Pretraining and finetuning"); not part of `run`.
+# The toy transfer experiment (docs/pretraining.md); not part of `run`.
 pretraining: setup
 	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) pretraining --configfile config/pretraining-toy.yaml
 

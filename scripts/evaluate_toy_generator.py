@@ -1,4 +1,4 @@
-"""Measure a toy generator against its toy world and write the numbers the README reports.
+"""Measure a toy generator against its toy world and write the numbers docs/toybench.md reports.
 
     python scripts/evaluate_toy_generator.py --checkpoint weights/toy/stylegan2-car-32.safetensors \
         --cls car --out weights/toy/stylegan2-car-32.quality.json --grid docs/toy-car-samples.png

@@ -2,7 +2,7 @@
 
 `snakemake ablations` builds every configured ablation (never part of `all`);
 `snakemake figures` redraws every table and figure whose results exist (see
-README, "Ablations"). A variant's stages reuse the task's own rules through
+docs/ablations.md). A variant's stages reuse the task's own rules through
 `use rule ... with:`; labelfactory.experiments.ablations names the variants and their files.
 """
 
@@ -232,6 +232,6 @@ rule ablations:
 
 
 rule figures:
-    """Every table and figure whose results exist, redrawn by the command in README "Ablations"."""
+    """Every table and figure whose results exist, redrawn by the command in docs/ablations.md."""
     input:
         existing_figures(),

@@ -49,7 +49,8 @@ def checkpoint_weights(wildcards):
 
 def generator_options(task):
     """How the rules load a task's generator (labelfactory.generators.view.load_task_generator)."""
-    return dict(truncation=task.truncation, average_latent=task.average_latent, image=task.image, task=task.name)
+    return dict(truncation=task.truncation, average_latent=task.average_latent, image=task.image, task=task.name,
+                truncation_cutoff=task.truncation_cutoff)
 
 
 def average_latent_file(wildcards):
@@ -71,7 +72,7 @@ def annotation_files(wildcards):
         raise ValueError(
             f"task {wildcards.task}: annotation folder {task.annotations} does not exist. Render the samples "
             f"with `snakemake results/{wildcards.task}/for_annotation`, annotate them and put the masks, "
-            "manifest.csv and labels.yaml there (see README, 'Annotation folders')."
+            "manifest.csv and labels.yaml there (see docs/annotations.md)."
         )
     files = sorted(str(p) for p in Path(task.annotations).rglob("*") if p.is_file())
     return files + [task.labels] + ([task.annotation.latents] if task.annotation.latents else [])

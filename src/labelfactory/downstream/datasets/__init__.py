@@ -3,7 +3,7 @@ formats: PASCAL VOC 2012, MS-COCO, Cityscapes, chest X-ray lungs (Montgomery /
 Shenzhen) and CelebAMask-HQ parts.
 
 Importing the package registers each segmentation reader in
-:data:`~labelfactory.downstream.experiment.REAL_DATASETS` (``voc``, ``coco``,
+:data:`~labelfactory.downstream.real.REAL_DATASETS` (``voc``, ``coco``,
 ``cityscapes``, ``chest_xray``, ``celebamask_hq``) and each detection source in
 :data:`DETECTION_DATASETS`; experiment imports it, so the readers are there
 whichever module comes first. pycocotools and detectron2 are imported only
