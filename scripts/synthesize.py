@@ -1,6 +1,6 @@
 """Rule synthesize: one shard of seeded, labelled, uncertainty-scored samples."""
 from labelfactory.generators.view import load_task_generator
-from labelfactory.interpreters import load_labeller
+from labelfactory.interpreters import load_interpreter
 from labelfactory.core.io import sha256_file
 from labelfactory.core.runtime import resolve_device, snakemake_job
 from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
@@ -9,7 +9,7 @@ with snakemake_job(snakemake):
     p = snakemake.params
     device = resolve_device(p.device)
     backend = load_task_generator(snakemake.input.weights, device, **p.generator)
-    labeller = load_labeller(p.interpreter_type, snakemake.input.interpreter, device, p.precision)
+    labeller = load_interpreter(p.interpreter_type, snakemake.input.interpreter, device, p.precision)
     classes = None if p.cls < 0 else [p.cls] * len(p.seeds)
     settings = ShardSettings(truncation=p.truncation, noise=p.noise, **p.options)
     synthesize_shard(backend, labeller, snakemake.output[0], p.seeds, classes, settings,

@@ -17,7 +17,7 @@ from helpers import tiny_biggan
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.coco_export import CocoImage, export_synthetic, mask_annotation, write_coco
 from labelfactory.toybench.scenes import SceneSpec, render_scene, write_toy_scenes
-from labelfactory.synthesis.shards import read_samples, synthesize_shard
+from labelfactory.synthesis.shards import ShardSettings, read_samples, synthesize_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,8 +66,8 @@ class ObjectWhereBright:
 def test_synthetic_shard_exports_one_instance_per_kept_sample(tmp_path):
     shard = tmp_path / "00000.h5"
     classes = [0, 1, 0, 1, 0, 1]
-    synthesize_shard(tiny_biggan(), ObjectWhereBright(), shard, range(50, 56), classes=classes, batch_size=3,
-                     progress=False)
+    synthesize_shard(tiny_biggan(), ObjectWhereBright(), shard, range(50, 56), classes=classes,
+                     settings=ShardSettings(batch_size=3), progress=False)
     manifest = pd.DataFrame({"shard": str(shard), "index": np.arange(6), "seed": np.arange(50, 56),
                              "class": classes, "score": 0.0, "kept": [True, True, False, True, True, True]})
     labels = ClassAwareLabels((0, 1), ("cat", "dog"))

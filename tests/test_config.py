@@ -36,6 +36,14 @@ def test_defaults_are_filled(tmp_path):
     assert t["features"] == {"layers": "all", "batch_size": 8}
 
 
+def test_truncation_cutoff_reaches_the_task(tmp_path):
+    cfg = minimal(tmp_path)
+    assert WorkflowConfig.from_dict(validate_config(cfg)).tasks["t"].truncation_cutoff is None
+    cfg["checkpoints"]["g"]["format"] = "datasetgan-stylegan1"
+    cfg["tasks"]["t"]["truncation_cutoff"] = 8
+    assert WorkflowConfig.from_dict(validate_config(cfg)).tasks["t"].truncation_cutoff == 8
+
+
 def test_defaults_are_not_shared_between_tasks(tmp_path):
     cfg = minimal(tmp_path)
     cfg["tasks"]["u"] = dict(cfg["tasks"]["t"])
@@ -50,6 +58,9 @@ def test_defaults_are_not_shared_between_tasks(tmp_path):
         (lambda c: c["tasks"]["t"].update(truncation=0), "tasks.t.truncation"),
         (lambda c: c["tasks"]["t"].update(truncation=1.5), "tasks.t.truncation"),
         (lambda c: c["tasks"]["t"].update(noise="sometimes"), "tasks.t.noise"),
+        (lambda c: c["tasks"]["t"].update(truncation_cutoff=0), "tasks.t.truncation_cutoff"),
+        (lambda c: c["tasks"]["t"].update(truncation_cutoff=8) or c["checkpoints"]["g"].update(format="rosinality"),
+         "tasks.t.truncation_cutoff"),
         (lambda c: c["tasks"]["t"].update(unknown_key=1), "tasks.t"),
         (lambda c: c["tasks"]["t"].update(annotation={"num_samples": 0}), "tasks.t.annotation.num_samples"),
         (lambda c: c["tasks"]["t"].update(features={"layers": "some"}), "tasks.t.features.layers"),
@@ -247,16 +258,19 @@ def _spec_classes():
     from labelfactory.generators.torch_module import TorchModuleConfig
     from labelfactory.interpreters.conv import ConvInterpreterConfig
     from labelfactory.interpreters.mlp import MLPEnsembleConfig
+    from labelfactory.synthesis.shards import ShardSettings
     from labelfactory.toybench.scenes import SceneSpec
 
     task, ds = "$defs/task", "$defs/downstream"
     pre = {f: f"pretrain.{f}" for f in _dataclass_defaults(PretrainConfig) if f != "arch"}
+    shard = {f: f"synthesis.{f}" for f in _dataclass_defaults(ShardSettings) if f not in ("truncation", "noise")}
     return [
         (specs.CheckpointSpec, "$defs/checkpoint", {}, {}),
         (specs.TaskSpec, task, {}, {"cls": "class", "filter_ratio": "filter.ratio"}),
         (specs.AnnotationSpec, f"{task}/properties/annotation", {}, {}),
         (specs.FeatureSpec, f"{task}/properties/features", {}, {}),
         (specs.SynthesisSpec, f"{task}/properties/synthesis", {}, {}),
+        (ShardSettings, task, {}, shard),
         (specs.DownstreamSpec, ds, {}, {}),
         (specs.InitSpec, "$defs/init", {}, {}),
         (TorchModuleConfig, "$defs/torch_module", {}, {}),

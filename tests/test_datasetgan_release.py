@@ -224,10 +224,10 @@ class _Brightness:
 
 
 def test_synthesis_keeps_the_crop(tmp_path, g):
-    from labelfactory.synthesis.shards import read_samples, synthesize_shard
+    from labelfactory.synthesis.shards import ShardSettings, read_samples, synthesize_shard
 
-    info = synthesize_shard(g, _Brightness(), tmp_path / "s.h5", [3, 5], truncation=PSI, noise="none",
-                            progress=False)
+    info = synthesize_shard(g, _Brightness(), tmp_path / "s.h5", [3, 5],
+                            settings=ShardSettings(truncation=PSI, noise="none"), progress=False)
     images, labels = read_samples(info.path, [0, 1])
     z = np.stack([np.random.RandomState(s).randn(16) for s in (3, 5)]).astype(np.float32)
     full = images_to_uint8(torch.from_numpy(g.render(z, None, PSI, "none")))

@@ -17,7 +17,7 @@ from labelfactory.downstream.experiment import SETTINGS, SettingInputs, evaluate
 from labelfactory.downstream.real import DatasetError, RealDataSpec, real_dataset
 from labelfactory.core.io import sha256_file
 from labelfactory.synthesis.filtering import write_manifest
-from labelfactory.synthesis.shards import synthesize_shard
+from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
 
 from helpers import TINY_SEGMENTATION, make_real_folder, tiny_generator, tiny_mask
 
@@ -93,7 +93,7 @@ def test_synthetic_settings_differ_only_by_the_filter(tmp_path):
             return p
 
     shard = tmp_path / "00000.h5"
-    synthesize_shard(backend, Constant(), shard, range(100, 106), batch_size=3, progress=False)
+    synthesize_shard(backend, Constant(), shard, range(100, 106), settings=ShardSettings(batch_size=3), progress=False)
     manifest = pd.DataFrame({"shard": str(shard), "index": np.arange(6), "seed": np.arange(100, 106),
                              "class": -1, "score": np.linspace(0, 1, 6), "kept": [True] * 4 + [False] * 2})
     write_manifest(manifest, tmp_path / "manifest.parquet")

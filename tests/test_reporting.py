@@ -12,7 +12,7 @@ from PIL import Image
 from labelfactory.experiments.reporting import (collect_scores, error_summary, label_errors, main_table, markdown_table,
                                     plot_per_class_iou,
                                     plot_sample_grid, write_main_table)
-from labelfactory.synthesis.shards import synthesize_shard
+from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
 
 from helpers import tiny_generator
 
@@ -141,7 +141,8 @@ class Reference:
 
 def test_label_errors_against_a_reference_and_sample_grid(tmp_path):
     shard = tmp_path / "00000.h5"
-    synthesize_shard(tiny_generator(), Half(), shard, range(100, 110), batch_size=5, progress=False)
+    synthesize_shard(tiny_generator(), Half(), shard, range(100, 110), settings=ShardSettings(batch_size=5),
+                     progress=False)
     manifest = pd.DataFrame({"shard": str(shard), "index": np.arange(10), "seed": np.arange(100, 110), "class": -1,
                              "score": np.linspace(0, 1, 10), "kept": [True] * 8 + [False] * 2})
     errors = label_errors(manifest, Reference(), "car", n=6)

@@ -17,6 +17,7 @@ from labelfactory.cli import main
 from labelfactory.generators.checkpoints import CheckpointError
 from labelfactory.generators.loading import convert_checkpoint, load_generator, read_checkpoint
 from labelfactory.generators.stylegan1 import StyleGAN1Backend, StyleGAN1Config, StyleGAN1Generator, release_channels
+from labelfactory.generators.view import load_task_generator
 
 from formats import rosinality_generator, save_rosinality
 
@@ -97,6 +98,55 @@ def test_truncation_matches_the_release(name, cutoff):
     other = StyleGAN1Backend.from_tensors({**cfg, "truncation_cutoff": cfg["truncation_cutoff"] - 1}, raw.tensors)
     other.set_average_latent(_avg(name))
     assert (_synth(other, name, truncation=0.7).images - REF[f"{name}/trunc/images"]).abs().max() > 1e-2
+
+
+def test_truncation_cutoff_is_a_setting():
+    """The cut-off derived from the resolution (7 below 512 px) unless set: 8 changes a truncated image,
+    7 gives the default's exactly, None restores it; psi 1 and the generator hash do not depend on it."""
+    b = load_generator(_pt("s32")).set_average_latent(_avg("s32"))
+    h = b.generator_hash
+    assert b.truncation_cutoff == b.module.cfg.truncation_cutoff == 7
+    default = _synth(b, "s32", truncation=0.7).images
+    _close(default, REF["s32/trunc/images"])
+    eight = _synth(b.set_truncation_cutoff(8), "s32", truncation=0.7).images
+    assert b.truncation_cutoff == 8 and (eight - default).abs().max() > 1e-2
+    _close(_synth(b, "s32").images, REF["s32/plain/images"])  # psi 1: no layer is truncated
+    assert b.generator_hash == h  # a rendering input, as the average latent
+    torch.testing.assert_close(_synth(b.set_truncation_cutoff(7), "s32", truncation=0.7).images, default,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(_synth(b.set_truncation_cutoff(None), "s32", truncation=0.7).images, default,
+                               rtol=0, atol=0)
+    assert b.truncation_cutoff == 7
+
+
+def test_truncation_cutoff_reproduces_the_release_at_its_cutoff():
+    """s128 was recorded with the release's Truncation(max_layer=8); its file derives 7 (128 px)."""
+    b = load_generator(_pt("s128")).set_average_latent(_avg("s128"))
+    assert b.truncation_cutoff == 7
+    assert (_synth(b, "s128", truncation=0.7).images - REF["s128/trunc/images"]).abs().max() > 1e-2
+    _close(_synth(b.set_truncation_cutoff(8), "s128", truncation=0.7).images, REF["s128/trunc/images"])
+
+
+@pytest.mark.parametrize("bad", [0, 9, 2.5, True, "8"])
+def test_bad_truncation_cutoffs_are_refused(bad):
+    b = load_generator(_pt("s32"))
+    with pytest.raises(ValueError, match=r"truncation cut-off must be a layer count from 1 to 8 .*got"):
+        b.set_truncation_cutoff(bad)
+    assert b.truncation_cutoff == 7
+
+
+def test_task_generator_takes_the_cutoff(tmp_path):
+    np.save(tmp_path / "avg.npy", _avg("s32"))
+    b = load_task_generator(_pt("s32"), truncation=0.7, average_latent=tmp_path / "avg.npy", truncation_cutoff=8,
+                            task="car")
+    assert b.truncation_cutoff == 8
+    assert load_task_generator(_pt("s32"), truncation=0.7, average_latent=tmp_path / "avg.npy").truncation_cutoff == 7
+    with pytest.raises(ValueError, match=r"^tasks\.car\.truncation_cutoff: truncation cut-off must be .* got 20$"):
+        load_task_generator(_pt("s32"), truncation_cutoff=20, task="car")
+    pt = save_rosinality(tmp_path / "r.pt", rosinality_generator(size=8, style_dim=8, channels={4: 8, 8: 6}),
+                         "converted")
+    with pytest.raises(ValueError, match=r"^tasks\.car\.truncation_cutoff is for StyleGAN1 .* this stylegan2"):
+        load_task_generator(pt, truncation_cutoff=8, task="car")
 
 
 def test_average_latent_layouts_and_hash():
@@ -220,6 +270,30 @@ def test_cli_missing_average_latent(tmp_path, capsys):
     np.save(tmp_path / "z8.npy", np.zeros((1, 8), np.float32))
     assert main(["render", "--checkpoint", str(pt), "--latents", str(tmp_path / "z8.npy"), "--average-latent",
                  str(tmp_path / "avg.npy"), "--out", str(tmp_path / "r.npy")]) == 1  # StyleGAN2 has its own
+
+
+def test_cli_truncation_cutoff(tmp_path, capsys):
+    """render and features take --truncation-cutoff: 8 reproduces s128's release recording (its file
+    derives 7), and on s32 it changes the truncated features; a StyleGAN2 file refuses it in one line."""
+    np.save(tmp_path / "z128.npy", REF["s128/z"].numpy())
+    np.save(tmp_path / "avg128.npy", _avg("s128"))
+    common = ["--checkpoint", str(_pt("s128")), "--latents", str(tmp_path / "z128.npy"), "--device", "cpu",
+              "--noise", "none", "--truncation", "0.7", "--average-latent", str(tmp_path / "avg128.npy")]
+    assert main(["render", *common, "--truncation-cutoff", "8", "--out", str(tmp_path / "img.npy")]) == 0
+    _close(np.load(tmp_path / "img.npy"), REF["s128/trunc/images"])
+    trunc = ["--truncation", "0.7", "--average-latent", str(tmp_path / "avg.npy")]
+    assert _cli(tmp_path, "features", *trunc, "--out", str(tmp_path / "f7.npz")) == 0
+    assert _cli(tmp_path, "features", *trunc, "--truncation-cutoff", "8", "--out", str(tmp_path / "f8.npz")) == 0
+    with np.load(tmp_path / "f7.npz") as f7, np.load(tmp_path / "f8.npz") as f8:
+        assert f7.files == f8.files and np.abs(f7["32x32.epi2"] - f8["32x32.epi2"]).max() > 1e-3
+    pt = save_rosinality(tmp_path / "r.pt", rosinality_generator(size=8, style_dim=8, channels={4: 8, 8: 6}),
+                         "converted")
+    np.save(tmp_path / "z8.npy", np.zeros((1, 8), np.float32))
+    capsys.readouterr()
+    assert main(["render", "--checkpoint", str(pt), "--latents", str(tmp_path / "z8.npy"), "--truncation-cutoff", "8",
+                 "--out", str(tmp_path / "r.npy")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--truncation-cutoff is for StyleGAN1" in err[0]
 
 
 def test_cli_features(tmp_path):

@@ -1,6 +1,7 @@
 import os
 import shutil
 import signal
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 from labelfactory.generators import images_to_uint8
 from labelfactory.core.io import sha256_file
 from labelfactory.synthesis.filtering import filter_manifest, write_manifest
-from labelfactory.synthesis.shards import (ShardError, read_samples, read_shard_scores, synthesize_shard,
-                                    verify_shard)
+from labelfactory.synthesis.shards import (ShardError, ShardSettings, read_samples, read_shard_scores,
+                                           synthesize_shard, verify_shard)
 from labelfactory.synthesis.uncertainty import image_scores, js_divergence, mean_labels, vote_labels
 
 from helpers import tiny_generator, tiny_vqgan
@@ -71,7 +72,8 @@ def reference(backend, labeller, seeds, batch_size, **kw):
 def test_layout_dtypes_attributes_and_contents(tmp_path, backend, labeller):
     seeds = [5, 3, 11, 0, 7]
     path = tmp_path / "shard.h5"
-    info = synthesize_shard(backend, labeller, path, seeds, truncation=0.7, batch_size=2, store_latents=True,
+    info = synthesize_shard(backend, labeller, path, seeds,
+                            settings=ShardSettings(truncation=0.7, batch_size=2, store_latents=True),
                             attrs={"labeller_hash": "feedbeef", "task": "toy"}, progress=False)
     assert info.path == path and info.num_samples == 5
     with h5py.File(path, "r") as f:
@@ -96,7 +98,7 @@ def test_layout_dtypes_attributes_and_contents(tmp_path, backend, labeller):
         np.testing.assert_array_equal(f["images"][()], images)
     assert info.attrs == verify_shard(path).attrs == a
 
-    synthesize_shard(backend, labeller, path, seeds, store_uncertainty=False, progress=False)
+    synthesize_shard(backend, labeller, path, seeds, settings=ShardSettings(store_uncertainty=False), progress=False)
     with h5py.File(path, "r") as f:
         assert "uncertainty" not in f and "latents" not in f
 
@@ -106,9 +108,9 @@ def test_labels_scores_and_uncertainty_come_from_the_uncertainty_functions(tmp_p
     images, probs = reference(backend, labeller, seeds, 4)
     js = js_divergence(probs, dim=2)
     vote_path, mean_path = tmp_path / "vote.h5", tmp_path / "mean.h5"
-    synthesize_shard(backend, labeller, vote_path, seeds, batch_size=4, progress=False)
-    synthesize_shard(backend, labeller, mean_path, seeds, batch_size=4, label_rule="mean", score_rule="mean",
-                     progress=False)
+    synthesize_shard(backend, labeller, vote_path, seeds, settings=ShardSettings(batch_size=4), progress=False)
+    synthesize_shard(backend, labeller, mean_path, seeds,
+                     settings=ShardSettings(batch_size=4, label_rule="mean", score_rule="mean"), progress=False)
     with h5py.File(vote_path, "r") as v, h5py.File(mean_path, "r") as m:
         np.testing.assert_array_equal(v["labels"][()], vote_labels(probs).numpy())
         np.testing.assert_array_equal(m["labels"][()], mean_labels(probs).numpy())
@@ -120,17 +122,19 @@ def test_labels_scores_and_uncertainty_come_from_the_uncertainty_functions(tmp_p
 
 
 def test_same_seeds_and_config_give_identical_bytes(tmp_path, backend, labeller):
-    kw = dict(seeds=[4, 2, 9], batch_size=2, store_latents=True, progress=False)
+    seeds, settings = [4, 2, 9], ShardSettings(batch_size=2, store_latents=True)
     for noise in ("const", "random"):
         a, b = tmp_path / f"a-{noise}.h5", tmp_path / f"b-{noise}.h5"
-        synthesize_shard(backend, labeller, a, noise=noise, **kw)
-        synthesize_shard(backend, labeller, b, noise=noise, **kw)
+        synthesize_shard(backend, labeller, a, seeds, settings=replace(settings, noise=noise), progress=False)
+        synthesize_shard(backend, labeller, b, seeds, settings=replace(settings, noise=noise), progress=False)
         assert raw_chunks(a) == raw_chunks(b)
         assert sha256_file(a) == sha256_file(b)  # the whole file, metadata included
     with h5py.File(tmp_path / "a-const.h5") as c, h5py.File(tmp_path / "a-random.h5") as r:
         assert (c["images"][()] != r["images"][()]).any()
-    hashes = {synthesize_shard(backend, labeller, tmp_path / "x.h5", **{**kw, **change}).attrs["config_hash"]
-              for change in ({}, {"batch_size": 3}, {"truncation": 0.5}, {"seeds": [4, 2]})}
+    hashes = {synthesize_shard(backend, labeller, tmp_path / "x.h5", some_seeds, settings=replace(settings, **change),
+                               progress=False).attrs["config_hash"]
+              for some_seeds, change in ((seeds, {}), (seeds, {"batch_size": 3}), (seeds, {"truncation": 0.5}),
+                                         ([4, 2], {}))}
     assert len(hashes) == 3  # batch size does not change the contents (with constant noise)
 
 
@@ -155,10 +159,10 @@ class WrongShape(LinearEnsemble):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(seeds=[]), "at least one seed"),
-    (dict(label_rule="max"), "label_rule"),
-    (dict(score_rule="top5"), "score_rule"),
-    (dict(top_fraction=0), "top_fraction"),
-    (dict(batch_size=0), "batch_size"),
+    (dict(settings=dict(label_rule="max")), "label_rule"),
+    (dict(settings=dict(score_rule="top5")), "score_rule"),
+    (dict(settings=dict(top_fraction=0)), "top_fraction"),
+    (dict(settings=dict(batch_size=0)), "batch_size"),
     (dict(attrs={"num_samples": 3}), "num_samples"),
     (dict(classes=[0, 0]), "unconditional"),
     (dict(labeller=WrongShape), r"expected \[members, 2, 4, 16, 16\]"),
@@ -169,13 +173,20 @@ def test_bad_arguments_are_refused_and_nothing_is_written(tmp_path, backend, kwa
     args = {"seeds": [0, 1], "progress": False, **kwargs}
     make = args.pop("labeller", LinearEnsemble)
     with pytest.raises(ValueError, match=match):
-        synthesize_shard(backend, make(backend.feature_shapes()), tmp_path / "shard.h5", **args)
+        settings = ShardSettings(**args.pop("settings", {}))  # settings are checked on construction
+        synthesize_shard(backend, make(backend.feature_shapes()), tmp_path / "shard.h5", settings=settings, **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_must_be_shard_settings(tmp_path, backend, labeller):
+    with pytest.raises(TypeError, match="ShardSettings"):
+        synthesize_shard(backend, labeller, tmp_path / "shard.h5", [0, 1], settings={"batch_size": 2}, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failure_mid_shard_leaves_nothing_and_rerun_matches(tmp_path, backend, labeller):
     path, ref = tmp_path / "shard.h5", tmp_path / "ref" / "shard.h5"
-    kw = dict(seeds=range(7), batch_size=2, progress=False)
+    kw = dict(seeds=range(7), settings=ShardSettings(batch_size=2), progress=False)
     dying = LinearEnsemble(backend.feature_shapes(), fail_on_call=3)
     with pytest.raises(RuntimeError, match="labeller died"):
         synthesize_shard(backend, dying, path, **kw)
@@ -197,7 +208,8 @@ def test_writer_thread_errors_reach_the_caller(tmp_path, backend, labeller, monk
 
     monkeypatch.setattr(h5py.Dataset, "__setitem__", failing)
     with pytest.raises(OSError, match="disk full"):
-        synthesize_shard(backend, labeller, tmp_path / "shard.h5", range(9), batch_size=2, progress=False)
+        synthesize_shard(backend, labeller, tmp_path / "shard.h5", range(9), settings=ShardSettings(batch_size=2),
+                         progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -210,7 +222,7 @@ class KilledOnThirdBatch(LinearEnsemble):
 
 def make_manifest(backend, labeller):
     """Synthesize ``shard.h5`` and filter it into ``manifest.parquet`` in the current directory."""
-    synthesize_shard(backend, labeller, "shard.h5", range(7), batch_size=2, progress=False)
+    synthesize_shard(backend, labeller, "shard.h5", range(7), settings=ShardSettings(batch_size=2), progress=False)
     write_manifest(filter_manifest(read_shard_scores(["shard.h5"]), 0.3), "manifest.parquet")
 
 
@@ -224,7 +236,7 @@ def test_killed_job_leaves_only_a_temp_file_and_rerun_gives_the_same_manifest(tm
         try:
             os.chdir(killed)
             synthesize_shard(backend, KilledOnThirdBatch(backend.feature_shapes()), "shard.h5", range(7),
-                             batch_size=2, progress=False)
+                             settings=ShardSettings(batch_size=2), progress=False)
         finally:
             os._exit(1)
     _, status = os.waitpid(pid, 0)
@@ -333,8 +345,8 @@ def vqgan():
 def test_vqgan_shard_holds_the_priors_codes_per_seed_and_class(tmp_path, vqgan):
     lab = LinearEnsemble(vqgan.feature_shapes(), num_classes=2, resolution=16)
     seeds, classes = [5, 6, 7], [0, 1, 0]
-    synthesize_shard(vqgan, lab, tmp_path / "s.h5", seeds, classes=classes, batch_size=2, store_latents=True,
-                     progress=False)
+    synthesize_shard(vqgan, lab, tmp_path / "s.h5", seeds, classes=classes,
+                     settings=ShardSettings(batch_size=2, store_latents=True), progress=False)
     with h5py.File(tmp_path / "s.h5", "r") as f:
         latents, images = f["latents"][()], f["images"][()]
     assert latents.dtype == np.int64 and latents.shape == (3, 64)
@@ -344,7 +356,8 @@ def test_vqgan_shard_holds_the_priors_codes_per_seed_and_class(tmp_path, vqgan):
     np.testing.assert_array_equal(images, rendered)
     # the class enters the draw: the same seed under the other class is another sample
     assert not np.array_equal(vqgan.sample_codes([5], [1]), latents[:1].reshape(1, 8, 8))
-    synthesize_shard(vqgan, lab, tmp_path / "one.h5", [6], classes=[1], store_latents=True, progress=False)
+    synthesize_shard(vqgan, lab, tmp_path / "one.h5", [6], classes=[1], settings=ShardSettings(store_latents=True),
+                     progress=False)
     with h5py.File(tmp_path / "one.h5", "r") as f:
         np.testing.assert_array_equal(f["latents"][0], latents[1])
         np.testing.assert_array_equal(f["images"][0], images[1])
@@ -353,14 +366,16 @@ def test_vqgan_shard_holds_the_priors_codes_per_seed_and_class(tmp_path, vqgan):
 def test_vqgan_sampling_options_reach_the_prior_and_the_config_hash(tmp_path, vqgan):
     lab = LinearEnsemble(vqgan.feature_shapes(), num_classes=2, resolution=16)
     sampling = {"temperature": 0.5, "top_k": 3}
-    plain = synthesize_shard(vqgan, lab, tmp_path / "a.h5", [1, 2], classes=0, store_latents=True, progress=False)
-    sharp = synthesize_shard(vqgan, lab, tmp_path / "b.h5", [1, 2], classes=0, store_latents=True,
-                             sampling=sampling, progress=False)
+    plain = synthesize_shard(vqgan, lab, tmp_path / "a.h5", [1, 2], classes=0,
+                             settings=ShardSettings(store_latents=True), progress=False)
+    sharp = synthesize_shard(vqgan, lab, tmp_path / "b.h5", [1, 2], classes=0,
+                             settings=ShardSettings(store_latents=True, sampling=sampling), progress=False)
     assert plain.attrs["config_hash"] != sharp.attrs["config_hash"]
     with h5py.File(tmp_path / "b.h5", "r") as f:
         np.testing.assert_array_equal(f["latents"][()], vqgan.sample_codes([1, 2], [0, 0], **sampling).reshape(2, -1))
     with pytest.raises(ValueError, match=r"unknown VQGAN sampling options \['topk'\]"):
-        synthesize_shard(vqgan, lab, tmp_path / "c.h5", [1], classes=0, sampling={"topk": 3}, progress=False)
+        synthesize_shard(vqgan, lab, tmp_path / "c.h5", [1], classes=0, settings=ShardSettings(sampling={"topk": 3}),
+                         progress=False)
     with pytest.raises(ValueError, match="prior is class-conditional .2 classes.: give the class of every sample"):
         synthesize_shard(vqgan, lab, tmp_path / "c.h5", [1], progress=False)
     assert not (tmp_path / "c.h5").exists()
@@ -368,5 +383,6 @@ def test_vqgan_sampling_options_reach_the_prior_and_the_config_hash(tmp_path, vq
 
 def test_sampling_options_are_refused_for_generators_without_a_prior(tmp_path, backend, labeller):
     with pytest.raises(ValueError, match=r"latents come from seeds alone; sampling options \['temperature'\]"):
-        synthesize_shard(backend, labeller, tmp_path / "s.h5", [1], sampling={"temperature": 0.7}, progress=False)
+        synthesize_shard(backend, labeller, tmp_path / "s.h5", [1],
+                         settings=ShardSettings(sampling={"temperature": 0.7}), progress=False)
     assert not (tmp_path / "s.h5").exists()

@@ -15,7 +15,7 @@ log = logging.getLogger("labelfactory")
 def _load_inputs(args):
     """The backend, latents ``[N, *latent_shape]`` and classes (or None) a render-like command names."""
     from labelfactory.generators.loading import load_generator
-    from labelfactory.generators.view import set_average_latent
+    from labelfactory.generators.view import set_average_latent, set_truncation_cutoff
     from labelfactory.core.runtime import resolve_device
 
     backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
@@ -28,6 +28,7 @@ def _load_inputs(args):
                     "--truncation), so --truncation %g is ignored", args.truncation)
     if args.average_latent:
         set_average_latent(backend, args.average_latent, "--average-latent")
+    set_truncation_cutoff(backend, args.truncation_cutoff, "--truncation-cutoff")
     return backend, z, classes
 
 
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--average-latent",
                        help="StyleGAN1 (DatasetGAN's .for_g_all.pt): the release's avg_latent_stylegan1.npy, "
                             "the truncation centre that --truncation < 1 needs")
+        r.add_argument("--truncation-cutoff", type=int, metavar="LAYERS",
+                       help="StyleGAN1 (DatasetGAN's .for_g_all.pt): truncate the layers below this one "
+                            "(default: 8 from 512 px up, else 7, as the release's car/face and cat/bedroom)")
         r.add_argument("--noise-seed", type=int, default=0, help="seed of the noise when --noise random")
         r.add_argument("--classes", help=".npy with one class per latent (class-conditional generators)")
         r.add_argument("--format", default="auto", help="checkpoint format (default: detect)")

@@ -13,6 +13,9 @@ import yaml
 from labelfactory.config.schema import ConfigError, schema_errors, schema_message
 from labelfactory.config.specs import labels_file, task_classes
 
+# checkpoint formats that can hold a StyleGAN1 in DatasetGAN's layout (the canonical one: a converted one)
+STYLEGAN1_FORMATS = ("auto", "safetensors", "datasetgan-stylegan1")
+
 
 def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = True) -> dict:
     """Validate against the schema (filling defaults) and cross-check; returns the filled dict.
@@ -82,7 +85,8 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         problems += _downstream_problems(name, task["downstream"], base_dir, check_files)
     if accepted("classes", "class_names", "downstream.labels", "downstream.real", "annotation.expected_per_class"):
         problems += _class_problems(name, task)
-    if accepted("checkpoint", "truncation", "average_latent", "image") and task["checkpoint"] in checkpoints:
+    if accepted("checkpoint", "truncation", "average_latent", "truncation_cutoff", "image") \
+            and task["checkpoint"] in checkpoints:
         problems += _generator_problems(name, task, checkpoints[task["checkpoint"]], base_dir, check_files)
     if accepted("downstream.snapshots", "downstream.steps", "downstream.evaluation"):
         problems += _snapshot_problems(f"tasks.{name}.downstream", task["downstream"])
@@ -146,8 +150,14 @@ def _combine_problems(cfg: dict, name: str) -> list[str]:
 
 
 def _generator_problems(name: str, task: dict, checkpoint: dict, base_dir: Path, check_files: bool) -> list[str]:
-    """The average latent a checkpoint format needs, and an image crop inside its image."""
+    """The average latent a checkpoint format needs, a truncation cut-off only where one can act,
+    and an image crop inside its image."""
     where, problems = f"tasks.{name}", []
+    fmt = checkpoint.get("format", "auto")
+    if task["truncation_cutoff"] is not None and (fmt not in STYLEGAN1_FORMATS or checkpoint.get("generator")):
+        other = "a user's torch module" if checkpoint.get("generator") else f"format {fmt!r}"
+        problems.append(f"{where}.truncation_cutoff: is for StyleGAN1 checkpoints in DatasetGAN's layout, "
+                        f"not {other}")
     avg = task["average_latent"]
     if avg is None and task["truncation"] < 1 and checkpoint.get("format") == "datasetgan-stylegan1":
         problems.append(f"{where}.average_latent: truncation {task['truncation']:g} needs the average latent, which "

@@ -162,6 +162,7 @@ class TaskSpec:
     truncation: float = 1.0
     noise: str = "const"
     average_latent: str | None = None
+    truncation_cutoff: int | None = None  # StyleGAN1: None = its resolution's (8 from 512 px up, else 7)
     image: dict = field(default_factory=_schema_default("$defs/task/properties/image"))
     annotation: AnnotationSpec = field(default_factory=AnnotationSpec)
     features: FeatureSpec = field(default_factory=FeatureSpec)
@@ -254,6 +255,7 @@ class WorkflowConfig:
                 truncation=float(t["truncation"]),
                 noise=t["noise"],
                 average_latent=t["average_latent"],
+                truncation_cutoff=t["truncation_cutoff"],
                 image=dict(t["image"]),
                 annotation=AnnotationSpec(**t["annotation"]),
                 features=FeatureSpec(layers=layers if isinstance(layers, str) else tuple(layers),

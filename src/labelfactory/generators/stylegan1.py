@@ -11,10 +11,14 @@ What the release's modules compute, and this one too:
   multiplier 0.01, leaky ReLU 0.2); the one w feeds every layer;
 - truncation (its ``Truncation``): ``lerp(average, w, psi)`` on the layers below
   a cut-off, per layer of a ``[18, w_dim]`` average. The release sets the cut-off
-  by domain: 8 for car (512 px) and face (1024), 7 for cat and bedroom (256); here
-  ``truncation_cutoff`` defaults to 8 from 512 px up, else 7. The files hold no
-  average latent: the release reads ``avg_latent_stylegan1.npy`` (the mean w of
-  8000 z); give it with :meth:`StyleGAN1Backend.set_average_latent`;
+  by domain: 8 for car (512 px) and face (1024), 7 for cat and bedroom (256), and
+  its ``Truncation`` class defaults to 8; here the config's ``truncation_cutoff``
+  defaults to 8 from 512 px up, else 7, and
+  :meth:`StyleGAN1Backend.set_truncation_cutoff` (a task's ``truncation_cutoff``,
+  the command line's ``--truncation-cutoff``) sets another for rendering. The files
+  hold no average latent: the release reads ``avg_latent_stylegan1.npy`` (the mean
+  w of 8000 z); give it with :meth:`StyleGAN1Backend.set_average_latent`. Neither
+  is part of the generator hash: both are rendering inputs;
 - synthesis: a learned constant plus bias at 4x4; per further block a 2x nearest
   upsample and 3x3 conv (from 128 px output up, TF's fused transposed conv with
   the 4x4-summed kernel instead), the ``[1, 2, 1]`` blur and the bias; every conv
@@ -233,11 +237,12 @@ class StyleGAN1Generator(nn.Module):
             x = F.leaky_relu(dense(x), LRELU)
         return x[:, None].expand(-1, self.cfg.num_layers, -1)
 
-    def truncate(self, w: torch.Tensor, psi: float, average: torch.Tensor) -> torch.Tensor:
-        """The release's truncation: ``lerp(average, w, psi)`` on layers below the cut-off;
-        ``average`` is ``[1 or num_layers, w_dim]``."""
+    def truncate(self, w: torch.Tensor, psi: float, average: torch.Tensor, cutoff: int | None = None) -> torch.Tensor:
+        """The release's truncation: ``lerp(average, w, psi)`` on layers below the cut-off
+        (``cutoff``, default the config's); ``average`` is ``[1 or num_layers, w_dim]``."""
+        cutoff = self.cfg.truncation_cutoff if cutoff is None else cutoff
         layers = torch.arange(w.shape[1], device=w.device)[None, :, None]
-        return torch.where(layers < self.cfg.truncation_cutoff, torch.lerp(average.to(w), w, psi), w)
+        return torch.where(layers < cutoff, torch.lerp(average.to(w), w, psi), w)
 
     def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
         """``{tap: (C, h, w)}``, two per block (output, then last conv), in the release's order."""
@@ -275,13 +280,15 @@ class StyleGAN1Generator(nn.Module):
 class StyleGAN1Backend(GeneratorBackend):
     """DatasetGAN-release StyleGAN1; taps the release's two maps per block. The average
     latent for ``truncation < 1`` is not part of the checkpoint (nor of the generator
-    hash): set it with :meth:`set_average_latent`."""
+    hash): set it with :meth:`set_average_latent`; the truncation cut-off is the
+    config's (8 from 512 px up, else 7) unless :meth:`set_truncation_cutoff` sets another."""
 
     arch = "stylegan1"
 
     def __init__(self, module: StyleGAN1Generator, arch_config: dict, generator_hash: str | None = None):
         super().__init__(module, arch_config, generator_hash)
         self.average_latent: torch.Tensor | None = None
+        self._cutoff: int | None = None
 
     @classmethod
     def from_tensors(cls, arch_config, tensors, generator_hash=None):
@@ -301,6 +308,21 @@ class StyleGAN1Backend(GeneratorBackend):
         self.average_latent = a[: cfg.num_layers].to(self.device)
         return self
 
+    def set_truncation_cutoff(self, cutoff: int | None) -> "StyleGAN1Backend":
+        """Truncate the layers below ``cutoff`` (1 ... num_layers; the release: 8 for car and
+        face, 7 for cat and bedroom); None restores the config's cut-off."""
+        layers = self.module.cfg.num_layers
+        if cutoff is not None and (isinstance(cutoff, bool) or int(cutoff) != cutoff or not 1 <= cutoff <= layers):
+            raise ValueError(f"truncation cut-off must be a layer count from 1 to {layers} (this {self.resolution} px "
+                             f"StyleGAN1 has {layers} layers), got {cutoff!r}")
+        self._cutoff = None if cutoff is None else int(cutoff)
+        return self
+
+    @property
+    def truncation_cutoff(self) -> int:
+        """The layers below this one are truncated: the one set, else the config's."""
+        return self.module.cfg.truncation_cutoff if self._cutoff is None else self._cutoff
+
     @property
     def resolution(self) -> int:
         return self.module.cfg.resolution
@@ -319,7 +341,7 @@ class StyleGAN1Backend(GeneratorBackend):
                 raise ValueError(f"truncation {truncation:g} needs the average latent, which StyleGAN1 checkpoints "
                                  "in DatasetGAN's layout do not hold: give the release's avg_latent_stylegan1.npy "
                                  "(--average-latent FILE)")
-            w = self.module.truncate(w, truncation, self.average_latent)
+            w = self.module.truncate(w, truncation, self.average_latent, self.truncation_cutoff)
         img, feats = self.module.synthesis(w, self.module.noise(noise, z.shape[0], generator, z.device))
         return Synthesis(img, feats if features else {})
 

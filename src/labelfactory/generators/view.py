@@ -125,15 +125,33 @@ def set_average_latent(backend: GeneratorBackend, path: str | Path, option: str)
     backend.set_average_latent(np.load(path))
 
 
+def set_truncation_cutoff(backend: GeneratorBackend, cutoff: int | None, option: str) -> None:
+    """Truncate ``backend``'s layers below ``cutoff`` (StyleGAN1 in DatasetGAN's layout; None:
+    its resolution's cut-off), refusing in one line naming ``option`` a generator without one."""
+    if cutoff is None:
+        return
+    if not hasattr(backend, "set_truncation_cutoff"):
+        raise ValueError(f"{option} is for StyleGAN1 checkpoints in DatasetGAN's layout; this {backend.arch} "
+                         "checkpoint has no truncation cut-off")
+    try:
+        backend.set_truncation_cutoff(cutoff)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+
+
 def load_task_generator(weights: str | Path, device: str | torch.device = "cpu", truncation: float = 1.0,
                         average_latent: str | Path | None = None, image: dict | None = None,
-                        task: str = "task") -> GeneratorBackend | ViewedBackend:
-    """A task's generator: the checkpoint, its average latent where it holds none, and its image view.
+                        task: str = "task", truncation_cutoff: int | None = None) -> GeneratorBackend | ViewedBackend:
+    """A task's generator: the checkpoint, its average latent where it holds none, its
+    truncation cut-off where it has one, and its image view.
 
     ``average_latent`` (the release's ``avg_latent_stylegan1.npy``) is for checkpoints
     without one; truncation below 1 on such a checkpoint without it is refused here,
-    in one line naming ``tasks.<task>.average_latent``."""
+    in one line naming ``tasks.<task>.average_latent``. ``truncation_cutoff`` (StyleGAN1:
+    the layers below it are truncated; None = 8 from 512 px up, else 7) likewise names
+    ``tasks.<task>.truncation_cutoff`` on a generator without one."""
     backend = load_generator(weights, device)
+    set_truncation_cutoff(backend, truncation_cutoff, f"tasks.{task}.truncation_cutoff")
     if average_latent is not None:
         set_average_latent(backend, average_latent, f"tasks.{task}.average_latent")
     elif hasattr(backend, "set_average_latent") and truncation < 1:
@@ -143,5 +161,6 @@ def load_task_generator(weights: str | Path, device: str | torch.device = "cpu",
     return backend if view == ImageView() else ViewedBackend(backend, view)
 
 
-__all__ = ["ImageView", "ViewedBackend", "load_task_generator", "set_average_latent", "view_of"]
+__all__ = ["ImageView", "ViewedBackend", "load_task_generator", "set_average_latent", "set_truncation_cutoff",
+           "view_of"]
 

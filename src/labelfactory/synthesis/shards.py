@@ -1,4 +1,4 @@
-"""Sharded, seeded synthesis of labelled samples (DAG step 6), and reading shards back.
+"""Sharded, seeded synthesis of labelled samples (the workflow's `synthesize` rule), and reading shards back.
 
 A shard is one HDF5 file holding N samples, each regenerable from
 ``(generator hash, seed, class)``:
