@@ -284,7 +284,9 @@ def _spec_classes():
 
 
 # fields named like a schema key that mean something else
-NOT_RESTATED = {("SegTrainConfig", "threads"): "None keeps the process's threads; the workflow passes downstream.threads"}
+NOT_RESTATED = {
+    ("SegTrainConfig", "threads"): "None keeps the process's threads; the workflow passes downstream.threads",
+}
 
 
 def test_every_dataclass_default_is_the_schemas():
@@ -311,3 +313,45 @@ def test_every_dataclass_default_is_the_schemas():
                 drift.append(f"{cls.__name__}.{name} = {default!r}, schema {pointer}: {path} = {node!r}")
     assert not drift, "\n".join(drift)
     assert compared > 100
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is what scripts/config_docs.py writes from the schema today."""
+    from labelfactory.config.docs import DOCS_PATH, render_markdown
+
+    assert DOCS_PATH == REPO / "docs" / "configuration.md"
+    assert DOCS_PATH.read_text() == render_markdown(), \
+        "docs/configuration.md is stale: run `python scripts/config_docs.py` and commit it"
+
+
+def test_configuration_reference_covers_every_key():
+    """Every key of the schema (walked through refs, maps and the interpreter's branches) has a row."""
+    from labelfactory.config.docs import render_markdown
+    from labelfactory.config.schema import load_schema
+
+    schema = load_schema()
+    text = render_markdown(schema)
+
+    def resolve(node):
+        while "$ref" in node:
+            target = schema
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return node
+
+    def paths(node, path):
+        node = resolve(node)
+        if isinstance(node.get("additionalProperties"), dict) and "properties" not in node:
+            yield from paths(node["additionalProperties"], f"{path}.<name>")
+        props = {**node.get("properties", {}), **node.get("then", {}).get("properties", {}),
+                 **node.get("else", {}).get("properties", {})}
+        for key, sub in props.items():
+            yield f"{path}.{key}"
+            yield from paths(sub, f"{path}.{key}")
+
+    keys = [p for top, node in schema["properties"].items() for p in paths(node, top)]
+    assert len(keys) > 200
+    missing = [k for k in keys if f"| `{k}` |" not in text]
+    assert not missing, missing
+    assert [f"## `{k}`" in text for k in schema["properties"]] == [True] * len(schema["properties"])

@@ -38,7 +38,7 @@ class AnnotationSpec:
     expected_per_class: int | None = None
     latents: str | None = None
     merge: str | None = None
-    select: str = "random"  # random = the seed range; uncertainty = active learning (labelfactory.annotations.active_selection)
+    select: str = "random"  # random = the seed range; uncertainty = active learning (annotations.active_selection)
     pool: dict = field(default_factory=lambda: {"seed_start": 1_000_000, "size": 1000})
     diversity: str = "none"
     oversample: float = 4.0
