@@ -139,7 +139,7 @@ def measure(model: str, size: int, rounds: int, batch: int, device: str, referen
             t = time.perf_counter()
             if v == "bare":
                 with torch.no_grad():
-                    backend.synthesize(torch.from_numpy(backend.sample_latents(seeds)).to(device), cls, features=True)
+                    backend.synthesize(torch.from_numpy(backend.draw_latents(seeds)).to(device), cls, features=True)
                 _sync(device)
             else:
                 gen = Timed(backend, "synthesize", device)
@@ -153,7 +153,7 @@ def measure(model: str, size: int, rounds: int, batch: int, device: str, referen
             if v == "labelled":
                 with torch.no_grad():
                     probs = ens.member_probabilities(backend.synthesize(
-                        torch.from_numpy(backend.sample_latents(seeds)).to(device), cls).features, cls)
+                        torch.from_numpy(backend.draw_latents(seeds)).to(device), cls).features, cls)
                 _sync(device)
                 t = time.perf_counter()
                 image_scores(js_divergence(probs, dim=2)).cpu()

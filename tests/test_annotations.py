@@ -116,14 +116,14 @@ def test_round_trip(folder, backend, out):
     aset = import_annotations(folder, backend, out)
     loaded = load_annotation_set(out)
     ids = [sample_id(s, -1) for s in SEEDS]
-    expected = images_to_uint8(torch.from_numpy(backend.render(backend.sample_latents(SEEDS))))
+    expected = images_to_uint8(torch.from_numpy(backend.render(backend.draw_latents(SEEDS))))
     for a in (aset, loaded):
         assert a.ids == ids
         assert a.seeds.tolist() == SEEDS and a.seeds.dtype == np.int64
         assert a.classes.tolist() == [-1] * 3 and a.classes.dtype == np.int32
         np.testing.assert_array_equal(a.images, expected)
         np.testing.assert_array_equal(a.masks, np.stack([label_mask(s) for s in SEEDS]))
-        np.testing.assert_array_equal(a.latents, backend.sample_latents(SEEDS))
+        np.testing.assert_array_equal(a.latents, backend.draw_latents(SEEDS))
         assert a.labels == LabelSet(tuple(LABELS), 255)
         assert (a.generator_hash, a.truncation, a.noise, a.resolution) == (backend.generator_hash, 1.0, "const", RES)
     with h5py.File(out) as f:
@@ -240,7 +240,7 @@ def test_sample_for_annotation_per_class(tmp_path, cond, pristine_per_class):
     assert manifest["class"].tolist() == [2, 2, 0, 0, 1, 1] and manifest["seed"].tolist() == [3, 1] * 3
     assert manifest["class"].value_counts().to_dict() == {0: 2, 1: 2, 2: 2}
     np.testing.assert_array_equal(np.load(pristine_per_class / "c0000_s00000001.latent.npy"),
-                                  cond.sample_latents([1])[0])
+                                  cond.draw_latents([1])[0])
     again = sample_for_annotation(cond, SEEDS[:2], tmp_path / "again", classes=CLASSES)
     assert again["id"].tolist() == manifest["id"].tolist()
     for f in sorted((tmp_path / "again").iterdir()):

@@ -202,8 +202,8 @@ def test_truncated_normal_matches_scipy():
 
 def test_sample_latents_truncation():
     b = load_generator(_pth("biggan32_hier"))
-    np.testing.assert_array_equal(b.sample_latents([3, 4], truncation=0.5), truncated_normal([3, 4], 20, 0.5))
-    np.testing.assert_array_equal(_stylegan2().sample_latents([5], truncation=0.5),
+    np.testing.assert_array_equal(b.draw_latents([3, 4], truncation=0.5), truncated_normal([3, 4], 20, 0.5))
+    np.testing.assert_array_equal(_stylegan2().draw_latents([5], truncation=0.5),
                                   np.random.RandomState(5).randn(1, 8).astype(np.float32))
 
 

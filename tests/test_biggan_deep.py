@@ -78,7 +78,7 @@ def test_features_equal_the_package_in_forward_order(backend):
 
 @pytest.mark.parametrize("psi", TRUNCATIONS)
 def test_sample_latents_equal_truncated_noise_sample(backend, psi):
-    z = backend.sample_latents(REF["seeds"].tolist(), truncation=psi)
+    z = backend.draw_latents(REF["seeds"].tolist(), truncation=psi)
     assert z.dtype == np.float32
     np.testing.assert_allclose(z, REF[f"z/{psi}"].numpy(), rtol=0, atol=1e-6)
 

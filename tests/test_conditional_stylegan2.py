@@ -49,7 +49,7 @@ def test_conditional_pickle_matches_nvidia_forward(tmp_path, monkeypatch, case):
     embed = RECIPE.CASES[case].get("embed_features") or RECIPE.ARCH["w_dim"]
     cfg = b.arch_config
     assert (b.z_dim, b.num_classes, cfg["c_dim"], cfg["embed_dim"]) == (12, 10, 10, embed)
-    assert b.sample_latents([0, 1]).shape == (2, 12)
+    assert b.draw_latents([0, 1]).shape == (2, 12)
     for psi in RECIPE.PSIS:
         ref = REF[f"{case}/image/psi{psi}"]
         # rows 1 and 2 share z: the class alone changes the image, so the embedding is exercised

@@ -15,7 +15,7 @@ from helpers import tiny_generator
 def setup(tmp_path):
     b = tiny_generator()
     ids = [f"s{i:08d}" for i in range(5)]
-    z = b.sample_latents(range(5))
+    z = b.draw_latents(range(5))
     return b, ids, z, tmp_path / "features.h5"
 
 

@@ -161,7 +161,7 @@ def test_same_samples_import_alike_from_either_layout(tmp_path, big):
     latents = {(c, s): np.load(ann / f"{i}.latent.npy") for i, c, s in manifest[["id", "class", "seed"]].values}
     release = write_release(tmp_path / "data", big, "nested", latents, {ck: object_mask(*ck) for ck in latents})
     theirs = import_annotations(release, big, tmp_path / "theirs.h5", truncation=0.4)
-    np.testing.assert_array_equal(np.asarray(list(latents.values())), big.sample_latents([0, 1, 0, 1], 0.4))
+    np.testing.assert_array_equal(np.asarray(list(latents.values())), big.draw_latents([0, 1, 0, 1], truncation=0.4))
     for key in ("classes", "latents", "images", "masks"):
         np.testing.assert_array_equal(getattr(ours, key), getattr(theirs, key))
 

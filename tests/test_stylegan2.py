@@ -46,7 +46,7 @@ def test_feature_taps_native_resolution_in_generator_order():
 
 def test_noise_modes():
     b = tiny_generator()
-    z = b.sample_latents([1, 2])
+    z = b.draw_latents([1, 2])
     const1, const2 = b.render(z, noise="const"), b.render(z, noise="const")
     np.testing.assert_array_equal(const1, const2)  # re-rendering a latent is exact
     r1, r1b, r2 = (b.render(z, noise="random", noise_seed=s) for s in (5, 5, 6))
@@ -59,7 +59,7 @@ def test_noise_modes():
 
 def test_truncation_zero_gives_the_average_image():
     b = tiny_generator()
-    img = b.render(b.sample_latents(range(4)), truncation=0.0)
+    img = b.render(b.draw_latents(range(4)), truncation=0.0)
     np.testing.assert_allclose(img, np.broadcast_to(img[:1], img.shape), atol=1e-5)
 
 
@@ -76,13 +76,13 @@ def test_per_layer_latents_equal_broadcast():
 
 def test_batching_does_not_change_images():
     b = tiny_generator()
-    z = b.sample_latents(range(5))
+    z = b.draw_latents(range(5))
     np.testing.assert_allclose(b.render(z, batch_size=1), b.render(z, batch_size=5), atol=1e-5)
 
 
 def test_latents_follow_nvidia_seed_convention():
     b = tiny_generator()
-    z = b.sample_latents([3, 11])
+    z = b.draw_latents([3, 11])
     np.testing.assert_array_equal(z[1], np.random.RandomState(11).randn(16).astype(np.float32))
     with pytest.raises(ValueError, match=r"latents must have shape \[N, 16\]"):
         b.render(np.zeros((2, 15), np.float32))
@@ -91,7 +91,7 @@ def test_latents_follow_nvidia_seed_convention():
 def test_unconditional_backend_rejects_classes():
     b = tiny_generator()
     with pytest.raises(ValueError, match="unconditional"):
-        b.render(b.sample_latents([0]), classes=[3])
+        b.render(b.draw_latents([0]), classes=[3])
 
 
 def test_upfirdn2d_matches_direct_definition():

@@ -61,7 +61,7 @@ def reference(backend, labeller, seeds, batch_size, **kw):
     """What a shard should hold, computed directly with the same batching."""
     out = {k: [] for k in ("images", "probs")}
     for i in range(0, len(seeds), batch_size):
-        z = torch.from_numpy(backend.sample_latents(seeds[i : i + batch_size]))
+        z = torch.from_numpy(backend.draw_latents(seeds[i : i + batch_size]))
         with torch.no_grad():
             s = backend.synthesize(z, **kw)
             out["probs"].append(labeller.member_probabilities(s.features))
@@ -93,7 +93,7 @@ def test_layout_dtypes_attributes_and_contents(tmp_path, backend, labeller):
         assert a["truncation"] == pytest.approx(0.7)
         np.testing.assert_array_equal(f["seed"][()], seeds)
         np.testing.assert_array_equal(f["class"][()], -1)
-        np.testing.assert_array_equal(f["latents"][()], backend.sample_latents(seeds))
+        np.testing.assert_array_equal(f["latents"][()], backend.draw_latents(seeds))
         images, probs = reference(backend, labeller, seeds, 2, truncation=0.7)
         np.testing.assert_array_equal(f["images"][()], images)
     assert info.attrs == verify_shard(path).attrs == a

@@ -91,7 +91,7 @@ def test_taps_by_name_follow_the_forward_pass_and_are_copied(dcgan):
     path, g = dcgan
     b = backend(path, taps=["main.4", "main.0"], tap_types=[])
     assert list(b.feature_shapes()) == ["main.0", "main.4"]
-    z = b.sample_latents([3, 4])
+    z = b.draw_latents([3, 4])
     feats = b.render_features(z)
     x = torch.from_numpy(z).reshape(2, 16, 1, 1)
     with torch.no_grad():
@@ -104,7 +104,7 @@ def test_taps_by_name_follow_the_forward_pass_and_are_copied(dcgan):
 def test_images_are_the_modules_output_mapped_to_minus_one_one(tmp_path):
     g = save_conditional(tmp_path / "g.safetensors")
     b = load_generator(tmp_path / "g.safetensors", generator=COND_SPEC)
-    z = b.sample_latents([0, 1, 2], truncation=0.5)
+    z = b.draw_latents([0, 1, 2], truncation=0.5)
     images = b.render(z, [1, 0, 1])
     with torch.no_grad():
         expected = 2 * g(torch.from_numpy(z), torch.tensor([1, 0, 1])) - 1
@@ -121,7 +121,7 @@ def test_onehot_class_input_renders_as_the_index_one(tmp_path):
     onehot = load_generator(tmp_path / "g.safetensors", generator={
         **COND_SPEC, "kwargs": {**COND_SPEC["kwargs"], "onehot": True}, "class_input": "onehot",
         "class_embedding": None})
-    z = index.sample_latents([5, 6])
+    z = index.draw_latents([5, 6])
     assert np.allclose(index.render(z, [0, 1]), onehot.render(z, [0, 1]), atol=1e-6)
     assert not np.allclose(index.render(z, [0, 1]), index.render(z, [1, 0]), atol=1e-3)
     assert torch.equal(onehot.class_embedding(), torch.eye(2))
@@ -131,17 +131,17 @@ def test_onehot_class_input_renders_as_the_index_one(tmp_path):
 # --- latents ------------------------------------------------------------------------------
 def test_latents_follow_the_seed_convention(dcgan, tmp_path):
     b = backend(dcgan[0])
-    z = b.sample_latents([7, 8])
+    z = b.draw_latents([7, 8])
     assert z.shape == (2, 16) and np.array_equal(z[1], np.random.RandomState(8).randn(16).astype(np.float32))
     with pytest.raises(ValueError, match="truncated-normal"):
-        b.sample_latents([7], truncation=0.7)
+        b.draw_latents([7], truncation=0.7)
     # latents as the module takes them or flat render alike; others are refused
     assert np.array_equal(b.render(z.reshape(2, 16, 1, 1)), b.render(z))
     with pytest.raises(ValueError, match=r"latents must have shape \[N, 16\]"):
         b.render(np.zeros((2, 8, 1, 1), np.float32))
     save_conditional(tmp_path / "g.safetensors")
     c = load_generator(tmp_path / "g.safetensors", generator=COND_SPEC)
-    zt = c.sample_latents([3], truncation=0.5)
+    zt = c.draw_latents([3], truncation=0.5)
     assert np.allclose(zt, truncated_normal([3], 12, 0.5)) and np.abs(zt).max() <= 1.0
 
 
@@ -234,7 +234,7 @@ def test_spec_survives_conversion(dcgan, tmp_path):
     assert side["notes"] == {"key": "netG_state_dict"}
     again = load_generator(tmp_path / "g.safetensors")
     direct = backend(path)
-    z = direct.sample_latents(range(4))
+    z = direct.draw_latents(range(4))
     assert again.generator_hash == meta["generator_hash"] == direct.generator_hash
     assert np.array_equal(again.render(z), direct.render(z))
     assert again.feature_shapes() == FORWARD_ORDER
@@ -346,7 +346,7 @@ def test_conditional_generator_through_the_workflow(tmp_path):
     row = manifest.iloc[7]
     images, _ = read_samples(root / row["shard"], np.array([row["index"]]))
     again = load_generator(root / "resources/checkpoints/big.safetensors")
-    z = again.sample_latents([int(row["seed"])])
+    z = again.draw_latents([int(row["seed"])])
     assert again.generator_hash == b.generator_hash
     assert np.array_equal(images[0], images_to_uint8(torch.from_numpy(again.render(z, [int(row["class"])])))[0])
     runs = pd.read_csv(root / "results/objects/report/runs.csv")

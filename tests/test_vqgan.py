@@ -217,7 +217,7 @@ def test_sampling_is_per_seed_and_class(cin):
     np.testing.assert_array_equal(codes[0], codes[3])  # the same (seed, class) in another batch
     assert (codes[0] != codes[1]).any() and (codes[0] != codes[2]).any()
     np.testing.assert_array_equal(cin.sample_codes([1], [1], top_k=None), codes[2:3])
-    np.testing.assert_array_equal(cin.sample_latents([5], classes=[0]), REF["sample/release_defaults/codes"].numpy())
+    np.testing.assert_array_equal(cin.draw_latents([5], classes=[0]), REF["sample/release_defaults/codes"].numpy())
 
 
 def test_filter_logits_as_transformers_4_3_1():

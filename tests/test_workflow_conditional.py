@@ -41,7 +41,7 @@ def test_shards_per_class_and_every_sample_regenerable(project):
     backend = load_generator(project / "resources/checkpoints/big.safetensors")
     row = manifest.iloc[7]
     images, labels = read_samples(project / row["shard"], np.array([row["index"]]))
-    z = backend.sample_latents([int(row["seed"])])
+    z = backend.draw_latents([int(row["seed"])])
     again = images_to_uint8(__import__("torch").from_numpy(backend.render(z, [int(row["class"])])))
     assert np.array_equal(images[0], again[0])
     assert set(np.unique(labels)) <= {0, 1}

@@ -72,7 +72,7 @@ def score_candidates(backend: GeneratorBackend, labeller: Labeller, seeds: Seque
     scores, pooled = [], []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
-        z = torch.from_numpy(backend.sample_latents(batch, truncation=truncation)).to(backend.device)
+        z = torch.from_numpy(backend.draw_latents(batch, truncation=truncation)).to(backend.device)
         generator = None
         if noise == "random":  # seeded from the batch's seeds, as synthesis does
             state = int(np.random.SeedSequence(batch.tolist()).generate_state(1)[0])

@@ -122,7 +122,7 @@ class GeneratorBackend(abc.ABC):
         return self
 
     # -- sampling ----------------------------------------------------------------
-    def sample_latents(self, seeds: Sequence[int], truncation: float = 1.0) -> np.ndarray:
+    def z_from_seeds(self, seeds: Sequence[int], truncation: float = 1.0) -> np.ndarray:
         """z ``[N, z_dim]`` float32: ``RandomState(seed).randn(z_dim)`` per seed, the
         convention of NVIDIA's ``generate.py``, so seeds mean the same there.
 
@@ -134,12 +134,12 @@ class GeneratorBackend(abc.ABC):
                      truncation: float = 1.0, sampling: dict | None = None) -> np.ndarray:
         """The latents of the samples ``(seed, class)``, as :meth:`synthesize` takes them.
 
-        Here z depends on the seed alone (:meth:`sample_latents`); generators that draw
+        Here z depends on the seed alone (:meth:`z_from_seeds`); generators that draw
         latents per class from a prior (VQGAN) override this and take ``sampling`` options."""
         if sampling:
             raise ValueError(f"{self.arch} latents come from seeds alone; sampling options {sorted(sampling)} "
                              "are for generators with a prior over latents (VQGAN)")
-        return self.sample_latents(seeds, truncation=truncation)
+        return self.z_from_seeds(seeds, truncation=truncation)
 
     @property
     def latent_dtype(self) -> np.dtype:

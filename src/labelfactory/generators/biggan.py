@@ -381,13 +381,13 @@ class BigGANBackend(GeneratorBackend):
         """The shared embedding table ``shared.weight`` ``[n_classes, shared_dim]``."""
         return self.module.shared.weight.detach()
 
-    def sample_latents(self, seeds: Sequence[int], truncation: float = 1.0) -> np.ndarray:
+    def z_from_seeds(self, seeds: Sequence[int], truncation: float = 1.0) -> np.ndarray:
         """z from :func:`truncated_normal` (``truncation * truncnorm(-2, 2)`` per seed)."""
         return truncated_normal(seeds, self.z_dim, truncation)
 
     def synthesize(self, z, classes=None, truncation=1.0, noise="const", features=True, generator=None):
         """Render ``z`` as given: BigGAN's truncation acts on z when it is sampled
-        (:meth:`sample_latents`), and the generator has no noise inputs, so
+        (:meth:`z_from_seeds`), and the generator has no noise inputs, so
         ``truncation``, ``noise`` and ``generator`` do not change the output."""
         c = self.check_classes(None if classes is None else classes.cpu().numpy(), z.shape[0])
         y = torch.from_numpy(c).to(z.device)

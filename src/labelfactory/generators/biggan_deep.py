@@ -276,7 +276,7 @@ class BigGANDeep(nn.Module):
 class BigGANDeepBackend(GeneratorBackend):
     """Class-conditional BigGAN-deep; taps every GenBlock (``block{i}``) and the
     attention (``block{i}.attention``, after block ``i``). Truncation ψ acts twice,
-    as in the package's sampling: z is ``ψ · truncnorm(-2, 2)`` (:meth:`sample_latents`)
+    as in the package's sampling: z is ``ψ · truncnorm(-2, 2)`` (:meth:`z_from_seeds`)
     and ψ picks the batch-norm statistics (:meth:`synthesize`). No noise inputs."""
 
     arch = "biggan-deep"
@@ -298,7 +298,7 @@ class BigGANDeepBackend(GeneratorBackend):
         """The class vectors ``embeddings.weight.T`` ``[num_classes, z_dim]`` (one-hot × embedding)."""
         return self.module.embeddings.weight.detach().t()
 
-    def sample_latents(self, seeds, truncation: float = 1.0):
+    def z_from_seeds(self, seeds, truncation: float = 1.0):
         """``truncated_noise_sample(1, z_dim, ψ, seed)`` of the package, per seed."""
         return truncated_normal(seeds, self.z_dim, truncation)
 

@@ -252,7 +252,7 @@ class TorchModuleBackend(GeneratorBackend):
         return dict(self._shapes)
 
     # -- sampling ----------------------------------------------------------------
-    def sample_latents(self, seeds: Sequence[int], truncation: float = 1.0) -> np.ndarray:
+    def z_from_seeds(self, seeds: Sequence[int], truncation: float = 1.0) -> np.ndarray:
         """Flat z ``[N, prod(latent_shape)]``: ``RandomState(seed).randn`` (``normal``, no
         truncation) or :func:`~.biggan.truncated_normal` (``truncated-normal``)."""
         if self.cfg.latent_distribution == "truncated-normal":
@@ -260,7 +260,7 @@ class TorchModuleBackend(GeneratorBackend):
         if truncation != 1.0:
             raise ValueError(f"truncation {truncation} needs latent_distribution 'truncated-normal'; "
                              f"{self.cfg.class_path} draws z from a plain normal")
-        return super().sample_latents(seeds)
+        return super().z_from_seeds(seeds)
 
     def check_latents(self, z) -> np.ndarray:
         """Latents ``[N, *latent_shape]`` or flat ``[N, z_dim]`` → flat float32."""
@@ -310,7 +310,7 @@ class TorchModuleBackend(GeneratorBackend):
         the resolution."""
         cfg, module = self.cfg, self.module
         device = next(iter(module.state_dict().values()), torch.zeros(())).device
-        z = torch.from_numpy(self.sample_latents([0, 1]))
+        z = torch.from_numpy(self.draw_latents([0, 1]))
         c = torch.tensor([0, min(1, cfg.num_classes - 1)] if cfg.num_classes else [-1, -1])
         classes = f" and classes as {cfg.class_input} of {cfg.num_classes}" if cfg.num_classes else ""
         runs = []

@@ -424,10 +424,6 @@ class VQGANBackend(GeneratorBackend):
             out.append(sample(self.module.transformer, c, h * w, gens, temperature, top_k, top_p).cpu())
         return torch.cat(out).reshape(-1, h, w).numpy() if out else np.zeros((0, h, w), dtype=np.int64)
 
-    def sample_latents(self, seeds, truncation: float = 1.0, classes=None):
-        """:meth:`sample_codes` with its defaults (VQGAN has no truncation)."""
-        return self.draw_latents(seeds, classes, truncation)
-
     def draw_latents(self, seeds, classes=None, truncation: float = 1.0, sampling: dict | None = None):
         """:meth:`sample_codes` of (seed, class) with the ``sampling`` options (temperature, top_k,
         top_p; the release's defaults where absent)."""

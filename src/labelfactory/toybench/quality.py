@@ -65,7 +65,7 @@ def generator_samples(backend: GeneratorBackend, seeds, truncation: float = 1.0,
     if hasattr(backend, "sample_codes"):  # VQGAN: its prior draws the codes of each (seed, class)
         z = backend.sample_codes(seeds, classes)
     else:
-        z = backend.sample_latents(seeds, truncation=truncation)
+        z = backend.draw_latents(seeds, truncation=truncation)
     return images_to_uint8(torch.from_numpy(backend.render(z, classes, truncation=truncation, batch_size=batch_size)))
 
 
