@@ -94,7 +94,7 @@ def _sync(device: str) -> None:
 
 
 class Timed:
-    """Wraps a generator backend or labeller, adding the seconds spent in one method to ``seconds``."""
+    """Wraps a generator backend or interpreter, adding the seconds spent in one method to ``seconds``."""
 
     def __init__(self, inner, method: str, device: str):
         self._inner, self._method, self._device, self.seconds = inner, method, device, 0.0

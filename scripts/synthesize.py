@@ -9,8 +9,8 @@ with snakemake_job(snakemake):
     p = snakemake.params
     device = resolve_device(p.device)
     backend = load_task_generator(snakemake.input.weights, device, **p.generator)
-    labeller = load_interpreter(p.interpreter_type, snakemake.input.interpreter, device, p.precision)
+    interpreter = load_interpreter(p.interpreter_type, snakemake.input.interpreter, device, p.precision)
     classes = None if p.cls < 0 else [p.cls] * len(p.seeds)
     settings = ShardSettings(truncation=p.truncation, noise=p.noise, **p.options)
-    synthesize_shard(backend, labeller, snakemake.output[0], p.seeds, classes, settings,
+    synthesize_shard(backend, interpreter, snakemake.output[0], p.seeds, classes, settings,
                      attrs={"labeller_hash": sha256_file(snakemake.input.interpreter)}, progress=False)

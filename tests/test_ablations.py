@@ -58,9 +58,9 @@ def test_active_selection_takes_the_pools_most_uncertain_and_skips_annotated(tin
     assert 101 not in pool and 105 not in pool and len(pool) == 10
     scores, pooled = score_candidates(tiny_backend, _Disagreeing(), pool)
     assert pooled.shape[0] == 10 and np.ptp(scores) > 0
-    picked = choose_seeds("uncertainty", pool, 3, backend=tiny_backend, labeller=_Disagreeing())
+    picked = choose_seeds("uncertainty", pool, 3, backend=tiny_backend, interpreter=_Disagreeing())
     assert picked.tolist() == pool[np.argsort(-scores, kind="stable")[:3]].tolist()
-    spread = choose_seeds("uncertainty", pool, 3, backend=tiny_backend, labeller=_Disagreeing(),
+    spread = choose_seeds("uncertainty", pool, 3, backend=tiny_backend, interpreter=_Disagreeing(),
                           diversity="kcenter", oversample=3)
     assert spread[0] == picked[0] and len(set(spread)) == 3
 

@@ -53,7 +53,7 @@ def test_mask_annotation_round_trips_through_pycocotools():
 
 
 class ObjectWhereBright:
-    """A labeller whose object mask is where the generator's features are positive on average."""
+    """A interpreter whose object mask is where the generator's features are positive on average."""
 
     num_classes = 2
 

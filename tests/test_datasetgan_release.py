@@ -214,7 +214,7 @@ def test_latents_and_merge_are_refused_for_other_folders(tmp_path, g, out):
 
 
 class _Brightness:
-    """A labeller of two classes from the 32x32 tap, upsampled to the image grid."""
+    """A interpreter of two classes from the 32x32 tap, upsampled to the image grid."""
 
     num_classes = 2
 

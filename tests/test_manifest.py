@@ -93,10 +93,10 @@ def test_write_manifest_refuses_unknown_formats_and_columns(tmp_path):
 
 def test_filtering_real_shards_copies_no_image(tmp_path):
     b = tiny_generator()
-    labeller = LinearEnsemble(b.feature_shapes())
+    interpreter = LinearEnsemble(b.feature_shapes())
     shards = [tmp_path / "shards" / f"{i}.h5" for i in range(2)]
     for i, path in enumerate(shards):
-        synthesize_shard(b, labeller, path, range(5 * i, 5 * i + 5), progress=False)
+        synthesize_shard(b, interpreter, path, range(5 * i, 5 * i + 5), progress=False)
     before = [sha256_file(p) for p in shards]
     out = tmp_path / "manifest.parquet"
     write_manifest(filter_manifest(read_shard_scores(shards), 0.2), out)

@@ -8,21 +8,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from labelfactory.generators import images_to_uint8
-from labelfactory.core.io import sha256_file
-from labelfactory.synthesis.filtering import filter_manifest, write_manifest
-from labelfactory.synthesis.shards import (ShardError, ShardSettings, read_samples, read_shard_scores,
-                                           synthesize_shard, verify_shard)
-from labelfactory.synthesis.uncertainty import image_scores, js_divergence, mean_labels, vote_labels
-
 from helpers import tiny_generator, tiny_vqgan
+
+from labelfactory.core.io import sha256_file
+from labelfactory.generators import images_to_uint8
+from labelfactory.synthesis.filtering import filter_manifest, write_manifest
+from labelfactory.synthesis.shards import (
+    ShardError,
+    ShardSettings,
+    read_samples,
+    read_shard_scores,
+    synthesize_shard,
+    verify_shard,
+)
+from labelfactory.synthesis.uncertainty import image_scores, js_divergence, mean_labels, vote_labels
 
 torch.set_num_threads(1)
 
 
 class LinearEnsemble:
-    """Stand-in labeller: M fixed random linear maps of the upsampled, concatenated
+    """Stand-in interpreter: M fixed random linear maps of the upsampled, concatenated
     features, softmaxed. Raises on its ``fail_on_call``-th call when asked to."""
 
     def __init__(self, shapes, num_classes=4, members=3, resolution=16, seed=0, fail_on_call=None):
@@ -33,7 +38,7 @@ class LinearEnsemble:
     def member_probabilities(self, features, classes=None):
         self.calls += 1
         if self.calls == self.fail_on_call:
-            raise RuntimeError("labeller died")
+            raise RuntimeError("interpreter died")
         size = (self.resolution, self.resolution)
         x = torch.cat([F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False)
                        for f in features.values()], 1)
@@ -46,7 +51,7 @@ def backend():
 
 
 @pytest.fixture
-def labeller(backend):
+def interpreter(backend):
     return LinearEnsemble(backend.feature_shapes())
 
 
@@ -57,22 +62,22 @@ def raw_chunks(path):
                        for i in range(d.id.get_num_chunks())] for name, d in f.items()}
 
 
-def reference(backend, labeller, seeds, batch_size, **kw):
+def reference(backend, interpreter, seeds, batch_size, **kw):
     """What a shard should hold, computed directly with the same batching."""
     out = {k: [] for k in ("images", "probs")}
     for i in range(0, len(seeds), batch_size):
         z = torch.from_numpy(backend.draw_latents(seeds[i : i + batch_size]))
         with torch.no_grad():
             s = backend.synthesize(z, **kw)
-            out["probs"].append(labeller.member_probabilities(s.features))
+            out["probs"].append(interpreter.member_probabilities(s.features))
         out["images"].append(images_to_uint8(s.images))
     return np.concatenate(out["images"]), torch.cat(out["probs"], 1)
 
 
-def test_layout_dtypes_attributes_and_contents(tmp_path, backend, labeller):
+def test_layout_dtypes_attributes_and_contents(tmp_path, backend, interpreter):
     seeds = [5, 3, 11, 0, 7]
     path = tmp_path / "shard.h5"
-    info = synthesize_shard(backend, labeller, path, seeds,
+    info = synthesize_shard(backend, interpreter, path, seeds,
                             settings=ShardSettings(truncation=0.7, batch_size=2, store_latents=True),
                             attrs={"labeller_hash": "feedbeef", "task": "toy"}, progress=False)
     assert info.path == path and info.num_samples == 5
@@ -94,22 +99,22 @@ def test_layout_dtypes_attributes_and_contents(tmp_path, backend, labeller):
         np.testing.assert_array_equal(f["seed"][()], seeds)
         np.testing.assert_array_equal(f["class"][()], -1)
         np.testing.assert_array_equal(f["latents"][()], backend.draw_latents(seeds))
-        images, probs = reference(backend, labeller, seeds, 2, truncation=0.7)
+        images, probs = reference(backend, interpreter, seeds, 2, truncation=0.7)
         np.testing.assert_array_equal(f["images"][()], images)
     assert info.attrs == verify_shard(path).attrs == a
 
-    synthesize_shard(backend, labeller, path, seeds, settings=ShardSettings(store_uncertainty=False), progress=False)
+    synthesize_shard(backend, interpreter, path, seeds, settings=ShardSettings(store_uncertainty=False), progress=False)
     with h5py.File(path, "r") as f:
         assert "uncertainty" not in f and "latents" not in f
 
 
-def test_labels_scores_and_uncertainty_come_from_the_uncertainty_functions(tmp_path, backend, labeller):
+def test_labels_scores_and_uncertainty_come_from_the_uncertainty_functions(tmp_path, backend, interpreter):
     seeds = list(range(6))
-    images, probs = reference(backend, labeller, seeds, 4)
+    images, probs = reference(backend, interpreter, seeds, 4)
     js = js_divergence(probs, dim=2)
     vote_path, mean_path = tmp_path / "vote.h5", tmp_path / "mean.h5"
-    synthesize_shard(backend, labeller, vote_path, seeds, settings=ShardSettings(batch_size=4), progress=False)
-    synthesize_shard(backend, labeller, mean_path, seeds,
+    synthesize_shard(backend, interpreter, vote_path, seeds, settings=ShardSettings(batch_size=4), progress=False)
+    synthesize_shard(backend, interpreter, mean_path, seeds,
                      settings=ShardSettings(batch_size=4, label_rule="mean", score_rule="mean"), progress=False)
     with h5py.File(vote_path, "r") as v, h5py.File(mean_path, "r") as m:
         np.testing.assert_array_equal(v["labels"][()], vote_labels(probs).numpy())
@@ -121,34 +126,34 @@ def test_labels_scores_and_uncertainty_come_from_the_uncertainty_functions(tmp_p
         assert v.attrs["config_hash"] != m.attrs["config_hash"]
 
 
-def test_same_seeds_and_config_give_identical_bytes(tmp_path, backend, labeller):
+def test_same_seeds_and_config_give_identical_bytes(tmp_path, backend, interpreter):
     seeds, settings = [4, 2, 9], ShardSettings(batch_size=2, store_latents=True)
     for noise in ("const", "random"):
         a, b = tmp_path / f"a-{noise}.h5", tmp_path / f"b-{noise}.h5"
-        synthesize_shard(backend, labeller, a, seeds, settings=replace(settings, noise=noise), progress=False)
-        synthesize_shard(backend, labeller, b, seeds, settings=replace(settings, noise=noise), progress=False)
+        synthesize_shard(backend, interpreter, a, seeds, settings=replace(settings, noise=noise), progress=False)
+        synthesize_shard(backend, interpreter, b, seeds, settings=replace(settings, noise=noise), progress=False)
         assert raw_chunks(a) == raw_chunks(b)
         assert sha256_file(a) == sha256_file(b)  # the whole file, metadata included
     with h5py.File(tmp_path / "a-const.h5") as c, h5py.File(tmp_path / "a-random.h5") as r:
         assert (c["images"][()] != r["images"][()]).any()
-    hashes = {synthesize_shard(backend, labeller, tmp_path / "x.h5", some_seeds, settings=replace(settings, **change),
+    hashes = {synthesize_shard(backend, interpreter, tmp_path / "x.h5", some_seeds, settings=replace(settings, **change),
                                progress=False).attrs["config_hash"]
               for some_seeds, change in ((seeds, {}), (seeds, {"batch_size": 3}), (seeds, {"truncation": 0.5}),
                                          ([4, 2], {}))}
     assert len(hashes) == 3  # batch size does not change the contents (with constant noise)
 
 
-def test_classes_are_recorded_and_checked(tmp_path, backend, labeller):
+def test_classes_are_recorded_and_checked(tmp_path, backend, interpreter):
     backend.__class__ = type("Conditional", (type(backend),), {"num_classes": 3})
     path = tmp_path / "shard.h5"
-    synthesize_shard(backend, labeller, path, [0, 1, 2], classes=2, progress=False)
+    synthesize_shard(backend, interpreter, path, [0, 1, 2], classes=2, progress=False)
     assert read_shard_scores([path])["class"].tolist() == [2, 2, 2]
-    synthesize_shard(backend, labeller, path, [0, 1, 2], classes=[1, 0, 2], progress=False)
+    synthesize_shard(backend, interpreter, path, [0, 1, 2], classes=[1, 0, 2], progress=False)
     assert read_shard_scores([path])["class"].tolist() == [1, 0, 2]
     with pytest.raises(ValueError, match="classes"):
-        synthesize_shard(backend, labeller, tmp_path / "bad.h5", [0, 1], classes=[0, 3], progress=False)
+        synthesize_shard(backend, interpreter, tmp_path / "bad.h5", [0, 1], classes=[0, 3], progress=False)
     with pytest.raises(ValueError, match="class-conditional"):
-        synthesize_shard(backend, labeller, tmp_path / "bad.h5", [0, 1], progress=False)
+        synthesize_shard(backend, interpreter, tmp_path / "bad.h5", [0, 1], progress=False)
     assert not (tmp_path / "bad.h5").exists()
 
 
@@ -165,38 +170,38 @@ class WrongShape(LinearEnsemble):
     (dict(settings=dict(batch_size=0)), "batch_size"),
     (dict(attrs={"num_samples": 3}), "num_samples"),
     (dict(classes=[0, 0]), "unconditional"),
-    (dict(labeller=WrongShape), r"expected \[members, 2, 4, 16, 16\]"),
-    (dict(labeller=lambda s: LinearEnsemble(s, num_classes=300)), "uint8"),
-    (dict(labeller=lambda s: type("Other", (LinearEnsemble,), {"generator_hash": "0" * 64})(s)), "generator 0000"),
+    (dict(interpreter=WrongShape), r"expected \[members, 2, 4, 16, 16\]"),
+    (dict(interpreter=lambda s: LinearEnsemble(s, num_classes=300)), "uint8"),
+    (dict(interpreter=lambda s: type("Other", (LinearEnsemble,), {"generator_hash": "0" * 64})(s)), "generator 0000"),
 ])
 def test_bad_arguments_are_refused_and_nothing_is_written(tmp_path, backend, kwargs, match):
     args = {"seeds": [0, 1], "progress": False, **kwargs}
-    make = args.pop("labeller", LinearEnsemble)
+    make = args.pop("interpreter", LinearEnsemble)
     with pytest.raises(ValueError, match=match):
         settings = ShardSettings(**args.pop("settings", {}))  # settings are checked on construction
         synthesize_shard(backend, make(backend.feature_shapes()), tmp_path / "shard.h5", settings=settings, **args)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_settings_must_be_shard_settings(tmp_path, backend, labeller):
+def test_settings_must_be_shard_settings(tmp_path, backend, interpreter):
     with pytest.raises(TypeError, match="ShardSettings"):
-        synthesize_shard(backend, labeller, tmp_path / "shard.h5", [0, 1], settings={"batch_size": 2}, progress=False)
+        synthesize_shard(backend, interpreter, tmp_path / "shard.h5", [0, 1], settings={"batch_size": 2}, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failure_mid_shard_leaves_nothing_and_rerun_matches(tmp_path, backend, labeller):
+def test_failure_mid_shard_leaves_nothing_and_rerun_matches(tmp_path, backend, interpreter):
     path, ref = tmp_path / "shard.h5", tmp_path / "ref" / "shard.h5"
     kw = dict(seeds=range(7), settings=ShardSettings(batch_size=2), progress=False)
     dying = LinearEnsemble(backend.feature_shapes(), fail_on_call=3)
-    with pytest.raises(RuntimeError, match="labeller died"):
+    with pytest.raises(RuntimeError, match="interpreter died"):
         synthesize_shard(backend, dying, path, **kw)
     assert list(tmp_path.iterdir()) == []
-    synthesize_shard(backend, labeller, path, **kw)
-    synthesize_shard(backend, labeller, ref, **kw)
+    synthesize_shard(backend, interpreter, path, **kw)
+    synthesize_shard(backend, interpreter, ref, **kw)
     assert raw_chunks(path) == raw_chunks(ref)
 
 
-def test_writer_thread_errors_reach_the_caller(tmp_path, backend, labeller, monkeypatch):
+def test_writer_thread_errors_reach_the_caller(tmp_path, backend, interpreter, monkeypatch):
     calls = []
     original = h5py.Dataset.__setitem__
 
@@ -208,7 +213,7 @@ def test_writer_thread_errors_reach_the_caller(tmp_path, backend, labeller, monk
 
     monkeypatch.setattr(h5py.Dataset, "__setitem__", failing)
     with pytest.raises(OSError, match="disk full"):
-        synthesize_shard(backend, labeller, tmp_path / "shard.h5", range(9), settings=ShardSettings(batch_size=2),
+        synthesize_shard(backend, interpreter, tmp_path / "shard.h5", range(9), settings=ShardSettings(batch_size=2),
                          progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -220,14 +225,14 @@ class KilledOnThirdBatch(LinearEnsemble):
         return super().member_probabilities(features)
 
 
-def make_manifest(backend, labeller):
+def make_manifest(backend, interpreter):
     """Synthesize ``shard.h5`` and filter it into ``manifest.parquet`` in the current directory."""
-    synthesize_shard(backend, labeller, "shard.h5", range(7), settings=ShardSettings(batch_size=2), progress=False)
+    synthesize_shard(backend, interpreter, "shard.h5", range(7), settings=ShardSettings(batch_size=2), progress=False)
     write_manifest(filter_manifest(read_shard_scores(["shard.h5"]), 0.3), "manifest.parquet")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_killed_job_leaves_only_a_temp_file_and_rerun_gives_the_same_manifest(tmp_path, backend, labeller,
+def test_killed_job_leaves_only_a_temp_file_and_rerun_gives_the_same_manifest(tmp_path, backend, interpreter,
                                                                                monkeypatch):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     killed.mkdir()
@@ -247,10 +252,10 @@ def test_killed_job_leaves_only_a_temp_file_and_rerun_gives_the_same_manifest(tm
         read_shard_scores([killed / "shard.h5"])
 
     monkeypatch.chdir(killed)
-    make_manifest(backend, labeller)
+    make_manifest(backend, interpreter)
     clean.mkdir()
     monkeypatch.chdir(clean)
-    make_manifest(backend, labeller)
+    make_manifest(backend, interpreter)
     assert sha256_file(killed / "manifest.parquet") == sha256_file(clean / "manifest.parquet")
     assert raw_chunks(killed / "shard.h5") == raw_chunks(clean / "shard.h5")
 
@@ -263,9 +268,9 @@ def flip_byte(path, offset):
         fh.write(bytes([byte ^ 0xFF]))
 
 
-def test_corrupted_and_truncated_shards_are_reported_by_name(tmp_path, backend, labeller):
+def test_corrupted_and_truncated_shards_are_reported_by_name(tmp_path, backend, interpreter):
     good = tmp_path / "good.h5"
-    synthesize_shard(backend, labeller, good, range(4), progress=False)
+    synthesize_shard(backend, interpreter, good, range(4), progress=False)
     flipped, bad_image, truncated = (tmp_path / n for n in ("flipped.h5", "bad_image.h5", "truncated.h5"))
     for p in (flipped, bad_image, truncated):
         shutil.copy(good, p)
@@ -306,9 +311,9 @@ def test_corrupted_and_truncated_shards_are_reported_by_name(tmp_path, backend, 
     (lambda f: f.attrs.__setitem__("num_samples", 9), "num_samples attribute 9"),
     (lambda f: f.attrs.__delitem__("config_hash"), "missing attributes"),
 ])
-def test_malformed_shards_are_reported(tmp_path, backend, labeller, damage, match):
+def test_malformed_shards_are_reported(tmp_path, backend, interpreter, damage, match):
     path = tmp_path / "shard.h5"
-    synthesize_shard(backend, labeller, path, range(4), progress=False)
+    synthesize_shard(backend, interpreter, path, range(4), progress=False)
     with h5py.File(path, "r+") as f:
         damage(f)
     with pytest.raises(ShardError, match=match) as e:
@@ -316,10 +321,10 @@ def test_malformed_shards_are_reported(tmp_path, backend, labeller, damage, matc
     assert str(path) in str(e.value)
 
 
-def test_read_shard_scores_and_samples(tmp_path, backend, labeller):
+def test_read_shard_scores_and_samples(tmp_path, backend, interpreter):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    synthesize_shard(backend, labeller, a, [10, 11, 12], progress=False)
-    synthesize_shard(backend, labeller, b, [20, 21], progress=False)
+    synthesize_shard(backend, interpreter, a, [10, 11, 12], progress=False)
+    synthesize_shard(backend, interpreter, b, [20, 21], progress=False)
     df = read_shard_scores([str(b), a])
     assert list(df.columns) == ["shard", "index", "seed", "class", "score"]
     assert df["shard"].tolist() == [str(b)] * 2 + [str(a)] * 3
@@ -381,8 +386,8 @@ def test_vqgan_sampling_options_reach_the_prior_and_the_config_hash(tmp_path, vq
     assert not (tmp_path / "c.h5").exists()
 
 
-def test_sampling_options_are_refused_for_generators_without_a_prior(tmp_path, backend, labeller):
+def test_sampling_options_are_refused_for_generators_without_a_prior(tmp_path, backend, interpreter):
     with pytest.raises(ValueError, match=r"latents come from seeds alone; sampling options \['temperature'\]"):
-        synthesize_shard(backend, labeller, tmp_path / "s.h5", [1],
+        synthesize_shard(backend, interpreter, tmp_path / "s.h5", [1],
                          settings=ShardSettings(sampling={"temperature": 0.7}), progress=False)
     assert not (tmp_path / "s.h5").exists()

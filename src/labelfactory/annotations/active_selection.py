@@ -21,8 +21,7 @@ import torch
 
 from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.generators.base import GeneratorBackend
-from labelfactory.interpreters import load_interpreter
-from labelfactory.synthesis.shards import Labeller
+from labelfactory.interpreters import Interpreter, load_interpreter
 from labelfactory.synthesis.uncertainty import image_scores, js_divergence
 
 SELECT_MODES = ("random", "uncertainty")
@@ -63,7 +62,7 @@ def select_uncertain(scores: np.ndarray, k: int, features: np.ndarray | None = N
 
 
 @torch.no_grad()
-def score_candidates(backend: GeneratorBackend, labeller: Labeller, seeds: Sequence[int], truncation: float = 1.0,
+def score_candidates(backend: GeneratorBackend, interpreter: Interpreter, seeds: Sequence[int], truncation: float = 1.0,
                      noise: str = "const", batch_size: int = 64, score_rule: str = "top10",
                      top_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Per-candidate uncertainty ``[N]`` (as synthesis scores samples) and pooled generator
@@ -78,7 +77,7 @@ def score_candidates(backend: GeneratorBackend, labeller: Labeller, seeds: Seque
             state = int(np.random.SeedSequence(batch.tolist()).generate_state(1)[0])
             generator = torch.Generator(device=backend.device).manual_seed(state)
         out = backend.synthesize(z, None, truncation, noise, features=True, generator=generator)
-        js = js_divergence(labeller.member_probabilities(out.features), dim=2)
+        js = js_divergence(interpreter.member_probabilities(out.features), dim=2)
         scores.append(image_scores(js, score_rule, top_fraction).float().cpu().numpy())
         pooled.append(torch.cat([f.float().mean((2, 3)) for f in out.features.values()], 1).cpu().numpy())
     return np.concatenate(scores), np.concatenate(pooled)
@@ -91,7 +90,7 @@ def candidate_seeds(pool_start: int, pool_size: int, exclude: Sequence[int] = ()
 
 
 def choose_seeds(select: str, pool: np.ndarray, k: int, *, backend: GeneratorBackend | None = None,
-                 labeller: Labeller | None = None, diversity: str = "none", oversample: float = 1.0,
+                 interpreter: Interpreter | None = None, diversity: str = "none", oversample: float = 1.0,
                  draw: int = 0, **score_options) -> np.ndarray:
     """The ``k`` seeds of ``pool`` to annotate next: ``random`` (a uniform draw, seeded by
     ``draw``) or ``uncertainty`` (the ensemble's most uncertain, k-center thinned with
@@ -104,9 +103,9 @@ def choose_seeds(select: str, pool: np.ndarray, k: int, *, backend: GeneratorBac
         raise ValueError(f"cannot choose {k} samples from a pool of {len(pool)} unannotated candidates")
     if select == "random":
         return np.sort(np.random.default_rng(draw).choice(pool, k, replace=False))
-    if backend is None or labeller is None:
+    if backend is None or interpreter is None:
         raise ValueError("uncertainty selection needs the generator and the current interpreter")
-    scores, pooled = score_candidates(backend, labeller, pool, **score_options)
+    scores, pooled = score_candidates(backend, interpreter, pool, **score_options)
     picked = select_uncertain(scores, k, pooled if diversity == "kcenter" else None, oversample)
     return pool[picked]
 
@@ -120,8 +119,8 @@ def next_round_seeds(selection: dict, backend: GeneratorBackend, annotated: Sequ
     ``annotated`` are the annotation sets whose seeds leave the pool, and
     ``interpreter`` the weights of the current ensemble (needed for ``uncertainty``)."""
     done = [seed for path in annotated for seed in load_annotation_set(path).seeds]
-    labeller = None if interpreter is None else \
+    current = None if interpreter is None else \
         load_interpreter(selection["interpreter_type"], interpreter, backend.device)
     return choose_seeds(selection["select"], candidate_seeds(selection["pool_start"], selection["pool_size"], done),
-                        selection["k"], backend=backend, labeller=labeller, diversity=selection["diversity"],
+                        selection["k"], backend=backend, interpreter=current, diversity=selection["diversity"],
                         oversample=selection["oversample"], draw=selection["draw"], **score_options)

@@ -46,6 +46,10 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
     reads, in the store's order), ``num_classes``, ``resolution`` (of its labels),
     ``generator_hash`` (the generator it was trained on), ``label_names`` and
     ``compute_dtype`` (the precision of inference, one of :data:`PRECISIONS`).
+
+    Synthesis and active selection call only ``member_probabilities`` and read
+    ``num_classes`` (and ``generator_hash`` where present), so a test may hand them
+    any object with those.
     """
 
     name: ClassVar[str]

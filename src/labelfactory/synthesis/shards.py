@@ -32,7 +32,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -40,10 +40,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from labelfactory.generators.base import GeneratorBackend, images_to_uint8
-from labelfactory.generators.view import view_of
 from labelfactory.core.io import atomic_path
 from labelfactory.core.provenance import code_version
+from labelfactory.generators.base import GeneratorBackend, images_to_uint8
+from labelfactory.generators.view import view_of
+from labelfactory.interpreters.base import Interpreter
 from labelfactory.synthesis.uncertainty import SCORE_RULES, image_scores, js_divergence, mean_labels, vote_labels
 
 FORMAT_VERSION = 1
@@ -63,18 +64,6 @@ class ShardError(ValueError):
     """A shard is missing, truncated, corrupt or not laid out as a shard."""
 
 
-class Labeller(Protocol):
-    """What synthesis needs from an interpreter: softmax probabilities of each ensemble
-    member. A labeller with a ``generator_hash`` attribute is checked against the generator."""
-
-    num_classes: int
-
-    def member_probabilities(self, features: dict[str, torch.Tensor],
-                             classes: torch.Tensor | None = None) -> torch.Tensor:
-        """``{layer: [B,C,h,w]}`` generator features (and the samples' classes, for
-        class-conditional interpreters) → ``[M,B,num_classes,H,W]``."""
-
-
 @dataclass(frozen=True)
 class ShardInfo:
     """A verified shard: where it is, how many samples, its root attributes."""
@@ -87,7 +76,7 @@ class ShardInfo:
 @dataclass(frozen=True)
 class ShardSettings:
     """How :func:`synthesize_shard` renders, labels, scores and stores samples: every
-    setting of a shard, as opposed to its inputs (generator, labeller, seeds, classes).
+    setting of a shard, as opposed to its inputs (generator, interpreter, seeds, classes).
 
     The defaults are the workflow config's (``workflow/schemas/config.schema.yaml``:
     a task's ``truncation`` and ``noise``, the rest its ``synthesis`` section; a test
@@ -156,16 +145,16 @@ class _BackgroundWriter:
 
 
 @torch.no_grad()
-def _label_batch(backend: GeneratorBackend, labeller: Labeller, z: torch.Tensor, cls: torch.Tensor | None,
+def _label_batch(backend: GeneratorBackend, interpreter: Interpreter, z: torch.Tensor, cls: torch.Tensor | None,
                  generator: torch.Generator | None, settings: ShardSettings) -> dict[str, np.ndarray]:
     """One batch, on the backend's device until the final copy to host; images, labels and
     scores are of the crop of the backend's image view."""
     out = backend.synthesize(z, cls, settings.truncation, settings.noise, features=True, generator=generator)
-    probs = labeller.member_probabilities(out.features, classes=cls)
+    probs = interpreter.member_probabilities(out.features, classes=cls)
     b, _, h, w = out.images.shape
-    if probs.ndim != 5 or tuple(probs.shape[1:]) != (b, labeller.num_classes, h, w):
-        raise ValueError(f"labeller returned probabilities of shape {list(probs.shape)}; "
-                         f"expected [members, {b}, {labeller.num_classes}, {h}, {w}]")
+    if probs.ndim != 5 or tuple(probs.shape[1:]) != (b, interpreter.num_classes, h, w):
+        raise ValueError(f"interpreter returned probabilities of shape {list(probs.shape)}; "
+                         f"expected [members, {b}, {interpreter.num_classes}, {h}, {w}]")
     view = view_of(backend)
     probs, images = view.cut(probs, h), view.cut(out.images, h)
     js = js_divergence(probs, dim=2)
@@ -181,7 +170,7 @@ def _label_batch(backend: GeneratorBackend, labeller: Labeller, z: torch.Tensor,
 
 def synthesize_shard(
     backend: GeneratorBackend,
-    labeller: Labeller,
+    interpreter: Interpreter,
     out_path: str | os.PathLike,
     seeds: Sequence[int] | np.ndarray,
     classes: int | Sequence[int] | np.ndarray | None = None,
@@ -213,12 +202,12 @@ def synthesize_shard(
     if classes is not None and np.ndim(classes) == 0:
         classes = np.full(n, int(classes))
     cls_all = backend.check_classes(classes, n)
-    labeller_generator = getattr(labeller, "generator_hash", None)
+    labeller_generator = getattr(interpreter, "generator_hash", None)
     if labeller_generator is not None and labeller_generator != backend.generator_hash:
-        raise ValueError(f"the labeller was trained on features of generator {labeller_generator[:16]}, "
+        raise ValueError(f"the interpreter was trained on features of generator {labeller_generator[:16]}, "
                          f"not of this generator {backend.generator_hash[:16]}")
-    if not 1 <= labeller.num_classes <= MAX_LABEL_CLASSES:
-        raise ValueError(f"labels are uint8: need 1..{MAX_LABEL_CLASSES} classes, got {labeller.num_classes}")
+    if not 1 <= interpreter.num_classes <= MAX_LABEL_CLASSES:
+        raise ValueError(f"labels are uint8: need 1..{MAX_LABEL_CLASSES} classes, got {interpreter.num_classes}")
     attrs = dict(attrs or {})
     reserved = sorted(set(attrs) & set(REQUIRED_ATTRS))
     if reserved:
@@ -274,7 +263,7 @@ def synthesize_shard(
                 if s.noise == "random":
                     noise_seed = int(np.random.SeedSequence(batch_seeds.tolist()).generate_state(1)[0])
                     generator = torch.Generator(device=device).manual_seed(noise_seed)
-                arrays = _label_batch(backend, labeller, torch.from_numpy(z_np).to(device), cls, generator, s)
+                arrays = _label_batch(backend, interpreter, torch.from_numpy(z_np).to(device), cls, generator, s)
                 if s.store_latents:
                     arrays["latents"] = z_np.reshape(len(z_np), -1)
                 writer.submit(start, arrays)
