@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 from labelfactory.config import WorkflowConfig, validate_config
+from labelfactory.config.schema import schema_node
 from labelfactory.downstream.class_aware import ClassAwareLabels, class_names_for
 from labelfactory.core.runtime import release_stale_lock
 
@@ -35,7 +36,7 @@ wildcard_constraints:
     task=one_of(TASKS),
     ckpt=one_of(CHECKPOINTS),
     shard=r"(c\d{4}-)?\d{5}",
-    setting="few_shot|synthetic|synthetic_filtered|synthetic_combined|fully_supervised",
+    setting=one_of(schema_node("$defs/downstream/properties/settings/items")["enum"]),  # = downstream SETTINGS
     seed=r"\d+",
 
 
