@@ -44,6 +44,7 @@ from labelfactory.features import FeatureStore  # noqa: E402
 from labelfactory.generators.biggan import BigGANConfig, BigGANGenerator  # noqa: E402
 from labelfactory.interpreters.conv import ConvInterpreterConfig
 from labelfactory.interpreters.mlp import MLPEnsembleConfig, PixelFeatures, fit_members  # noqa: E402
+from labelfactory.interpreters import TrainingData  # noqa: E402
 from labelfactory.interpreters.conv import train_conv_ensemble  # noqa: E402
 
 CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32}  # StyleGAN, 2 layers each
@@ -128,7 +129,7 @@ def child_conv(store_path: str, members: int, iterations: int) -> None:
     cfg = ConvInterpreterConfig(num_members=members, iterations=iterations)
     emb = torch.randn(1000, 128)
     t = time.perf_counter()
-    train_conv_ensemble(store, masks, 2, cfg, classes=np.arange(n), class_embedding=emb)
+    train_conv_ensemble(TrainingData(store, masks, 2, classes=np.arange(n), class_embedding=emb), cfg)
     train_s = time.perf_counter() - t
     print(json.dumps({"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "train_s": train_s,
                       "s_per_iteration": train_s / (members * iterations)}))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from labelfactory.features import FeatureStoreError
-from labelfactory.interpreters import INTERPRETERS
+from labelfactory.interpreters import INTERPRETERS, TrainingData
 from labelfactory.interpreters.conv import ConvEnsemble, ConvInterpreterConfig, resolution_groups, train_conv_ensemble
 from labelfactory.interpreters.conv import build_member, pixel_loss
 from test_interpreter import write_store
@@ -60,8 +60,8 @@ def conditional(tmp_path_factory):
     store = write_store(tmp_path_factory.mktemp("feat") / "features.h5", maps, resolution=RES)
     emb = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
     cfg = ConvInterpreterConfig(iterations=80, **SMALL)
-    ens = train_conv_ensemble(store, masks, 2, cfg, generator_hash="gen-a", label_names=["bg", "obj"],
-                              classes=classes, class_embedding=emb)
+    ens = train_conv_ensemble(TrainingData(store, masks, 2, generator_hash="gen-a", label_names=["bg", "obj"],
+                                           classes=classes, class_embedding=emb), cfg)
     return maps, store, masks, classes, ens
 
 
@@ -147,19 +147,20 @@ def test_conditioning_errors(conditional):
         ens.member_probabilities(feats, torch.tensor([0, 3]))
     emb = ens.class_embedding
     with pytest.raises(ValueError, match="outside the embedding's 0..2"):
-        train_conv_ensemble(store, masks, 2, classes=np.full(8, 5), class_embedding=emb)
+        train_conv_ensemble(TrainingData(store, masks, 2, classes=np.full(8, 5), class_embedding=emb))
     with pytest.raises(ValueError, match="one per annotated image"):
-        train_conv_ensemble(store, masks, 2, classes=classes[:3], class_embedding=emb)
+        train_conv_ensemble(TrainingData(store, masks, 2, classes=classes[:3], class_embedding=emb))
     with pytest.raises(ValueError, match="needs the class of every annotated image"):
-        train_conv_ensemble(store, masks, 2, class_embedding=emb)
+        train_conv_ensemble(TrainingData(store, masks, 2, class_embedding=emb))
     with pytest.raises(ValueError, match="without the generator's class_embedding"):
-        train_conv_ensemble(store, masks, 2, classes=classes)
+        train_conv_ensemble(TrainingData(store, masks, 2, classes=classes))
 
 
 def test_unconditional_ensemble_learns_and_ignores_classes(tmp_path):
     maps, shape = synthetic(6, seed=1)
     store = write_store(tmp_path / "f.h5", maps, resolution=RES)
-    ens = train_conv_ensemble(store, shape, 2, ConvInterpreterConfig(iterations=40, **{**SMALL, "num_members": 1}))
+    ens = train_conv_ensemble(TrainingData(store, shape, 2),
+                              ConvInterpreterConfig(iterations=40, **{**SMALL, "num_members": 1}))
     assert ens.class_embedding is None
     feats = batch_features(maps)
     probs = ens.member_probabilities(feats)
@@ -197,8 +198,8 @@ def test_eval_mode_is_batch_independent(conditional):
 
 def test_training_is_deterministic_and_reading_per_batch_changes_nothing(conditional):
     _, store, masks, classes, ens = conditional
-    runs = [train_conv_ensemble(store, masks, 2, ConvInterpreterConfig(iterations=3, cache_mb=mb, **SMALL),
-                                classes=classes, class_embedding=ens.class_embedding) for mb in (64, 64, 0)]
+    data = TrainingData(store, masks, 2, classes=classes, class_embedding=ens.class_embedding)
+    runs = [train_conv_ensemble(data, ConvInterpreterConfig(iterations=3, cache_mb=mb, **SMALL)) for mb in (64, 64, 0)]
     for other in runs[1:]:
         for (k, va), vb in zip(runs[0].state_dict().items(), other.state_dict().values()):
             assert torch.equal(va, vb), k
@@ -212,7 +213,7 @@ def test_softmax_for_more_classes_and_ignored_pixels(tmp_path):
     masks = shape.copy()
     masks[:, :, :4] = 2
     masks[0, :3] = 255
-    ens = train_conv_ensemble(store, masks, 3, ConvInterpreterConfig(iterations=2, **SMALL))
+    ens = train_conv_ensemble(TrainingData(store, masks, 3), ConvInterpreterConfig(iterations=2, **SMALL))
     probs = ens.member_probabilities(batch_features(maps))
     assert probs.shape == (2, 4, 3, RES, RES)
     torch.testing.assert_close(probs.sum(2), torch.ones(2, 4, RES, RES))
@@ -231,15 +232,15 @@ def test_softmax_for_more_classes_and_ignored_pixels(tmp_path):
 def test_bad_inputs_are_refused(conditional, tmp_path):
     maps, store, masks, _, _ = conditional
     with pytest.raises(FeatureStoreError, match="generator gen-a .* generator gen-b"):
-        train_conv_ensemble(store, masks, 2, generator_hash="gen-b")
+        train_conv_ensemble(TrainingData(store, masks, 2, generator_hash="gen-b"))
     with pytest.raises(FeatureStoreError, match="resolution mismatch"):
-        train_conv_ensemble(store, np.zeros((8, 8, 8), np.uint8), 2)
+        train_conv_ensemble(TrainingData(store, np.zeros((8, 8, 8), np.uint8), 2))
     with pytest.raises(ValueError, match=r"mask values \[2\]"):
-        train_conv_ensemble(store, np.where(masks == 1, 2, masks).astype(np.uint8), 2)
+        train_conv_ensemble(TrainingData(store, np.where(masks == 1, 2, masks).astype(np.uint8), 2))
     with pytest.raises(ValueError, match=r"unknown feature layers \['b32'\]"):
-        train_conv_ensemble(store, masks, 2, layers=["b32"])
+        train_conv_ensemble(TrainingData(store, masks, 2, layers=["b32"]))
     with pytest.raises(ValueError, match="nothing to train on"):
-        train_conv_ensemble(store, np.full_like(masks, 255), 2)
+        train_conv_ensemble(TrainingData(store, np.full_like(masks, 255), 2))
     with pytest.raises(ValueError, match=r"iterations=0, lr=0.*channels=\[\].*cache_mb=-1"):
         ConvInterpreterConfig(iterations=0, lr=0, channels=(), cache_mb=-1)
     with pytest.raises(ValueError, match=r"group_bounds=\[32\] \(need 2 increasing"):
@@ -271,7 +272,7 @@ def test_bfloat16_inference_keeps_the_labels(conditional):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (mixed precision)")
 def test_mixed_precision_training_on_cuda(conditional):
     maps, store, masks, classes, ens = conditional
-    cuda = train_conv_ensemble(store, masks, 2, ConvInterpreterConfig(iterations=80, **SMALL), device="cuda",
-                               classes=classes, class_embedding=ens.class_embedding)
+    cuda = train_conv_ensemble(TrainingData(store, masks, 2, classes=classes, class_embedding=ens.class_embedding),
+                               ConvInterpreterConfig(iterations=80, **SMALL), device="cuda")
     probs = cuda.member_probabilities(batch_features(maps), torch.as_tensor(classes)).cpu()
     assert probs.dtype == torch.float32 and ((probs.mean(0)[:, 1] > 0.5).numpy() == masks).mean() > 0.95

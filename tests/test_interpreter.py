@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from labelfactory.features import FeatureStore, FeatureStoreError
-from labelfactory.interpreters import INTERPRETERS
+from labelfactory.interpreters import INTERPRETERS, TrainingData
 from labelfactory.interpreters.mlp import MLPEnsemble, MLPEnsembleConfig, PixelFeatures, train_mlp_ensemble
 from labelfactory.synthesis.uncertainty import mean_labels
 
@@ -59,7 +59,7 @@ def trained(tmp_path_factory):
     store = write_store(tmp_path_factory.mktemp("feat") / "features.h5", maps)
     masks = linear_labels(maps)
     cfg = MLPEnsembleConfig(num_members=3, eval_every=50, patience=100, max_batches=200, seed=3)
-    ens = train_mlp_ensemble(store, masks, len(NAMES), cfg, generator_hash="gen-a", label_names=NAMES)
+    ens = train_mlp_ensemble(TrainingData(store, masks, len(NAMES), generator_hash="gen-a", label_names=NAMES), cfg)
     return maps, store, masks, ens
 
 
@@ -115,13 +115,14 @@ def test_save_load_round_trip(trained, tmp_path):
 def test_members_differ_but_training_is_deterministic(trained):
     _, store, masks, _ = trained
     cfg = MLPEnsembleConfig(num_members=2, eval_every=10, max_batches=20, seed=7)
-    a, b = (train_mlp_ensemble(store, masks, 3, cfg) for _ in range(2))
+    a, b = (train_mlp_ensemble(TrainingData(store, masks, 3), cfg) for _ in range(2))
     for ma, mb in zip(a.members, b.members):
         for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
             assert torch.equal(va, vb), k
     assert not torch.equal(a.members[0][0].weight, a.members[1][0].weight)
     assert a.history[0].seed != a.history[1].seed
-    other = train_mlp_ensemble(store, masks, 3, MLPEnsembleConfig(num_members=1, eval_every=10, max_batches=20))
+    other = train_mlp_ensemble(TrainingData(store, masks, 3),
+                               MLPEnsembleConfig(num_members=1, eval_every=10, max_batches=20))
     assert not torch.equal(other.members[0][0].weight, a.members[0][0].weight)
 
 
@@ -130,7 +131,7 @@ def test_early_stopping_stops_and_keeps_the_best_state(tmp_path):
     store = write_store(tmp_path / "f.h5", maps)
     noise = np.random.default_rng(0).integers(0, 3, (2, RES, RES)).astype(np.uint8)  # nothing to learn
     cfg = MLPEnsembleConfig(num_members=1, lr=1e-2, eval_every=2, patience=3, max_batches=5000)
-    ens = train_mlp_ensemble(store, noise, 3, cfg)
+    ens = train_mlp_ensemble(TrainingData(store, noise, 3), cfg)
     h = ens.history[0]
     assert h.stop_reason == "early_stopping" and h.batches < 5000
     assert h.batches == h.best_batch + cfg.patience * cfg.eval_every
@@ -143,13 +144,13 @@ def test_ignored_pixels_are_not_trained_on(tmp_path):
     masks[0, :, :10] = 255
     masks[1, 3:7] = 255
     cfg = MLPEnsembleConfig(num_members=1, eval_every=5, max_batches=5)
-    ens = train_mlp_ensemble(store, masks, 3, cfg, layers=["b16.conv0", "b4.conv1"])
+    ens = train_mlp_ensemble(TrainingData(store, masks, 3, layers=["b16.conv0", "b4.conv1"]), cfg)
     assert ens.layers == ["b4.conv1", "b16.conv0"] and ens.layer_dims == [6, 3]  # the store's order
     h = ens.history[0]
     assert h.train_pixels + h.holdout_pixels == (masks != 255).sum()
     masks[0, 0, 0] = 7
     with pytest.raises(ValueError, match=r"mask values \[7\]"):
-        train_mlp_ensemble(store, masks, 3)
+        train_mlp_ensemble(TrainingData(store, masks, 3))
 
 
 def test_features_of_another_generator_or_resolution_are_refused(tmp_path):
@@ -157,12 +158,37 @@ def test_features_of_another_generator_or_resolution_are_refused(tmp_path):
     store = write_store(tmp_path / "f.h5", maps)
     masks = linear_labels(maps)
     with pytest.raises(FeatureStoreError, match="generator gen-a .* generator gen-b"):
-        train_mlp_ensemble(store, masks, 3, generator_hash="gen-b")
+        train_mlp_ensemble(TrainingData(store, masks, 3, generator_hash="gen-b"))
     with pytest.raises(FeatureStoreError, match="resolution mismatch: features are for 16x16 .* masks are 32x32"):
-        train_mlp_ensemble(store, np.zeros((2, 32, 32), np.uint8), 3)
+        train_mlp_ensemble(TrainingData(store, np.zeros((2, 32, 32), np.uint8), 3))
     with pytest.raises(FeatureStoreError, match="no features for annotated images"):
-        train_mlp_ensemble(store, masks, 3, ids=["s00000000", "nope"])
+        train_mlp_ensemble(TrainingData(store, masks, 3, ids=["s00000000", "nope"]))
     with pytest.raises(ValueError, match=r"unknown feature layers \['b32.conv0'\]"):
-        train_mlp_ensemble(store, masks, 3, layers=["b32.conv0"])
+        train_mlp_ensemble(TrainingData(store, masks, 3, layers=["b32.conv0"]))
     with pytest.raises(ValueError, match="batch_size=1"):
         MLPEnsembleConfig(batch_size=1)
+
+
+def test_training_data_defaults_and_from_annotations(tmp_path):
+    from types import SimpleNamespace
+
+    maps = random_maps(3, seed=5)
+    store = write_store(tmp_path / "f.h5", maps)
+    masks = linear_labels(maps)
+    data = TrainingData(store, masks.tolist(), 3, layers=["b16.conv0", "b4.conv1"])
+    assert data.ids == store.ids and data.layers == ["b4.conv1", "b16.conv0"]  # store order
+    assert isinstance(data.masks, np.ndarray) and np.array_equal(data.masks, masks)
+    assert TrainingData(store, masks, 3).layers == list(SHAPES)
+    ann = SimpleNamespace(masks=masks[::-1], labels=SimpleNamespace(names=("bg", "a", "b"), ignore_index=255),
+                          ids=store.ids[::-1], generator_hash="gen-a", classes=np.array([4, 2, 0], np.int32))
+    plain = TrainingData.from_annotations(store, ann)
+    assert plain.ids == store.ids[::-1] and plain.masks is ann.masks and plain.num_classes == 3
+    assert plain.label_names == ["bg", "a", "b"] and plain.generator_hash == "gen-a"
+    assert plain.classes is None and plain.class_embedding is None  # nothing to condition on
+    emb = torch.zeros(5, 2)
+    conditional = TrainingData.from_annotations(store, ann, class_embedding=emb)
+    assert conditional.classes is ann.classes and conditional.class_embedding is emb
+    with pytest.raises(FeatureStoreError, match="generator gen-a .* generator gen-b"):
+        TrainingData.from_annotations(store, SimpleNamespace(**{**vars(ann), "generator_hash": "gen-b"}))
+    with pytest.raises(ValueError, match="3 masks but 2 image ids"):
+        TrainingData(store, masks, 3, ids=store.ids[:2])

@@ -17,6 +17,7 @@ from labelfactory.annotations.labels import LabelSet
 from labelfactory.toybench.annotator import Annotator, UNet
 from labelfactory.features import FeatureStore, extract_features
 from labelfactory.generators.base import images_to_uint8
+from labelfactory.interpreters import TrainingData
 from labelfactory.interpreters.conv import ConvInterpreterConfig, train_conv_ensemble
 from labelfactory.annotations.reuse import resize_annotations, reuse_annotation_file, reuse_annotations
 
@@ -97,7 +98,7 @@ def test_features_extract_and_the_conv_interpreter_trains(reused, tmp_path):
     assert store.shapes == {"mid": (64, 8, 8), "up1": (64, 8, 8), "up0": (32, 16, 16)}
     assert store.generator_hash == backend.generator_hash
     cfg = ConvInterpreterConfig(iterations=2, channels=(8, 8, 8), num_members=1)
-    ens = train_conv_ensemble(store, new.masks, 2, cfg, generator_hash=new.generator_hash)
+    ens = train_conv_ensemble(TrainingData(store, new.masks, 2, generator_hash=new.generator_hash), cfg)
     assert not ens.conditional
 
 

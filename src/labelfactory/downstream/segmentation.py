@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from labelfactory.core.io import atomic_path, atomic_write_json, sha256_file
+from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
 from labelfactory.core.typed import strict_from_dict
 from labelfactory.downstream.data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
 from labelfactory.downstream.models import SegmentationNet, build_segmentation_model, load_state_dict_checked
@@ -161,46 +162,6 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
                          time.perf_counter() - t0)
         history["wall_s"] = time.perf_counter() - t0
     return model.eval(), history
-
-
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``[C, C]`` int64 counts, rows the true class, columns the predicted one;
-    pixels labelled ``ignore_index`` are left out, other out-of-range labels are an error."""
-    keep = target != ignore_index
-    t, p = target[keep].long(), pred[keep].long()
-    if t.numel() and (t.min() < 0 or t.max() >= num_classes or p.min() < 0 or p.max() >= num_classes):
-        raise ValueError(f"labels or predictions outside 0..{num_classes - 1} (ignore index {ignore_index})")
-    return torch.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes).cpu()
-
-
-def scores_from_confusion(confusion: torch.Tensor, class_names: Sequence[str] | None = None) -> dict:
-    """Per-class IoU, mIoU and pixel accuracy from a confusion matrix.
-
-    A class absent from both truth and prediction has no IoU (``None``) and is
-    left out of the mean; a class only predicted, or only true, scores 0.
-    ``foreground_iou`` is the class-agnostic IoU of "not class 0" (background).
-    """
-    conf = confusion.double()
-    tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
-    iou = [float(tp[c] / union[c]) if union[c] > 0 else None for c in range(len(tp))]
-    present = [v for v in iou if v is not None]
-    total = float(conf.sum())
-    fg_tp = float(conf[1:, 1:].sum())
-    fg_union = fg_tp + float(conf[1:, 0].sum()) + float(conf[0, 1:].sum())
-    out = {
-        "iou": iou,
-        "foreground_iou": fg_tp / fg_union if fg_union > 0 else None,
-        "miou": sum(present) / len(present) if present else None,
-        "pixel_accuracy": float(tp.sum()) / total if total else None,
-        "confusion": confusion.tolist(),
-    }
-    if class_names is not None:
-        if len(class_names) != len(iou):
-            raise ValueError(f"{len(class_names)} class names for {len(iou)} classes")
-        out["iou_by_class"] = dict(zip(class_names, iou))
-    return out
 
 
 @torch.no_grad()

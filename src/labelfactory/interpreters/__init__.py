@@ -1,11 +1,12 @@
 """Interpreters: networks that label every pixel of a generated image from its generator features.
 
-:mod:`.base` holds the contract (:class:`~.base.Interpreter`) and the registry;
+:mod:`.base` holds the contract (:class:`~.base.Interpreter`, trained on a
+:class:`~.base.TrainingData`) and the registry;
 :mod:`.mlp` is DatasetGAN's MLP ensemble, :mod:`.conv` BigDatasetGAN's conv
 interpreter. Importing this package registers both.
 """
 
 from labelfactory.interpreters import conv, mlp  # noqa: F401  (register "conv" and "mlp")
-from labelfactory.interpreters.base import INTERPRETERS, PRECISIONS, Interpreter, load_interpreter
+from labelfactory.interpreters.base import INTERPRETERS, PRECISIONS, Interpreter, TrainingData, load_interpreter
 
-__all__ = ["INTERPRETERS", "PRECISIONS", "Interpreter", "load_interpreter"]
+__all__ = ["INTERPRETERS", "PRECISIONS", "Interpreter", "TrainingData", "load_interpreter"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Mapping, Sequence
 
@@ -35,13 +36,98 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": t
 Progress = Callable[[int, int, float, float], None]  # (member, step, loss, pixel accuracy)
 
 
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """What an interpreter trains on: the features in ``store`` of the annotated images
+    ``ids`` with their ``masks`` uint8 ``[N, H, W]`` (pixels equal to ``ignore_index``
+    skipped, the rest labels ``0..num_classes - 1``).
+
+    ``ids`` defaults to all the store's images, in store order; ``layers`` (default: all)
+    is resolved to the chosen taps in the store's (generator) order. ``generator_hash``,
+    when given, is the generator the masks were drawn on (features of another are refused);
+    ``label_names`` one name per class. ``classes`` (one per image) and ``class_embedding``
+    (the generator's ``[n_classes, d]`` table) are for class-conditional interpreters
+    (``Interpreter.class_conditional``); the others ignore them.
+
+    Construction refuses features that do not belong to the masks and masks with unknown
+    labels, so every ``TrainingData`` is consistent with its store.
+    """
+
+    store: FeatureStore
+    masks: np.ndarray
+    num_classes: int
+    ignore_index: int = 255
+    ids: Sequence[str] | None = None
+    layers: Sequence[str] | None = None
+    generator_hash: str | None = None
+    label_names: Sequence[str] | None = None
+    classes: np.ndarray | Sequence[int] | None = None
+    class_embedding: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        def set_(name: str, value) -> None:  # frozen: normalise the fields once, here
+            object.__setattr__(self, name, value)
+
+        set_("masks", np.asarray(self.masks))
+        set_("ids", list(self.store.ids) if self.ids is None else list(self.ids))
+        set_("layers", self._checked_layers())
+
+    @classmethod
+    def from_annotations(cls, store: FeatureStore, annotation_set, class_embedding: torch.Tensor | None = None
+                         ) -> "TrainingData":
+        """The annotated samples of ``annotation_set`` (an ``AnnotationSet``, or any object with
+        ``masks``, ``labels.names``, ``labels.ignore_index``, ``ids``, ``generator_hash`` and
+        ``classes``) with their features in ``store``. Their ``classes`` are kept only with a
+        ``class_embedding`` to condition on (an unconditional generator has none)."""
+        names = list(annotation_set.labels.names)
+        return cls(store, annotation_set.masks, len(names), ignore_index=annotation_set.labels.ignore_index,
+                   ids=annotation_set.ids, generator_hash=annotation_set.generator_hash, label_names=names,
+                   classes=None if class_embedding is None else annotation_set.classes,
+                   class_embedding=class_embedding)
+
+    def _checked_layers(self) -> list[str]:
+        """Refuse features that do not belong to the masks, and masks with unknown labels; returns
+        the chosen layers in the store's (generator) order."""
+        store, masks, num_classes, ids = self.store, self.masks, self.num_classes, self.ids
+        generator_hash, label_names, ignore_index = self.generator_hash, self.label_names, self.ignore_index
+        if generator_hash is not None and generator_hash != store.generator_hash:
+            raise FeatureStoreError(
+                f"{store.path}: features come from generator {store.generator_hash[:16]} but the annotations were "
+                f"made on generator {generator_hash[:16]}; re-extract the features with the annotated generator")
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be [N, H, W], got shape {list(masks.shape)}")
+        if masks.shape[1:] != (store.resolution, store.resolution):
+            raise FeatureStoreError(
+                f"{store.path}: resolution mismatch: features are for {store.resolution}x{store.resolution} images "
+                f"but the masks are {masks.shape[1]}x{masks.shape[2]}")
+        if len(ids) != len(masks):
+            raise ValueError(f"{len(masks)} masks but {len(ids)} image ids")
+        stored = set(store.ids)
+        missing = [i for i in ids if i not in stored]
+        if missing:
+            raise FeatureStoreError(f"{store.path}: no features for annotated images {missing[:5]}")
+        chosen = set(store.layers if self.layers is None else self.layers)
+        unknown = sorted(chosen - set(store.layers))
+        if unknown or not chosen:
+            raise ValueError(f"unknown feature layers {unknown}; the store has {store.layers}")
+        if num_classes < 2 or (label_names is not None and len(label_names) != num_classes):
+            raise ValueError(f"need >= 2 classes and one name per class, got {num_classes} and {label_names}")
+        annotated = masks != ignore_index
+        bad = np.unique(masks[annotated & (masks >= num_classes)])
+        if bad.size:
+            raise ValueError(f"mask values {bad.tolist()} are neither labels 0..{num_classes - 1} "
+                             f"nor ignore_index {ignore_index}")
+        return [l for l in store.layers if l in chosen]
+
+
 class Interpreter(nn.Module, metaclass=ABCMeta):
     """A trained ensemble of per-pixel classifiers on generator features.
 
     Class attributes: ``name`` (registry and sidecar name), ``config_class`` (the
     dataclass of its ``interpreter`` config block), ``format_version`` (of what
     :meth:`save` writes) and ``class_conditional`` (whether :meth:`fit` takes the
-    annotated samples' ``classes`` and the generator's ``class_embedding``).
+    annotated samples' ``classes`` and the generator's ``class_embedding`` from its
+    :class:`TrainingData`; the others ignore them).
     Instance attributes every implementation sets: ``layers`` (the feature taps it
     reads, in the store's order), ``num_classes``, ``resolution`` (of its labels),
     ``generator_hash`` (the generator it was trained on), ``label_names`` and
@@ -66,14 +152,11 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
 
     @classmethod
     @abstractmethod
-    def fit(cls, store: FeatureStore, masks: np.ndarray, num_classes: int, cfg=None, ignore_index: int = 255,
-            layers: Sequence[str] | None = None, device: torch.device | str = "cpu",
-            progress: Progress | None = None, *, ids: Sequence[str] | None = None,
-            generator_hash: str | None = None, label_names: Sequence[str] | None = None,
-            **conditioning) -> "Interpreter":
-        """Train on the features in ``store`` of the annotated images ``ids`` with their
-        ``masks`` uint8 ``[N, H, W]`` (``ignore_index`` pixels skipped); ``cfg`` is a
-        ``config_class``. Checks its inputs with :func:`check_inputs`."""
+    def fit(cls, data: TrainingData, cfg=None, device: torch.device | str = "cpu",
+            progress: Progress | None = None) -> "Interpreter":
+        """Train on ``data`` (checked when it was built: read ``data.layers``, resolved to the
+        store's order); ``cfg`` is a ``config_class`` (None: its defaults).
+        ``progress(member, step, loss, accuracy)`` reports the training curves."""
 
     @abstractmethod
     def member_probabilities(self, features: Mapping[str, torch.Tensor], classes: torch.Tensor | None = None
@@ -109,41 +192,6 @@ def load_interpreter(interpreter_type: str, path, device: torch.device | str = "
     interpreter = INTERPRETERS.get(interpreter_type).load(path, device)
     interpreter.compute_dtype = PRECISIONS[precision]
     return interpreter
-
-
-def check_inputs(store: FeatureStore, masks: np.ndarray, num_classes: int, ignore_index: int,
-                 ids: list[str], layers: Sequence[str] | None, generator_hash: str | None,
-                 label_names: Sequence[str] | None) -> list[str]:
-    """Refuse features that do not belong to the masks, and masks with unknown labels; returns
-    the chosen layers in the store's (generator) order."""
-    if generator_hash is not None and generator_hash != store.generator_hash:
-        raise FeatureStoreError(
-            f"{store.path}: features come from generator {store.generator_hash[:16]} but the annotations were "
-            f"made on generator {generator_hash[:16]}; re-extract the features with the annotated generator")
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be [N, H, W], got shape {list(masks.shape)}")
-    if masks.shape[1:] != (store.resolution, store.resolution):
-        raise FeatureStoreError(
-            f"{store.path}: resolution mismatch: features are for {store.resolution}x{store.resolution} images "
-            f"but the masks are {masks.shape[1]}x{masks.shape[2]}")
-    if len(ids) != len(masks):
-        raise ValueError(f"{len(masks)} masks but {len(ids)} image ids")
-    stored = set(store.ids)
-    missing = [i for i in ids if i not in stored]
-    if missing:
-        raise FeatureStoreError(f"{store.path}: no features for annotated images {missing[:5]}")
-    chosen = set(store.layers if layers is None else layers)
-    unknown = sorted(chosen - set(store.layers))
-    if unknown or not chosen:
-        raise ValueError(f"unknown feature layers {unknown}; the store has {store.layers}")
-    if num_classes < 2 or (label_names is not None and len(label_names) != num_classes):
-        raise ValueError(f"need >= 2 classes and one name per class, got {num_classes} and {label_names}")
-    annotated = masks != ignore_index
-    bad = np.unique(masks[annotated & (masks >= num_classes)])
-    if bad.size:
-        raise ValueError(f"mask values {bad.tolist()} are neither labels 0..{num_classes - 1} "
-                         f"nor ignore_index {ignore_index}")
-    return [l for l in store.layers if l in chosen]
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from labelfactory.features import FeatureStore
-from labelfactory.interpreters.base import INTERPRETERS, Interpreter, Progress, check_inputs, read_interpreter
+from labelfactory.interpreters.base import INTERPRETERS, Interpreter, Progress, TrainingData, read_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -357,28 +357,22 @@ def _check_conditioning(classes: np.ndarray | Sequence[int] | None, class_embedd
     return cls.astype(np.int64), emb
 
 
-def train_conv_ensemble(store: FeatureStore, masks: np.ndarray, num_classes: int,
-                        cfg: ConvInterpreterConfig | None = None, ignore_index: int = 255,
-                        layers: Sequence[str] | None = None, device: torch.device | str = "cpu",
-                        progress: Progress | None = None, *, ids: Sequence[str] | None = None,
-                        generator_hash: str | None = None, label_names: Sequence[str] | None = None,
-                        classes: np.ndarray | Sequence[int] | None = None,
-                        class_embedding: torch.Tensor | None = None) -> "ConvEnsemble":
+def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = None,
+                        device: torch.device | str = "cpu", progress: Progress | None = None) -> "ConvEnsemble":
     """Train BigDatasetGAN's interpreter ensemble on annotated generated images.
 
-    Arguments as :func:`~labelfactory.interpreters.mlp.train_mlp_ensemble`; for a
-    class-conditional generator also ``classes`` (one per annotated image) and
+    ``data`` as for :func:`~labelfactory.interpreters.mlp.train_mlp_ensemble`; for a
+    class-conditional generator also its ``classes`` (one per annotated image) and
     ``class_embedding``, the generator's ``[n_classes, d]`` embedding table, which
     the ensemble keeps. ``progress(member, iteration, loss, accuracy)`` is called
     at every point of the training curves.
     """
     cfg = cfg or ConvInterpreterConfig()
-    masks = np.asarray(masks)
-    ids = list(store.ids) if ids is None else list(ids)
-    layers = check_inputs(store, masks, num_classes, ignore_index, ids, layers, generator_hash, label_names)
+    store, masks, num_classes, ignore_index = data.store, data.masks, data.num_classes, data.ignore_index
+    ids, layers, label_names = data.ids, data.layers, data.label_names
     if not (masks != ignore_index).any():
         raise ValueError("every mask pixel is ignore_index: nothing to train on")
-    cls, emb = _check_conditioning(classes, class_embedding, len(masks))
+    cls, emb = _check_conditioning(data.classes, data.class_embedding, len(masks))
     device = torch.device(device)
     maps = _NativeMaps(store, ids, layers, cfg.cache_mb, device)
     emb_table = None if emb is None else emb.to(device)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelfactory.features import FeatureStore
-from labelfactory.interpreters.base import INTERPRETERS, Interpreter, Progress, check_inputs, read_interpreter
+from labelfactory.interpreters.base import INTERPRETERS, Interpreter, Progress, TrainingData, read_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -320,25 +320,19 @@ def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labe
     return members, histories
 
 
-def train_mlp_ensemble(store: FeatureStore, masks: np.ndarray, num_classes: int,
-                       cfg: MLPEnsembleConfig | None = None, ignore_index: int = 255,
-                       layers: Sequence[str] | None = None, device: torch.device | str = "cpu",
-                       progress: Progress | None = None, *, ids: Sequence[str] | None = None,
-                       generator_hash: str | None = None,
-                       label_names: Sequence[str] | None = None) -> "MLPEnsemble":
+def train_mlp_ensemble(data: TrainingData, cfg: MLPEnsembleConfig | None = None,
+                       device: torch.device | str = "cpu", progress: Progress | None = None) -> "MLPEnsemble":
     """Train DatasetGAN's interpreter on annotated generated images.
 
-    ``masks`` uint8 ``[N, H, W]`` belong to the store's images ``ids`` (default:
-    all, in store order); pixels equal to ``ignore_index`` are skipped. ``layers``
-    (default: all) are read in the store's order. Give the annotations'
-    ``generator_hash`` to refuse features of another generator.
-    ``progress(member, batch, loss, accuracy)`` is called at every held-out
-    evaluation.
+    ``data`` (checked when built) gives the store, the masks of its images ``ids``
+    (pixels equal to ``ignore_index`` skipped) and the ``layers``, read in the
+    store's order; its ``classes`` and ``class_embedding`` are ignored (the MLP
+    is unconditional). ``progress(member, batch, loss, accuracy)`` is called at
+    every held-out evaluation.
     """
     cfg = cfg or MLPEnsembleConfig()
-    masks = np.asarray(masks)
-    ids = list(store.ids) if ids is None else list(ids)
-    layers = check_inputs(store, masks, num_classes, ignore_index, ids, layers, generator_hash, label_names)
+    store, masks, num_classes, ignore_index = data.store, data.masks, data.num_classes, data.ignore_index
+    ids, layers, label_names = data.ids, data.layers, data.label_names
     feats = PixelFeatures.from_store(store, ids, layers, cfg.align_corners, device)
     labels = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8).reshape(-1)).to(device)
     pixels = torch.nonzero(labels != ignore_index).squeeze(1)

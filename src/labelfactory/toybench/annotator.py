@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelfactory.core.io import atomic_path, atomic_write_json, sha256_file
-from labelfactory.downstream.segmentation import confusion_matrix
+from labelfactory.core.metrics import confusion_matrix
 from labelfactory.generators.checkpoints import CheckpointError, read_sidecar, sidecar_path
 from labelfactory.toybench import world as toyworld
 
