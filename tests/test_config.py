@@ -270,6 +270,7 @@ def _spec_classes():
         (specs.AnnotationSpec, f"{task}/properties/annotation", {}, {}),
         (specs.FeatureSpec, f"{task}/properties/features", {}, {}),
         (specs.SynthesisSpec, f"{task}/properties/synthesis", {}, {}),
+        (specs.ValidationSpec, f"{task}/properties/validation", {}, {}),
         (ShardSettings, task, {}, shard),
         (specs.DownstreamSpec, ds, {}, {}),
         (specs.InitSpec, "$defs/init", {}, {}),
@@ -324,14 +325,10 @@ def test_configuration_reference_is_current():
         "docs/configuration.md is stale: run `python scripts/config_docs.py` and commit it"
 
 
-def test_configuration_reference_covers_every_key():
-    """Every key of the schema (walked through refs, maps and the interpreter's branches) has a row."""
-    from labelfactory.config.docs import render_markdown
-    from labelfactory.config.schema import load_schema
-
-    schema = load_schema()
-    text = render_markdown(schema)
-
+def _schema_walk(schema):
+    """(resolve, branches) over ``schema``: a node with its ``$ref`` followed, and the
+    ``[(key, const, branch)]`` of every ``if``/``then`` of a node (its ``allOf`` entries, and
+    ``else`` chains to any depth), as the interpreter's per-type keys are written."""
     def resolve(node):
         while "$ref" in node:
             target = schema
@@ -340,18 +337,68 @@ def test_configuration_reference_covers_every_key():
             node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         return node
 
+    def branches(node):
+        out = []
+        for part in (node, *node.get("allOf", ())):
+            part = resolve(part)
+            if "if" in part and "properties" in resolve(part.get("then", {})):
+                key, const = next((k, v["const"]) for k, v in part["if"]["properties"].items() if "const" in v)
+                out.append((key, const, resolve(part["then"])))
+                other = resolve(part.get("else", {}))
+                if "if" in other or "allOf" in other:
+                    out += branches(other)
+                elif other:
+                    out.append((key, other.get("properties", {}).get(key, {}).get("const"), other))
+        return out
+
+    return resolve, branches
+
+
+def test_configuration_reference_covers_every_key():
+    """Every key of the schema (walked through refs, maps and every branch of the interpreter's
+    per-type keys) has a row; a branch's keys in the table of that branch."""
+    from labelfactory.config.docs import render_markdown
+    from labelfactory.config.schema import load_schema
+
+    schema = load_schema()
+    text = render_markdown(schema)
+    resolve, branches = _schema_walk(schema)
+
+    def table(title):
+        """The rows of the table headed ``### title`` ('' where there is none)."""
+        head = f"### {title}\n"
+        return text.split(head, 1)[1].split("\n### ", 1)[0] if head in text else ""
+
     def paths(node, path):
+        """(title of the table that must hold the row, or None for anywhere; key path)"""
         node = resolve(node)
         if isinstance(node.get("additionalProperties"), dict) and "properties" not in node:
             yield from paths(node["additionalProperties"], f"{path}.<name>")
-        props = {**node.get("properties", {}), **node.get("then", {}).get("properties", {}),
-                 **node.get("else", {}).get("properties", {})}
-        for key, sub in props.items():
-            yield f"{path}.{key}"
-            yield from paths(sub, f"{path}.{key}")
+        shared = node.get("properties", {})
+        cases = branches(node)
+        tables = [(f"`{path}` with `{key}: {const}`", {**shared, **then.get("properties", {})})
+                  for key, const, then in cases] or [(None, shared)]
+        for title, props in tables:
+            for key, sub in props.items():
+                yield title, f"{path}.{key}"
+                yield from paths(sub, f"{path}.{key}")
 
     keys = [p for top, node in schema["properties"].items() for p in paths(node, top)]
     assert len(keys) > 200
-    missing = [k for k in keys if f"| `{k}` |" not in text]
+    assert len({t for t, _ in keys if t}) >= 2  # the interpreter's types
+    missing = [(t, k) for t, k in keys if f"| `{k}` |" not in (table(t) if t else text)]
     assert not missing, missing
     assert [f"## `{k}`" in text for k in schema["properties"]] == [True] * len(schema["properties"])
+
+
+def test_every_interpreter_type_has_its_keys():
+    """Each `type` the interpreter's enum offers has exactly one branch (its keys, closed with
+    additionalProperties: false); a type without one would take any keys and fill no defaults."""
+    from labelfactory.config.schema import load_schema, schema_node
+
+    resolve, branches = _schema_walk(load_schema())
+    node = schema_node("$defs/task/properties/interpreter")
+    types = [const for key, const, _ in branches(node) if key == "type"]
+    assert sorted(types) == sorted(node["properties"]["type"]["enum"])
+    for key, const, then in branches(node):
+        assert then.get("additionalProperties") is False and then["properties"]["type"] == {"const": const}

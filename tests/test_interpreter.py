@@ -192,3 +192,37 @@ def test_training_data_defaults_and_from_annotations(tmp_path):
         TrainingData.from_annotations(store, SimpleNamespace(**{**vars(ann), "generator_hash": "gen-b"}))
     with pytest.raises(ValueError, match="3 masks but 2 image ids"):
         TrainingData(store, masks, 3, ids=store.ids[:2])
+
+
+def test_class_weights_let_small_classes_count():
+    from labelfactory.interpreters.base import class_weights
+
+    labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
+    assert class_weights(labels, 4, 0.0) is None  # the release's unweighted loss
+    w = class_weights(labels, 4, 1.0)
+    freq = torch.tensor([0.9, 0.09, 0.01, 0.0])
+    assert torch.allclose((freq * w).sum(), torch.tensor(1.0))  # mean weight per pixel 1
+    assert torch.allclose(w[:3] * freq[:3], (w[:3] * freq[:3])[0].expand(3))  # every class weighs as much
+    assert w[3] == 0  # absent from the annotations
+    half = class_weights(labels, 4, 0.5)
+    assert w[2] > half[2] > 1 > half[0] > w[0]
+
+
+def test_class_balance_raises_the_recall_of_a_rare_class():
+    from labelfactory.interpreters.mlp import fit_members
+
+    gen = torch.Generator().manual_seed(0)
+    n = 4000
+    x = torch.randn(n, 4, generator=gen)
+    y = torch.zeros(n, dtype=torch.uint8)
+    y[x[:, 0] + 0.6 * torch.randn(n, generator=gen) > 2.0] = 1  # rare (~4 %) and noisy
+    rare = torch.nonzero(y == 1).squeeze(1)
+
+    def recall(balance):
+        cfg = MLPEnsembleConfig(num_members=1, batch_size=64, eval_every=20, patience=5, max_epochs=20,
+                                holdout_pixels=400, class_balance=balance)
+        (net,), _ = fit_members(lambda p: x[p], 4, y, torch.arange(n), 2, cfg)
+        with torch.no_grad():
+            return (net(x[rare]).argmax(1) == 1).float().mean().item()
+
+    assert recall(1.0) > recall(0.0) + 0.1

@@ -54,6 +54,12 @@ def generator_options(task):
                 truncation_cutoff=task.truncation_cutoff)
 
 
+def validation_gate(wildcards):
+    """The validation summary, an input of synthesis only where a failed check must stop it."""
+    validation = task_of(wildcards).validation
+    return f"results/{wildcards.task}/report/validation.json" if validation.enabled and validation.stop else []
+
+
 def average_latent_file(wildcards):
     """The task's average-latent file, an input so that replacing it re-runs what renders."""
     return task_of(wildcards).average_latent or []
@@ -167,6 +173,8 @@ def final_targets():
         if not task.reuse:  # a reuse task's annotations are the reused task's
             targets.append(f"results/{name}/for_annotation")
         targets += [f"results/{name}/manifest.parquet", f"results/{name}/report/samples.png"]
+        if task.validation.enabled:
+            targets.append(f"results/{name}/report/validation.png")
         if task.conditional:
             targets.append(f"results/{name}/report/samples_by_class.png")
         if task.downstream.enabled:

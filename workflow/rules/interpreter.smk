@@ -22,3 +22,33 @@ rule train_interpreter:
         "../../envs/labelfactory.yaml"
     script:
         "../../scripts/train_interpreter.py"
+
+
+rule validate_interpreter:
+    """Cross-validate the interpreter on its annotations before synthesis: held-out IoU per
+    class against the average mask, a table and figure, a console warning per weak class."""
+    input:
+        weights=checkpoint_weights,
+        features="results/{task}/features.h5",
+        annotations="results/{task}/annotations.h5",
+    output:
+        csv="results/{task}/report/validation.csv",
+        summary="results/{task}/report/validation.json",
+        figure=report("results/{task}/report/validation.png", caption="../report/validation.rst",
+                      category="Interpreter validation", subcategory="{task}"),
+    params:
+        interpreter=lambda w: task_of(w).interpreter,
+        validation=lambda w: task_of(w).validation,
+        device=CFG.device,
+    log:
+        "results/logs/validate_interpreter/{task}.log",
+    priority: UPSTREAM_PRIORITY
+    threads: 1
+    resources:
+        mem_mb=attempt_scaled(8000),
+        runtime=attempt_scaled(240),
+        gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
+    script:
+        "../../scripts/validate_interpreter.py"

@@ -4,6 +4,7 @@ rule synthesize:
         weights=checkpoint_weights,
         average_latent=average_latent_file,
         interpreter="results/{task}/interpreter.safetensors",
+        validation=validation_gate,
     output:
         "results/{task}/shards/{shard}.h5",
     params:

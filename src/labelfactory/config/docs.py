@@ -73,21 +73,21 @@ def _map_value(schema: dict, node: dict) -> dict | None:
 
 
 def _tables(schema: dict, node: dict, path: str) -> list[str]:
-    """A table of ``node``'s keys (with a branch table per ``if``/``then``/``else``), then the
-    tables of every object among them, depth first."""
+    """A table of ``node``'s keys (a table per branch where its keys depend on a ``const``: one per
+    interpreter type), then the tables of every object among them, depth first."""
     value = _map_value(schema, node)
     if value is not None:
         return _tables(schema, value, f"{path}.<name>") if _is_object(value) else []
     if not node.get("properties"):
         return []
     out = []
-    branches = _branches(node)
+    branches = _branches(schema, node)
     if not branches:
         out.append(_table(schema, node["properties"], node.get("required", ()), path, f"`{path}`"))
-    for title, props in branches:
-        out.append(_table(schema, props, node.get("required", ()), path, f"`{path}` {title}"))
+    for title, props, required in branches:
+        out.append(_table(schema, props, required, path, f"`{path}` {title}"))
     seen = set()
-    for _, props in branches or [(None, node["properties"])]:
+    for _, props, _ in branches or [(None, node["properties"], ())]:
         for key, sub in props.items():
             sub = _resolve(schema, sub)
             if key not in seen and (_is_object(sub) or _map_value(schema, sub) is not None):
@@ -96,17 +96,43 @@ def _tables(schema: dict, node: dict, path: str) -> list[str]:
     return out
 
 
-def _branches(node: dict) -> list[tuple[str, dict]]:
-    """``[(title, properties)]`` of an object whose keys depend on a ``const`` (the interpreter's
-    ``type``): the shared keys with each branch's; ``[]`` for a plain object."""
-    cond, then, other = node.get("if"), node.get("then"), node.get("else")
-    if not (cond and then and other):
-        return []
-    key, const = next((k, v["const"]) for k, v in cond["properties"].items() if "const" in v)
+def _branches(schema: dict, node: dict) -> list[tuple[str, dict, set]]:
+    """``[(title, properties, required)]`` of an object whose keys depend on a ``const`` (the
+    interpreter's ``type``): the shared keys with each branch's, one entry per branch however the
+    branches are written (``allOf`` of ``if``/``then``, as the interpreter's are, or ``if``/``then``/
+    ``else`` chains, nested to any depth); ``[]`` for a plain object."""
     out = []
-    for branch, value in ((then, const), (other, other.get("properties", {}).get(key, {}).get("const"))):
+    for key, value, branch in _cases(schema, node):
+        branch = _resolve(schema, branch)
         props = {**node["properties"], **{k: v for k, v in branch.get("properties", {}).items() if k != key}}
-        out.append((f"with `{key}: {value}`" if value is not None else "otherwise", props))
+        required = {*node.get("required", ()), *branch.get("required", ())}
+        out.append((f"with `{key}: {_value(value)}`" if key is not None else "otherwise", props, required))
+    return out
+
+
+def _cases(schema: dict, node: dict) -> list[tuple[str | None, object, dict]]:
+    """``[(key, const, branch schema)]`` of every ``if``/``then`` (and ``else``) in ``node`` and its
+    ``allOf`` whose ``if`` is a key's ``const`` and whose ``then`` gives keys; an ``else`` gets its
+    own ``const`` of ``key`` if it names one, else ``(None, None, ...)``."""
+    out = []
+    for part in (node, *node.get("allOf", ())):
+        part = _resolve(schema, part)
+        if "if" not in part or "then" not in part or "properties" not in _resolve(schema, part["then"]):
+            continue
+        key, const = next(((k, v["const"]) for k, v in part["if"].get("properties", {}).items() if "const" in v),
+                          (None, None))
+        if key is None:
+            continue
+        out.append((key, const, part["then"]))
+        other = part.get("else")
+        if other is None:
+            continue
+        other = _resolve(schema, other)
+        if "if" in other or "allOf" in other:
+            out += _cases(schema, other)
+        else:
+            value = other.get("properties", {}).get(key, {})
+            out.append((key, value["const"], other) if "const" in value else (None, None, other))
     return out
 
 

@@ -151,6 +151,19 @@ class DownstreamSpec:
 
 
 @dataclass(frozen=True)
+class ValidationSpec:
+    """The config's ``tasks.<t>.validation``: ``folds`` (at most one per image), ensemble
+    ``members`` per fold (None: the task's), the IoU ``min_iou`` every class should reach,
+    and ``stop``: whether flagged classes stop the workflow before synthesis."""
+
+    enabled: bool = True
+    folds: int = 4
+    members: int | None = 3
+    min_iou: float = 0.3
+    stop: bool = False
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     checkpoint: str
@@ -168,6 +181,7 @@ class TaskSpec:
     features: FeatureSpec = field(default_factory=FeatureSpec)
     interpreter: dict = field(default_factory=_schema_default("$defs/task/properties/interpreter"))
     synthesis: SynthesisSpec = field(default_factory=SynthesisSpec)
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
     filter_ratio: float = 0.1
     downstream: DownstreamSpec = field(default_factory=DownstreamSpec)
     reuse: dict | None = None  # {task, min_psnr}: a VQGAN re-encodes that task's annotations
@@ -262,6 +276,7 @@ class WorkflowConfig:
                                      batch_size=t["features"]["batch_size"]),
                 interpreter=dict(t["interpreter"]),
                 synthesis=SynthesisSpec(**{**t["synthesis"], "classes": syn_classes if syn_classes else classes}),
+                validation=ValidationSpec(**t["validation"]),
                 filter_ratio=float(t["filter"]["ratio"]),
                 downstream=DownstreamSpec.from_dict(t["downstream"]),
                 reuse=dict(t["reuse"]) if t["reuse"] else None,

@@ -38,7 +38,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from labelfactory.features import FeatureStore
-from labelfactory.interpreters.base import INTERPRETERS, Interpreter, Progress, TrainingData, read_interpreter
+from labelfactory.interpreters.base import (
+    INTERPRETERS,
+    Interpreter,
+    Progress,
+    TrainingData,
+    class_weights,
+    read_interpreter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +78,15 @@ class ConvInterpreterConfig:
     amp: bool = True
     cache_mb: float = 2048
     seed: int = 0
+    class_balance: float = 0.0  # loss weight frequency**-class_balance per class (interpreters.base.class_weights)
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
         self.group_bounds = None if self.group_bounds is None else tuple(self.group_bounds)
         bad = [f"{k}={getattr(self, k)}" for k in ("num_members", "iterations", "batch_size")
                if getattr(self, k) < 1]
+        if not 0 <= self.class_balance <= 1:
+            bad.append(f"class_balance={self.class_balance} (0..1)")
         if not self.lr > 0:
             bad.append(f"lr={self.lr}")
         if not self.channels or any(c < 1 for c in self.channels):
@@ -251,9 +261,11 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(1)
 
 
-def pixel_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, int, int]:
-    """Mean loss over the annotated pixels (BCE-with-logits or cross-entropy), and the
-    number of them predicted right and annotated."""
+def pixel_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, weight: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, int, int]:
+    """Mean loss over the annotated pixels (BCE-with-logits or cross-entropy; with ``weight``,
+    the mean weighted by each pixel's class weight), and the number of them predicted right
+    and annotated."""
     logits, valid = logits.float(), target != ignore_index
     if logits.shape[1] == 1:
         per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], (target == 1).float(), reduction="none")
@@ -262,7 +274,11 @@ def pixel_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) ->
         per_pixel = F.cross_entropy(logits, torch.where(valid, target, 0), reduction="none")
         pred = logits.argmax(1)
     n = int(valid.sum())
-    loss = (per_pixel * valid).sum() / max(n, 1)
+    if weight is None:
+        loss = (per_pixel * valid).sum() / max(n, 1)
+    else:
+        w = weight.to(per_pixel.device)[torch.where(valid, target, 0)] * valid
+        loss = (per_pixel * w).sum() / w.sum().clamp_min(1e-12)
     return loss, int(((pred == target) & valid).sum()), n
 
 
@@ -307,8 +323,10 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Te
 
 def _fit_member(net: ConvInterpreter, maps: _NativeMaps, masks: np.ndarray, emb: torch.Tensor | None,
                 cfg: ConvInterpreterConfig, ignore_index: int, gen: torch.Generator, device: torch.device,
-                hist: ConvMemberHistory, report: Progress | None, member: int) -> None:
-    """Train one member for ``cfg.iterations`` batches; leaves it in eval mode."""
+                hist: ConvMemberHistory, report: Progress | None, member: int,
+                weight: torch.Tensor | None = None) -> None:
+    """Train one member for ``cfg.iterations`` batches (the loss weighted per class by
+    ``weight``, if given); leaves it in eval mode."""
     amp = cfg.amp and device.type == "cuda"
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -319,7 +337,7 @@ def _fit_member(net: ConvInterpreter, maps: _NativeMaps, masks: np.ndarray, emb:
         target = torch.from_numpy(masks[index.numpy()]).to(device).long()
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = net(maps.batch(index), None if emb is None else emb[index.to(emb.device)])
-        loss, right, n = pixel_loss(logits, target, ignore_index)
+        loss, right, n = pixel_loss(logits, target, ignore_index, weight)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -379,6 +397,8 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
     per_image = None if cls is None else emb_table[torch.from_numpy(cls).to(device)]
     shapes = [store.shapes[l] for l in layers]
     seeds = [int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(cfg.num_members)]
+    annotated = torch.from_numpy(masks[masks != ignore_index].astype(np.int64))
+    weight = class_weights(annotated, max(num_classes, 2), cfg.class_balance)
     log.info("training %d conv members on %d images, %d layers, %d classes, %s", cfg.num_members, len(masks),
              len(layers), num_classes, "class-conditional" if emb is not None else "unconditional")
     members, history = [], []
@@ -387,7 +407,7 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
                            seed).to(device)
         hist = ConvMemberHistory(seed=seed)
         _fit_member(net, maps, masks, per_image, cfg, ignore_index, torch.Generator().manual_seed(seed), device,
-                    hist, progress, m)
+                    hist, progress, m, weight)
         log.info("member %d: %d iterations, final training loss %.4f, pixel accuracy %.3f",
                  m, hist.iterations, hist.loss_curve[-1], hist.accuracy_curve[-1])
         members.append(net)

@@ -34,7 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelfactory.features import FeatureStore
-from labelfactory.interpreters.base import INTERPRETERS, Interpreter, Progress, TrainingData, read_interpreter
+from labelfactory.interpreters.base import (
+    INTERPRETERS,
+    Interpreter,
+    Progress,
+    TrainingData,
+    class_weights,
+    read_interpreter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,7 @@ class MLPEnsembleConfig:
     seed: int = 0
     upsample: str = "bilinear"
     align_corners: bool = False
+    class_balance: float = 0.0  # loss weight frequency**-class_balance per class (interpreters.base.class_weights)
 
     def __post_init__(self):
         positive = {k: getattr(self, k) for k in ("num_members", "patience", "eval_every", "max_epochs",
@@ -81,6 +89,8 @@ class MLPEnsembleConfig:
             bad.append(f"lr={self.lr}")
         if self.upsample != "bilinear":
             bad.append(f"upsample={self.upsample!r} (only 'bilinear')")
+        if not 0 <= self.class_balance <= 1:
+            bad.append(f"class_balance={self.class_balance} (0..1)")
         if bad:
             raise ValueError("invalid MLP ensemble config: " + ", ".join(bad))
 
@@ -227,25 +237,28 @@ def _batches(train: torch.Tensor, batch_size: int, max_epochs: int, gen: torch.G
 
 
 @torch.no_grad()
-def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Held-out cross-entropy and accuracy, with BatchNorm in eval mode."""
+def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+              ) -> tuple[float, float]:
+    """Held-out (class-weighted) cross-entropy and accuracy, with BatchNorm in eval mode."""
     net.eval()
     logits = torch.cat([net(c) for c in x.split(_EVAL_CHUNK)])
     net.train()
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+    return F.cross_entropy(logits, y, weight=weight).item(), (logits.argmax(1) == y).float().mean().item()
 
 
 def _fit_member(net: nn.Module, features: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
                 train: torch.Tensor, hold_x: torch.Tensor, hold_y: torch.Tensor, cfg: MLPEnsembleConfig,
-                gen: torch.Generator, hist: MemberHistory, report: Callable[[int, float, float], None]) -> None:
-    """Train one member with early stopping on the held-out loss; leaves it at its best state."""
+                gen: torch.Generator, hist: MemberHistory, report: Callable[[int, float, float], None],
+                weight: torch.Tensor | None = None) -> None:
+    """Train one member with early stopping on the held-out loss (both weighted per class by
+    ``weight``, if given); leaves it at its best state."""
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
     best_state: dict[str, torch.Tensor] = {}
     stale = 0
 
     def evaluate() -> bool:
         nonlocal best_state, stale
-        loss, acc = _evaluate(net, hold_x, hold_y)
+        loss, acc = _evaluate(net, hold_x, hold_y, weight)
         report(hist.batches, loss, acc)
         if loss < hist.best_loss:
             hist.best_loss, hist.best_accuracy, hist.best_batch = loss, acc, hist.batches
@@ -258,7 +271,7 @@ def _fit_member(net: nn.Module, features: Callable[[torch.Tensor], torch.Tensor]
     net.train()
     hist.stop_reason = "max_epochs"
     for pix in _batches(train, min(cfg.batch_size, len(train)), cfg.max_epochs, gen):
-        loss = F.cross_entropy(net(features(pix)), labels.index_select(0, pix).long())
+        loss = F.cross_entropy(net(features(pix)), labels.index_select(0, pix).long(), weight=weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -297,8 +310,11 @@ def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labe
     hold_x = torch.cat([features(c) for c in hold.split(_GATHER_CHUNK)])
     hold_y = labels[hold].long()
     seeds = [int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(cfg.num_members)]
-    log.info("training %d members on %d pixels (%d held out), %d features per pixel, %d classes",
-             cfg.num_members, len(train), n_hold, dim, num_classes)
+    weight = class_weights(labels[train], num_classes, cfg.class_balance)
+    weight = None if weight is None else weight.to(labels.device)
+    log.info("training %d members on %d pixels (%d held out), %d features per pixel, %d classes%s",
+             cfg.num_members, len(train), n_hold, dim, num_classes,
+             "" if weight is None else f", class weights {[round(w, 2) for w in weight.tolist()]}")
     members, histories = [], []
     for m, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(seed)
@@ -312,7 +328,7 @@ def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labe
             if progress is not None:
                 progress(m, batch, loss, acc)
 
-        _fit_member(net, features, labels, train, hold_x, hold_y, cfg, gen, hist, report)
+        _fit_member(net, features, labels, train, hold_x, hold_y, cfg, gen, hist, report, weight)
         log.info("member %d: %s after %d batches; best held-out loss %.4f, accuracy %.3f (batch %d)",
                  m, hist.stop_reason, hist.batches, hist.best_loss, hist.best_accuracy, hist.best_batch)
         members.append(net)
