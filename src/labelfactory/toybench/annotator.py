@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SEED0 = 2_000_000_000  # toy-world seeds of annotator training images start here
 EVAL_SEED0 = 3_000_000_000  # toy-world seeds of annotator evaluation images start here
-ARCH = "labelfactory.toybench.annotator.unet"
+ARCH = "labelfactory.annotator.unet"  # the shipped weights' sidecar says so: a format name, not the module path
 
 
 # --- network ---------------------------------------------------------------------
