@@ -165,3 +165,13 @@ def test_corrupt_or_missing_weights_raise_clear_errors(tmp_path):
         Annotator.load(path)
     with pytest.raises(CheckpointError, match="no such"):
         Annotator.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("name", ["annotator-32"])
+def test_the_shipped_annotator_loads(name):
+    """The sidecar's arch is a format name: renaming modules must not orphan the shipped weights."""
+    from pathlib import Path
+
+    annotator = Annotator.load(Path(__file__).resolve().parents[1] / "weights" / "toy" / f"{name}.safetensors")
+    masks = annotator.label(np.zeros((1, 32, 32, 3), np.uint8), "car")
+    assert masks.shape == (1, 32, 32)

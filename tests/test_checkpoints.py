@@ -344,3 +344,12 @@ def test_convert_round_trip_is_exact(tmp_path, sources, kind):
     assert content_hash(back.arch, back.arch_config, back.state_tensors()) == meta["generator_hash"]
     z = _z(4, direct.z_dim)
     np.testing.assert_array_equal(back.render(z, truncation=0.6), direct.render(z, truncation=0.6))
+
+
+@pytest.mark.parametrize("name", ["stylegan2-car-32", "biggan-32", "vqgan-32"])
+def test_the_shipped_toy_generators_load(name):
+    """The workflow's default generators, as shipped (their sidecars name formats, not modules)."""
+    from pathlib import Path
+
+    backend = load_generator(Path(__file__).resolve().parents[1] / "weights" / "toy" / f"{name}.safetensors")
+    assert backend.resolution == 32
