@@ -17,12 +17,12 @@ from PIL import Image
 
 from labelfactory.annotations import handout as ann
 from labelfactory.annotations.annotation_set import load_annotation_set
+from labelfactory.annotations.handout import sample_for_annotation
 from labelfactory.annotations.importing import import_annotations
-from labelfactory.annotations.handout import sample_for_annotation, sample_id
 from labelfactory.annotations.labels import AnnotationError, LabelSet, load_labels
-from labelfactory.generators.base import images_to_uint8
-from labelfactory.generators.stylegan2 import Generator, NoiseInjection, StyleGAN2Backend, StyleGAN2Config
 from labelfactory.core.visualize import palette
+from labelfactory.generators.base import images_to_uint8, sample_id
+from labelfactory.generators.stylegan2 import Generator, NoiseInjection, StyleGAN2Backend, StyleGAN2Config
 
 LABELS = ["background", "body", "head", "tail"]
 SEEDS = [3, 1, 4]

@@ -97,6 +97,26 @@ def _encode(args) -> None:
              backend.generator_hash[:12])
 
 
+def _label(args) -> None:
+    from labelfactory.config import parse_range
+    from labelfactory.core.runtime import resolve_device
+    from labelfactory.generators.loading import load_generator
+    from labelfactory.generators.view import set_average_latent
+    from labelfactory.interpreters import load_interpreter
+    from labelfactory.synthesis.labelling import label_seeds
+    from labelfactory.synthesis.shards import ShardSettings
+
+    device = resolve_device(args.device)
+    backend = load_generator(args.checkpoint, device, fmt=args.format)
+    if args.average_latent:
+        set_average_latent(backend, args.average_latent, "--average-latent")
+    interpreter = load_interpreter(args.interpreter_type, args.interpreter, device, args.precision)
+    settings = ShardSettings(truncation=args.truncation, noise=args.noise, batch_size=args.batch_size)
+    info = label_seeds(backend, interpreter, parse_range(args.seeds), args.cls, settings, args.out, args.png_dir)
+    log.info("labelled %d samples into %s%s", info.num_samples, args.out,
+             f" (PNGs in {args.png_dir})" if args.png_dir else "")
+
+
 def _convert(args) -> None:
     import yaml
 
@@ -174,6 +194,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=16)
     e.set_defaults(func=_encode)
+
+    b = sub.add_parser("label", help="label chosen seeds with a trained interpreter: images, labels and per-pixel "
+                                     "uncertainty (a shard, as the synthesize rule writes), optionally as PNGs")
+    b.add_argument("--checkpoint", required=True, help="the task's generator (any supported checkpoint)")
+    b.add_argument("--interpreter", required=True, help="the trained interpreter (.safetensors beside its .json)")
+    b.add_argument("--interpreter-type", help="mlp, conv, ... (default: what the interpreter's sidecar says)")
+    b.add_argument("--seeds", required=True, help="e.g. 0-15 or 3,7,9")
+    b.add_argument("--class", dest="cls", type=int, help="the class of every sample (class-conditional generators)")
+    b.add_argument("--out", required=True, help="the shard (.h5) to write")
+    b.add_argument("--png-dir", help="also write <id>.image.png, <id>.png (label ids) and <id>.uncertainty.png")
+    b.add_argument("--truncation", type=float, default=1.0, help="as the task's truncation")
+    b.add_argument("--noise", choices=["const", "random", "none"], default="const", help="as the task's noise")
+    b.add_argument("--average-latent", help="StyleGAN1: the release's avg_latent_stylegan1.npy")
+    b.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32")
+    b.add_argument("--format", default="auto", help="checkpoint format (default: detect)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.set_defaults(func=_label)
 
     c = sub.add_parser("convert", help="convert a public checkpoint to safetensors + JSON sidecar")
     c.add_argument("src")

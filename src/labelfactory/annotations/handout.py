@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from labelfactory.generators.base import UNCONDITIONAL, GeneratorBackend, images_to_uint8
+from labelfactory.generators.base import GeneratorBackend, images_to_uint8, sample_id
 from labelfactory.generators.view import view_of
 
 MANIFEST_FILE = "manifest.csv"
@@ -29,11 +29,6 @@ IMAGE_SUFFIX = ".image.png"
 
 
 LATENT_SUFFIX = ".latent.npy"
-
-
-def sample_id(seed: int, cls: int) -> str:
-    """Canonical id of a sample: ``s{seed:08d}``, or ``c{cls:04d}_s{seed:08d}`` for a class."""
-    return f"s{int(seed):08d}" if int(cls) == UNCONDITIONAL else f"c{int(cls):04d}_s{int(seed):08d}"
 
 
 def render_uint8(backend: GeneratorBackend, z: np.ndarray, classes: np.ndarray, truncation: float,

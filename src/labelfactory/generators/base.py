@@ -69,6 +69,11 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     return (x + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def sample_id(seed: int, cls: int) -> str:
+    """Canonical id of a sample: ``s{seed:08d}``, or ``c{cls:04d}_s{seed:08d}`` for a class."""
+    return f"s{int(seed):08d}" if int(cls) == UNCONDITIONAL else f"c{int(cls):04d}_s{int(seed):08d}"
+
+
 class GeneratorBackend(abc.ABC):
     """A pretrained generator with feature taps."""
 

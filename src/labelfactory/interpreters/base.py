@@ -197,9 +197,15 @@ def class_weights(labels: torch.Tensor, num_classes: int, balance: float) -> tor
     return (weights / (freq * weights).sum()).float()
 
 
-def load_interpreter(interpreter_type: str, path, device: torch.device | str = "cpu",
+def load_interpreter(interpreter_type: str | None, path, device: torch.device | str = "cpu",
                      precision: str = "float32") -> Interpreter:
-    """A trained interpreter of ``interpreter_type`` from ``path``, set to infer in ``precision``."""
+    """A trained interpreter of ``interpreter_type`` (None: the one its sidecar names) from
+    ``path``, set to infer in ``precision``."""
+    if interpreter_type is None:
+        interpreter_type = read_sidecar(path).get("interpreter")
+        if interpreter_type not in INTERPRETERS:
+            raise ValueError(f"{sidecar_path(path)}: names no known interpreter type ({interpreter_type!r}; "
+                             f"known: {', '.join(INTERPRETERS)})")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     interpreter = INTERPRETERS.get(interpreter_type).load(path, device)
@@ -220,13 +226,18 @@ def save_interpreter(module: nn.Module, path: str | Path, metadata: Mapping) -> 
     atomic_write_json(sidecar_path(path), metadata)
 
 
-def read_interpreter(path: str | Path, interpreter: str, format_version: int) -> tuple[dict, dict]:
-    """The sidecar and weights :func:`save_interpreter` wrote for an ``interpreter`` of ``format_version``."""
+def read_sidecar(path: str | Path) -> dict:
+    """The JSON sidecar of the interpreter weights at ``path``."""
     meta_path = sidecar_path(path)
     try:
-        meta = json.loads(meta_path.read_text())
+        return json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{meta_path}: unreadable interpreter sidecar ({e})") from e
+
+
+def read_interpreter(path: str | Path, interpreter: str, format_version: int) -> tuple[dict, dict]:
+    """The sidecar and weights :func:`save_interpreter` wrote for an ``interpreter`` of ``format_version``."""
+    meta_path, meta = sidecar_path(path), read_sidecar(path)
     if meta.get("interpreter") != interpreter or meta.get("format_version") != format_version:
         raise ValueError(f"{meta_path}: not a {interpreter!r} interpreter of format version {format_version}")
     return meta, load_file(str(path))

@@ -1,0 +1,65 @@
+"""`labelfactory label`: a trained interpreter labels the seeds a user chooses, through the
+synthesis path, with per-pixel uncertainty and PNGs an annotation folder can take back."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from labelfactory.cli import main
+from labelfactory.features import FeatureStore, extract_features
+from labelfactory.generators.base import images_to_uint8
+from labelfactory.generators.loading import write_canonical
+from labelfactory.interpreters import TrainingData, load_interpreter
+from labelfactory.interpreters.mlp import MLPEnsembleConfig, train_mlp_ensemble
+from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
+
+from helpers import tiny_generator, tiny_mask
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label")
+    torch.set_num_threads(1)
+    backend = tiny_generator()
+    write_canonical(root / "g.safetensors", backend, {"source_url": "test"})
+    z = backend.draw_latents(range(4))
+    extract_features(backend, [f"s{i:08d}" for i in range(4)], z, root / "features.h5")
+    images = images_to_uint8(torch.from_numpy(backend.render(z)))
+    masks = np.stack([tiny_mask(img) for img in images]).astype(np.uint8)
+    data = TrainingData(FeatureStore.open(root / "features.h5"), masks, 3, label_names=["bg", "a", "b"])
+    ens = train_mlp_ensemble(data, MLPEnsembleConfig(num_members=2, eval_every=20, patience=2, max_epochs=3))
+    ens.save(root / "interpreter.safetensors")
+    return root, backend
+
+
+def test_label_writes_the_shard_synthesis_would_and_pngs(trained, tmp_path):
+    root, backend = trained
+    out, pngs = tmp_path / "labels.h5", tmp_path / "png"
+    assert main(["label", "--checkpoint", str(root / "g.safetensors"), "--interpreter",
+                 str(root / "interpreter.safetensors"), "--seeds", "7,9", "--out", str(out),
+                 "--png-dir", str(pngs), "--device", "cpu"]) == 0
+    interpreter = load_interpreter("mlp", root / "interpreter.safetensors")
+    synthesize_shard(backend, interpreter, tmp_path / "synth.h5", [7, 9], None,
+                     ShardSettings(batch_size=16, store_uncertainty=True), progress=False)
+    with h5py.File(out) as a, h5py.File(tmp_path / "synth.h5") as b:
+        for key in ("images", "labels", "uncertainty", "score", "seed"):
+            np.testing.assert_array_equal(a[key][()], b[key][()])
+        labels, js = a["labels"][()], a["uncertainty"][()]
+    assert sorted(p.name for p in pngs.iterdir()) == [
+        "s00000007.image.png", "s00000007.png", "s00000007.uncertainty.png",
+        "s00000009.image.png", "s00000009.png", "s00000009.uncertainty.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(pngs / "s00000009.png")), labels[1])
+    map_ = np.asarray(Image.open(pngs / "s00000007.uncertainty.png")).astype(np.float32)
+    np.testing.assert_allclose(map_, np.clip(js[0].astype(np.float32) * 255 / np.log(2), 0, 255), atol=1)
+
+
+def test_label_reads_the_interpreter_type_from_its_sidecar_and_names_a_bad_one(trained, tmp_path):
+    root, _ = trained
+    assert load_interpreter(None, root / "interpreter.safetensors").name == "mlp"
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((root / "interpreter.safetensors").read_bytes())
+    (tmp_path / "bad.json").write_text('{"interpreter": "svm"}')
+    with pytest.raises(ValueError, match=r"bad.json: names no known interpreter type \('svm'"):
+        load_interpreter(None, bad)
