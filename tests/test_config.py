@@ -329,13 +329,10 @@ def _schema_walk(schema):
     """(resolve, branches) over ``schema``: a node with its ``$ref`` followed, and the
     ``[(key, const, branch)]`` of every ``if``/``then`` of a node (its ``allOf`` entries, and
     ``else`` chains to any depth), as the interpreter's per-type keys are written."""
+    from labelfactory.config.docs import resolve_ref
+
     def resolve(node):
-        while "$ref" in node:
-            target = schema
-            for part in node["$ref"].removeprefix("#/").split("/"):
-                target = target[part]
-            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return node
+        return resolve_ref(schema, node)
 
     def branches(node):
         out = []

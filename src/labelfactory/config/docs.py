@@ -34,7 +34,7 @@ def render_markdown(schema: dict | None = None) -> str:
     out = [_HEADER.format(description=_cell(_text(schema.get("description", ""))))]
     required = set(schema.get("required", ()))
     for key, node in schema["properties"].items():
-        node = _resolve(schema, node)
+        node = resolve_ref(schema, node)
         out.append(f"## `{key}`\n")
         if node.get("description"):
             out.append(_cell(_text(node["description"])) + "\n")
@@ -56,7 +56,7 @@ def write_markdown(path: str | Path = DOCS_PATH) -> Path:
 
 
 # --- the walk -----------------------------------------------------------------------------------
-def _resolve(schema: dict, node: dict) -> dict:
+def resolve_ref(schema: dict, node: dict) -> dict:
     """``node`` with its ``$ref`` (``#/$defs/...``) followed; its own keys win over the target's."""
     while "$ref" in node:
         target = schema
@@ -69,7 +69,7 @@ def _resolve(schema: dict, node: dict) -> dict:
 def _map_value(schema: dict, node: dict) -> dict | None:
     """The schema of a map's values (an object keyed by names of your choosing), or None."""
     value = node.get("additionalProperties")
-    return _resolve(schema, value) if isinstance(value, dict) and "properties" not in node else None
+    return resolve_ref(schema, value) if isinstance(value, dict) and "properties" not in node else None
 
 
 def _tables(schema: dict, node: dict, path: str) -> list[str]:
@@ -89,7 +89,7 @@ def _tables(schema: dict, node: dict, path: str) -> list[str]:
     seen = set()
     for _, props, _ in branches or [(None, node["properties"], ())]:
         for key, sub in props.items():
-            sub = _resolve(schema, sub)
+            sub = resolve_ref(schema, sub)
             if key not in seen and (_is_object(sub) or _map_value(schema, sub) is not None):
                 seen.add(key)
                 out += _tables(schema, sub, f"{path}.{key}")
@@ -103,7 +103,7 @@ def _branches(schema: dict, node: dict) -> list[tuple[str, dict, set]]:
     ``else`` chains, nested to any depth); ``[]`` for a plain object."""
     out = []
     for key, value, branch in _cases(schema, node):
-        branch = _resolve(schema, branch)
+        branch = resolve_ref(schema, branch)
         props = {**node["properties"], **{k: v for k, v in branch.get("properties", {}).items() if k != key}}
         required = {*node.get("required", ()), *branch.get("required", ())}
         out.append((f"with `{key}: {_value(value)}`" if key is not None else "otherwise", props, required))
@@ -116,8 +116,8 @@ def _cases(schema: dict, node: dict) -> list[tuple[str | None, object, dict]]:
     own ``const`` of ``key`` if it names one, else ``(None, None, ...)``."""
     out = []
     for part in (node, *node.get("allOf", ())):
-        part = _resolve(schema, part)
-        if "if" not in part or "then" not in part or "properties" not in _resolve(schema, part["then"]):
+        part = resolve_ref(schema, part)
+        if "if" not in part or "then" not in part or "properties" not in resolve_ref(schema, part["then"]):
             continue
         key, const = next(((k, v["const"]) for k, v in part["if"].get("properties", {}).items() if "const" in v),
                           (None, None))
@@ -127,7 +127,7 @@ def _cases(schema: dict, node: dict) -> list[tuple[str | None, object, dict]]:
         other = part.get("else")
         if other is None:
             continue
-        other = _resolve(schema, other)
+        other = resolve_ref(schema, other)
         if "if" in other or "allOf" in other:
             out += _cases(schema, other)
         else:
@@ -145,7 +145,7 @@ def _is_object(node: dict) -> bool:
 def _table(schema: dict, props: dict, required, path: str, title: str) -> str:
     rows = ["| Key | Type | Default | Description |", "|---|---|---|---|"]
     for key, raw in props.items():
-        sub = _resolve(schema, raw)
+        sub = resolve_ref(schema, raw)
         if key in required:
             default = "required"
         elif "default" in raw:  # a $ref's target's default is not filled in where it is referenced
@@ -162,7 +162,7 @@ def _table(schema: dict, props: dict, required, path: str, title: str) -> str:
 # --- words ------------------------------------------------------------------------------------------
 def _type(schema: dict, node: dict) -> str:
     """A schema's type, allowed values and bounds in words: ``integer ≥ 1``, ``one of `a`, `b```..."""
-    node = _resolve(schema, node)
+    node = resolve_ref(schema, node)
     for combinator in ("oneOf", "anyOf"):
         if combinator in node:
             return " or ".join(_type(schema, s) for s in node[combinator])
