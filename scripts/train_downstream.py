@@ -11,7 +11,8 @@ with snakemake_job(snakemake):
                            real=RealDataSpec.from_dict(real) if real else None,
                            manifest=snakemake.input.manifest[0] if snakemake.input.manifest else None,
                            class_aware=ClassAwareLabels.from_dict(p.class_aware) if p.class_aware else None,
-                           combined=tuple(snakemake.input.manifest[1:]))
-    cfg = seg_config(snakemake.params.options, seed=int(snakemake.wildcards.seed), threads=snakemake.threads)
+                           combined=tuple(snakemake.input.manifest[1:]),
+                           **{k: p.options[k] for k in ("annotation_share", "uncertain_pixels") if k in p.options})
+    cfg = seg_config(p.options, seed=int(snakemake.wildcards.seed), threads=snakemake.threads)
     train_downstream(snakemake.wildcards.setting, inputs, cfg, snakemake.output.weights,
                      device=resolve_device(snakemake.params.device))

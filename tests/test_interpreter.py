@@ -195,7 +195,7 @@ def test_training_data_defaults_and_from_annotations(tmp_path):
 
 
 def test_class_weights_let_small_classes_count():
-    from labelfactory.interpreters.base import class_weights
+    from labelfactory.core.metrics import class_weights
 
     labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
     assert class_weights(labels, 4, 0.0) is None  # the release's unweighted loss

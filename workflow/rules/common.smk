@@ -156,6 +156,20 @@ def training_manifests(wildcards):
     return [f"results/{name}/manifest.parquet" for name in (wildcards.task, *combined)]
 
 
+# downstream options that only some settings read, and the options that are off by default: a run's
+# `options` param holds them only where they apply and are on, so that changing one reruns only the
+# runs it changes, and runs trained before an option existed stay current
+SETTING_OPTIONS = {"annotation_share": lambda s: s == "synthetic_plus_annotations",
+                   "uncertain_pixels": lambda s: s.startswith("synthetic")}
+OFF_BY_DEFAULT = {"class_balance": 0, "uncertain_pixels": 0}
+
+
+def train_options(wildcards):
+    """The `downstream` options of one training run (train_downstream's `options`)."""
+    return {k: v for k, v in task_of(wildcards).downstream.train.items()
+            if SETTING_OPTIONS.get(k, lambda s: True)(wildcards.setting) and OFF_BY_DEFAULT.get(k, object()) != v}
+
+
 def real_training_data(wildcards):
     """The real dataset's training-split settings, only for the run that trains on it
     (so editing the test split, or the real data, retrains nothing else)."""

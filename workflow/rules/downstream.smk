@@ -1,5 +1,6 @@
 rule train_downstream:
-    """Train one segmentation run of a setting (few-shot, synthetic, filtered, real) and seed."""
+    """Train one segmentation run of a setting (few-shot, synthetic, filtered, combined, synthetic
+    plus annotations, real) and seed."""
     input:
         annotations="results/{task}/annotations.h5",
         manifest=training_manifests,
@@ -7,7 +8,7 @@ rule train_downstream:
         weights="results/{task}/downstream/{setting}/seed{seed}/model.safetensors",
         sidecar="results/{task}/downstream/{setting}/seed{seed}/model.json",
     params:
-        options=lambda w: task_of(w).downstream.train,
+        options=train_options,
         real=real_training_data,
         class_aware=lambda w: class_aware_labels(task_of(w)),
         device=CFG.device,

@@ -96,6 +96,8 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
                          for other in task["downstream"][key] if other not in cfg["tasks"] or other == name]
     if accepted("downstream.combine", "downstream.settings", "downstream.labels", "classes"):
         problems += _combine_problems(cfg, name)
+    if accepted("downstream.uncertain_pixels", "downstream.settings", "downstream.combine"):
+        problems += _uncertainty_problems(cfg, name)
     return problems
 
 
@@ -126,6 +128,18 @@ def _same_classes(a, b) -> bool:
         return task_classes(a) == task_classes(b)
     except (TypeError, ValueError):
         return True
+
+
+def _uncertainty_problems(cfg: dict, name: str) -> list[str]:
+    """`uncertain_pixels` reads the per-pixel uncertainty of the shards the synthetic settings train on."""
+    ds = cfg["tasks"][name]["downstream"]
+    if not ds["uncertain_pixels"] or not any(s.startswith("synthetic") for s in ds["settings"]):
+        return []
+    sources = [name, *(ds["combine"] if "synthetic_combined" in ds["settings"] else ())]
+    return [f"tasks.{name}.downstream.uncertain_pixels: needs the per-pixel uncertainty of {other!r}'s shards, "
+            f"which tasks.{other}.synthesis.store_uncertainty: false leaves out"
+            for other in dict.fromkeys(sources) if isinstance(cfg["tasks"].get(other), dict)
+            and cfg["tasks"][other].get("synthesis", {}).get("store_uncertainty", True) is False]
 
 
 def _combine_problems(cfg: dict, name: str) -> list[str]:

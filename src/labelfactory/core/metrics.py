@@ -1,5 +1,6 @@
-"""Segmentation scores from confusion matrices: one implementation for the interpreter's
-cross-validation, the downstream networks and the toy bench's annotator."""
+"""Segmentation scores from confusion matrices, and per-class loss weights: one implementation
+for the interpreters (training and cross-validation), the downstream networks and the toy
+bench's annotator."""
 
 from __future__ import annotations
 
@@ -48,3 +49,27 @@ def scores_from_confusion(confusion: torch.Tensor, class_names: Sequence[str] | 
             raise ValueError(f"{len(class_names)} class names for {len(iou)} classes")
         out["iou_by_class"] = dict(zip(class_names, iou))
     return out
+
+
+def class_weights_from_counts(counts: torch.Tensor, balance: float) -> torch.Tensor | None:
+    """Per-class loss weights that let small parts count: ``frequency ** -balance`` of each
+    class, its frequency the share of its labelled pixels in ``counts`` ``[C]`` (0: uniform;
+    1: every class weighs as much in total), scaled so that the mean weight per labelled pixel
+    is 1; classes absent from ``counts`` get 0. Returns None for ``balance == 0`` (the
+    unweighted loss, bit for bit)."""
+    if balance == 0:
+        return None
+    counts = counts.double()
+    freq = counts / counts.sum()
+    weights = torch.where(counts > 0, freq.clamp_min(1e-12) ** -balance, torch.zeros_like(freq))
+    return (weights / (freq * weights).sum()).float()
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, balance: float) -> torch.Tensor | None:
+    """:func:`class_weights_from_counts` of the class ids in ``labels`` (ids outside
+    ``0..num_classes-1``, e.g. :data:`IGNORE_INDEX`, are not counted)."""
+    if balance == 0:
+        return None
+    labels = labels.long().flatten()
+    counts = torch.bincount(labels[(labels >= 0) & (labels < num_classes)], minlength=num_classes)
+    return class_weights_from_counts(counts, balance)

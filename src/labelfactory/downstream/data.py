@@ -4,8 +4,9 @@ Every dataset yields ``(image, label)``: a float tensor ``[3, H, W]``
 normalised with the ImageNet statistics (what pretrained backbones expect) and
 a long tensor ``[H, W]`` of class ids, :data:`IGNORE_INDEX` marking pixels that
 take no part in loss or score. Sources: arrays in memory (the few annotated
-images, real labelled images) and generated samples in HDF5 shards listed by a manifest. Augmentation is a
-wrapper the trainer applies, so evaluation never sees it.
+images, real labelled images), generated samples in HDF5 shards listed by a manifest, and
+both together (:class:`WithAnnotations`). Augmentation is a wrapper the trainer applies, so
+evaluation never sees it.
 """
 
 from __future__ import annotations
@@ -114,25 +115,92 @@ class ShardSegmentation(Dataset):
         return to_tensors(images[r], labels[r])
 
 
+def ignore_uncertain(labels: np.ndarray, uncertainty: np.ndarray, fraction: float,
+                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """``labels`` ``[N,H,W]`` with the ``round(fraction·H·W)`` most uncertain pixels of each image
+    (by ``uncertainty`` ``[N,H,W]``, e.g. the per-pixel JS divergence; ties go to the first
+    pixel in row-major order) set to ``ignore_index``, as Dataset Diffusion does; a copy."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the fraction of uncertain pixels to ignore must lie in [0, 1), got {fraction}")
+    if uncertainty.shape != labels.shape:
+        raise ValueError(f"uncertainty {uncertainty.shape} does not match labels {labels.shape}")
+    out = np.array(labels, copy=True)
+    n = out.shape[0]
+    k = round(fraction * out[0].size) if n else 0
+    if k:
+        flat = -np.asarray(uncertainty, dtype=np.float32).reshape(n, -1)
+        top = np.argsort(flat, axis=1, kind="stable")[:, :k]
+        out.reshape(n, -1)[np.arange(n)[:, None], top] = ignore_index
+    return out
+
+
+class WithAnnotations(Dataset):
+    """The generated samples of ``synthetic`` (a :class:`ShardSegmentation`), then the annotated
+    images of ``annotations`` repeated in turn (0, 1, …, A-1, 0, 1, …) until they make up
+    ``share`` of the items (each at least once): ``round(share·S / (1 - share))`` of them for S
+    samples. Its ``shards`` name each generated item's shard and None for each annotated one
+    (held in memory), which :class:`ShardGroupedSampler` spreads over the epoch."""
+
+    def __init__(self, synthetic: ShardSegmentation, annotations: Dataset, share: float):
+        if not 0 < share < 1:
+            raise ValueError(f"the annotations' share of the training items must lie in (0, 1), got {share}")
+        if len(annotations) == 0:
+            raise ValueError("no annotated images to add to the generated samples")
+        self.synthetic, self.annotations, self.share = synthetic, annotations, share
+        repeats = max(len(annotations), round(share * len(synthetic) / (1 - share)))
+        self.annotation_items = np.arange(repeats, dtype=np.int64) % len(annotations)
+        self.shards = np.concatenate([np.asarray(synthetic.shards, dtype=object),
+                                      np.full(repeats, None, dtype=object)])
+        self.window = synthetic.window
+
+    def __len__(self) -> int:
+        return len(self.synthetic) + len(self.annotation_items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"item {i} of {len(self)}")
+        i = i % len(self)
+        s = len(self.synthetic)
+        return self.synthetic[i] if i < s else self.annotations[int(self.annotation_items[i - s])]
+
+
 class ShardGroupedSampler(Sampler[int]):
     """Endless random order, epoch after epoch; for a :class:`ShardSegmentation`
     the shards are shuffled, taken ``dataset.window`` at a time, and the samples of
     those shards shuffled together, so every shard is read once per epoch instead
-    of once per sample and batches mix shards."""
+    of once per sample and batches mix shards. Items whose shard is None (held in
+    memory, e.g. the annotations of :class:`WithAnnotations`) are shuffled and dealt
+    to the windows in proportion to their sizes, so every part of the epoch has its share."""
 
     def __init__(self, dataset: Dataset, generator: torch.Generator):
         self.shards = getattr(dataset, "shards", np.zeros(len(dataset), dtype=object))
         self.window = getattr(dataset, "window", 1)
         self.generator = generator
+        memory = np.array([s is None for s in self.shards], dtype=bool)
+        self.in_memory, self.stored = np.flatnonzero(memory), np.flatnonzero(~memory)
 
     def _epoch(self) -> list[int]:
-        names = list(dict.fromkeys(self.shards))
+        stored = self.shards[self.stored]
+        names = list(dict.fromkeys(stored))
         shuffled = [names[s] for s in torch.randperm(len(names), generator=self.generator).tolist()]
+        windows = [self.stored[np.isin(stored, shuffled[start : start + self.window])]
+                   for start in range(0, len(shuffled), self.window)]
+        if len(self.in_memory):
+            windows = self._deal_in_memory(windows)
         order: list[int] = []
-        for start in range(0, len(shuffled), self.window):
-            members = np.flatnonzero(np.isin(self.shards, shuffled[start : start + self.window]))
+        for members in windows:
             order.extend(members[torch.randperm(len(members), generator=self.generator).numpy()].tolist())
         return order
+
+    def _deal_in_memory(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        """``windows`` with the in-memory items, shuffled, split among them by their sizes."""
+        dealt = self.in_memory[torch.randperm(len(self.in_memory), generator=self.generator).numpy()]
+        if not windows:
+            return [dealt]
+        sizes = np.cumsum([0] + [len(w) for w in windows])
+        cuts = len(dealt) * sizes // max(int(sizes[-1]), 1)
+        cuts[-1] = len(dealt)
+        return [np.concatenate([w, dealt[a:b]]) for w, a, b in zip(windows, cuts[:-1], cuts[1:])]
 
     def __iter__(self) -> Iterator[int]:
         while True:

@@ -8,15 +8,20 @@ training images come from) and seed, then scored on held-out real images:
 - ``synthetic_filtered``: only the samples the uncertainty filter kept;
 - ``synthetic_combined``: the kept samples of this task and of others with the
   same labels together (BigDatasetGAN's "BigGAN + VQGAN synthetic");
+- ``synthetic_plus_annotations``: the kept samples and the annotated images,
+  these repeated to make up ``annotation_share`` of the training items;
 - ``fully_supervised``: real labelled images (the upper bound).
 
 Real images come from a registered source (:mod:`labelfactory.downstream.real`).
+With ``uncertain_pixels`` > 0 the synthetic settings ignore that fraction of each
+generated image's pixels, the most uncertain ones (the shards' per-pixel JS divergence).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -30,11 +35,11 @@ from labelfactory.annotations.labels import LabelSet
 from labelfactory.core.io import atomic_write_json
 from labelfactory.synthesis.filtering import read_manifest
 from labelfactory.core.registry import Registry
-from labelfactory.synthesis.shards import read_samples
+from labelfactory.synthesis.shards import read_samples, read_samples_with_uncertainty, require_uncertainty
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.cross_validation import cross_validate
 from labelfactory.downstream import datasets  # noqa: F401  (registers the public datasets' readers)
-from labelfactory.downstream.data import ArraySegmentation, ShardSegmentation
+from labelfactory.downstream.data import ArraySegmentation, ShardSegmentation, WithAnnotations, ignore_uncertain
 from labelfactory.downstream.real import RealDataSpec, real_dataset
 from labelfactory.downstream.segmentation import (SegTrainConfig, evaluate_segmentation, load_model, load_snapshots, per_image_confusions,
                            save_model, train_segmentation)
@@ -45,13 +50,24 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SettingInputs:
     """Everything a setting may read; each setting uses its own part (``combined``: the
-    manifests of other tasks whose kept samples join the task's in ``synthetic_combined``)."""
+    manifests of other tasks whose kept samples join the task's in ``synthetic_combined``;
+    ``annotation_share``: the annotations' share of the items of ``synthetic_plus_annotations``;
+    ``uncertain_pixels``: the fraction of each generated image's pixels, the most uncertain,
+    that the synthetic settings ignore, 0 none)."""
 
     annotations: str
     real: RealDataSpec | None = None
     manifest: str | None = None
     class_aware: ClassAwareLabels | None = None
     combined: tuple[str, ...] = ()
+    annotation_share: float = 0.1
+    uncertain_pixels: float = 0.0
+
+    def __post_init__(self):
+        if not 0 < self.annotation_share < 1:
+            raise ValueError(f"annotation_share must lie in (0, 1), got {self.annotation_share}")
+        if not 0 <= self.uncertain_pixels < 1:
+            raise ValueError(f"uncertain_pixels must lie in [0, 1), got {self.uncertain_pixels}")
 
     def labels(self) -> LabelSet:
         """The label set the network learns: the annotations' own, or the class-aware one."""
@@ -72,12 +88,24 @@ def few_shot(inputs: SettingInputs, labels: LabelSet) -> Dataset:
     return ArraySegmentation(ann.images, masks)
 
 
-def _shards(inputs: SettingInputs, kept_only: bool, combined: tuple[str, ...] = ()) -> Dataset:
+def read_samples_ignoring_uncertain(shard: str, indices: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~labelfactory.synthesis.shards.read_samples` with the ``fraction`` most uncertain
+    pixels of each sample labelled ignore (:func:`~labelfactory.downstream.data.ignore_uncertain`)."""
+    images, labels, uncertainty = read_samples_with_uncertainty(shard, indices)
+    return images, ignore_uncertain(labels, uncertainty, fraction)
+
+
+def _shards(inputs: SettingInputs, kept_only: bool, combined: tuple[str, ...] = ()) -> ShardSegmentation:
     if inputs.manifest is None:
         raise ValueError("the synthetic settings need the filter's manifest")
     label_map = None if inputs.class_aware is None else inputs.class_aware.apply
+    reader = read_samples if inputs.uncertain_pixels == 0 else \
+        partial(read_samples_ignoring_uncertain, fraction=inputs.uncertain_pixels)
     manifest = pd.concat([read_manifest(m) for m in (inputs.manifest, *combined)], ignore_index=True)
-    return ShardSegmentation(manifest, read_samples, kept_only=kept_only, label_map=label_map)
+    dataset = ShardSegmentation(manifest, reader, kept_only=kept_only, label_map=label_map)
+    if inputs.uncertain_pixels:
+        require_uncertainty(list(dict.fromkeys(dataset.shards)))  # fail now, not mid-training
+    return dataset
 
 
 @SETTINGS.register("synthetic")
@@ -95,6 +123,11 @@ def synthetic_combined(inputs: SettingInputs, labels: LabelSet) -> Dataset:
     if not inputs.combined:
         raise ValueError("synthetic_combined needs the manifests of the tasks to combine (downstream.combine)")
     return _shards(inputs, kept_only=True, combined=inputs.combined)
+
+
+@SETTINGS.register("synthetic_plus_annotations")
+def synthetic_plus_annotations(inputs: SettingInputs, labels: LabelSet) -> Dataset:
+    return WithAnnotations(_shards(inputs, kept_only=True), few_shot(inputs, labels), inputs.annotation_share)
 
 
 @SETTINGS.register("fully_supervised")
@@ -160,7 +193,7 @@ def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: R
 def seg_config(options: dict, seed: int, threads: int | None) -> SegTrainConfig:
     """The training config of one run from the config's ``downstream`` section."""
     keys = {"model", "model_options", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-            "poly_power", "warmup_steps", "augment", "snapshots"}
+            "poly_power", "warmup_steps", "augment", "snapshots", "class_balance"}
     cfg = SegTrainConfig.from_dict({k: v for k, v in options.items() if k in keys})
     extra = {k: options[k] for k in ("weights", "backbone_weights") if options.get(k)}
     return replace(cfg, seed=seed, threads=threads, model_options={**cfg.model_options, **extra})

@@ -7,7 +7,9 @@ and deterministic on the CPU for a seed and thread count. Scores come from one
 confusion matrix over the whole test set; with ``snapshots`` > 1 a run also
 keeps evenly spaced snapshots of its weights (in the same file, under
 ``snapshot.<step>.``) for DatasetGAN's cross-validated checkpoint selection
-(:mod:`labelfactory.downstream.cross_validation`).
+(:mod:`labelfactory.downstream.cross_validation`). With ``class_balance`` > 0 the
+loss weighs each class by its pixel frequency in the training set to the power
+``-class_balance``, so that small parts count (:func:`dataset_class_weights`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from labelfactory.core.io import atomic_path, atomic_write_json, sha256_file
-from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
+from labelfactory.core.metrics import class_weights_from_counts, confusion_matrix, scores_from_confusion
 from labelfactory.core.typed import strict_from_dict
 from labelfactory.downstream.data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
 from labelfactory.downstream.models import SegmentationNet, build_segmentation_model, load_state_dict_checked
@@ -56,6 +58,8 @@ class SegTrainConfig:
     threads: int | None = None  # CPU threads for the run; None keeps the process setting
     log_every: int = 100
     snapshots: int = 1  # weights kept at steps/snapshots, 2·steps/snapshots, ..., steps
+    class_balance: float = 0.0  # loss weight frequency**-class_balance per class; 0: unweighted
+
 
     def __post_init__(self):
         if isinstance(self.augment, dict):
@@ -70,6 +74,8 @@ class SegTrainConfig:
             raise ValueError(f"warmup_steps must lie in [0, steps), got {self.warmup_steps} of {self.steps}")
         if not 1 <= self.snapshots <= self.steps:
             raise ValueError(f"snapshots must lie in [1, steps], got {self.snapshots} of {self.steps}")
+        if self.class_balance < 0:
+            raise ValueError(f"class_balance must be at least 0, got {self.class_balance}")
 
     @property
     def snapshot_steps(self) -> list[int]:
@@ -111,10 +117,42 @@ def build_optimizer(model: nn.Module, cfg: SegTrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Pixel cross-entropy averaged over labelled pixels (0, not NaN, when none are)."""
-    total = F.cross_entropy(logits, label, ignore_index=ignore_index, reduction="sum")
-    return total / (label != ignore_index).sum().clamp(min=1)
+def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel cross-entropy averaged over labelled pixels (0, not NaN, when none are); with
+    per-class ``weight`` ``[C]`` the weighted mean ``Σ w[label]·CE / Σ w[label]`` over them."""
+    if weight is None:
+        total = F.cross_entropy(logits, label, ignore_index=ignore_index, reduction="sum")
+        return total / (label != ignore_index).sum().clamp(min=1)
+    total = F.cross_entropy(logits, label, weight=weight, ignore_index=ignore_index, reduction="sum")
+    return total / weight[label[label != ignore_index]].sum().clamp(min=torch.finfo(weight.dtype).tiny)
+
+
+CLASS_COUNT_ITEMS = 256  # training items whose labels give the class frequencies of class_balance
+
+
+def dataset_class_weights(dataset: Dataset, num_classes: int, balance: float, seed: int,
+                          ignore_index: int = IGNORE_INDEX, max_items: int = CLASS_COUNT_ITEMS) -> torch.Tensor | None:
+    """The loss weights of ``class_balance`` (:func:`~labelfactory.core.metrics.class_weights_from_counts`)
+    from the label frequencies of ``dataset``: of every item, or of ``max_items`` drawn with ``seed``
+    (read in index order, so a shard dataset reads each shard once); ``ignore_index`` is not counted.
+    None for ``balance == 0``."""
+    if balance == 0:
+        return None
+    n = len(dataset)
+    picks = range(n) if n <= max_items else \
+        torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_items].sort().values.tolist()
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for i in picks:
+        label = dataset[i][1].flatten()
+        label = label[label != ignore_index]
+        if label.numel() and (label.min() < 0 or label.max() >= num_classes):
+            raise ValueError(f"training item {i} has labels outside 0..{num_classes - 1} "
+                             f"(ignore index {ignore_index})")
+        counts += torch.bincount(label, minlength=num_classes)
+    if counts.sum() == 0:
+        raise ValueError(f"class_balance: the {len(picks)} training items counted have no labelled pixel")
+    return class_weights_from_counts(counts, balance)
 
 
 def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, device: str | torch.device = "cpu",
@@ -136,6 +174,10 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
         loader = DataLoader(Augmented(dataset, cfg.augment), batch_size=cfg.batch_size,
                             sampler=ShardGroupedSampler(dataset, generator), num_workers=cfg.num_workers,
                             generator=generator, pin_memory=device.type == "cuda", drop_last=True)
+        weight = dataset_class_weights(dataset, num_classes, cfg.class_balance, cfg.seed, cfg.ignore_index)
+        if weight is not None:
+            log.info("class weights %s", [round(w, 3) for w in weight.tolist()])
+            weight = weight.to(device)
         opt = build_optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
         history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads(), "snapshots": {}}
@@ -147,7 +189,7 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
             image, label = next(batches)
             image = image.to(device, non_blocking=True)
             label = label.to(device, non_blocking=True)
-            loss = segmentation_loss(model(image), label, cfg.ignore_index)
+            loss = segmentation_loss(model(image), label, cfg.ignore_index, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             history["lr"].append(opt.param_groups[0]["lr"])

@@ -26,6 +26,7 @@ SETTING_TITLES = {
     "synthetic": "synthetic, unfiltered",
     "synthetic_filtered": "synthetic, filtered",
     "synthetic_combined": "synthetic, filtered, combined",
+    "synthetic_plus_annotations": "synthetic, filtered, plus annotations",
     "fully_supervised": "fully supervised (real)",
 }
 

@@ -184,19 +184,6 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
 INTERPRETERS: Registry[type[Interpreter]] = Registry("interpreter")
 
 
-def class_weights(labels: torch.Tensor, num_classes: int, balance: float) -> torch.Tensor | None:
-    """Per-class loss weights that let small parts count: ``frequency ** -balance`` of each
-    class among the annotated ``labels`` (0: uniform, the release's; 1: every class weighs
-    as much in total), scaled so that the mean weight per training pixel is 1; classes absent
-    from ``labels`` get 0. Returns None for ``balance == 0`` (the unweighted loss, bit for bit)."""
-    if balance == 0:
-        return None
-    counts = torch.bincount(labels.long().flatten(), minlength=num_classes)[:num_classes].double()
-    freq = counts / counts.sum()
-    weights = torch.where(counts > 0, freq.clamp_min(1e-12) ** -balance, torch.zeros_like(freq))
-    return (weights / (freq * weights).sum()).float()
-
-
 def load_interpreter(interpreter_type: str | None, path, device: torch.device | str = "cpu",
                      precision: str = "float32") -> Interpreter:
     """A trained interpreter of ``interpreter_type`` (None: the one its sidecar names) from

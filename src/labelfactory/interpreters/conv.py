@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from labelfactory.core.metrics import class_weights
 from labelfactory.features import FeatureStore
 from labelfactory.interpreters.base import (
     INTERPRETERS,
     Interpreter,
     Progress,
     TrainingData,
-    class_weights,
     read_interpreter,
 )
 
@@ -78,7 +78,7 @@ class ConvInterpreterConfig:
     amp: bool = True
     cache_mb: float = 2048
     seed: int = 0
-    class_balance: float = 0.0  # loss weight frequency**-class_balance per class (interpreters.base.class_weights)
+    class_balance: float = 0.0  # loss weight frequency**-class_balance per class (core.metrics.class_weights)
 
     def __post_init__(self):
         self.channels = tuple(self.channels)

@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelfactory.core.metrics import class_weights
 from labelfactory.features import FeatureStore
 from labelfactory.interpreters.base import (
     INTERPRETERS,
     Interpreter,
     Progress,
     TrainingData,
-    class_weights,
     read_interpreter,
 )
 
@@ -75,7 +75,7 @@ class MLPEnsembleConfig:
     seed: int = 0
     upsample: str = "bilinear"
     align_corners: bool = False
-    class_balance: float = 0.0  # loss weight frequency**-class_balance per class (interpreters.base.class_weights)
+    class_balance: float = 0.0  # loss weight frequency**-class_balance per class (core.metrics.class_weights)
 
     def __post_init__(self):
         positive = {k: getattr(self, k) for k in ("num_members", "patience", "eval_every", "max_epochs",

@@ -363,19 +363,53 @@ def read_shard_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 def read_samples(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 ``[K,H,W,3]`` and labels uint8 ``[K,H,W]`` of the samples at
     ``indices`` (any order, repeats allowed), read through their checksums."""
+    images, labels = _read_per_sample(path, indices, ("images", "labels"))
+    return images, labels
+
+
+def read_samples_with_uncertainty(path: str | os.PathLike, indices: Sequence[int] | np.ndarray
+                                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_samples` and the per-pixel uncertainty float16 ``[K,H,W]`` (JS divergence) of
+    the samples; a shard written without it (``synthesis.store_uncertainty: false``) is a ShardError."""
+    images, labels, uncertainty = _read_per_sample(path, indices, ("images", "labels", "uncertainty"))
+    return images, labels, uncertainty
+
+
+def _no_uncertainty(path: str | os.PathLike) -> str:
+    return (f"{path}: no per-pixel uncertainty stored (the shard was written with "
+            "synthesis.store_uncertainty: false; set it true and synthesise again)")
+
+
+def require_uncertainty(paths: Sequence[str | os.PathLike]) -> None:
+    """A ShardError naming the first of ``paths`` that holds no per-pixel ``uncertainty``."""
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as f:
+                stored = isinstance(f.get("uncertainty"), h5py.Dataset)
+        except OSError as e:
+            raise ShardError(f"{path}: unreadable shard ({type(e).__name__}: {e})") from e
+        if not stored:
+            raise ShardError(_no_uncertainty(path))
+
+
+def _read_per_sample(path: str | os.PathLike, indices: Sequence[int] | np.ndarray,
+                     names: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """The per-sample datasets ``names`` at ``indices`` (any order, repeats allowed)."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     try:
         with h5py.File(path, "r") as f:
             problems = _layout_problems(f)
             if problems:
                 raise ShardError(f"{path}: not a valid shard: " + "; ".join(problems))
+            if "uncertainty" in names and "uncertainty" not in f:
+                raise ShardError(_no_uncertainty(path))
             n = f["images"].shape[0]
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise IndexError(f"{path}: sample indices must be in [0, {n}), got {idx.min()}..{idx.max()}")
             uniq, inverse = np.unique(idx, return_inverse=True)
-            images, labels = f["images"][uniq], f["labels"][uniq]
+            arrays = [f[name][uniq] for name in names]
     except (ShardError, IndexError):
         raise
     except (OSError, KeyError, ValueError) as e:
         raise ShardError(f"{path}: unreadable shard ({type(e).__name__}: {e})") from e
-    return images[inverse], labels[inverse]
+    return tuple(a[inverse] for a in arrays)
