@@ -158,7 +158,7 @@ class ValidationSpec:
 
     enabled: bool = True
     folds: int = 4
-    members: int | None = 3
+    members: int | None = 1
     min_iou: float = 0.3
     stop: bool = False
 
