@@ -63,3 +63,35 @@ def test_label_reads_the_interpreter_type_from_its_sidecar_and_names_a_bad_one(t
     (tmp_path / "bad.json").write_text('{"interpreter": "svm"}')
     with pytest.raises(ValueError, match=r"bad.json: names no known interpreter type \('svm'"):
         load_interpreter(None, bad)
+
+
+def test_label_quality_against_the_users_truth_masks(trained, tmp_path):
+    """Labels exported by `label`, corrected by a user, score the synthetic set's labels."""
+    from labelfactory.experiments.reporting import error_summary, truth_label_errors
+    from labelfactory.synthesis.filtering import filter_manifest
+    from labelfactory.synthesis.shards import read_shard_scores
+
+    root, _ = trained
+    shard, pngs = tmp_path / "shard.h5", tmp_path / "png"
+    assert main(["label", "--checkpoint", str(root / "g.safetensors"), "--interpreter",
+                 str(root / "interpreter.safetensors"), "--seeds", "3-6", "--out", str(shard),
+                 "--png-dir", str(pngs), "--device", "cpu"]) == 0
+    manifest = filter_manifest(read_shard_scores([shard]), 0.25)
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    wrong = np.asarray(Image.open(pngs / "s00000004.png")).copy()
+    wrong[:2] = (wrong[:2] + 1) % 3  # the user corrects two rows of sample 4
+    wrong[-1] = 255  # and leaves the last row unlabelled
+    Image.fromarray(wrong).save(truth / "s00000004.png")
+    (truth / "s00000005.png").write_bytes((pngs / "s00000005.png").read_bytes())
+    errors = truth_label_errors(manifest, truth)
+    assert errors["seed"].tolist() == [4, 5]
+    assert errors["error"].tolist() == pytest.approx([2 / 15, 0.0])  # 2 of the 15 labelled rows differ
+    assert error_summary(errors)["samples"] == 2
+
+    (truth / "s00000099.png").write_bytes((pngs / "s00000005.png").read_bytes())
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(truth / "s00000003.png")
+    with pytest.raises(ValueError) as e:
+        truth_label_errors(manifest, truth)
+    assert "s00000099.png: no synthesised sample has this id" in str(e.value)
+    assert "s00000003.png: 8x8 mask, the sample is 16x16" in str(e.value)

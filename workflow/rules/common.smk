@@ -193,7 +193,7 @@ def final_targets():
             targets.append(f"results/{name}/report/samples_by_class.png")
         if task.downstream.enabled:
             targets.append(f"results/{name}/report/main_table.md")
-        if task.downstream.reference_annotator:
+        if task.downstream.reference_annotator or task.downstream.truth_masks:
             targets.append(f"results/{name}/report/uncertainty_vs_error.png")
     return targets
 

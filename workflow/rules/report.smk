@@ -65,10 +65,11 @@ rule class_grid:
 
 
 rule label_quality:
-    """Per-image uncertainty against label error (vs the simulated annotator)."""
+    """Per-image uncertainty against label error (vs the user's truth masks, else the simulated annotator)."""
     input:
         manifest="results/{task}/manifest.parquet",
-        annotator=lambda w: task_of(w).downstream.reference_annotator,
+        annotator=lambda w: [] if task_of(w).downstream.truth_masks else task_of(w).downstream.reference_annotator,
+        truth=lambda w: task_of(w).downstream.truth_masks or [],
     output:
         figure=report("results/{task}/report/uncertainty_vs_error.png", caption="../report/uncertainty_vs_error.rst",
                       category="Synthetic data", subcategory="{task}"),

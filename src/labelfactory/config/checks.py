@@ -81,7 +81,7 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         if ann.is_dir() and not labels.is_file():
             problems.append(f"tasks.{name}.labels: {labels} does not exist")
     if accepted("downstream.real", "downstream.weights", "downstream.backbone_weights",
-                "downstream.reference_annotator"):
+                "downstream.reference_annotator", "downstream.truth_masks"):
         problems += _downstream_problems(name, task["downstream"], base_dir, check_files)
     if accepted("classes", "class_names", "downstream.labels", "downstream.real", "annotation.expected_per_class"):
         problems += _class_problems(name, task)
@@ -261,7 +261,7 @@ def _downstream_problems(task: str, ds: dict, base_dir: Path, check_files: bool)
         problems.append(f"{where}.real.path: a `{ds['real']['type']}` dataset needs its path")
     if check_files:
         files = {"weights": ds["weights"], "backbone_weights": ds["backbone_weights"],
-                 "reference_annotator": ds["reference_annotator"],
+                 "reference_annotator": ds["reference_annotator"], "truth_masks": ds["truth_masks"],
                  "real.path": ds["real"]["path"] if on_disk else None}
         problems += [f"{where}.{key}: {path} does not exist" for key, path in files.items()
                      if path and not (base_dir / path).exists()]

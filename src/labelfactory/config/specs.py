@@ -133,6 +133,7 @@ class DownstreamSpec:
     real: dict = field(default_factory=_schema_default("$defs/downstream/properties/real"))
     reference_annotator: str | None = None
     report_samples: int = 500
+    truth_masks: str | None = None
     labels: str = "annotated"
     compare: tuple[str, ...] = ()
     evaluation: dict = field(default_factory=lambda: {"protocol": "holdout", "folds": 5})
@@ -142,12 +143,12 @@ class DownstreamSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "DownstreamSpec":
         own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples", "labels",
-               "compare", "evaluation", "variant", "combine"}
+               "compare", "evaluation", "variant", "combine", "truth_masks"}
         return cls(enabled=d["enabled"], settings=tuple(d["settings"]), seeds=d["seeds"], threads=d["threads"],
                    train={k: v for k, v in d.items() if k not in own}, real=dict(d["real"]),
                    reference_annotator=d["reference_annotator"], report_samples=d["report_samples"],
                    labels=d["labels"], compare=tuple(d["compare"]), evaluation=dict(d["evaluation"]),
-                   variant=d["variant"], combine=tuple(d["combine"]))
+                   variant=d["variant"], combine=tuple(d["combine"]), truth_masks=d["truth_masks"])
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from labelfactory.core.io import atomic_path, atomic_write_json, atomic_write_text
 from labelfactory.core.visualize import overlay
 from labelfactory.downstream.experiment import SETTINGS
+from labelfactory.generators.base import sample_id
 from labelfactory.synthesis.shards import read_samples
 
 SETTING_ORDER = SETTINGS.names()  # weakest to strongest supervision, as registered
@@ -221,6 +223,40 @@ def label_errors(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n
     return out
 
 
+def truth_label_errors(manifest: pd.DataFrame, truth_dir: str | os.PathLike, ignore_index: int = 255
+                       ) -> pd.DataFrame:
+    """Score the labels of the synthesised samples that have a truth mask in ``truth_dir``
+    (``<sample id>.png``, label ids, ``ignore_index`` pixels left out): ``error`` is the share
+    of the other pixels where label and truth disagree. Every mask that names no sample of the
+    manifest, or does not fit its image, is reported at once. Columns: manifest columns plus ``error``."""
+    truth_dir = Path(truth_dir)
+    files = sorted(truth_dir.glob("*.png"))
+    ids = pd.Series([sample_id(s, c) for s, c in zip(manifest["seed"], manifest["class"])], index=manifest.index)
+    by_id = dict(zip(ids, manifest.index))
+    problems = [f"{f.name}: no synthesised sample has this id (seed and class not in the synthetic set)"
+                for f in files if f.stem not in by_id and not f.stem.endswith((".image", ".uncertainty"))]
+    files = [f for f in files if f.stem in by_id]
+    if not files and not problems:
+        problems.append(f"no <sample id>.png truth masks in {truth_dir}")
+    rows = manifest.loc[[by_id[f.stem] for f in files]].sort_values(["shard", "index"]) if files else manifest[:0]
+    images, labels = _manifest_samples(rows) if len(rows) else (None, None)
+    truth = {f.stem: np.asarray(Image.open(f)) for f in files}
+    errors = []
+    for k, (i, row) in enumerate(rows.iterrows()):
+        mask = truth[ids[i]]
+        if mask.shape != labels[k].shape:
+            problems.append(f"{ids[i]}.png: {mask.shape[0]}x{mask.shape[1]} mask, the sample is "
+                            f"{labels[k].shape[0]}x{labels[k].shape[1]}")
+            continue
+        valid = mask != ignore_index
+        errors.append(float((mask[valid] != labels[k][valid]).mean()) if valid.any() else float("nan"))
+    if problems:
+        raise ValueError(f"{truth_dir}: " + "; ".join(problems))
+    out = rows.reset_index(drop=True).copy()
+    out["error"] = errors
+    return out
+
+
 def error_summary(errors: pd.DataFrame) -> dict:
     """Mean label error of all, kept and dropped samples, and the Spearman rank
     correlation between uncertainty score and error."""
@@ -234,7 +270,8 @@ def error_summary(errors: pd.DataFrame) -> dict:
     }
 
 
-def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike) -> None:
+def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike,
+                              reference: str = "simulated annotator") -> None:
     """Scatter of per-image uncertainty score against label error, coloured by
     whether the filter kept the sample."""
     import seaborn as sns
@@ -245,19 +282,19 @@ def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike) -> 
     fig, ax = plt.subplots(figsize=(5, 4))
     sns.scatterplot(df, x="score", y="error", hue="filter", hue_order=["kept", "dropped"], s=12, alpha=0.6, ax=ax)
     ax.set_xlabel("uncertainty score (mean top-10% JS divergence, nats)")
-    ax.set_ylabel("label error vs simulated annotator (% pixels)")
+    ax.set_ylabel(f"label error vs {reference} (% pixels)")
     ax.set_title(f"Spearman ρ = {s['spearman_score_error']:.2f}; error kept {100 * s['mean_error_kept']:.1f}% "
                  f"vs dropped {100 * s['mean_error_dropped']:.1f}%", fontsize=9)
     save_figure(fig, path)
 
 
 def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_path: str | os.PathLike,
-                        png_path: str | os.PathLike) -> dict:
+                        png_path: str | os.PathLike, reference: str = "simulated annotator") -> dict:
     with atomic_path(csv_path) as tmp:
         errors.to_csv(tmp, index=False)
     summary = error_summary(errors)
     atomic_write_json(json_path, summary)
-    plot_uncertainty_vs_error(errors, png_path)
+    plot_uncertainty_vs_error(errors, png_path, reference)
     return summary
 
 
