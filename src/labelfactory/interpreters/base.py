@@ -18,7 +18,7 @@ import json
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Mapping, Sequence
+from typing import Callable, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -179,6 +179,62 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
     def save(self, path: str | Path) -> None:
         """Weights to ``path`` (safetensors) and :meth:`metadata` to its JSON sidecar, each atomically."""
         save_interpreter(self, path, self.metadata())
+
+
+# -- per-channel normalisation of the taps (interpreter option `normalize`) ---------------
+_STATS_CHUNK = 1 << 22  # values per float64 temporary of channel_statistics
+STD_FLOOR = 1e-6  # tap channels spread less than this (constant ones) are divided by it, not by their std
+
+
+def channel_statistics(images: Iterable[Sequence[torch.Tensor]], floor: float = STD_FLOOR
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 mean and standard deviation ``[D]`` of every channel over all pixels of all
+    ``images``, each a sequence of ``[C_k, P_k]`` chunks (channels by pixels) whose channels,
+    concatenated, are the ``D`` channels. Accumulated in float64, combining the centred moments
+    of each chunk (Chan et al.), so offsets far beyond the spread lose no precision; the
+    (population) standard deviation is floored at ``floor``."""
+    count = mean = m2 = None
+    for chunks in images:
+        n_i, mean_i, m2_i = [], [], []
+        for x in chunks:
+            step = max(1, _STATS_CHUNK // max(1, x.shape[1]))
+            for c in x.split(step):
+                c = c.double()
+                mu = c.mean(1)
+                mean_i.append(mu)
+                m2_i.append((c - mu[:, None]).square_().sum(1))
+                n_i.append(torch.full_like(mu, c.shape[1]))
+        n_i, mean_i, m2_i = torch.cat(n_i), torch.cat(mean_i), torch.cat(m2_i)
+        if count is None:
+            count, mean, m2 = n_i, mean_i, m2_i
+            continue
+        total = count + n_i
+        delta = mean_i - mean
+        mean = mean + delta * (n_i / total)
+        m2 = m2 + m2_i + delta.square() * (count * n_i / total)
+        count = total
+    if count is None:
+        raise ValueError("no images to compute channel statistics on")
+    return mean.float(), (m2 / count).sqrt().clamp_min(floor).float()
+
+
+def standardise_maps(maps: Sequence[torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> list[torch.Tensor]:
+    """Float32 ``(x - mean) / std`` per channel of maps ``[B, C_k, h, w]`` whose channels,
+    concatenated, are those of ``mean`` and ``std`` ``[D]``."""
+    dims = [x.shape[1] for x in maps]
+    return [(x.float() - m[:, None, None]) / s[:, None, None]
+            for x, m, s in zip(maps, mean.split(dims), std.split(dims))]
+
+
+def check_tap_statistics(normalize: bool, dim: int, mean: torch.Tensor | None, std: torch.Tensor | None) -> None:
+    """Refuse tap statistics that do not go with ``normalize`` or with the ``dim`` tap channels."""
+    if not normalize:
+        if mean is not None or std is not None:
+            raise ValueError("tap statistics given but normalize is off")
+        return
+    if mean is None or std is None or mean.shape != (dim,) or std.shape != (dim,):
+        raise ValueError(f"normalize needs the tap channels' mean and std, each of shape [{dim}], got "
+                         f"{None if mean is None else list(mean.shape)} and {None if std is None else list(std.shape)}")
 
 
 INTERPRETERS: Registry[type[Interpreter]] = Registry("interpreter")

@@ -20,7 +20,9 @@ norms; label sets of more than two classes get softmax logits; an ensemble of
 members gives the probabilities the JS-divergence scoring needs. Each group's
 1×1 reduction runs at every tap's native resolution before the upsampling:
 both are linear, so this equals the release's upsample-then-reduce, and the
-wide full-resolution feature volume is never built.
+wide full-resolution feature volume is never built. With ``normalize`` every tap
+channel is first standardised by its mean and standard deviation over the
+annotated images' native maps (as for the MLP ensemble), in training and inference.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ from labelfactory.interpreters.base import (
     Interpreter,
     Progress,
     TrainingData,
+    channel_statistics,
+    check_tap_statistics,
     read_interpreter,
+    standardise_maps,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,8 @@ class ConvInterpreterConfig:
     held in memory, the rest read from the feature store per batch. ``amp``:
     training under autocast (float16) on CUDA; CPUs always train in float32.
     Inference runs in the ensemble's ``compute_dtype`` (``synthesis.precision``).
+    ``normalize``: standardise every tap channel by its mean and standard deviation
+    over the annotated images (the release feeds the taps raw).
     """
 
     num_members: int = 3
@@ -79,6 +86,7 @@ class ConvInterpreterConfig:
     cache_mb: float = 2048
     seed: int = 0
     class_balance: float = 0.0  # loss weight frequency**-class_balance per class (core.metrics.class_weights)
+    normalize: bool = False
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
@@ -285,7 +293,8 @@ def pixel_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, we
 # -- training ----------------------------------------------------------------------
 class _NativeMaps:
     """Batches of the annotated images' native-resolution float16 maps, held in memory
-    for as many images as fit in ``cache_mb`` and read from the store for the rest."""
+    for as many images as fit in ``cache_mb`` and read from the store for the rest;
+    float32, standardised per channel, once :meth:`standardise` has been called."""
 
     def __init__(self, store: FeatureStore, ids: Sequence[str], layers: Sequence[str], cache_mb: float,
                  device: torch.device):
@@ -300,17 +309,28 @@ class _NativeMaps:
         if self.cached < len(ids):
             log.info("holding the features of %d of %d images in memory (cache_mb); reading the rest per batch",
                      self.cached, len(ids))
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+
+    def image(self, n: int) -> list[torch.Tensor]:
+        """``[C, h, w]`` float16 maps of image ``n`` as stored, one per layer."""
+        if n < self.cached:
+            return [self.cache[l][n] for l in self.layers]
+        a = self.store.read(self.ids[n], self.layers)
+        return [torch.from_numpy(a[l]).to(self.device) for l in self.layers]
+
+    def standardise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """From now on, standardise every channel by its mean and standard deviation over all
+        the images' native maps (:func:`~labelfactory.interpreters.mlp.channel_statistics`); returns them."""
+        self.mean, self.std = channel_statistics(
+            [x.flatten(1) for x in self.image(n)] for n in range(len(self.ids)))
+        return self.mean, self.std
 
     def batch(self, index: torch.Tensor) -> list[torch.Tensor]:
-        """``[B, C, h, w]`` float16 maps of the images ``index``, one per layer."""
-        per_image = []
-        for n in index.tolist():
-            if n < self.cached:
-                per_image.append([self.cache[l][n] for l in self.layers])
-            else:
-                a = self.store.read(self.ids[n], self.layers)
-                per_image.append([torch.from_numpy(a[l]).to(self.device) for l in self.layers])
-        return [torch.stack(maps) for maps in zip(*per_image)]
+        """``[B, C, h, w]`` maps of the images ``index``, one per layer: float16 as stored, or
+        float32 standardised after :meth:`standardise`."""
+        maps = [torch.stack(maps) for maps in zip(*(self.image(n) for n in index.tolist()))]
+        return maps if self.mean is None else standardise_maps(maps, self.mean, self.std)
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -393,6 +413,10 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
     cls, emb = _check_conditioning(data.classes, data.class_embedding, len(masks))
     device = torch.device(device)
     maps = _NativeMaps(store, ids, layers, cfg.cache_mb, device)
+    mean = std = None
+    if cfg.normalize:
+        mean, std = maps.standardise()
+        log.info("standardising %d tap channels (std from %.3g to %.3g)", len(mean), std.min(), std.max())
     emb_table = None if emb is None else emb.to(device)
     per_image = None if cls is None else emb_table[torch.from_numpy(cls).to(device)]
     shapes = [store.shapes[l] for l in layers]
@@ -413,7 +437,7 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
         members.append(net)
         history.append(hist)
     return ConvEnsemble(members, cfg, layers, shapes, num_classes, store.resolution, store.generator_hash,
-                        history, label_names, emb_table)
+                        history, label_names, emb_table, mean, std)
 
 
 # -- the trained ensemble ----------------------------------------------------------
@@ -430,10 +454,12 @@ class ConvEnsemble(Interpreter):
     def __init__(self, members: Sequence[ConvInterpreter], cfg: ConvInterpreterConfig, layers: Sequence[str],
                  layer_shapes: Sequence[tuple[int, int, int]], num_classes: int, resolution: int,
                  generator_hash: str, history: Sequence[ConvMemberHistory],
-                 label_names: Sequence[str] | None = None, class_embedding: torch.Tensor | None = None):
+                 label_names: Sequence[str] | None = None, class_embedding: torch.Tensor | None = None,
+                 tap_mean: torch.Tensor | None = None, tap_std: torch.Tensor | None = None):
         super().__init__()
         if len(layers) != len(layer_shapes) or len(members) != len(history):
             raise ValueError("need one shape per layer and one history per member")
+        check_tap_statistics(cfg.normalize, sum(int(s[0]) for s in layer_shapes), tap_mean, tap_std)
         self.members = nn.ModuleList(members)
         self.cfg = cfg
         self.layers = list(layers)
@@ -445,6 +471,9 @@ class ConvEnsemble(Interpreter):
         self.label_names = None if label_names is None else list(label_names)
         self.compute_dtype = torch.float32  # of inference (autocast); see interpreters.PRECISIONS
         self.register_buffer("class_embedding", class_embedding)
+        # per-channel standardisation of the taps (cfg.normalize); None (not in the state dict) without
+        self.register_buffer("tap_mean", tap_mean)
+        self.register_buffer("tap_std", tap_std)
 
     fit = staticmethod(train_conv_ensemble)
 
@@ -460,7 +489,7 @@ class ConvEnsemble(Interpreter):
         for l, s, x in zip(self.layers, self.layer_shapes, maps):
             if x.ndim != 4 or tuple(x.shape[1:]) != s or x.shape[0] != maps[0].shape[0]:
                 raise ValueError(f"layer {l}: expected [B, {', '.join(map(str, s))}], got {list(x.shape)}")
-        return maps
+        return maps if self.tap_mean is None else standardise_maps(maps, self.tap_mean, self.tap_std)
 
     def _embedding(self, classes: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if not self.conditional:
@@ -508,8 +537,10 @@ class ConvEnsemble(Interpreter):
         history = [ConvMemberHistory(**h) for h in meta["history"]]
         members = [build_member(shapes, meta["num_classes"], meta["resolution"], cfg,
                                 None if emb_shape is None else emb_shape[1]) for _ in history]
+        dim = sum(s[0] for s in shapes)
+        stats = (torch.empty(dim), torch.empty(dim)) if cfg.normalize else (None, None)
         ens = cls(members, cfg, meta["layers"], shapes, meta["num_classes"], meta["resolution"],
                   meta["generator_hash"], history, meta["label_names"],
-                  None if emb_shape is None else torch.empty(emb_shape))
+                  None if emb_shape is None else torch.empty(emb_shape), *stats)
         ens.load_state_dict(weights)
         return ens.to(device).eval()

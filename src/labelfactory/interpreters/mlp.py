@@ -17,6 +17,13 @@ float32 for 16 images at 512² with D = 5056) is never materialised:
   output rows at a time, upsampling with 2-tap stencils (or, for maps at most
   ``_DENSE_COLUMNS`` wide, a matmul along columns): bounded work per output
   pixel, where the dense ``[R, h]`` matrices of the reference path cost O(h).
+
+With ``normalize``, every tap channel is standardised by its mean and standard
+deviation over the annotated images' native maps (:func:`channel_statistics`,
+kept as the ensemble's ``tap_mean`` / ``tap_std`` buffers): training standardises
+the gathered pixel features, inference the native maps (:func:`standardise_maps`)
+before both paths read them. The map is affine per channel and bilinear weights
+sum to one, so standardising before or after the upsampling is the same.
 """
 
 from __future__ import annotations
@@ -37,10 +44,14 @@ from labelfactory.core.metrics import class_weights
 from labelfactory.features import FeatureStore
 from labelfactory.interpreters.base import (
     INTERPRETERS,
+    STD_FLOOR,
     Interpreter,
     Progress,
     TrainingData,
+    channel_statistics,
+    check_tap_statistics,
     read_interpreter,
+    standardise_maps,
 )
 
 log = logging.getLogger(__name__)
@@ -62,6 +73,8 @@ class MLPEnsembleConfig:
     held-out pixels are scored every ``eval_every`` batches; a member stops when
     ``patience`` evaluations in a row bring no lower held-out loss, after
     ``max_epochs`` passes over its training pixels, or after ``max_batches``.
+    ``normalize``: standardise every tap channel by its mean and standard
+    deviation over the annotated images (DatasetGAN feeds the taps raw).
     """
 
     num_members: int = 10
@@ -76,6 +89,7 @@ class MLPEnsembleConfig:
     upsample: str = "bilinear"
     align_corners: bool = False
     class_balance: float = 0.0  # loss weight frequency**-class_balance per class (core.metrics.class_weights)
+    normalize: bool = False
 
     def __post_init__(self):
         positive = {k: getattr(self, k) for k in ("num_members", "patience", "eval_every", "max_epochs",
@@ -127,6 +141,7 @@ def build_member(dim: int, num_classes: int, generator: torch.Generator | None =
     return net
 
 
+# -- per-channel standardisation of the taps --------------------------------------
 # -- per-pixel features from native-resolution maps -------------------------------
 def bilinear_taps(out_size: int, in_size: int, align_corners: bool = False,
                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,6 +223,12 @@ class PixelFeatures:
         for g in self.groups:
             x = torch.cat([torch.as_tensor(maps[l]) for l in g.layers]).reshape(g.channels, g.h * g.w)
             g.maps[index * g.h * g.w : (index + 1) * g.h * g.w] = x.T
+
+    def statistics(self, floor: float = STD_FLOOR) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`channel_statistics` of the held maps: each channel's mean and standard deviation ``[D]``
+        over the native-resolution pixels of all images."""
+        return channel_statistics(([g.maps[n * g.h * g.w : (n + 1) * g.h * g.w].T for g in self.groups]
+                                   for n in range(self.num_images)), floor)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """Float32 ``[B, D]`` features of flat pixel indices ``[B]``."""
@@ -344,7 +365,9 @@ def train_mlp_ensemble(data: TrainingData, cfg: MLPEnsembleConfig | None = None,
     (pixels equal to ``ignore_index`` skipped) and the ``layers``, read in the
     store's order; its ``classes`` and ``class_embedding`` are ignored (the MLP
     is unconditional). ``progress(member, batch, loss, accuracy)`` is called at
-    every held-out evaluation.
+    every held-out evaluation. With ``cfg.normalize`` the features are standardised
+    per channel by the statistics of the annotated images' native maps, which the
+    ensemble keeps and applies at inference.
     """
     cfg = cfg or MLPEnsembleConfig()
     store, masks, num_classes, ignore_index = data.store, data.masks, data.num_classes, data.ignore_index
@@ -352,9 +375,18 @@ def train_mlp_ensemble(data: TrainingData, cfg: MLPEnsembleConfig | None = None,
     feats = PixelFeatures.from_store(store, ids, layers, cfg.align_corners, device)
     labels = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8).reshape(-1)).to(device)
     pixels = torch.nonzero(labels != ignore_index).squeeze(1)
-    members, history = fit_members(feats, feats.dim, labels, pixels, num_classes, cfg, device, progress)
+    features: Callable[[torch.Tensor], torch.Tensor] = feats
+    mean = std = None
+    if cfg.normalize:
+        mean, std = feats.statistics()
+        log.info("standardising %d tap channels (std from %.3g to %.3g)", feats.dim, std.min(), std.max())
+
+        def features(pix: torch.Tensor) -> torch.Tensor:
+            return feats(pix).sub_(mean).div_(std)
+
+    members, history = fit_members(features, feats.dim, labels, pixels, num_classes, cfg, device, progress)
     return MLPEnsemble(members, cfg, layers, [store.shapes[l][0] for l in layers], num_classes, store.resolution,
-                       store.generator_hash, history, label_names)
+                       store.generator_hash, history, label_names, mean, std)
 
 
 # -- the trained ensemble ----------------------------------------------------------
@@ -434,10 +466,12 @@ class MLPEnsemble(Interpreter):
 
     def __init__(self, members: Sequence[nn.Module], cfg: MLPEnsembleConfig, layers: Sequence[str],
                  layer_dims: Sequence[int], num_classes: int, resolution: int, generator_hash: str,
-                 history: Sequence[MemberHistory], label_names: Sequence[str] | None = None):
+                 history: Sequence[MemberHistory], label_names: Sequence[str] | None = None,
+                 tap_mean: torch.Tensor | None = None, tap_std: torch.Tensor | None = None):
         super().__init__()
         if len(layers) != len(layer_dims) or len(members) != len(history):
             raise ValueError("need one dim per layer and one history per member")
+        check_tap_statistics(cfg.normalize, sum(int(c) for c in layer_dims), tap_mean, tap_std)
         self.members = nn.ModuleList(members)
         self.cfg = cfg
         self.layers = list(layers)
@@ -449,6 +483,9 @@ class MLPEnsemble(Interpreter):
         self.label_names = None if label_names is None else list(label_names)
         self._interp_cache: dict[tuple, torch.Tensor] = {}
         self.compute_dtype = torch.float32  # of the fast path's matmuls; see interpreters.PRECISIONS
+        # per-channel standardisation of the taps (cfg.normalize); None (not in the state dict) without
+        self.register_buffer("tap_mean", tap_mean)
+        self.register_buffer("tap_std", tap_std)
 
     fit = staticmethod(train_mlp_ensemble)
 
@@ -457,7 +494,8 @@ class MLPEnsemble(Interpreter):
         return sum(self.layer_dims)
 
     def _maps(self, features: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        """The ensemble's layers from a batch of generator features, as float32 on its device."""
+        """The ensemble's layers from a batch of generator features, as float32 on its device
+        (standardised per channel with ``normalize``)."""
         missing = [l for l in self.layers if l not in features]
         if missing:
             raise KeyError(f"features lack layers {missing} the interpreter was trained on")
@@ -466,6 +504,8 @@ class MLPEnsemble(Interpreter):
         for l, c, x in zip(self.layers, self.layer_dims, maps):
             if x.ndim != 4 or x.shape[1] != c or x.shape[0] != maps[0].shape[0]:
                 raise ValueError(f"layer {l}: expected [B, {c}, h, w], got {list(x.shape)}")
+        if self.tap_mean is not None:
+            maps = standardise_maps(maps, self.tap_mean, self.tap_std)
         return maps
 
     def _first_layer(self, linear: nn.Linear, maps: list[torch.Tensor]) -> torch.Tensor:
@@ -568,9 +608,10 @@ class MLPEnsemble(Interpreter):
         """Read what :meth:`save` wrote; the ensemble comes back in eval mode."""
         meta, weights = read_interpreter(path, cls.name, cls.format_version)
         history = [MemberHistory(**h) for h in meta["history"]]
-        dim, classes = sum(meta["layer_dims"]), meta["num_classes"]
-        ens = cls([build_member(dim, classes) for _ in history], MLPEnsembleConfig(**meta["config"]),
+        dim, classes, cfg = sum(meta["layer_dims"]), meta["num_classes"], MLPEnsembleConfig(**meta["config"])
+        stats = (torch.empty(dim), torch.empty(dim)) if cfg.normalize else (None, None)
+        ens = cls([build_member(dim, classes) for _ in history], cfg,
                   meta["layers"], meta["layer_dims"], classes, meta["resolution"], meta["generator_hash"],
-                  history, meta["label_names"])
+                  history, meta["label_names"], *stats)
         ens.load_state_dict(weights)
         return ens.to(device).eval()
