@@ -45,7 +45,7 @@ def test_workflow_runs_through_sbatch(cluster, tmp_path):
     # every non-local job was an sbatch job that completed; local rules were not submitted
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr)
     expected = {"fetch_checkpoint": 1, "sample_for_annotation": 1, "import_annotations": 1,
-                "extract_features": 1, "train_interpreter": 1, "synthesize": 2}
+                "extract_features": 1, "train_interpreter": 1, "validate_interpreter": 1, "synthesize": 2}
     assert len(submitted) == sum(expected.values()) == len(jobs)
     assert {j["JobId"] for j in jobs} == set(submitted)
     assert all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobName"], j["JobState"]) for j in jobs]
