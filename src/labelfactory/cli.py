@@ -127,6 +127,29 @@ def _convert(args) -> None:
     log.info("wrote %s (%s, generator %s)", args.dest, meta["arch"], meta["generator_hash"][:12])
 
 
+def _probe_taps(args) -> None:
+    from labelfactory.annotations.annotation_set import load_annotation_set
+    from labelfactory.core.io import atomic_path
+    from labelfactory.core.runtime import resolve_device
+    from labelfactory.features import FeatureStore
+    from labelfactory.interpreters.base import TrainingData
+    from labelfactory.interpreters.mlp import MLPEnsembleConfig
+    from labelfactory.interpreters.validation import PROBE_EPOCHS, rank_taps
+
+    data = TrainingData.from_annotations(FeatureStore.open(args.features), load_annotation_set(args.annotations))
+    cfg = MLPEnsembleConfig(num_members=1, max_epochs=PROBE_EPOCHS if args.max_epochs is None else args.max_epochs)
+    table = rank_taps(data, cfg, folds=args.folds, device=resolve_device(args.device))
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    prior = table.attrs.get("average_mask_miou")
+    if prior is not None:
+        print(f"\naverage mask (position alone): mIoU {prior:.3f}; held out over {table.attrs['folds']} folds of "
+              f"{len(data.masks)} annotated images, one MLP member, at most {cfg.max_epochs} epochs")
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False)
+        log.info("wrote %s", args.out)
+
+
 def _toyworld_sheet(args) -> None:
     from labelfactory.toybench.world import sample_sheet
 
@@ -220,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--generator", help="YAML spec of a user's nn.Module class whose state dict src is "
                                        "(the keys of a config's checkpoints.<name>.generator)")
     c.set_defaults(func=_convert)
+
+    q = sub.add_parser("probe-taps", help="rank the feature taps by the held-out mIoU of a small MLP interpreter "
+                                          "trained on each alone (and on all together), to choose features.layers")
+    q.add_argument("--features", required=True, help="the task's features (results/<task>/features.h5)")
+    q.add_argument("--annotations", required=True, help="the task's annotations (results/<task>/annotations.h5)")
+    q.add_argument("--folds", type=int, default=4, help="folds of annotated images (at most one per image)")
+    q.add_argument("--max-epochs", type=int, help="epochs per fold and tap (default: a short schedule)")
+    q.add_argument("--out", help="also write the table to this CSV")
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=_probe_taps)
 
     t = sub.add_parser("toyworld-sheet", help="write a PNG sample sheet of the toy world")
     t.add_argument("--out", required=True)

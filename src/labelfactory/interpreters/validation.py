@@ -12,6 +12,10 @@ interpreter IoU does not beat it has not been learnt from the features.
 A class whose held-out IoU is below ``min_iou`` or below the average mask's is
 *flagged*: synthesis would copy its errors into every sample. The report names it
 with what to try.
+
+:func:`rank_taps` runs the same protocol once per feature tap alone (a one-member,
+short-schedule MLP), so a user of an unfamiliar generator can see which taps carry
+the labels (``labelfactory probe-taps``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -28,10 +32,14 @@ import torch
 from labelfactory.config.specs import ValidationSpec
 from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
 from labelfactory.interpreters.base import INTERPRETERS, TrainingData
+from labelfactory.interpreters.mlp import MLPEnsembleConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
-REMEDIES = ("annotate more images showing this class", "try other feature taps (`labelfactory features --probe`)",
+REMEDIES = ("annotate more images showing this class", "try other feature taps (`labelfactory probe-taps`)",
             "label at a higher resolution (a tighter image view)")
 
 
@@ -96,6 +104,47 @@ def cross_validate_interpreter(data: TrainingData, interpreter_type: str, cfg, s
     names = data.label_names
     return {"folds": len(folds), "images": n, "members": cfg.num_members,
             "interpreter": scores_from_confusion(held_out, names), "average_mask": scores_from_confusion(baseline, names)}
+
+
+PROBE_EPOCHS = 5  # rank_taps' default schedule: a ranking, not a finished interpreter
+
+
+def rank_taps(data: TrainingData, cfg: MLPEnsembleConfig | None = None, folds: int = 4,
+              device: torch.device | str = "cpu") -> pd.DataFrame:
+    """Held-out scores of a one-member MLP interpreter trained on each tap of ``data.layers``
+    alone, and on all of them together (``tap = "(all)"``, when there are several), over the same ``folds`` image folds
+    (:func:`cross_validate_interpreter`). ``cfg`` (default: the MLP's with ``max_epochs =
+    PROBE_EPOCHS``) is used with ``num_members = 1``. One row per tap: ``tap``, ``channels``,
+    ``resolution`` (``"<h>x<w>"``), ``miou``, ``iou/<class>`` per class, ``pixel_accuracy``;
+    sorted by ``miou``, best first (ties and missing scores keep the taps' order). The
+    average mask's held-out mIoU (position alone) is in ``attrs["average_mask_miou"]``, the
+    number of folds in ``attrs["folds"]``."""
+    import pandas as pd  # here: synthesis imports this module and needs no pandas
+
+    if folds < 2:
+        raise ValueError(f"ranking the taps needs at least 2 folds, got {folds}")
+    cfg = MLPEnsembleConfig(max_epochs=PROBE_EPOCHS) if cfg is None else cfg
+    cfg = dataclasses.replace(cfg, num_members=1)
+    spec = ValidationSpec(folds=folds, members=1)
+    names = list(data.label_names or [str(c) for c in range(data.num_classes)])
+    shapes = data.store.shapes
+    candidates = [(layer, [layer]) for layer in data.layers]
+    if len(data.layers) > 1:
+        candidates.append(("(all)", list(data.layers)))
+    rows, result = [], None
+    for i, (tap, layers) in enumerate(candidates):
+        log.info("tap %d/%d: %s", i + 1, len(candidates), tap)
+        result = cross_validate_interpreter(dataclasses.replace(data, layers=layers), "mlp", cfg, spec, device)
+        sizes = sorted({shapes[l][1:] for l in layers})
+        scores = result["interpreter"]
+        rows.append({"tap": tap, "channels": sum(shapes[l][0] for l in layers),
+                     "resolution": "/".join(f"{h}x{w}" for h, w in sizes), "miou": scores["miou"],
+                     **{f"iou/{n}": v for n, v in zip(names, scores["iou"])},
+                     "pixel_accuracy": scores["pixel_accuracy"]})
+    table = pd.DataFrame(rows).astype({"miou": float, "pixel_accuracy": float, **{f"iou/{n}": float for n in names}})
+    table = table.sort_values("miou", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+    table.attrs.update(average_mask_miou=result["average_mask"]["miou"], folds=result["folds"])
+    return table
 
 
 def flagged_classes(result: dict, names: Sequence[str], min_iou: float) -> list[dict]:
