@@ -24,18 +24,16 @@ import dataclasses
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from labelfactory.config.specs import ValidationSpec
 from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
 from labelfactory.interpreters.base import INTERPRETERS, TrainingData
 from labelfactory.interpreters.mlp import MLPEnsembleConfig
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +117,6 @@ def rank_taps(data: TrainingData, cfg: MLPEnsembleConfig | None = None, folds: i
     sorted by ``miou``, best first (ties and missing scores keep the taps' order). The
     average mask's held-out mIoU (position alone) is in ``attrs["average_mask_miou"]``, the
     number of folds in ``attrs["folds"]``."""
-    import pandas as pd  # here: synthesis imports this module and needs no pandas
-
     if folds < 2:
         raise ValueError(f"ranking the taps needs at least 2 folds, got {folds}")
     cfg = MLPEnsembleConfig(max_epochs=PROBE_EPOCHS) if cfg is None else cfg
