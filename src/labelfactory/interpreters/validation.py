@@ -80,8 +80,9 @@ def _predict(interpreter, data: TrainingData, index: np.ndarray, device: torch.d
 def cross_validate_interpreter(data: TrainingData, interpreter_type: str, cfg, spec: ValidationSpec,
                                device: torch.device | str = "cpu") -> dict:
     """Held-out scores of the interpreter and of the average mask, per class, over ``spec.folds``
-    folds of the annotated images: ``{"interpreter": scores, "average_mask": scores, "folds": n}``
-    with scores as :func:`~labelfactory.core.metrics.scores_from_confusion` gives them."""
+    folds of the annotated images: ``{"interpreter": scores, "average_mask": scores, "folds": n,
+    "held_out": [each fold's image indices], ...}`` with scores as
+    :func:`~labelfactory.core.metrics.scores_from_confusion` gives them."""
     kind = INTERPRETERS.get(interpreter_type)
     cfg = kind.config_class() if cfg is None else cfg
     if spec.members is not None:
@@ -100,7 +101,7 @@ def cross_validate_interpreter(data: TrainingData, interpreter_type: str, cfg, s
         prior = torch.from_numpy(average_mask(data.masks[train], k)).expand_as(target)
         baseline += confusion_matrix(prior, target, k, data.ignore_index)
     names = data.label_names
-    return {"folds": len(folds), "images": n, "members": cfg.num_members,
+    return {"folds": len(folds), "images": n, "members": cfg.num_members, "held_out": [t.tolist() for t in folds],
             "interpreter": scores_from_confusion(held_out, names), "average_mask": scores_from_confusion(baseline, names)}
 
 
