@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(AnnotatorConfig):
         if f.name == "classes":
-            p.add_argument("--classes", nargs="+", choices=toyworld.CLASSES, default=list(f.default))
+            p.add_argument("--classes", nargs="+", choices=toyworld.ALL_CLASSES, default=list(f.default))
         else:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     p.add_argument("--out", default="weights/toy/annotator-32.safetensors")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.info("mean mIoU %.4f  (train %.0f s, eval %.0f s, %d threads)", metrics["mean_miou"], train_s, eval_s,
                  cfg.threads)
 
-    meta = Annotator(model).save(
+    meta = Annotator(model, classes=cfg.classes).save(
         args.out,
         command=shlex.join(["python"] + sys.argv),
         config=config_to_dict(cfg),

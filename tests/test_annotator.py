@@ -30,7 +30,7 @@ def small_unet(seed: int = 0) -> UNet:
 
 def test_unet_output_shape_and_label_space():
     net = small_unet()
-    assert N_LABELS == 1 + sum(len(p) for p in toyworld.PARTS.values())
+    assert N_LABELS == 1 + sum(len(toyworld.PARTS[c]) for c in toyworld.CLASSES)
     assert AnnotatorConfig().model().head.out_channels == N_LABELS
     with torch.no_grad():
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, N_LABELS, 32, 32)

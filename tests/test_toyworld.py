@@ -71,8 +71,21 @@ def test_global_label_space():
 def test_unknown_class_is_an_error():
     with pytest.raises(ValueError, match="unknown toy-world class 'boat'"):
         tw.render(0, "boat")
-    with pytest.raises(ValueError, match="unknown toy-world class 4"):
-        tw.render(0, 4)
+    with pytest.raises(ValueError, match="unknown toy-world class 5"):
+        tw.render(0, 5)
+
+
+def test_portrait_small_parts():
+    """The small-parts domain: a close-up face whose eyebrows, eyes, nose and lips each
+    cover about 1 % of a 32x32 image (a real 64x64 face's parts, issue 23), rendered
+    outside the object classes' part space."""
+    _, parts, _ = tw.render_batch(range(300), "portrait", 32)
+    share = {p: float((parts == i + 1).mean()) for i, p in enumerate(tw.PARTS["portrait"])}
+    assert all(0.004 < share[p] < 0.015 for p in ("eyebrow", "eye", "nose", "lips")), share
+    assert share["skin"] > 0.2 and share["hair"] > 0.05, share
+    assert (parts.reshape(300, -1) == 4).any(1).mean() > 0.95  # eyes in (nearly) every portrait
+    assert tw.class_name(4) == "portrait" and "portrait/nose" not in tw.global_part_labels()
+    assert tw.part_space(("portrait",))[5] == "portrait/nose"
 
 
 def test_sample_sheet(tmp_path):

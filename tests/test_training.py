@@ -1,4 +1,4 @@
-"""The toy-generator recipes: resumable training state and BigGAN's standing statistics."""
+"""The toy-generator recipes: resumable training state, BigGAN's standing statistics, the DCGAN."""
 
 import json
 
@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from labelfactory.generators.biggan import BigGANGenerator
+from labelfactory.generators.torch_module import TorchModuleBackend
 from labelfactory.toybench.recipes.biggan import BigGANTrainConfig, finalize, standing_stats, train
+from labelfactory.toybench.recipes.dcgan import DCGANTrainConfig
+from labelfactory.toybench.recipes.dcgan import finalize as dcgan_finalize
+from labelfactory.toybench.recipes.dcgan import train as dcgan_train
 
 
 def _tiny(kimg: float) -> BigGANTrainConfig:
@@ -72,3 +76,31 @@ def test_recipe_flags_come_from_the_recipe_dataclass():
     assert str(work_dir(args)) == "w/.train-x"
     with pytest.raises(SystemExit):
         p.parse_args(["--d-ch", "eight", "--out", "x"])
+
+
+def _tiny_dcgan(kimg: float) -> DCGANTrainConfig:
+    return DCGANTrainConfig(nz=8, ngf=4, ndf=4, batch=4, kimg=kimg, checkpoint_every=1, snapshot_every=100)
+
+
+def test_dcgan_recipe_trains_resumes_and_ships_a_torch_module_generator(tmp_path):
+    """The weak generator of the small-parts domain: trains, resumes, and its final weights
+    load through the torch-module backend (eval mode, its BatchNorm running statistics
+    recomputed as exact averages), with the three BatchNorm outputs as taps."""
+    cfg = _tiny_dcgan(0.008)
+    dcgan_train(cfg, tmp_path, progress=False)
+    history = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 2
+    before = torch.load(tmp_path / "state.pt", weights_only=True)["g"]
+    dcgan_train(_tiny_dcgan(0.016), tmp_path, progress=False)  # resumes at step 2, runs to 4
+    assert [json.loads(l)["step"] for l in (tmp_path / "history.jsonl").read_text().splitlines()] == [2, 4]
+    after = torch.load(tmp_path / "state.pt", weights_only=True)["g"]
+    assert not torch.equal(before["main.0.weight"], after["main.0.weight"])
+
+    spec, tensors = dcgan_finalize(_tiny_dcgan(0.016), tmp_path / "state.pt", batches=3)
+    bn = tensors["main.1.running_mean"]
+    assert not torch.equal(bn, after["main.1.running_mean"]) and int(tensors["main.1.num_batches_tracked"]) == 3
+    backend = TorchModuleBackend.from_tensors(spec, tensors)
+    assert backend.resolution == 32 and backend.z_dim == 8
+    assert backend.feature_shapes() == {"main.1": (16, 4, 4), "main.4": (8, 8, 8), "main.7": (4, 16, 16)}
+    out = backend.synthesize(torch.from_numpy(backend.z_from_seeds([0, 1])))
+    assert out.images.shape == (2, 3, 32, 32) and float(out.images.abs().max()) <= 1.0

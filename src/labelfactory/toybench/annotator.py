@@ -3,9 +3,11 @@
 In DatasetGAN a person labels a handful of generated images. Here a compact
 UNet, trained on many labelled toy-world images, does it: it labels the
 generated images chosen for annotation and later measures the label error of
-synthetic data. One network serves every class: it predicts the joint part
-space :func:`toyworld.global_part_labels`, and :meth:`Annotator.label` restricts
-the argmax to background plus the asked class's parts.
+synthetic data. One network serves every class it was trained on: it predicts
+their joint part space :func:`toyworld.part_space` (the shipped annotator: the
+four object classes'; the small-parts portrait has its own), and
+:meth:`Annotator.label` restricts the argmax to background plus the asked
+class's parts.
 
 Training images are rendered on the fly from seeds ``TRAIN_SEED0 + i`` (class
 ``i mod len(classes)``); evaluation uses fresh seeds from ``EVAL_SEED0``, so the
@@ -87,19 +89,24 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def class_label_ids(cls: int | str) -> list[int]:
-    """Joint-space ids of a class's own labels: background, then its parts in order."""
-    name = toyworld.CLASSES[toyworld.class_index(cls)]
-    off = toyworld.global_part_offset(name)
+def class_label_ids(cls: int | str, classes: tuple[str, ...] = toyworld.CLASSES) -> list[int]:
+    """Ids in the joint space of ``classes`` of a class's own labels: background, then its
+    parts in order."""
+    name = toyworld.class_name(cls)
+    if name not in classes:
+        raise ValueError(f"toy-world class {name!r} is not one of this annotator's classes {list(classes)}")
+    off = toyworld.part_offset(name, classes)
     return [0] + [off + 1 + p for p in range(len(toyworld.PARTS[name]))]
 
 
 @torch.no_grad()
-def predict_parts(model: UNet, images: np.ndarray, cls: int | str, batch: int = 256) -> np.ndarray:
+def predict_parts(model: UNet, images: np.ndarray, cls: int | str, batch: int = 256,
+                  classes: tuple[str, ...] = toyworld.CLASSES) -> np.ndarray:
     """Part masks uint8 ``[N,H,W]`` in the class's own label space (0 = background,
-    1..P), the argmax restricted to background and that class's parts."""
+    1..P), the argmax restricted to background and that class's parts (``classes``: the
+    ones the model was trained on)."""
     model.eval()
-    ids = torch.tensor(class_label_ids(cls))
+    ids = torch.tensor(class_label_ids(cls, classes))
     out = [model(to_input(images[i : i + batch]))[:, ids].argmax(1).to(torch.uint8)
            for i in range(0, len(images), batch)]
     return torch.cat(out).numpy() if out else np.zeros(images.shape[:3], np.uint8)
@@ -135,7 +142,7 @@ class AnnotatorConfig:
     noise: float = 0.06  # Gaussian pixel noise sigma, in [-1, 1] units
 
     def model(self) -> UNet:
-        return UNet(len(toyworld.global_part_labels()), self.width, self.levels, self.max_mult)
+        return UNet(len(toyworld.part_space(self.classes)), self.width, self.levels, self.max_mult)
 
 
 def training_batch(cfg: AnnotatorConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +152,7 @@ def training_batch(cfg: AnnotatorConfig, step: int) -> tuple[torch.Tensor, torch
         cls = cfg.classes[i % len(cfg.classes)]
         scene = toyworld.render(TRAIN_SEED0 + i, cls, cfg.size)
         images.append(scene.image)
-        labels.append(np.where(scene.parts > 0, scene.parts + toyworld.global_part_offset(cls), 0))
+        labels.append(np.where(scene.parts > 0, scene.parts + toyworld.part_offset(cls, cfg.classes), 0))
     return to_input(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64))
 
 
@@ -285,7 +292,7 @@ def iou_from_confusion(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def score_parts(pred: np.ndarray, target: np.ndarray, cls: int | str) -> dict:
     """IoU per label of the class (``None`` for labels absent from both), their
     mean ``miou`` and pixel accuracy, from the confusion matrix of the whole set."""
-    labels = toyworld.part_labels(toyworld.CLASSES[toyworld.class_index(cls)])
+    labels = toyworld.part_labels(toyworld.class_name(cls))
     counts = confusion_matrix(torch.from_numpy(np.asarray(pred)), torch.from_numpy(np.asarray(target)), len(labels),
                               ignore_index=-1)  # every pixel counts: the toy world's masks have no ignore label
     iou, valid = iou_from_confusion(counts.numpy())
@@ -306,7 +313,7 @@ def evaluate_annotator(model: UNet, size: int = 32, n_per_class: int = 500, seed
     seeds = range(seed0, seed0 + n_per_class)
     for cls in classes:
         images, parts, _ = toyworld.render_batch(seeds, cls, size)
-        pred = predict_parts(model, images, cls)
+        pred = predict_parts(model, images, cls, classes=classes)
         out["classes"][cls] = {
             **score_parts(pred, parts, cls),
             "object_share": _percentiles(solid_object_share(pred)),
@@ -332,17 +339,20 @@ def _percentiles(x: np.ndarray) -> dict[str, float]:
 # --- the wrapper that ships ----------------------------------------------------------
 @dataclass
 class Annotator:
-    """A trained annotator and its sidecar metadata (config, metrics, thresholds)."""
+    """A trained annotator, the toy-world classes it was trained on (its label space is
+    theirs, :func:`toyworld.part_space`) and its sidecar metadata (config, metrics,
+    thresholds)."""
 
     model: UNet
     meta: dict = field(default_factory=dict)
+    classes: tuple[str, ...] = toyworld.CLASSES
 
     def label(self, images: np.ndarray, cls: int | str) -> np.ndarray:
         """uint8 images ``[N,H,W,3]`` → uint8 part masks ``[N,H,W]`` (0 = background,
         1..P = the class's parts)."""
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 images [N,H,W,3], got {images.dtype} {images.shape}")
-        return predict_parts(self.model, images, cls)
+        return predict_parts(self.model, images, cls, classes=self.classes)
 
     @torch.no_grad()
     def embed(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -352,17 +362,17 @@ class Annotator:
 
     @torch.no_grad()
     def dominant_class(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
-        """int64 ``[N]``: the toy class whose parts cover most pixels in the unrestricted
-        (all classes) prediction, -1 where no part is predicted: which object it sees."""
+        """int64 ``[N]``: the index in :attr:`classes` of the class whose parts cover most
+        pixels in the unrestricted (all classes) prediction, -1 where no part is predicted:
+        which object it sees."""
         self.model.eval()
-        owner = np.zeros(1 + sum(len(toyworld.PARTS[c]) for c in toyworld.CLASSES), dtype=np.int64)
-        for k, name in enumerate(toyworld.CLASSES):
-            ids = class_label_ids(name)[1:]
-            owner[ids] = k + 1
+        owner = np.zeros(len(toyworld.part_space(self.classes)), dtype=np.int64)
+        for k, name in enumerate(self.classes):
+            owner[class_label_ids(name, self.classes)[1:]] = k + 1
         out = []
         for i in range(0, len(images), batch):
             pred = self.model(to_input(images[i : i + batch])).argmax(1).numpy()
-            counts = np.stack([(owner[pred] == k + 1).sum((1, 2)) for k in range(len(toyworld.CLASSES))], 1)
+            counts = np.stack([(owner[pred] == k + 1).sum((1, 2)) for k in range(len(self.classes))], 1)
             out.append(np.where(counts.max(1) > 0, counts.argmax(1), -1))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -377,7 +387,7 @@ class Annotator:
         and the main part's share of the image) must reach what 99% of real toy
         images reach: the 1st percentiles of the annotator's own predictions on
         them, stored in the sidecar as ``object_thresholds``."""
-        name = toyworld.CLASSES[toyworld.class_index(cls)]
+        name = toyworld.class_name(cls)
         if "object_thresholds" not in self.meta:
             raise ValueError("this annotator has no object thresholds: save it with evaluation metrics first")
         th = self.meta["object_thresholds"][name]
@@ -401,7 +411,7 @@ class Annotator:
         tensors = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
-            meta.update(arch=ARCH, arch_config=self.model.arch_config, labels=list(toyworld.global_part_labels()),
+            meta.update(arch=ARCH, arch_config=self.model.arch_config, labels=list(toyworld.part_space(self.classes)),
                         sha256=sha256_file(tmp))
         atomic_write_json(sidecar_path(path), meta)
         self.meta = meta
@@ -421,7 +431,8 @@ class Annotator:
             raise CheckpointError(f"{path}: sidecar arch is {meta['arch']!r}, not an annotator ({ARCH!r})")
         if sha256_file(path) != meta.get("sha256"):
             raise CheckpointError(f"{path}: sha256 differs from its sidecar: the file is corrupt or was replaced")
-        if meta.get("labels") != list(toyworld.global_part_labels()):
+        classes = tuple(meta.get("config", {}).get("classes", toyworld.CLASSES))
+        if not set(classes) <= set(toyworld.ALL_CLASSES) or meta.get("labels") != list(toyworld.part_space(classes)):
             raise CheckpointError(f"{path}: trained for labels {meta.get('labels')}, not this toy world's")
         try:
             tensors = load_file(str(path))
@@ -432,7 +443,7 @@ class Annotator:
             model.load_state_dict(tensors)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit the sidecar's architecture ({e})") from e
-        return cls(model.eval(), meta)
+        return cls(model.eval(), meta, classes)
 
 
 def config_to_dict(cfg: AnnotatorConfig) -> dict:
@@ -471,7 +482,7 @@ def simulate_annotation(sample_dir: str | Path, out_dir: str | Path, annotator: 
         names = ["background", "object"]
     else:
         masks = annotator.label(images, cls)
-        name = toyworld.CLASSES[toyworld.class_index(cls)]
+        name = toyworld.class_name(cls)
         header, names = f"# {name} parts, labelled by {who}\n", list(toyworld.part_labels(name))
     (out_dir / "labels.yaml").write_text(header + yaml.safe_dump({"names": names, "ignore_index": 255}))
     for i, mask in zip(manifest["id"], masks):

@@ -76,7 +76,7 @@ def toyworld_split(spec: RealDataSpec, split: str, labels: LabelSet) -> Dataset:
             raise DatasetError(f"the task's labels {list(labels.names)} are not background + the toy-world "
                                f"classes {list(classes)} (in that order)")
         return ToyWorldObjects(seeds, classes, spec.size)
-    parts = toyworld.part_labels(toyworld.CLASSES[toyworld.class_index(spec.cls)])
+    parts = toyworld.part_labels(toyworld.class_name(spec.cls))
     if tuple(labels.names) != parts:
         raise DatasetError(f"the task's labels {list(labels.names)} are not the toy-world {spec.cls} parts "
                            f"{list(parts)}")

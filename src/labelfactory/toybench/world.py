@@ -23,12 +23,18 @@ import numpy as np
 from labelfactory.core.visualize import colorize_labels
 
 CLASSES: tuple[str, ...] = ("car", "face", "house", "tree")
+# Domains rendered alone, outside the object classes (and their joint part space): the
+# small-parts portrait, a close-up face whose eyebrows, eyes, nose and lips are a few
+# pixels wide at 32x32, as a real face generator's parts are at 64x64.
+SOLO_CLASSES: tuple[str, ...] = ("portrait",)
+ALL_CLASSES: tuple[str, ...] = CLASSES + SOLO_CLASSES
 
 PARTS: dict[str, tuple[str, ...]] = {
     "car": ("body", "window", "wheel", "light"),
     "face": ("skin", "hair", "eye", "mouth"),
     "house": ("wall", "roof", "door", "window"),
     "tree": ("trunk", "foliage", "fruit"),
+    "portrait": ("skin", "hair", "eyebrow", "eye", "nose", "lips"),
 }
 
 
@@ -37,19 +43,30 @@ def part_labels(cls: str) -> tuple[str, ...]:
     return ("background",) + PARTS[cls]
 
 
-def global_part_labels() -> tuple[str, ...]:
-    """Label names of the joint part space of all classes (``class/part``)."""
-    return ("background",) + tuple(f"{c}/{p}" for c in CLASSES for p in PARTS[c])
+def part_space(classes: tuple[str, ...] = CLASSES) -> tuple[str, ...]:
+    """Label names of the joint part space of ``classes`` (``class/part``), index 0 the
+    background; by default the object classes' (:func:`global_part_labels`)."""
+    return ("background",) + tuple(f"{c}/{p}" for c in classes for p in PARTS[c])
 
 
-def global_part_offset(cls: str) -> int:
-    """Offset that maps a class's part ids (1..P) into the joint part space."""
+def part_offset(cls: str, classes: tuple[str, ...] = CLASSES) -> int:
+    """Offset that maps a class's part ids (1..P) into the joint part space of ``classes``."""
     offset = 0
-    for c in CLASSES:
+    for c in classes:
         if c == cls:
             return offset
         offset += len(PARTS[c])
     raise KeyError(cls)
+
+
+def global_part_labels() -> tuple[str, ...]:
+    """Label names of the joint part space of the object classes (``class/part``)."""
+    return part_space(CLASSES)
+
+
+def global_part_offset(cls: str) -> int:
+    """Offset that maps a class's part ids (1..P) into the object classes' joint part space."""
+    return part_offset(cls, CLASSES)
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,14 @@ _COLOURS: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
         "roof": ((-0.10, 0.15), (0.15, 0.90), (0.15, 0.85)),
         "door": ((-0.05, 0.20), (0.15, 0.90), (0.10, 0.80)),
         "window": ((0.40, 0.80), (0.05, 0.70), (0.20, 0.95)),
+    },
+    "portrait": {
+        "skin": ((0.00, 0.12), (0.15, 0.65), (0.45, 0.98)),
+        "hair": ((-0.05, 0.20), (0.10, 0.90), (0.05, 0.85)),
+        "eyebrow": ((-0.05, 0.15), (0.10, 0.80), (0.05, 0.45)),
+        "eye": (_ANY, (0.00, 0.70), (0.02, 0.40)),
+        "nose": ((0.00, 0.10), (0.20, 0.70), (0.30, 0.80)),
+        "lips": ((-0.08, 0.05), (0.30, 0.90), (0.35, 0.85)),
     },
     "tree": {
         "trunk": ((0.00, 0.15), (0.20, 0.90), (0.10, 0.70)),
@@ -229,22 +254,49 @@ def _tree(rng, u, v):
     return [("trunk", trunk), ("foliage", foliage), ("fruit", fruit)]
 
 
-_SHAPES = {"car": _car, "face": _face, "house": _house, "tree": _tree}
-_SCALE = {"car": (0.62, 0.88), "face": (0.6, 0.82), "house": (0.6, 0.82), "tree": (0.6, 0.82)}
+def _portrait(rng, u, v):
+    """A close-up face: skin oval under hair, and small parts (at scale 0.9 on 32x32 pixels
+    one object unit is about 14 pixels: eyebrows 1-2 pixels tall, eyes about 2x3, a nose
+    2x4 and lips 2x6)."""
+    rw, rh = rng.uniform(0.62, 0.72), rng.uniform(0.8, 0.9)
+    skin = _ellipse(u, v, 0.0, 0.08, rw, rh)
+    hair_back = _ellipse(u, v, 0.0, -0.02, rw + 0.14, rh + 0.1) & (v < rng.uniform(0.1, 0.5))
+    fringe = skin & (v < -0.5 + 0.06 * np.cos(6.0 * u))
+    ey, ex = rng.uniform(-0.12, -0.02), rng.uniform(0.24, 0.32)
+    eru, erv = rng.uniform(0.08, 0.11), rng.uniform(0.05, 0.07)
+    eye = _ellipse(u, v, -ex, ey, eru, erv) | _ellipse(u, v, ex, ey, eru, erv)
+    by = ey - rng.uniform(0.13, 0.18)
+    bru, brv = rng.uniform(0.11, 0.15), rng.uniform(0.035, 0.05)
+    brow = _ellipse(u, v, -ex, by, bru, brv) | _ellipse(u, v, ex, by, bru, brv)
+    nose = _ellipse(u, v, 0.0, ey + rng.uniform(0.2, 0.26), rng.uniform(0.07, 0.09), rng.uniform(0.12, 0.16))
+    lips = _ellipse(u, v, 0.0, rng.uniform(0.45, 0.52), rng.uniform(0.17, 0.24), rng.uniform(0.05, 0.07))
+    return [("hair", hair_back), ("skin", skin), ("hair", fringe), ("eyebrow", brow), ("eye", eye), ("nose", nose),
+            ("lips", lips)]
+
+
+_SHAPES = {"car": _car, "face": _face, "house": _house, "tree": _tree, "portrait": _portrait}
+_SCALE = {"car": (0.62, 0.88), "face": (0.6, 0.82), "house": (0.6, 0.82), "tree": (0.6, 0.82),
+          "portrait": (0.86, 0.96)}
 
 
 def class_index(cls: int | str) -> int:
-    """Index of a class given by name or index; unknown classes are an error."""
-    idx = CLASSES.index(cls) if cls in CLASSES else cls
-    if isinstance(idx, str) or not 0 <= int(idx) < len(CLASSES):
-        raise ValueError(f"unknown toy-world class {cls!r}; classes are {CLASSES}")
+    """Index of a class (object classes, then solo domains) given by name or index; unknown
+    classes are an error."""
+    idx = ALL_CLASSES.index(cls) if cls in ALL_CLASSES else cls
+    if isinstance(idx, str) or not 0 <= int(idx) < len(ALL_CLASSES):
+        raise ValueError(f"unknown toy-world class {cls!r}; classes are {ALL_CLASSES}")
     return int(idx)
+
+
+def class_name(cls: int | str) -> str:
+    """Name of a class given by name or index (see :func:`class_index`)."""
+    return ALL_CLASSES[class_index(cls)]
 
 
 def render(seed: int, cls: int | str, size: int = 64) -> Scene:
     """Render the scene of ``(seed, class)`` at ``size``×``size`` pixels."""
     ci = class_index(cls)
-    name = CLASSES[ci]
+    name = ALL_CLASSES[ci]
     rng = np.random.default_rng([int(seed), ci])
     x, y = _grid(size)
 

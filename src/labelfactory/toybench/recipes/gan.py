@@ -116,10 +116,11 @@ class Discriminator(nn.Module):
         return self.out(self.fc(x.flatten(1)))
 
 
-def real_batch(cfg: GANTrainConfig, step: int) -> torch.Tensor:
-    """Toy-world images of the training class for ``step``, as floats in [-1, 1]."""
-    start = TRAIN_SEED_OFFSET + step * cfg.batch
-    imgs, _, _ = toyworld.render_batch(range(start, start + cfg.batch), cfg.cls, cfg.size)
+def real_images(cls: str, size: int, batch: int, step: int) -> torch.Tensor:
+    """Toy-world images of one class for training ``step`` (seeds from :data:`TRAIN_SEED_OFFSET`
+    on, ``batch`` per step), as floats in [-1, 1]."""
+    start = TRAIN_SEED_OFFSET + step * batch
+    imgs, _, _ = toyworld.render_batch(range(start, start + batch), cls, size)
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
@@ -158,7 +159,7 @@ def train(cfg: GANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
     t0, seen0 = time.time(), step
     r1 = torch.zeros(())  # last R1 penalty (computed every r1_every steps)
     while step < total_steps:
-        real = real_batch(cfg, step)
+        real = real_images(cfg.cls, cfg.size, cfg.batch, step)
         z = torch.randn(cfg.batch, cfg.style_dim)
 
         # discriminator
