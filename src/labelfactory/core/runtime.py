@@ -39,30 +39,22 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> Non
 def snakemake_job(smk) -> Iterator[None]:
     """Set up a Snakemake ``script:`` job: log to its log file, use its threads.
 
-    A failure goes with its traceback to the log file, and as one line
-    ``labelfactory: <rule> failed: <reason> (log: <path>)`` to the console. An
-    error of a type the library defines (:class:`~labelfactory.config.ConfigError`,
-    ``CheckpointError``, ``AnnotationError``, ...: bad input, checksum, corrupt
-    file) is raised on purpose and its message is the whole story, so the job
-    just exits with status 1; any other error is re-raised, a bug's traceback
-    shown on the console too."""
+    Any failure goes with its traceback to the log file, and as one line
+    ``labelfactory: <rule> failed: <type>: <message> (log: <path>)`` to the
+    console, whatever raised it (the library's own error types, whose message is
+    the whole story, and any other); the job then exits with status 1. Without a
+    log file the traceback goes to the console."""
     log_path = smk.log[0] if len(smk.log) else None
     setup_logging(log_path)
     torch.set_num_threads(max(1, int(smk.threads)))
     log.info("rule %s, wildcards %s, threads %s", smk.rule, dict(smk.wildcards), smk.threads)
     try:
         yield
-    except BaseException as e:
+    except Exception as e:
         log.exception("job failed")
-        if not isinstance(e, Exception):
-            raise
-        deliberate = type(e).__module__.split(".")[0] == __package__.split(".")[0]  # an error type of the library
-        reason = str(e) if deliberate else f"{type(e).__name__}: {e}"
         where = f" (log: {log_path})" if log_path else ""
-        print(f"labelfactory: {smk.rule} failed: {reason}{where}", file=sys.stderr, flush=True)
-        if deliberate:
-            raise SystemExit(1) from None
-        raise
+        print(f"labelfactory: {smk.rule} failed: {type(e).__name__}: {e}{where}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def _snakemake_alive(pid: int) -> bool:
