@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from labelfactory.experiments.reporting import (collect_scores, error_summary, label_errors, main_table, markdown_table,
+from labelfactory.experiments.reporting import (collect_scores, error_summary, label_class_iou, label_errors, main_table, markdown_table,
                                     plot_per_class_iou,
                                     plot_sample_grid, write_main_table)
 from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
@@ -150,6 +150,16 @@ def test_label_errors_against_a_reference_and_sample_grid(tmp_path):
     # vote of two members: ties on the disagreeing row go to the lower label id (0); the
     # reference says 1 on its left half, so 8 of 256 pixels differ in every image
     assert errors["error"].to_numpy() == pytest.approx(np.full(6, 8 / 256))
+    # per-class IoU on the same samples: the labels miss 8 of the reference's 128 object
+    # pixels; an average mask of annotations that mostly say "left half" is the reference
+    annotated = np.zeros((3, 16, 16), np.uint8)
+    annotated[:2, :, :8] = 1
+    iou = label_class_iou(manifest, Reference(), "car", 6, annotated, ["background", "part"])
+    assert iou["labels"]["iou_by_class"]["part"] == pytest.approx(120 / 128)
+    assert iou["labels"]["iou_by_class"]["background"] == pytest.approx(128 / 136)
+    assert iou["average_mask"]["miou"] == pytest.approx(1.0)
+    blank = label_class_iou(manifest, Reference(), "car", 6, np.zeros((3, 16, 16), np.uint8), ["background", "part"])
+    assert blank["average_mask"]["iou_by_class"] == pytest.approx({"background": 0.5, "part": 0.0})
     plot_sample_grid(manifest, tmp_path / "grid.png", per_row=4)
     assert Image.open(tmp_path / "grid.png").size[1] > 200
 

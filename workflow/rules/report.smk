@@ -70,6 +70,7 @@ rule label_quality:
         manifest="results/{task}/manifest.parquet",
         annotator=lambda w: [] if task_of(w).downstream.truth_masks else task_of(w).downstream.reference_annotator,
         truth=lambda w: task_of(w).downstream.truth_masks or [],
+        annotations="results/{task}/annotations.h5",
     output:
         figure=report("results/{task}/report/uncertainty_vs_error.png", caption="../report/uncertainty_vs_error.rst",
                       category="Synthetic data", subcategory="{task}"),

@@ -14,12 +14,15 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from labelfactory.core.io import atomic_path, atomic_write_json, atomic_write_text
+from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
 from labelfactory.core.visualize import overlay
 from labelfactory.downstream.experiment import SETTINGS
 from labelfactory.generators.base import sample_id
+from labelfactory.interpreters.validation import average_mask
 from labelfactory.synthesis.shards import read_samples
 
 SETTING_ORDER = SETTINGS.names()  # weakest to strongest supervision, as registered
@@ -201,13 +204,10 @@ def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: i
     save_figure(fig, path)
 
 
-def label_errors(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
-                 seed: int = 0) -> pd.DataFrame:
-    """Score ``n`` random samples' labels against the simulated annotator's:
-    ``error`` is the share of pixels where the two disagree. ``cls`` is the toy
-    class of a part-labelled task, or for a class-conditional (BigDatasetGAN) task
-    the toy class of each generator class, whose samples are then scored as binary
-    object masks. Columns: manifest columns plus ``error``."""
+def _scored_rows(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int, seed: int
+                 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """``n`` random manifest rows (in shard order), their labels and the simulated
+    annotator's labels of their images (see :func:`label_errors`)."""
     rows = manifest.sample(min(n, len(manifest)), random_state=seed).sort_values(["shard", "index"])
     images, labels = _manifest_samples(rows)
     if isinstance(cls, dict):
@@ -218,8 +218,37 @@ def label_errors(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n
                 reference[sel] = annotator.object_masks(images[sel], name)
     else:
         reference = annotator.label(images, cls)
+    return rows, labels, reference
+
+
+def label_errors(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
+                 seed: int = 0) -> pd.DataFrame:
+    """Score ``n`` random samples' labels against the simulated annotator's:
+    ``error`` is the share of pixels where the two disagree. ``cls`` is the toy
+    class of a part-labelled task, or for a class-conditional (BigDatasetGAN) task
+    the toy class of each generator class, whose samples are then scored as binary
+    object masks. Columns: manifest columns plus ``error``."""
+    rows, labels, reference = _scored_rows(manifest, annotator, cls, n, seed)
     out = rows.reset_index(drop=True).copy()
     out["error"] = (reference != labels).mean(axis=(1, 2))
+    return out
+
+
+def label_class_iou(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
+                    annotated_masks: np.ndarray, class_names: Sequence[str], seed: int = 0) -> dict:
+    """Per-class IoU against the simulated annotator, on the same ``n`` samples as
+    :func:`label_errors`, of the synthetic labels and of the free baseline the issue of
+    poor labels measures them by: the annotations' *average mask* (the label annotated
+    most often at each pixel) drawn on every image. ``{"labels": scores, "average_mask":
+    scores}``, each as :func:`scores_from_confusion` gives them (confusion left out)."""
+    rows, labels, reference = _scored_rows(manifest, annotator, cls, n, seed)
+    k = len(class_names)
+    mean_mask = np.broadcast_to(average_mask(annotated_masks, k), labels.shape)
+    out = {}
+    for name, pred in (("labels", labels), ("average_mask", mean_mask)):
+        scores = scores_from_confusion(confusion_matrix(torch.from_numpy(np.ascontiguousarray(pred)),
+                                                        torch.from_numpy(reference), k), class_names)
+        out[name] = {key: v for key, v in scores.items() if key != "confusion"}
     return out
 
 
@@ -289,10 +318,13 @@ def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike,
 
 
 def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_path: str | os.PathLike,
-                        png_path: str | os.PathLike, reference: str = "simulated annotator") -> dict:
+                        png_path: str | os.PathLike, reference: str = "simulated annotator",
+                        class_iou: dict | None = None) -> dict:
+    """The per-sample errors (CSV), their summary with ``class_iou`` (JSON; see
+    :func:`label_class_iou`) and the uncertainty-vs-error figure."""
     with atomic_path(csv_path) as tmp:
         errors.to_csv(tmp, index=False)
-    summary = error_summary(errors)
+    summary = {**error_summary(errors), **({"class_iou": class_iou} if class_iou else {})}
     atomic_write_json(json_path, summary)
     plot_uncertainty_vs_error(errors, png_path, reference)
     return summary
