@@ -180,9 +180,11 @@ def test_training_data_defaults_and_from_annotations(tmp_path):
     assert isinstance(data.masks, np.ndarray) and np.array_equal(data.masks, masks)
     assert TrainingData(store, masks, 3).layers == list(SHAPES)
     ann = SimpleNamespace(masks=masks[::-1], labels=SimpleNamespace(names=("bg", "a", "b"), ignore_index=255),
-                          ids=store.ids[::-1], generator_hash="gen-a", classes=np.array([4, 2, 0], np.int32))
+                          ids=store.ids[::-1], generator_hash="gen-a", classes=np.array([4, 2, 0], np.int32),
+                          images=np.zeros((*masks.shape, 3), np.uint8))
     plain = TrainingData.from_annotations(store, ann)
     assert plain.ids == store.ids[::-1] and plain.masks is ann.masks and plain.num_classes == 3
+    assert plain.images is ann.images  # what the rgb extra input reads
     assert plain.label_names == ["bg", "a", "b"] and plain.generator_hash == "gen-a"
     assert plain.classes is None and plain.class_embedding is None  # nothing to condition on
     emb = torch.zeros(5, 2)

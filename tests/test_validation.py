@@ -68,7 +68,8 @@ def test_labels_the_features_do_not_carry_are_flagged(tmp_path):
 def test_report_files_warning_and_the_stop_gate(tmp_path, caplog, monkeypatch):
     data = _data(tmp_path)
     ann = SimpleNamespace(masks=data.masks, labels=SimpleNamespace(names=NAMES, ignore_index=255), ids=data.ids,
-                          generator_hash=data.store.generator_hash, classes=np.zeros(len(data.ids), np.int32))
+                          generator_hash=data.store.generator_hash, classes=np.zeros(len(data.ids), np.int32),
+                          images=np.zeros((*data.masks.shape, 3), np.uint8))
     monkeypatch.setattr(report, "load_annotation_set", lambda path: ann)  # this test's annotation set
     out = {k: tmp_path / f"validation.{k}" for k in ("csv", "json", "png")}
     spec = ValidationSpec(folds=2, members=1, min_iou=0.99, stop=True)  # nothing reaches 0.99: all flagged

@@ -137,13 +137,15 @@ def _probe_taps(args) -> None:
     from labelfactory.interpreters.validation import PROBE_EPOCHS, rank_taps
 
     data = TrainingData.from_annotations(FeatureStore.open(args.features), load_annotation_set(args.annotations))
-    cfg = MLPEnsembleConfig(num_members=1, max_epochs=PROBE_EPOCHS if args.max_epochs is None else args.max_epochs)
+    cfg = MLPEnsembleConfig(num_members=1, max_epochs=PROBE_EPOCHS if args.max_epochs is None else args.max_epochs,
+                            extra_inputs=args.extra_inputs)
     table = rank_taps(data, cfg, folds=args.folds, device=resolve_device(args.device))
     print(table.to_markdown(index=False, floatfmt=".3f"))
     prior = table.attrs.get("average_mask_miou")
     if prior is not None:
         print(f"\naverage mask (position alone): mIoU {prior:.3f}; held out over {table.attrs['folds']} folds of "
-              f"{len(data.masks)} annotated images, one MLP member, at most {cfg.max_epochs} epochs")
+              f"{len(data.masks)} annotated images, one MLP member, at most {cfg.max_epochs} epochs"
+              + (f", extra inputs {', '.join(cfg.extra_inputs)} with every tap" if cfg.extra_inputs else ""))
     if args.out:
         with atomic_path(args.out) as tmp:
             table.to_csv(tmp, index=False)
@@ -250,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--annotations", required=True, help="the task's annotations (results/<task>/annotations.h5)")
     q.add_argument("--folds", type=int, default=4, help="folds of annotated images (at most one per image)")
     q.add_argument("--max-epochs", type=int, help="epochs per fold and tap (default: a short schedule)")
+    q.add_argument("--extra-inputs", nargs="*", default=[], metavar="INPUT",
+                   help="per-pixel inputs (rgb, coords) added to every tap, as interpreter.extra_inputs")
     q.add_argument("--out", help="also write the table to this CSV")
     q.add_argument("--device", default="auto")
     q.set_defaults(func=_probe_taps)

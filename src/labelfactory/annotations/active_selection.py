@@ -21,7 +21,7 @@ import torch
 
 from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.generators.base import GeneratorBackend
-from labelfactory.interpreters import Interpreter, load_interpreter
+from labelfactory.interpreters import Interpreter, interpreter_features, load_interpreter
 from labelfactory.synthesis.uncertainty import image_scores, js_divergence
 
 SELECT_MODES = ("random", "uncertainty")
@@ -77,7 +77,8 @@ def score_candidates(backend: GeneratorBackend, interpreter: Interpreter, seeds:
             state = int(np.random.SeedSequence(batch.tolist()).generate_state(1)[0])
             generator = torch.Generator(device=backend.device).manual_seed(state)
         out = backend.synthesize(z, None, truncation, noise, features=True, generator=generator)
-        js = js_divergence(interpreter.member_probabilities(out.features), dim=2)
+        js = js_divergence(interpreter.member_probabilities(interpreter_features(interpreter, out.features, out.images)),
+                           dim=2)
         scores.append(image_scores(js, score_rule, top_fraction).float().cpu().numpy())
         pooled.append(torch.cat([f.float().mean((2, 3)) for f in out.features.values()], 1).cpu().numpy())
     return np.concatenate(scores), np.concatenate(pooled)

@@ -7,6 +7,13 @@ interpreter. Importing this package registers both.
 """
 
 from labelfactory.interpreters import conv, mlp  # noqa: F401  (register "conv" and "mlp")
-from labelfactory.interpreters.base import INTERPRETERS, PRECISIONS, Interpreter, TrainingData, load_interpreter
+from labelfactory.interpreters.base import (
+    INTERPRETERS,
+    PRECISIONS,
+    Interpreter,
+    TrainingData,
+    interpreter_features,
+    load_interpreter,
+)
 
-__all__ = ["INTERPRETERS", "PRECISIONS", "Interpreter", "TrainingData", "load_interpreter"]
+__all__ = ["INTERPRETERS", "PRECISIONS", "Interpreter", "TrainingData", "interpreter_features", "load_interpreter"]

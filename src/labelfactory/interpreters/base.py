@@ -47,7 +47,8 @@ class TrainingData:
     when given, is the generator the masks were drawn on (features of another are refused);
     ``label_names`` one name per class. ``classes`` (one per image) and ``class_embedding``
     (the generator's ``[n_classes, d]`` table) are for class-conditional interpreters
-    (``Interpreter.class_conditional``); the others ignore them.
+    (``Interpreter.class_conditional``); the others ignore them. ``images`` (uint8
+    ``[N, H, W, 3]``, the annotated images as rendered) are what the ``rgb`` extra input reads.
 
     Construction refuses features that do not belong to the masks and masks with unknown
     labels, so every ``TrainingData`` is consistent with its store.
@@ -63,6 +64,7 @@ class TrainingData:
     label_names: Sequence[str] | None = None
     classes: np.ndarray | Sequence[int] | None = None
     class_embedding: torch.Tensor | None = None
+    images: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         def set_(name: str, value) -> None:  # frozen: normalise the fields once, here
@@ -76,14 +78,14 @@ class TrainingData:
     def from_annotations(cls, store: FeatureStore, annotation_set, class_embedding: torch.Tensor | None = None
                          ) -> "TrainingData":
         """The annotated samples of ``annotation_set`` (an ``AnnotationSet``, or any object with
-        ``masks``, ``labels.names``, ``labels.ignore_index``, ``ids``, ``generator_hash`` and
-        ``classes``) with their features in ``store``. Their ``classes`` are kept only with a
+        ``masks``, ``images``, ``labels.names``, ``labels.ignore_index``, ``ids``, ``generator_hash``
+        and ``classes``) with their features in ``store``. Their ``classes`` are kept only with a
         ``class_embedding`` to condition on (an unconditional generator has none)."""
         names = list(annotation_set.labels.names)
         return cls(store, annotation_set.masks, len(names), ignore_index=annotation_set.labels.ignore_index,
                    ids=annotation_set.ids, generator_hash=annotation_set.generator_hash, label_names=names,
                    classes=None if class_embedding is None else annotation_set.classes,
-                   class_embedding=class_embedding)
+                   class_embedding=class_embedding, images=annotation_set.images)
 
     def _checked_layers(self) -> list[str]:
         """Refuse features that do not belong to the masks, and masks with unknown labels; returns
@@ -102,6 +104,9 @@ class TrainingData:
                 f"but the masks are {masks.shape[1]}x{masks.shape[2]}")
         if len(ids) != len(masks):
             raise ValueError(f"{len(masks)} masks but {len(ids)} image ids")
+        if self.images is not None and (self.images.dtype != np.uint8 or self.images.shape != (*masks.shape, 3)):
+            raise ValueError(f"images must be uint8 {[*masks.shape, 3]} (one per mask), got "
+                             f"{self.images.dtype} {list(self.images.shape)}")
         stored = set(store.ids)
         missing = [i for i in ids if i not in stored]
         if missing:
@@ -132,10 +137,13 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
     reads, in the store's order), ``num_classes``, ``resolution`` (of its labels),
     ``generator_hash`` (the generator it was trained on), ``label_names`` and
     ``compute_dtype`` (the precision of inference, one of :data:`PRECISIONS`).
+    ``extra_inputs`` names the per-pixel inputs it reads besides the taps
+    (:data:`EXTRA_INPUTS`); with ``rgb`` its ``features`` carry the generated image
+    under :data:`IMAGE` (:func:`interpreter_features` puts it there).
 
     Synthesis and active selection call only ``member_probabilities`` and read
-    ``num_classes`` (and ``generator_hash`` where present), so a test may hand them
-    any object with those.
+    ``num_classes`` (and ``generator_hash`` and ``extra_inputs`` where present), so a
+    test may hand them any object with those.
     """
 
     name: ClassVar[str]
@@ -149,6 +157,7 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
     generator_hash: str
     label_names: list[str] | None
     compute_dtype: torch.dtype
+    extra_inputs: tuple[str, ...] = ()
 
     @classmethod
     @abstractmethod
@@ -235,6 +244,78 @@ def check_tap_statistics(normalize: bool, dim: int, mean: torch.Tensor | None, s
     if mean is None or std is None or mean.shape != (dim,) or std.shape != (dim,):
         raise ValueError(f"normalize needs the tap channels' mean and std, each of shape [{dim}], got "
                          f"{None if mean is None else list(mean.shape)} and {None if std is None else list(std.shape)}")
+
+
+# -- extra per-pixel inputs (interpreter option `extra_inputs`) ----------------------
+# channels of each: the image's own RGB, and its pixel coordinates (row, column), each in [-1, 1]
+EXTRA_INPUTS = {"rgb": 3, "coords": 2}
+IMAGE = "<image>"  # the features key of the image `rgb` reads: float [B, 3, R, R] in [-1, 1], or uint8 [B, R, R, 3]
+
+
+def check_extra_inputs(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as a tuple, refused unless each is one of :data:`EXTRA_INPUTS`, at most once."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in EXTRA_INPUTS]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"extra_inputs must be distinct names of {sorted(EXTRA_INPUTS)}, got {list(names)}")
+    return names
+
+
+def rgb_channels(images: torch.Tensor) -> torch.Tensor:
+    """Float32 ``[B, 3, H, W]`` in [-1, 1] of uint8 images ``[B, H, W, 3]`` (as stored), or of the
+    generator's float output ``[B, 3, H, W]`` quantised first as the shards store it
+    (:func:`~labelfactory.generators.base.images_to_uint8`), so training on stored images and
+    labelling fresh ones see the same values."""
+    if images.dtype == torch.uint8:
+        pixels = images.permute(0, 3, 1, 2).float()
+    else:
+        pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5 + 0.5).floor_().clamp_(0, 255)
+    return pixels / 127.5 - 1
+
+
+def coordinate_maps(resolution: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[1, 2, R, R]`` float32: every pixel's row and column, the first and last pixel centres at -1 and 1."""
+    t = torch.linspace(-1, 1, resolution, device=device)
+    return torch.stack(torch.meshgrid(t, t, indexing="ij"))[None]
+
+
+def extra_input_maps(names: Sequence[str], batch: int, resolution: int, images: torch.Tensor | None,
+                     device: torch.device | str) -> torch.Tensor | None:
+    """The extra inputs ``names`` of ``batch`` images, float32 ``[B, E, R, R]`` on ``device``
+    (channels in the order of ``names``; :func:`rgb_channels` of ``images`` for ``rgb``); None
+    without names."""
+    if not names:
+        return None
+    parts = []
+    for name in names:
+        if name == "coords":
+            parts.append(coordinate_maps(resolution, device).expand(batch, -1, -1, -1))
+            continue
+        if images is None:
+            raise ValueError("this interpreter reads the image's RGB (extra_inputs: rgb): give the generated "
+                             f"images, e.g. as features[{IMAGE!r}] (interpreter_features)")
+        x = rgb_channels(images).to(device)
+        if x.shape != (batch, 3, resolution, resolution):
+            raise ValueError(f"the rgb input needs {batch} images of {resolution}x{resolution} (the labels' "
+                             f"resolution), got {list(images.shape)}")
+        parts.append(x)
+    return torch.cat(parts, 1)
+
+
+def training_inputs(data: TrainingData, names: Sequence[str], device: torch.device | str
+                    ) -> torch.Tensor | None:
+    """The extra inputs ``names`` of the annotated images of ``data``, ``[N, E, R, R]`` (None without)."""
+    if "rgb" in names and data.images is None:
+        raise ValueError("extra_inputs: rgb trains on the annotated images, but the training data has none")
+    images = None if data.images is None else torch.from_numpy(np.ascontiguousarray(data.images))
+    return extra_input_maps(names, len(data.masks), data.store.resolution, images, device)
+
+
+def interpreter_features(interpreter, features: Mapping[str, torch.Tensor], images: torch.Tensor
+                         ) -> Mapping[str, torch.Tensor]:
+    """``features`` with the generated ``images`` under :data:`IMAGE` when ``interpreter`` reads
+    their RGB (its ``extra_inputs``), else as they are."""
+    return {**features, IMAGE: images} if "rgb" in getattr(interpreter, "extra_inputs", ()) else features
 
 
 INTERPRETERS: Registry[type[Interpreter]] = Registry("interpreter")

@@ -23,6 +23,9 @@ both are linear, so this equals the release's upsample-then-reduce, and the
 wide full-resolution feature volume is never built. With ``normalize`` every tap
 channel is first standardised by its mean and standard deviation over the
 annotated images' native maps (as for the MLP ensemble), in training and inference.
+With ``extra_inputs`` the image's own RGB and/or its pixel coordinates (in [-1, 1], not
+standardised) join the finest group's 1×1 reduction at the labels' resolution, which
+that group then works at (so coarse taps still see every pixel of the image).
 """
 
 from __future__ import annotations
@@ -42,14 +45,19 @@ from torch.nn.utils import parametrize
 from labelfactory.core.metrics import class_weights
 from labelfactory.features import FeatureStore
 from labelfactory.interpreters.base import (
+    EXTRA_INPUTS,
+    IMAGE,
     INTERPRETERS,
     Interpreter,
     Progress,
     TrainingData,
     channel_statistics,
+    check_extra_inputs,
     check_tap_statistics,
+    extra_input_maps,
     read_interpreter,
     standardise_maps,
+    training_inputs,
 )
 
 log = logging.getLogger(__name__)
@@ -72,7 +80,8 @@ class ConvInterpreterConfig:
     training under autocast (float16) on CUDA; CPUs always train in float32.
     Inference runs in the ensemble's ``compute_dtype`` (``synthesis.precision``).
     ``normalize``: standardise every tap channel by its mean and standard deviation
-    over the annotated images (the release feeds the taps raw).
+    over the annotated images (the release feeds the taps raw). ``extra_inputs``:
+    per-pixel inputs beside the taps, ``rgb`` and/or ``coords`` (release: none).
     """
 
     num_members: int = 3
@@ -87,8 +96,10 @@ class ConvInterpreterConfig:
     seed: int = 0
     class_balance: float = 0.0  # loss weight frequency**-class_balance per class (core.metrics.class_weights)
     normalize: bool = False
+    extra_inputs: tuple[str, ...] = ()
 
     def __post_init__(self):
+        self.extra_inputs = check_extra_inputs(self.extra_inputs)
         self.channels = tuple(self.channels)
         self.group_bounds = None if self.group_bounds is None else tuple(self.group_bounds)
         bad = [f"{k}={getattr(self, k)}" for k in ("num_members", "iterations", "batch_size")
@@ -210,8 +221,9 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class ConvInterpreter(nn.Module):
-    """One member: generator feature maps (in ``layer_shapes`` order) and an optional
-    class embedding → per-pixel logits ``[B, out_dim, R, R]``."""
+    """One member: generator feature maps (in ``layer_shapes`` order), an optional
+    class embedding and the extra inputs of ``cfg.extra_inputs`` ``[B, E, R, R]`` →
+    per-pixel logits ``[B, out_dim, R, R]``."""
 
     def __init__(self, layer_shapes: Sequence[tuple[int, int, int]], out_dim: int, resolution: int,
                  cfg: ConvInterpreterConfig, cond_dim: int | None = None):
@@ -223,30 +235,42 @@ class ConvInterpreter(nn.Module):
         self.groups = [g for g, _ in kept]
         self.targets = [max((self.sizes[i] for i in g), key=lambda s: s[0] * s[1]) for g in self.groups]
         self.resolution = int(resolution)
+        self.extra_dim = sum(EXTRA_INPUTS[n] for n in cfg.extra_inputs)  # joins the finest group at R x R
+        if self.extra_dim:
+            self.targets[-1] = max(self.targets[-1], (self.resolution, self.resolution), key=lambda s: s[0] * s[1])
         widths = [width for _, width in kept]
-        self.reduce = nn.ModuleList(nn.Conv2d(sum(self.layer_dims[i] for i in g), width, 1, bias=False)
-                                    for g, width in zip(self.groups, widths))
+        inputs = [sum(self.layer_dims[i] for i in g) for g in self.groups]
+        inputs[-1] += self.extra_dim
+        self.reduce = nn.ModuleList(nn.Conv2d(c, width, 1, bias=False) for c, width in zip(inputs, widths))
         fused = np.cumsum(widths).tolist()  # one block after every concatenation (or on a lone group)
         self.blocks = nn.ModuleList(FusionBlock(c, cond_dim, cfg.spectral_norm) for c in fused[1:] or fused)
         self.head = nn.Sequential(nn.BatchNorm2d(fused[-1]), nn.ReLU(),
                                   _sn(nn.Conv2d(fused[-1], out_dim, 3, padding=1), cfg.spectral_norm))
 
-    def _reduced(self, g: int, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Group ``g``'s 1×1 reduction of its taps upsampled to the group's size, computed at native sizes."""
+    def _reduced(self, g: int, maps: Sequence[torch.Tensor], extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Group ``g``'s 1×1 reduction of its taps (and of the ``extra`` inputs, in the finest group)
+        upsampled to the group's size, computed at native sizes."""
         weight, offset, by_size = self.reduce[g].weight, 0, {}
         for i in self.groups[g]:
             y = F.conv2d(maps[i].float(), weight[:, offset : offset + self.layer_dims[i]])
             offset += self.layer_dims[i]
             by_size[self.sizes[i]] = by_size[self.sizes[i]] + y if self.sizes[i] in by_size else y
+        if self.extra_dim and g == len(self.groups) - 1:
+            if extra is None or extra.shape[1] != self.extra_dim:
+                raise ValueError(f"this member reads {self.extra_dim} extra input channels, got "
+                                 f"{None if extra is None else list(extra.shape)}")
+            y, size = F.conv2d(extra.float(), weight[:, offset:]), (self.resolution, self.resolution)
+            by_size[size] = by_size[size] + y if size in by_size else y
         return sum(_resize(y, self.targets[g]) for y in by_size.values())
 
-    def forward(self, maps: Sequence[torch.Tensor], e: torch.Tensor | None = None) -> torch.Tensor:
-        h = self._reduced(0, maps)
+    def forward(self, maps: Sequence[torch.Tensor], e: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        h = self._reduced(0, maps, extra)
         if len(self.groups) == 1:
             h = self.blocks[0](h, e)
         for g in range(1, len(self.groups)):
             h = _resize(h, self.targets[g])
-            h = self.blocks[g - 1](torch.cat([h, self._reduced(g, maps)], 1), e)
+            h = self.blocks[g - 1](torch.cat([h, self._reduced(g, maps, extra)], 1), e)
         return _resize(self.head(h), (self.resolution, self.resolution))  # if the taps stop below the image size
 
 
@@ -344,9 +368,9 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Te
 def _fit_member(net: ConvInterpreter, maps: _NativeMaps, masks: np.ndarray, emb: torch.Tensor | None,
                 cfg: ConvInterpreterConfig, ignore_index: int, gen: torch.Generator, device: torch.device,
                 hist: ConvMemberHistory, report: Progress | None, member: int,
-                weight: torch.Tensor | None = None) -> None:
+                weight: torch.Tensor | None = None, extra: torch.Tensor | None = None) -> None:
     """Train one member for ``cfg.iterations`` batches (the loss weighted per class by
-    ``weight``, if given); leaves it in eval mode."""
+    ``weight``, if given; ``extra``: every image's extra inputs ``[N, E, R, R]``); leaves it in eval mode."""
     amp = cfg.amp and device.type == "cuda"
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -356,7 +380,8 @@ def _fit_member(net: ConvInterpreter, maps: _NativeMaps, masks: np.ndarray, emb:
     for it, index in zip(range(1, cfg.iterations + 1), _batches(len(masks), min(cfg.batch_size, len(masks)), gen)):
         target = torch.from_numpy(masks[index.numpy()]).to(device).long()
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = net(maps.batch(index), None if emb is None else emb[index.to(emb.device)])
+            logits = net(maps.batch(index), None if emb is None else emb[index.to(emb.device)],
+                         None if extra is None else extra[index.to(extra.device)])
         loss, right, n = pixel_loss(logits, target, ignore_index, weight)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -402,8 +427,9 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
     ``data`` as for :func:`~labelfactory.interpreters.mlp.train_mlp_ensemble`; for a
     class-conditional generator also its ``classes`` (one per annotated image) and
     ``class_embedding``, the generator's ``[n_classes, d]`` embedding table, which
-    the ensemble keeps. ``progress(member, iteration, loss, accuracy)`` is called
-    at every point of the training curves.
+    the ensemble keeps; for ``cfg.extra_inputs`` ``rgb``, its ``images``.
+    ``progress(member, iteration, loss, accuracy)`` is called at every point of the
+    training curves.
     """
     cfg = cfg or ConvInterpreterConfig()
     store, masks, num_classes, ignore_index = data.store, data.masks, data.num_classes, data.ignore_index
@@ -417,6 +443,7 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
     if cfg.normalize:
         mean, std = maps.standardise()
         log.info("standardising %d tap channels (std from %.3g to %.3g)", len(mean), std.min(), std.max())
+    extra = training_inputs(data, cfg.extra_inputs, device)
     emb_table = None if emb is None else emb.to(device)
     per_image = None if cls is None else emb_table[torch.from_numpy(cls).to(device)]
     shapes = [store.shapes[l] for l in layers]
@@ -431,7 +458,7 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
                            seed).to(device)
         hist = ConvMemberHistory(seed=seed)
         _fit_member(net, maps, masks, per_image, cfg, ignore_index, torch.Generator().manual_seed(seed), device,
-                    hist, progress, m, weight)
+                    hist, progress, m, weight, extra)
         log.info("member %d: %d iterations, final training loss %.4f, pixel accuracy %.3f",
                  m, hist.iterations, hist.loss_curve[-1], hist.accuracy_curve[-1])
         members.append(net)
@@ -481,6 +508,10 @@ class ConvEnsemble(Interpreter):
     def conditional(self) -> bool:
         return self.class_embedding is not None
 
+    @property
+    def extra_inputs(self) -> tuple[str, ...]:
+        return self.cfg.extra_inputs
+
     def _maps(self, features: Mapping[str, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
         missing = [l for l in self.layers if l not in features]
         if missing:
@@ -505,15 +536,16 @@ class ConvEnsemble(Interpreter):
     def member_probabilities(self, features: Mapping[str, torch.Tensor], classes: torch.Tensor | None = None
                              ) -> torch.Tensor:
         """Probabilities ``[M, B, C, R, R]`` of every member for generator features
-        ``{layer: [B, C_l, h, w]}`` and, if class-conditional, the samples' ``classes``
-        ``[B]`` (ignored otherwise). Switches the ensemble to eval mode (running BN statistics)."""
+        ``{layer: [B, C_l, h, w]}`` (and the image under ``IMAGE`` for the ``rgb`` input) and,
+        if class-conditional, the samples' ``classes`` ``[B]`` (ignored otherwise). Switches the ensemble to eval mode (running BN statistics)."""
         self.eval()
         device = next(self.parameters()).device
         maps = self._maps(features, device)
         e = self._embedding(classes, maps[0].shape[0])
+        extra = extra_input_maps(self.extra_inputs, maps[0].shape[0], self.resolution, features.get(IMAGE), device)
         dtype = self.compute_dtype
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return torch.stack([_probabilities(member(maps, e)) for member in self.members])
+            return torch.stack([_probabilities(member(maps, e, extra)) for member in self.members])
 
     def metadata(self) -> dict:
         """What the JSON sidecar records."""

@@ -24,6 +24,10 @@ kept as the ensemble's ``tap_mean`` / ``tap_std`` buffers): training standardise
 the gathered pixel features, inference the native maps (:func:`standardise_maps`)
 before both paths read them. The map is affine per channel and bilinear weights
 sum to one, so standardising before or after the upsampling is the same.
+
+With ``extra_inputs`` every pixel also gets the image's own RGB and/or its coordinates
+(:func:`~labelfactory.interpreters.base.extra_input_maps`, in [-1, 1], never standardised):
+extra columns of the gathered training features, and extra full-resolution maps at inference.
 """
 
 from __future__ import annotations
@@ -43,15 +47,20 @@ from torch import nn
 from labelfactory.core.metrics import class_weights
 from labelfactory.features import FeatureStore
 from labelfactory.interpreters.base import (
+    EXTRA_INPUTS,
+    IMAGE,
     INTERPRETERS,
     STD_FLOOR,
     Interpreter,
     Progress,
     TrainingData,
     channel_statistics,
+    check_extra_inputs,
     check_tap_statistics,
+    extra_input_maps,
     read_interpreter,
     standardise_maps,
+    training_inputs,
 )
 
 log = logging.getLogger(__name__)
@@ -74,7 +83,8 @@ class MLPEnsembleConfig:
     ``patience`` evaluations in a row bring no lower held-out loss, after
     ``max_epochs`` passes over its training pixels, or after ``max_batches``.
     ``normalize``: standardise every tap channel by its mean and standard
-    deviation over the annotated images (DatasetGAN feeds the taps raw).
+    deviation over the annotated images (DatasetGAN feeds the taps raw). ``extra_inputs``:
+    per-pixel inputs beside the taps, ``rgb`` and/or ``coords`` (DatasetGAN: none).
     """
 
     num_members: int = 10
@@ -90,8 +100,10 @@ class MLPEnsembleConfig:
     align_corners: bool = False
     class_balance: float = 0.0  # loss weight frequency**-class_balance per class (core.metrics.class_weights)
     normalize: bool = False
+    extra_inputs: tuple[str, ...] = ()
 
     def __post_init__(self):
+        self.extra_inputs = check_extra_inputs(self.extra_inputs)
         positive = {k: getattr(self, k) for k in ("num_members", "patience", "eval_every", "max_epochs",
                                                    "holdout_pixels")}
         bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
@@ -367,7 +379,8 @@ def train_mlp_ensemble(data: TrainingData, cfg: MLPEnsembleConfig | None = None,
     is unconditional). ``progress(member, batch, loss, accuracy)`` is called at
     every held-out evaluation. With ``cfg.normalize`` the features are standardised
     per channel by the statistics of the annotated images' native maps, which the
-    ensemble keeps and applies at inference.
+    ensemble keeps and applies at inference; ``cfg.extra_inputs`` are appended after them
+    (``rgb`` from ``data.images``).
     """
     cfg = cfg or MLPEnsembleConfig()
     store, masks, num_classes, ignore_index = data.store, data.masks, data.num_classes, data.ignore_index
@@ -384,7 +397,17 @@ def train_mlp_ensemble(data: TrainingData, cfg: MLPEnsembleConfig | None = None,
         def features(pix: torch.Tensor) -> torch.Tensor:
             return feats(pix).sub_(mean).div_(std)
 
-    members, history = fit_members(features, feats.dim, labels, pixels, num_classes, cfg, device, progress)
+    extra = training_inputs(data, cfg.extra_inputs, device)
+    dim = feats.dim
+    if extra is not None:
+        rows, taps = extra.permute(0, 2, 3, 1).reshape(-1, extra.shape[1]), features  # rows in label order
+        dim += rows.shape[1]
+        log.info("extra inputs %s: %d more features per pixel", list(cfg.extra_inputs), rows.shape[1])
+
+        def features(pix: torch.Tensor) -> torch.Tensor:
+            return torch.cat([taps(pix), rows.index_select(0, pix)], 1)
+
+    members, history = fit_members(features, dim, labels, pixels, num_classes, cfg, device, progress)
     return MLPEnsemble(members, cfg, layers, [store.shapes[l][0] for l in layers], num_classes, store.resolution,
                        store.generator_hash, history, label_names, mean, std)
 
@@ -490,12 +513,22 @@ class MLPEnsemble(Interpreter):
     fit = staticmethod(train_mlp_ensemble)
 
     @property
+    def extra_inputs(self) -> tuple[str, ...]:
+        return self.cfg.extra_inputs
+
+    @property
+    def input_dims(self) -> list[int]:
+        """Channels of every map :meth:`_maps` returns: the taps', then the extra inputs' (if any)."""
+        extra = sum(EXTRA_INPUTS[n] for n in self.extra_inputs)
+        return self.layer_dims + ([extra] if extra else [])
+
+    @property
     def dim(self) -> int:
-        return sum(self.layer_dims)
+        return sum(self.input_dims)
 
     def _maps(self, features: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """The ensemble's layers from a batch of generator features, as float32 on its device
-        (standardised per channel with ``normalize``)."""
+        (standardised per channel with ``normalize``), then its extra inputs' ``[B, E, R, R]``."""
         missing = [l for l in self.layers if l not in features]
         if missing:
             raise KeyError(f"features lack layers {missing} the interpreter was trained on")
@@ -506,13 +539,14 @@ class MLPEnsemble(Interpreter):
                 raise ValueError(f"layer {l}: expected [B, {c}, h, w], got {list(x.shape)}")
         if self.tap_mean is not None:
             maps = standardise_maps(maps, self.tap_mean, self.tap_std)
-        return maps
+        extra = extra_input_maps(self.extra_inputs, maps[0].shape[0], self.resolution, features.get(IMAGE), device)
+        return maps if extra is None else [*maps, extra]
 
     def _first_layer(self, linear: nn.Linear, maps: list[torch.Tensor]) -> torch.Tensor:
         """``linear`` over the upsampled concatenated maps, computed at native resolution: ``[B, w1, R, R]``."""
         by_size: dict[tuple[int, int], torch.Tensor] = {}
         offset = 0
-        for x, c in zip(maps, self.layer_dims):
+        for x, c in zip(maps, self.input_dims):
             y = F.conv2d(x, linear.weight[:, offset : offset + c, None, None])
             offset += c
             key = tuple(y.shape[-2:])
@@ -556,7 +590,7 @@ class MLPEnsemble(Interpreter):
         layers = [(w.to(dtype), b.to(dtype)) for w, b in layers]
         by_size: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         offset = 0
-        for x, c in zip(maps, self.layer_dims):
+        for x, c in zip(maps, self.input_dims):
             by_size.setdefault(tuple(x.shape[-2:]), []).append((weight[:, offset : offset + c], x))
             offset += c
         m, k, r, device = len(self.members), len(bias), self.resolution, bias.device
@@ -610,7 +644,8 @@ class MLPEnsemble(Interpreter):
         history = [MemberHistory(**h) for h in meta["history"]]
         dim, classes, cfg = sum(meta["layer_dims"]), meta["num_classes"], MLPEnsembleConfig(**meta["config"])
         stats = (torch.empty(dim), torch.empty(dim)) if cfg.normalize else (None, None)
-        ens = cls([build_member(dim, classes) for _ in history], cfg,
+        width = dim + sum(EXTRA_INPUTS[n] for n in cfg.extra_inputs)
+        ens = cls([build_member(width, classes) for _ in history], cfg,
                   meta["layers"], meta["layer_dims"], classes, meta["resolution"], meta["generator_hash"],
                   history, meta["label_names"], *stats)
         ens.load_state_dict(weights)

@@ -32,7 +32,7 @@ import torch
 
 from labelfactory.config.specs import ValidationSpec
 from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
-from labelfactory.interpreters.base import INTERPRETERS, TrainingData
+from labelfactory.interpreters.base import INTERPRETERS, TrainingData, interpreter_features
 from labelfactory.interpreters.mlp import MLPEnsembleConfig
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def average_mask(masks: np.ndarray, num_classes: int) -> np.ndarray:
 
 def _subset(data: TrainingData, index: np.ndarray) -> TrainingData:
     return dataclasses.replace(data, masks=data.masks[index], ids=[data.ids[i] for i in index],
-                               classes=None if data.classes is None else np.asarray(data.classes)[index])
+                               classes=None if data.classes is None else np.asarray(data.classes)[index],
+                               images=None if data.images is None else data.images[index])
 
 
 @torch.no_grad()
@@ -72,6 +73,8 @@ def _predict(interpreter, data: TrainingData, index: np.ndarray, device: torch.d
     for i in index:
         maps = data.store.read(data.ids[i], interpreter.layers)
         features = {name: torch.from_numpy(m.astype(np.float32))[None].to(device) for name, m in maps.items()}
+        if data.images is not None:
+            features = interpreter_features(interpreter, features, torch.from_numpy(data.images[i : i + 1]))
         classes = None if data.classes is None else torch.tensor([int(np.asarray(data.classes)[i])], device=device)
         labels.append(interpreter.member_probabilities(features, classes).float().mean(0).argmax(1)[0].cpu())
     return torch.stack(labels)
@@ -115,7 +118,8 @@ def rank_taps(data: TrainingData, cfg: MLPEnsembleConfig | None = None, folds: i
     (:func:`cross_validate_interpreter`). ``cfg`` (default: the MLP's with ``max_epochs =
     PROBE_EPOCHS``) is used with ``num_members = 1``. One row per tap: ``tap``, ``channels``,
     ``resolution`` (``"<h>x<w>"``), ``miou``, ``iou/<class>`` per class, ``pixel_accuracy``;
-    sorted by ``miou``, best first (ties and missing scores keep the taps' order). The
+    sorted by ``miou``, best first (ties and missing scores keep the taps' order); the
+    ``cfg.extra_inputs``, if any, join every tap. The
     average mask's held-out mIoU (position alone) is in ``attrs["average_mask_miou"]``, the
     number of folds in ``attrs["folds"]``."""
     if folds < 2:

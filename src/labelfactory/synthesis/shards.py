@@ -44,7 +44,7 @@ from labelfactory.core.io import atomic_path
 from labelfactory.core.provenance import code_version
 from labelfactory.generators.base import GeneratorBackend, images_to_uint8
 from labelfactory.generators.view import view_of
-from labelfactory.interpreters.base import Interpreter
+from labelfactory.interpreters.base import Interpreter, interpreter_features
 from labelfactory.synthesis.uncertainty import SCORE_RULES, image_scores, js_divergence, mean_labels, vote_labels
 
 FORMAT_VERSION = 1
@@ -150,7 +150,7 @@ def _label_batch(backend: GeneratorBackend, interpreter: Interpreter, z: torch.T
     """One batch, on the backend's device until the final copy to host; images, labels and
     scores are of the crop of the backend's image view."""
     out = backend.synthesize(z, cls, settings.truncation, settings.noise, features=True, generator=generator)
-    probs = interpreter.member_probabilities(out.features, classes=cls)
+    probs = interpreter.member_probabilities(interpreter_features(interpreter, out.features, out.images), classes=cls)
     b, _, h, w = out.images.shape
     if probs.ndim != 5 or tuple(probs.shape[1:]) != (b, interpreter.num_classes, h, w):
         raise ValueError(f"interpreter returned probabilities of shape {list(probs.shape)}; "
