@@ -95,6 +95,8 @@ def synthesis_options(task):
     s = task.synthesis
     options = dict(batch_size=s.batch_size, label_rule=s.label_rule, score_rule=s.score_rule,
                    top_fraction=s.top_fraction, store_latents=s.store_latents, store_uncertainty=s.store_uncertainty)
+    if s.store_probabilities:  # only when on, so shards synthesised before the option existed stay current
+        options["store_probabilities"] = True
     return {**options, "sampling": s.sampling} if s.sampling else options
 
 

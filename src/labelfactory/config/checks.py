@@ -98,6 +98,8 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         problems += _combine_problems(cfg, name)
     if accepted("downstream.uncertain_pixels", "downstream.settings", "downstream.combine"):
         problems += _uncertainty_problems(cfg, name)
+    if accepted("downstream.settings", "downstream.labels", "synthesis.store_probabilities"):
+        problems += _soft_target_problems(name, task)
     return problems
 
 
@@ -140,6 +142,21 @@ def _uncertainty_problems(cfg: dict, name: str) -> list[str]:
             f"which tasks.{other}.synthesis.store_uncertainty: false leaves out"
             for other in dict.fromkeys(sources) if isinstance(cfg["tasks"].get(other), dict)
             and cfg["tasks"][other].get("synthesis", {}).get("store_uncertainty", True) is False]
+
+
+def _soft_target_problems(name: str, task: dict) -> list[str]:
+    """The setting synthetic_soft trains on the class probabilities the task's shards store, over its own labels."""
+    if "synthetic_soft" not in task["downstream"]["settings"]:
+        return []
+    where = f"tasks.{name}"
+    problems = []
+    if not task["synthesis"]["store_probabilities"]:
+        problems.append(f"{where}.downstream.settings: synthetic_soft trains on the shards' class probabilities; "
+                        f"set {where}.synthesis.store_probabilities: true")
+    if task["downstream"]["labels"] == "class_aware":
+        problems.append(f"{where}.downstream.settings: synthetic_soft trains on the annotated labels' "
+                        "probabilities, not on class-aware labels (downstream.labels: class_aware)")
+    return problems
 
 
 def _combine_problems(cfg: dict, name: str) -> list[str]:

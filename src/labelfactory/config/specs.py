@@ -99,6 +99,7 @@ class SynthesisSpec:
     top_fraction: float = 0.1
     store_latents: bool = False
     store_uncertainty: bool = True
+    store_probabilities: bool = False
     precision: str = "float32"
     sampling: dict | None = None  # VQGAN prior: temperature, top_k, top_p
 

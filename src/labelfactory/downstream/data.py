@@ -3,7 +3,9 @@
 Every dataset yields ``(image, label)``: a float tensor ``[3, H, W]``
 normalised with the ImageNet statistics (what pretrained backbones expect) and
 a long tensor ``[H, W]`` of class ids, :data:`IGNORE_INDEX` marking pixels that
-take no part in loss or score. Sources: arrays in memory (the few annotated
+take no part in loss or score, or, for training on soft targets, a float tensor
+``[C, H, W]`` of class probabilities (a pixel whose probabilities are all 0 takes
+no part). Sources: arrays in memory (the few annotated
 images, real labelled images), generated samples in HDF5 shards listed by a manifest, and
 both together (:class:`WithAnnotations`). Augmentation is a wrapper the trainer applies, so
 evaluation never sees it.
@@ -31,14 +33,16 @@ _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 image ``[H,W,3]`` and integer label ``[H,W]`` → normalised float
-    ``[3,H,W]`` and long ``[H,W]``."""
+    """uint8 image ``[H,W,3]`` and integer label ``[H,W]`` (or float class probabilities
+    ``[C,H,W]``) → normalised float ``[3,H,W]`` and long ``[H,W]`` (or float32 ``[C,H,W]``)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected a uint8 image [H,W,3], got {image.dtype} {image.shape}")
-    if label.shape != image.shape[:2]:
+    soft = np.issubdtype(label.dtype, np.floating)
+    if label.shape[-2:] != image.shape[:2] or label.ndim != (3 if soft else 2):
         raise ValueError(f"label shape {label.shape} does not match image {image.shape[:2]}")
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return (x - _MEAN) / _STD, torch.from_numpy(np.asarray(label, dtype=np.int64))
+    target = torch.from_numpy(np.asarray(label, dtype=np.float32 if soft else np.int64))
+    return (x - _MEAN) / _STD, target
 
 
 class ArraySegmentation(Dataset):
@@ -66,7 +70,7 @@ class ShardSegmentation(Dataset):
     ``kept_only=False``.
 
     ``reader(shard, indices)`` returns ``(images [n,H,W,3] uint8, labels [n,H,W])``
-    for increasing ``indices``. Up to ``window`` shards are cached (all of this
+    (or, as soft targets, float class probabilities ``[n,C,H,W]``) for increasing ``indices``. Up to ``window`` shards are cached (all of this
     dataset's samples in each, read in one call), so memory stays at ``window``
     shards; :class:`ShardGroupedSampler` shuffles the samples of ``window`` shards
     at a time together, so a batch mixes shards (and, for per-class shards,
@@ -211,7 +215,8 @@ class ShardGroupedSampler(Sampler[int]):
 class Augment:
     """Training augmentation applied identically to image and label: a random
     horizontal flip and a random rescale by ``scale`` (then a random crop, or
-    padding with the mean colour and ignore, back to the original size)."""
+    padding with the mean colour and ignore, back to the original size; soft
+    targets are padded with all-zero probabilities, which are ignored too)."""
 
     hflip: bool = True
     scale: tuple[float, float] = (1.0, 1.0)
@@ -224,17 +229,21 @@ def augment_pair(image: torch.Tensor, label: torch.Tensor, aug: Augment) -> tupl
         image, label = image.flip(-1), label.flip(-1)
     lo, hi = aug.scale
     if (lo, hi) != (1.0, 1.0):
-        h, w = label.shape
+        h, w = label.shape[-2:]
         s = lo + (hi - lo) * float(torch.rand(()))
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
         image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+        if label.is_floating_point():  # soft targets [C, H, W]
+            label, fill = F.interpolate(label[None], size=(nh, nw), mode="nearest")[0], 0.0
+        else:
+            label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+            fill = IGNORE_INDEX
         ph, pw = max(h - nh, 0), max(w - nw, 0)
         image = F.pad(image, (pw, pw, ph, ph), value=0.0)
-        label = F.pad(label, (pw, pw, ph, ph), value=IGNORE_INDEX)
-        top = int(torch.randint(label.shape[0] - h + 1, ()))
-        left = int(torch.randint(label.shape[1] - w + 1, ()))
-        image, label = image[:, top:top + h, left:left + w], label[top:top + h, left:left + w]
+        label = F.pad(label, (pw, pw, ph, ph), value=fill)
+        top = int(torch.randint(label.shape[-2] - h + 1, ()))
+        left = int(torch.randint(label.shape[-1] - w + 1, ()))
+        image, label = image[:, top:top + h, left:left + w], label[..., top:top + h, left:left + w]
     return image, label
 
 

@@ -10,6 +10,9 @@ training images come from) and seed, then scored on held-out real images:
   same labels together (BigDatasetGAN's "BigGAN + VQGAN synthetic");
 - ``synthetic_plus_annotations``: the kept samples and the annotated images,
   these repeated to make up ``annotation_share`` of the training items;
+- ``synthetic_soft``: the kept samples with soft targets, the interpreter members'
+  mean class probabilities (stored with ``synthesis.store_probabilities``), instead
+  of their hard labels;
 - ``fully_supervised``: real labelled images (the upper bound).
 
 Real images come from a registered source (:mod:`labelfactory.downstream.real`).
@@ -35,7 +38,14 @@ from labelfactory.annotations.labels import LabelSet
 from labelfactory.core.io import atomic_write_json
 from labelfactory.synthesis.filtering import read_manifest
 from labelfactory.core.registry import Registry
-from labelfactory.synthesis.shards import read_samples, read_samples_with_uncertainty, require_uncertainty
+from labelfactory.synthesis.shards import (
+    read_samples,
+    read_samples_with_probabilities,
+    read_samples_with_probabilities_and_uncertainty,
+    read_samples_with_uncertainty,
+    require_probabilities,
+    require_uncertainty,
+)
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.cross_validation import cross_validate
 from labelfactory.downstream import datasets  # noqa: F401  (registers the public datasets' readers)
@@ -95,16 +105,38 @@ def read_samples_ignoring_uncertain(shard: str, indices: np.ndarray, fraction: f
     return images, ignore_uncertain(labels, uncertainty, fraction)
 
 
-def _shards(inputs: SettingInputs, kept_only: bool, combined: tuple[str, ...] = ()) -> ShardSegmentation:
+def read_soft_targets(shard: str, indices: np.ndarray, fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Images and the members' mean class probabilities float16 ``[K,C,H,W]`` of the samples
+    (:func:`~labelfactory.synthesis.shards.read_samples_with_probabilities`); with ``fraction``,
+    the probabilities of each sample's most uncertain pixels set to 0, which the loss ignores
+    (the pixels :func:`~labelfactory.downstream.data.ignore_uncertain` picks)."""
+    if not fraction:
+        return read_samples_with_probabilities(shard, indices)
+    images, probabilities, uncertainty = read_samples_with_probabilities_and_uncertainty(shard, indices)
+    dropped = ignore_uncertain(np.zeros(uncertainty.shape, np.uint8), uncertainty, fraction, ignore_index=1)
+    return images, np.where(dropped[:, None] == 1, np.float16(0), probabilities)
+
+
+def _shards(inputs: SettingInputs, kept_only: bool, combined: tuple[str, ...] = (),
+            soft: bool = False) -> ShardSegmentation:
     if inputs.manifest is None:
         raise ValueError("the synthetic settings need the filter's manifest")
     label_map = None if inputs.class_aware is None else inputs.class_aware.apply
-    reader = read_samples if inputs.uncertain_pixels == 0 else \
-        partial(read_samples_ignoring_uncertain, fraction=inputs.uncertain_pixels)
+    if soft:
+        if label_map is not None:
+            raise ValueError("synthetic_soft trains on the interpreter's probabilities over the annotated "
+                             "labels; it does not take class-aware labels (downstream.labels: class_aware)")
+        reader = partial(read_soft_targets, fraction=inputs.uncertain_pixels)
+    else:
+        reader = read_samples if inputs.uncertain_pixels == 0 else \
+            partial(read_samples_ignoring_uncertain, fraction=inputs.uncertain_pixels)
     manifest = pd.concat([read_manifest(m) for m in (inputs.manifest, *combined)], ignore_index=True)
     dataset = ShardSegmentation(manifest, reader, kept_only=kept_only, label_map=label_map)
+    shards = list(dict.fromkeys(dataset.shards))  # fail now, not mid-training
+    if soft:
+        require_probabilities(shards)
     if inputs.uncertain_pixels:
-        require_uncertainty(list(dict.fromkeys(dataset.shards)))  # fail now, not mid-training
+        require_uncertainty(shards)
     return dataset
 
 
@@ -128,6 +160,11 @@ def synthetic_combined(inputs: SettingInputs, labels: LabelSet) -> Dataset:
 @SETTINGS.register("synthetic_plus_annotations")
 def synthetic_plus_annotations(inputs: SettingInputs, labels: LabelSet) -> Dataset:
     return WithAnnotations(_shards(inputs, kept_only=True), few_shot(inputs, labels), inputs.annotation_share)
+
+
+@SETTINGS.register("synthetic_soft")
+def synthetic_soft(inputs: SettingInputs, labels: LabelSet) -> Dataset:
+    return _shards(inputs, kept_only=True, soft=True)
 
 
 @SETTINGS.register("fully_supervised")

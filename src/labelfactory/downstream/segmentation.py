@@ -120,7 +120,14 @@ def build_optimizer(model: nn.Module, cfg: SegTrainConfig) -> torch.optim.Optimi
 def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                       weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel cross-entropy averaged over labelled pixels (0, not NaN, when none are); with
-    per-class ``weight`` ``[C]`` the weighted mean ``Σ w[label]·CE / Σ w[label]`` over them."""
+    per-class ``weight`` ``[C]`` the weighted mean ``Σ w[label]·CE / Σ w[label]`` over them.
+    A float ``label`` ``[B, C, H, W]`` holds soft targets ``p``: the loss is then
+    ``Σ m·(-log q) / Σ m`` with ``m = p`` (or ``w·p``) per pixel and class, which is the hard
+    loss for one-hot ``p``; pixels whose ``p`` is all 0 take no part."""
+    if label.is_floating_point():
+        mass = label if weight is None else label * weight[:, None, None]
+        total = -(mass * F.log_softmax(logits, 1)).sum()
+        return total / mass.sum().clamp(min=torch.finfo(mass.dtype).tiny)
     if weight is None:
         total = F.cross_entropy(logits, label, ignore_index=ignore_index, reduction="sum")
         return total / (label != ignore_index).sum().clamp(min=1)
@@ -135,16 +142,22 @@ def dataset_class_weights(dataset: Dataset, num_classes: int, balance: float, se
                           ignore_index: int = IGNORE_INDEX, max_items: int = CLASS_COUNT_ITEMS) -> torch.Tensor | None:
     """The loss weights of ``class_balance`` (:func:`~labelfactory.core.metrics.class_weights_from_counts`)
     from the label frequencies of ``dataset``: of every item, or of ``max_items`` drawn with ``seed``
-    (read in index order, so a shard dataset reads each shard once); ``ignore_index`` is not counted.
-    None for ``balance == 0``."""
+    (read in index order, so a shard dataset reads each shard once); ``ignore_index`` is not counted,
+    soft targets count each class's probability mass. None for ``balance == 0``."""
     if balance == 0:
         return None
     n = len(dataset)
     picks = range(n) if n <= max_items else \
         torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_items].sort().values.tolist()
-    counts = torch.zeros(num_classes, dtype=torch.int64)
+    counts = torch.zeros(num_classes, dtype=torch.float64)
     for i in picks:
-        label = dataset[i][1].flatten()
+        label = dataset[i][1]
+        if label.is_floating_point():
+            if label.shape[0] != num_classes:
+                raise ValueError(f"training item {i} has soft targets for {label.shape[0]} classes, not {num_classes}")
+            counts += label.flatten(1).sum(1).double()
+            continue
+        label = label.flatten()
         label = label[label != ignore_index]
         if label.numel() and (label.min() < 0 or label.max() >= num_classes):
             raise ValueError(f"training item {i} has labels outside 0..{num_classes - 1} "

@@ -32,6 +32,7 @@ SETTING_TITLES = {
     "synthetic_filtered": "synthetic, filtered",
     "synthetic_combined": "synthetic, filtered, combined",
     "synthetic_plus_annotations": "synthetic, filtered, plus annotations",
+    "synthetic_soft": "synthetic, filtered, soft targets",
     "fully_supervised": "fully supervised (real)",
 }
 

@@ -5,7 +5,9 @@ A shard is one HDF5 file holding N samples, each regenerable from
 
 - ``images`` uint8 ``[N,H,W,3]``, ``labels`` uint8 ``[N,H,W]``, optional
   ``uncertainty`` float16 ``[N,H,W]`` (per-pixel JS divergence, nats) and
-  ``latents`` ``[N,z]`` (float32 z, or int64 VQGAN code grids flattened): chunked one sample per chunk, so reading a
+  ``latents`` ``[N,z]`` (float32 z, or int64 VQGAN code grids flattened) and optional
+  ``probabilities`` float16 ``[N,C,H,W]`` (the members' mean class probabilities, the soft
+  targets of the ``synthetic_soft`` setting): chunked one sample per chunk, so reading a
   sample touches only that sample;
 - ``score`` float32 ``[N]`` (per-image uncertainty), ``seed`` int64 ``[N]``,
   ``class`` int32 ``[N]`` (-1 for unconditional generators): chunked in blocks of
@@ -32,7 +34,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -54,7 +56,8 @@ MAX_LABEL_CLASSES = 255  # labels are uint8 and 255 means "ignore" in annotation
 # name -> (dtype, ndim); the per-sample datasets are chunked one sample per chunk
 REQUIRED_DATASETS = {"images": (np.uint8, 4), "labels": (np.uint8, 3), "score": (np.float32, 1),
                      "seed": (np.int64, 1), "class": (np.int32, 1)}
-OPTIONAL_DATASETS = {"latents": ((np.float32, np.int64), 2), "uncertainty": (np.float16, 3)}
+OPTIONAL_DATASETS = {"latents": ((np.float32, np.int64), 2), "uncertainty": (np.float16, 3),
+                     "probabilities": (np.float16, 4)}
 REQUIRED_ATTRS = ("format_version", "num_samples", "generator_hash", "config_hash", "code_version",
                   "label_rule", "score_rule", "top_fraction", "truncation", "noise")
 _SCALAR_CHUNK = 1 << 16
@@ -90,6 +93,7 @@ class ShardSettings:
     top_fraction: float = 0.1
     store_latents: bool = False
     store_uncertainty: bool = True  # keep the per-pixel JS maps (float16)
+    store_probabilities: bool = False  # keep the members' mean class probabilities (float16 [C, H, W] per sample)
     sampling: Mapping[str, Any] | None = None  # temperature, top_k, top_p of a generator with a prior (VQGAN)
 
     def __post_init__(self) -> None:
@@ -165,6 +169,8 @@ def _label_batch(backend: GeneratorBackend, interpreter: Interpreter, z: torch.T
     }
     if settings.store_uncertainty:
         arrays["uncertainty"] = js.half().cpu().numpy()
+    if settings.store_probabilities:
+        arrays["probabilities"] = probs.mean(0).half().cpu().numpy()
     return arrays
 
 
@@ -226,6 +232,8 @@ def synthesize_shard(
         config["batch_size"] = int(s.batch_size)
     if s.sampling:
         config["sampling"] = dict(s.sampling)
+    if s.store_probabilities:  # only when on: shards written before the option existed keep their hash
+        config["store_probabilities"] = True
     root_attrs = {
         **attrs, "format_version": FORMAT_VERSION, "num_samples": n, "generator_hash": backend.generator_hash,
         "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
@@ -236,6 +244,8 @@ def synthesize_shard(
     per_sample = {"images": ((n, h, w, 3), np.uint8), "labels": ((n, h, w), np.uint8)}
     if s.store_uncertainty:
         per_sample["uncertainty"] = ((n, h, w), np.float16)
+    if s.store_probabilities:
+        per_sample["probabilities"] = ((n, interpreter.num_classes, h, w), np.float16)
     if s.store_latents:
         per_sample["latents"] = ((n, backend.z_dim), backend.latent_dtype)
     device = backend.device
@@ -294,6 +304,8 @@ def _layout_problems(f: h5py.File) -> list[str]:
         problems.append(f"images should have 3 channels, has {c}")
     problems += [f"{name} is {list(f[name].shape[1:])} per sample, images are {[h, w]}"
                  for name in ("labels", "uncertainty") if name in present and f[name].shape[1:] != (h, w)]
+    if "probabilities" in present and f["probabilities"].shape[2:] != (h, w):
+        problems.append(f"probabilities are {list(f['probabilities'].shape[1:])} per sample, images are {[h, w]}")
     missing_attrs = [a for a in REQUIRED_ATTRS if a not in f.attrs]
     if missing_attrs:
         problems.append(f"missing attributes {missing_attrs}")
@@ -375,6 +387,26 @@ def read_samples_with_uncertainty(path: str | os.PathLike, indices: Sequence[int
     return images, labels, uncertainty
 
 
+def read_samples_with_probabilities(path: str | os.PathLike, indices: Sequence[int] | np.ndarray
+                                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 ``[K,H,W,3]`` and the members' mean class probabilities float16 ``[K,C,H,W]``
+    of the samples; a shard written without them (``synthesis.store_probabilities: false``) is a ShardError."""
+    images, probabilities = _read_per_sample(path, indices, ("images", "probabilities"))
+    return images, probabilities
+
+
+def read_samples_with_probabilities_and_uncertainty(path: str | os.PathLike, indices: Sequence[int] | np.ndarray
+                                                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_samples_with_probabilities` and the per-pixel uncertainty float16 ``[K,H,W]``."""
+    images, probabilities, uncertainty = _read_per_sample(path, indices, ("images", "probabilities", "uncertainty"))
+    return images, probabilities, uncertainty
+
+
+def _no_probabilities(path: str | os.PathLike) -> str:
+    return (f"{path}: no class probabilities stored (the shard was written with "
+            "synthesis.store_probabilities: false; set it true and synthesise again)")
+
+
 def _no_uncertainty(path: str | os.PathLike) -> str:
     return (f"{path}: no per-pixel uncertainty stored (the shard was written with "
             "synthesis.store_uncertainty: false; set it true and synthesise again)")
@@ -382,14 +414,23 @@ def _no_uncertainty(path: str | os.PathLike) -> str:
 
 def require_uncertainty(paths: Sequence[str | os.PathLike]) -> None:
     """A ShardError naming the first of ``paths`` that holds no per-pixel ``uncertainty``."""
+    _require(paths, "uncertainty", _no_uncertainty)
+
+
+def require_probabilities(paths: Sequence[str | os.PathLike]) -> None:
+    """A ShardError naming the first of ``paths`` that holds no class ``probabilities``."""
+    _require(paths, "probabilities", _no_probabilities)
+
+
+def _require(paths: Sequence[str | os.PathLike], name: str, missing: Callable[[str | os.PathLike], str]) -> None:
     for path in paths:
         try:
             with h5py.File(path, "r") as f:
-                stored = isinstance(f.get("uncertainty"), h5py.Dataset)
+                stored = isinstance(f.get(name), h5py.Dataset)
         except OSError as e:
             raise ShardError(f"{path}: unreadable shard ({type(e).__name__}: {e})") from e
         if not stored:
-            raise ShardError(_no_uncertainty(path))
+            raise ShardError(missing(path))
 
 
 def _read_per_sample(path: str | os.PathLike, indices: Sequence[int] | np.ndarray,
@@ -403,6 +444,8 @@ def _read_per_sample(path: str | os.PathLike, indices: Sequence[int] | np.ndarra
                 raise ShardError(f"{path}: not a valid shard: " + "; ".join(problems))
             if "uncertainty" in names and "uncertainty" not in f:
                 raise ShardError(_no_uncertainty(path))
+            if "probabilities" in names and "probabilities" not in f:
+                raise ShardError(_no_probabilities(path))
             n = f["images"].shape[0]
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise IndexError(f"{path}: sample indices must be in [0, {n}), got {idx.min()}..{idx.max()}")
