@@ -5,6 +5,12 @@ VENV ?= .venv
 #   make TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 run
 TORCH_INDEX_URL ?=
 CORES ?= all
+# Your own config runs alone (the toy default config/config.yaml applies only without one):
+#   make run CONFIG=my.yaml [TARGETS="results/<task>/for_annotation"] [PROFILE=slurm] [ARGS=-n]
+# The targets go before --configfile, whose list of files would otherwise swallow them.
+PROFILE ?= local
+SNAKEMAKE = $(VENV)/bin/snakemake --profile profiles/$(PROFILE) --cores $(CORES)
+CONFIG_ARGS = $(if $(CONFIG),--configfile $(CONFIG))
 PIP_EXTRA := $(if $(TORCH_INDEX_URL),PIP_EXTRA_INDEX_URL=$(TORCH_INDEX_URL),)
 
 export MPLBACKEND := Agg
@@ -20,24 +26,23 @@ $(VENV)/.installed: requirements.txt pyproject.toml envs/install_detectron2.sh e
 	touch $@
 
 run: setup
-	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
+	$(SNAKEMAKE) $(TARGETS) $(CONFIG_ARGS) $(ARGS)
 
 dryrun: setup
-	$(VENV)/bin/snakemake --profile profiles/local -n
+	$(SNAKEMAKE) -n $(TARGETS) $(CONFIG_ARGS) $(ARGS)
 
 # The toy ablations (docs/ablations.md); not part of `run`.
 ablations: setup
-	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) ablations
+	$(SNAKEMAKE) ablations $(CONFIG_ARGS) $(ARGS)
 
-# The toy transfer experiment (docs/pretraining.md); not part of `run`.
+# The toy transfer experiment (docs/pretraining.md), over the toy default's tasks; not part of `run`.
 pretraining: setup
-	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) pretraining --configfile config/pretraining-toy.yaml
+	$(SNAKEMAKE) pretraining --configfile config/config.yaml config/pretraining-toy.yaml $(ARGS)
 
 # Redraw every table and figure from existing results; nothing is trained.
 FIGURE_RULES := main_table sample_grid class_grid label_quality calibration ablation_report
 figures: setup
-	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) figures --forcerun $(FIGURE_RULES) \
-		--allowed-rules figures $(FIGURE_RULES)
+	$(SNAKEMAKE) figures --forcerun $(FIGURE_RULES) --allowed-rules figures $(FIGURE_RULES) $(CONFIG_ARGS) $(ARGS)
 
 # The import layers (.importlinter) first, then one test file per worker (module fixtures stay
 # in one process), one worker per core.

@@ -9,4 +9,6 @@ with snakemake_job(snakemake):
     backend = load_task_generator(snakemake.input.weights, resolve_device(p.device), **p.generator)
     import_annotations(p.annotations, backend, snakemake.output[0], truncation=p.truncation, noise=p.noise,
                        labels=load_labels(p.labels), expected_count=p.expected_count, classes=p.classes,
-                       expected_per_class=p.expected_per_class, latents=p.latents, merge=p.merge)
+                       expected_per_class=p.expected_per_class, latents=p.latents, merge=p.merge,
+                       # from the config, not a param: existing imports stay current (schema: only_masked)
+                       only_masked=snakemake.config["tasks"][snakemake.wildcards.task]["annotation"]["only_masked"])

@@ -2,9 +2,11 @@
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.experiment import SettingInputs, seg_config, train_downstream
 from labelfactory.downstream.real import RealDataSpec
+from labelfactory.config import check_downstream_files
 from labelfactory.core.runtime import resolve_device, snakemake_job
 
 with snakemake_job(snakemake):
+    check_downstream_files(snakemake.config, snakemake.wildcards.task)  # the real data, weights, ...
     p = snakemake.params
     real = p.real
     inputs = SettingInputs(annotations=snakemake.input.annotations,

@@ -356,6 +356,22 @@ def test_settings_and_counts_are_checked(folder, backend, out):
     expect_failure(folder, make_backend(1), out, "made on another generator", "s00000004.image.png: differs")
 
 
+def test_only_masked_imports_the_rows_with_masks(folder, backend, out, caplog):
+    (folder / "s00000001.png").unlink()  # a rendered sample that could not be annotated
+    expect_failure(folder, backend, out, "s00000001.png: missing mask")
+    with caplog.at_level("WARNING"):
+        aset = import_annotations(folder, backend, out, only_masked=True)
+    assert aset.ids == [sample_id(s, -1) for s in SEEDS if s != 1]
+    np.testing.assert_array_equal(aset.masks, np.stack([label_mask(s) for s in SEEDS if s != 1]))
+    assert "importing the 2 of 3 manifest rows that have a mask; 1 without one skipped" in caplog.text
+    out.unlink()
+    expect_failure(folder, backend, out, "manifest.csv: 2 annotated samples, expected at least 3", only_masked=True,
+                   expected_count=3)  # the counts are of the rows kept
+    for s in SEEDS:
+        (folder / f"{sample_id(s, -1)}.png").unlink(missing_ok=True)
+    expect_failure(folder, backend, out, "manifest.csv: no row has a mask", only_masked=True)
+
+
 def test_redrawn_noise_is_caught_by_the_image(tmp_path, backend, out):
     """Images annotated under random noise (the original DatasetGAN drift) do not
     match a constant-noise re-render, even with no noise column to tell."""

@@ -3,7 +3,9 @@
 import re
 from pathlib import Path
 
-from labelfactory.config import WorkflowConfig, validate_config
+from snakemake.logging import logger
+
+from labelfactory.config import WorkflowConfig, downstream_file_problems, validate_config
 from labelfactory.config.schema import schema_node
 from labelfactory.downstream.class_aware import ClassAwareLabels, class_names_for
 from labelfactory.core.runtime import release_stale_lock
@@ -15,6 +17,12 @@ _validated = validate_config(config, base_dir=".")
 config.clear()
 config.update(_validated)
 CFG = WorkflowConfig.from_dict(config)
+if workflow.is_main_process:  # checked by the downstream jobs themselves: the stages before them run first
+    for problem in downstream_file_problems(config):
+        logger.warning(f"warning: {problem} (the task's downstream jobs fail until it does)")
+# How the README runs a target of this config (error messages name it).
+_CONFIGS = " ".join(map(str, workflow.config_settings.configfiles))
+RUN_HINT = "make run " + (f"CONFIG='{_CONFIGS}' " if _CONFIGS else "") + "TARGETS="
 TASKS = sorted(CFG.tasks)
 # Tasks whose VQGAN re-encodes another task's annotations (rule reuse_annotations), and the rest.
 REUSE_TASKS = [n for n in TASKS if CFG.tasks[n].reuse]
@@ -78,7 +86,7 @@ def annotation_files(wildcards):
     if not Path(task.annotations).is_dir():
         raise ValueError(
             f"task {wildcards.task}: annotation folder {task.annotations} does not exist. Render the samples "
-            f"with `snakemake results/{wildcards.task}/for_annotation`, annotate them and put the masks, "
+            f"with `{RUN_HINT}results/{wildcards.task}/for_annotation`, annotate them and put the masks, "
             "manifest.csv and labels.yaml there (see docs/annotations.md)."
         )
     files = sorted(str(p) for p in Path(task.annotations).rglob("*") if p.is_file())
@@ -233,8 +241,8 @@ def downstream_source(wildcards):
 def transfer_runs():
     """Every finetuning run: init × fraction × seed with its two results files."""
     if PRE is None:
-        raise ValueError("the config has no `pretraining` section: add one, e.g. "
-                         "`snakemake --profile profiles/local pretraining --configfile config/pretraining-toy.yaml`")
+        raise ValueError("the config has no `pretraining` section: add one, e.g. `make pretraining` "
+                         "(config/config.yaml with config/pretraining-toy.yaml)")
     return [{"init": i, "fraction": format(f, "g"), "seed": s,
              "detection": f"{TRANSFER}/detection/{i}/{format(f, 'g')}/seed{s}/results.json",
              "semantic": f"{TRANSFER}/semantic/{i}/{format(f, 'g')}/seed{s}/results.json"}

@@ -147,7 +147,7 @@ rule pretraining_table:
 
 
 rule pretraining:
-    """The transfer experiment's target: `snakemake pretraining --configfile config/pretraining-toy.yaml`."""
+    """The transfer experiment's target: `make pretraining` (the toy world), or `TARGETS=pretraining`."""
     input:
         f"{TRANSFER}/report/pretraining_table.md",
         f"{TRANSFER}/report/data_efficiency.png",

@@ -15,6 +15,7 @@ so a user fixes a folder in one round instead of one error at a time.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from labelfactory.annotations.labels import LABELS_FILE, AnnotationError, LabelS
 from labelfactory.generators.base import UNCONDITIONAL, GeneratorBackend
 from labelfactory.generators.view import view_of
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class _Row:
@@ -117,7 +119,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
                        labels: LabelSet | str | os.PathLike | None = None,
                        expected_count: int | None = None, classes: Sequence[int] | None = None,
                        expected_per_class: int | None = None, latents: str | os.PathLike | None = None,
-                       merge: str | None = None) -> AnnotationSet:
+                       merge: str | None = None, only_masked: bool = False) -> AnnotationSet:
     """Validate an annotation folder, re-render its samples and write them to HDF5.
 
     ``labels`` (a :class:`LabelSet` or a ``labels.yaml`` path) replaces the
@@ -131,6 +133,8 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     of DatasetGAN's (with its ``latents`` file and class ``merge``) by
     :func:`~labelfactory.annotations.datasetgan_release.import_datasetgan_annotations`. With an
     image view (:mod:`labelfactory.generators.view`), masks and images are its crop.
+    With ``only_masked`` the manifest rows without a mask are left out (their
+    number logged) instead of being problems; the counts are of the rows kept.
     Raises one :class:`AnnotationError` listing every problem; ``out_h5`` is
     written atomically and only when there are none.
     """
@@ -153,6 +157,14 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, float(truncation), noise, classes, problems)
     res, view = backend.resolution, view_of(backend)
     shape = res if view.crop is None else view.shape(res)
+    if only_masked:
+        masked = [r for r in rows if (ann_dir / f"{r.id}.png").is_file() or (ann_dir / f"{r.id}.json").is_file()]
+        if len(masked) < len(rows):
+            log.warning("%s: importing the %d of %d manifest rows that have a mask; %d without one skipped",
+                        ann_dir, len(masked), len(rows), len(rows) - len(masked))
+        if not masked and rows:
+            problems.append(f"{MANIFEST_FILE}: no row has a mask")
+        rows = masked
 
     masks: dict[str, np.ndarray] = {}
     latents: dict[str, np.ndarray] = {}

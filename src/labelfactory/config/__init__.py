@@ -6,7 +6,14 @@ checks what a schema cannot express and reports every problem at once;
 :mod:`.specs` gives typed views of a validated config.
 """
 
-from labelfactory.config.checks import ablation_problems, load_config, pretraining_files, validate_config
+from labelfactory.config.checks import (
+                                        ablation_problems,
+                                        check_downstream_files,
+                                        downstream_file_problems,
+                                        load_config,
+                                        pretraining_files,
+                                        validate_config,
+)
 from labelfactory.config.schema import REPO_ROOT, SCHEMA_PATH, ConfigError
 from labelfactory.config.specs import (
                                        AnnotationSpec,
@@ -23,4 +30,5 @@ from labelfactory.config.specs import (
 
 __all__ = ["REPO_ROOT", "SCHEMA_PATH", "AnnotationSpec", "CheckpointSpec", "ConfigError", "DownstreamSpec",
            "FeatureSpec", "InitSpec", "PretrainingSpec", "SynthesisSpec", "TaskSpec", "WorkflowConfig",
-           "ablation_problems", "load_config", "parse_range", "pretraining_files", "validate_config"]
+           "ablation_problems", "check_downstream_files", "downstream_file_problems", "load_config", "parse_range",
+           "pretraining_files", "validate_config"]

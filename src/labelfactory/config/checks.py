@@ -80,9 +80,8 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         # to annotate are rendered first (rule sample_for_annotation)
         if ann.is_dir() and not labels.is_file():
             problems.append(f"tasks.{name}.labels: {labels} does not exist")
-    if accepted("downstream.real", "downstream.weights", "downstream.backbone_weights",
-                "downstream.reference_annotator", "downstream.truth_masks"):
-        problems += _downstream_problems(name, task["downstream"], base_dir, check_files)
+    if accepted("downstream.real"):
+        problems += _downstream_problems(name, task["downstream"])
     if accepted("classes", "class_names", "downstream.labels", "downstream.real", "annotation.expected_per_class"):
         problems += _class_problems(name, task)
     if accepted("checkpoint", "truncation", "average_latent", "truncation_cutoff", "image") \
@@ -270,19 +269,33 @@ def _snapshot_problems(where: str, ds: dict) -> list[str]:
     return problems
 
 
-def _downstream_problems(task: str, ds: dict, base_dir: Path, check_files: bool) -> list[str]:
-    where = f"tasks.{task}.downstream"
+def _downstream_problems(task: str, ds: dict) -> list[str]:
+    if ds["real"]["type"] != "toyworld" and not ds["real"]["path"]:
+        return [f"tasks.{task}.downstream.real.path: a `{ds['real']['type']}` dataset needs its path"]
+    return []
+
+
+def downstream_file_problems(cfg: dict, base_dir: str | Path = ".") -> list[str]:
+    """The files of every task's ``downstream`` section that do not exist: not a problem of the
+    config as a whole, since the stages before the downstream runs (rendering the samples to
+    annotate first) do not read them; the downstream jobs check them (:func:`check_downstream_files`)."""
     problems = []
-    on_disk = ds["real"]["type"] != "toyworld"
-    if on_disk and not ds["real"]["path"]:
-        problems.append(f"{where}.real.path: a `{ds['real']['type']}` dataset needs its path")
-    if check_files:
+    for name, task in cfg["tasks"].items():
+        ds = task["downstream"]
         files = {"weights": ds["weights"], "backbone_weights": ds["backbone_weights"],
                  "reference_annotator": ds["reference_annotator"], "truth_masks": ds["truth_masks"],
-                 "real.path": ds["real"]["path"] if on_disk else None}
-        problems += [f"{where}.{key}: {path} does not exist" for key, path in files.items()
-                     if path and not (base_dir / path).exists()]
+                 "real.path": ds["real"]["path"] if ds["real"]["type"] != "toyworld" else None}
+        problems += [f"tasks.{name}.downstream.{key}: {path} does not exist" for key, path in files.items()
+                     if path and not (Path(base_dir) / path).exists()]
     return problems
+
+
+def check_downstream_files(cfg: dict, task: str, base_dir: str | Path = ".") -> None:
+    """Raise one :class:`ConfigError` naming, on one line, every file task ``task``'s downstream
+    section names that does not exist (a downstream job's first step)."""
+    problems = [p for p in downstream_file_problems(cfg, base_dir) if p.startswith(f"tasks.{task}.downstream.")]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def load_config(path: str | Path, check_files: bool = True) -> dict:

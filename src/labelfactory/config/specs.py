@@ -36,6 +36,7 @@ class AnnotationSpec:
     seed_start: int = 0
     expected_count: int | None = None
     expected_per_class: int | None = None
+    only_masked: bool = False
     latents: str | None = None
     merge: str | None = None
     select: str = "random"  # random = the seed range; uncertainty = active learning (annotations.active_selection)
