@@ -1,6 +1,7 @@
 """Ablations and active learning: selection, the points' shared stages, validation, the DAG."""
 
 import copy
+import json
 
 import numpy as np
 import pandas as pd
@@ -8,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from labelfactory.experiments.ablations import AblationPlan, Variant, calibration, combine_annotation_sets
+from labelfactory.experiments.ablations import AblationPlan, Variant, calibration, collect, combine_annotation_sets, summary
 from labelfactory.annotations.active_selection import (candidate_seeds, choose_seeds, kcenter_greedy, next_round_seeds,
                                           score_candidates, select_uncertain)
 from labelfactory.annotations.annotation_set import AnnotationSet
@@ -168,8 +169,54 @@ def test_the_manual_arm_is_one_fixed_set_for_every_seed():
 def test_variant_names_round_trip():
     assert Variant.parse("uncertainty12-3") == Variant("selection", 12, 3, method="uncertainty")
     assert Variant.parse("interp-mlp-2").interpreter == "mlp-2"
+    assert Variant.parse("down-class-balanced") == Variant("downstream", downstream="class-balanced")
     with pytest.raises(ValueError):
         Variant.parse("nonsense")
+
+
+DOWNSTREAM_ARMS = {"class-balanced": {"class_balance": 0.5}, "ignore-uncertain": {"uncertain_pixels": 0.1},
+                   "plus-annotations": {"setting": "synthetic_plus_annotations", "annotation_share": 0.2}}
+
+
+def test_downstream_arms_train_on_the_tasks_own_set_with_their_options():
+    plan = _plan({"downstream": DOWNSTREAM_ARMS})
+    points = plan.points("downstream")
+    assert points["arm"].drop_duplicates().tolist() == ["(task)", *DOWNSTREAM_ARMS]
+    assert points[points["arm"] == "(task)"]["path"].tolist() == [
+        "results/toy-car/downstream/synthetic_filtered/seed0/scores.json",
+        "results/toy-car/downstream/synthetic_filtered/seed1/scores.json"]
+    plus = points[points["arm"] == "plus-annotations"]["path"].iloc[0]
+    assert plus == "results/ablations/toy-car/down-plus-annotations/n2000-f0.1/synthetic_plus_annotations/seed0/scores.json"
+    assert (points["size"] == plan.size).all() and (points["ratio"] == plan.task.filter_ratio).all()
+    for v in ("down-class-balanced", "down-plus-annotations"):  # the task's labelled set, nothing of their own
+        assert plan.manifest(v, plan.size, 0.1) == "results/toy-car/manifest.parquet"
+        assert plan.shards(v, plan.size) == plan.shards("base", plan.size)
+        assert plan.annotations(v) == "results/toy-car/annotations.h5"
+    assert plan.manifest("ann4-1", 2000, 0.1) == "results/ablations/toy-car/ann4-1/n2000-f0.1/manifest.parquet"
+    task = plan.task.downstream.train
+    balanced = plan.train_options("down-class-balanced")
+    assert balanced == {**task, "class_balance": 0.5} and "setting" not in balanced
+    assert plan.train_options("down-plus-annotations")["annotation_share"] == 0.2
+    assert plan.setting("down-plus-annotations") == "synthetic_plus_annotations"
+    assert plan.setting("down-class-balanced") == "synthetic_filtered" == plan.setting("interp-conv")
+    assert plan.train_options("interp-conv") == task
+    assert "downstream" in plan.enabled() and "downstream" not in _plan().enabled()
+
+
+def test_ablation_results_keep_each_class_iou(tmp_path):
+    paths = []
+    for arm, seed, eyes in [("a", 0, 0.1), ("a", 1, 0.3), ("b", 0, None)]:
+        paths.append(tmp_path / f"{arm}{seed}.json")
+        paths[-1].write_text(json.dumps({"miou": 0.5, "pixel_accuracy": 0.9, "num_train_images": 8,
+                                         "iou_by_class": {"background": 0.9, "eyes": eyes}}))
+    points = pd.DataFrame({"ablation": "downstream", "x": ["a", "a", "b"], "arm": ["a", "a", "b"],
+                           "seed": [0, 1, 0], "path": [str(p) for p in paths]})
+    runs = collect(points)
+    assert runs["iou/eyes"].tolist()[:2] == [0.1, 0.3] and np.isnan(runs["iou/eyes"].iloc[2])
+    table = summary(runs)
+    assert table["iou/eyes_mean"].iloc[0] == pytest.approx(20.0) and np.isnan(table["iou/eyes_mean"].iloc[1])
+    assert table["iou/background_mean"].tolist() == pytest.approx([90.0, 90.0])
+    assert table["miou_mean"].tolist() == pytest.approx([50.0, 50.0]) and table["runs"].tolist() == [2, 1]
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -184,6 +231,10 @@ def test_variant_names_round_trip():
     ({"selection": {"initial": 8, "step": 5, "rounds": 2}}, "the manual arm's 18 annotations exceed the task's 16"),
     ({"selection": {"initial": 4, "step": 4, "rounds": 1, "methods": ["greedy"]}},
      "ablations.toy-car.selection.methods.0: 'greedy' is not one of"),
+    ({"downstream": {"more": {"seeds": 5}}},
+     "ablations.toy-car.downstream.more.seeds: not a downstream training option (allowed: setting, annotation_share, "),
+    ({"downstream": {"cb": {"class_balance": 2}}}, "ablations.toy-car.downstream.cb.class_balance: 2 is greater than"),
+    ({"downstream": {"fs": {"setting": "few_shot"}}}, "ablations.toy-car.downstream.fs.setting: 'few_shot' is not one"),
 ])
 def test_bad_ablation_values_are_config_errors(changes, message):
     cfg = _toy_config()
@@ -234,6 +285,18 @@ def test_ablation_dag_builds_and_stays_out_of_all(project):
     assert counts["ablation_report"] == 4 and counts["ablation_annotations"] == 1
     default = job_counts(snakemake(project, "-n", "--quiet", "rules").stdout)
     assert not any(rule.startswith("ablation") for rule in default)
+
+
+@pytest.mark.slow
+def test_downstream_arms_plan_only_downstream_runs_on_the_tasks_shards(project):
+    arms = {"class-balanced": {"class_balance": 0.5}, "ignore-uncertain": {"uncertain_pixels": 0.1},
+            "plus-annotations": {"setting": "synthetic_plus_annotations"}}
+    with config_changed(project, {"ablations": {"tiny": {"downstream": arms}}}):
+        out = snakemake(project, "results/ablations/tiny/report/downstream.png", "-n", "--quiet", "rules").stdout
+    counts = job_counts(out)
+    assert counts["ablation_train_downstream"] == 3 and counts["ablation_evaluate_downstream"] == 3
+    assert counts["ablation_report"] == 1 and counts.get("synthesize", 0) <= 2  # the task's own shards
+    assert not {"ablation_synthesize", "ablation_train_interpreter", "ablation_filter"} & set(counts)
 
 
 @pytest.mark.slow

@@ -128,7 +128,7 @@ use rule train_interpreter as ablation_train_interpreter with:
     log:
         "results/logs/ablations/{task}/{variant}/train_interpreter.log",
     wildcard_constraints:
-        variant=OWN_VARIANT,
+        variant=RETRAIN_VARIANT,
 
 
 use rule synthesize as ablation_synthesize with:
@@ -143,7 +143,7 @@ use rule synthesize as ablation_synthesize with:
     log:
         "results/logs/ablations/{task}/{variant}/synthesize/{shard}.log",
     wildcard_constraints:
-        variant=OWN_VARIANT,
+        variant=RETRAIN_VARIANT,
 
 
 use rule filter as ablation_filter with:
@@ -160,10 +160,12 @@ use rule filter as ablation_filter with:
 use rule train_downstream as ablation_train_downstream with:
     input:
         annotations=lambda w: plan(w).annotations(w.variant),
-        manifest=[f"{RUN}/manifest.parquet"],
+        manifest=lambda w: [plan(w).manifest(w.variant, int(w.size), float(w.ratio))],
     output:
         weights=f"{RUN}/{{setting}}/seed{{seed}}/model.safetensors",
         sidecar=f"{RUN}/{{setting}}/seed{{seed}}/model.json",
+    params:
+        options=lambda w: setting_options(plan(w).train_options(w.variant), w.setting),
     log:
         "results/logs/ablations/{task}/{variant}/n{size}-f{ratio}/{setting}/seed{seed}/train.log",
 

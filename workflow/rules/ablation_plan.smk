@@ -10,7 +10,9 @@ PLANS = {name: AblationPlan(CFG.tasks[name], spec, count_annotations(
          for name, spec in config["ablations"].items()}
 ABL = "results/ablations/{task}/{variant}"
 RUN = f"{ABL}/n{{size}}-f{{ratio}}"
-OWN_VARIANT = r"ann\d+-\d+|manual\d+|(random|uncertainty)\d+-\d+|interp-[A-Za-z0-9][A-Za-z0-9_.-]*"
+# variants that label their own synthetic set (retrain the interpreter), and all with files of their own
+RETRAIN_VARIANT = r"ann\d+-\d+|manual\d+|(random|uncertainty)\d+-\d+|interp-[A-Za-z0-9][A-Za-z0-9_.-]*"
+OWN_VARIANT = rf"{RETRAIN_VARIANT}|down-[A-Za-z0-9][A-Za-z0-9_.-]*"
 SELECTION_VARIANT = r"(random|uncertainty)\d+-\d+"
 DEFAULT_CALIBRATION_RATIOS = (0.05, 0.1, 0.2)
 FIGURE_RULES = ["main_table", "sample_grid", "class_grid", "label_quality", "calibration", "ablation_report"]

@@ -174,10 +174,15 @@ SETTING_OPTIONS = {"annotation_share": lambda s: s == "synthetic_plus_annotation
 OFF_BY_DEFAULT = {"class_balance": 0, "uncertain_pixels": 0}
 
 
+def setting_options(options, setting):
+    """The downstream training ``options`` that a run of ``setting`` reads and that are on."""
+    return {k: v for k, v in options.items()
+            if SETTING_OPTIONS.get(k, lambda s: True)(setting) and OFF_BY_DEFAULT.get(k, object()) != v}
+
+
 def train_options(wildcards):
     """The `downstream` options of one training run (train_downstream's `options`)."""
-    return {k: v for k, v in task_of(wildcards).downstream.train.items()
-            if SETTING_OPTIONS.get(k, lambda s: True)(wildcards.setting) and OFF_BY_DEFAULT.get(k, object()) != v}
+    return setting_options(task_of(wildcards).downstream.train, wildcards.setting)
 
 
 def real_training_data(wildcards):

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from labelfactory.config.schema import ConfigError, schema_errors, schema_message
-from labelfactory.config.specs import labels_file, task_classes
+from labelfactory.config.specs import DownstreamSpec, labels_file, task_classes
 
 # checkpoint formats that can hold a StyleGAN1 in DatasetGAN's layout (the canonical one: a converted one)
 STYLEGAN1_FORMATS = ("auto", "safetensors", "datasetgan-stylegan1")
@@ -309,7 +309,8 @@ def load_config(path: str | Path, check_files: bool = True) -> dict:
 
 def ablation_problems(cfg: dict) -> list[str]:
     """What the schema cannot say about ``cfg["ablations"]``; fills each interpreter
-    variant in as the whole interpreter it stands for (the task's, overridden)."""
+    variant in as the whole interpreter it stands for (the task's, overridden), and each
+    downstream arm's options with their defaults."""
     problems = []
     for name, spec in cfg.get("ablations", {}).items():
         where = f"ablations.{name}"
@@ -347,4 +348,28 @@ def ablation_problems(cfg: dict) -> list[str]:
             problems += [f"{where}.interpreter.{variant}: " + schema_message(e).split(": ", 1)[1]
                          for e in errors if tuple(e.absolute_path)[:3] == ("tasks", name, "interpreter")]
             spec["interpreter"][variant] = probe["tasks"][name]["interpreter"]
+        for arm, override in spec["downstream"].items():
+            problems += _downstream_arm_problems(cfg, name, arm, override)
+    return problems
+
+
+def _downstream_arm_problems(cfg: dict, name: str, arm: str, override: dict) -> list[str]:
+    """A downstream arm's keys are the task's downstream training options (and ``setting``), its
+    values valid as the task's; fills nested defaults in (e.g. a partial ``augment``)."""
+    where, task = f"ablations.{name}.downstream.{arm}", cfg["tasks"][name]
+    options = set(DownstreamSpec.from_dict(task["downstream"]).train)
+    unknown = [k for k in override if k != "setting" and k not in options]
+    if unknown:
+        return [f"{where}.{k}: not a downstream training option (allowed: setting, {', '.join(sorted(options))})"
+                for k in unknown]
+    keys = [k for k in override if k != "setting"]
+    merged = {**task["downstream"], **{k: copy.deepcopy(override[k]) for k in keys}}
+    probe = {"checkpoints": cfg["checkpoints"], "tasks": {name: {**copy.deepcopy(task), "downstream": merged}}}
+    errors = [e for e in schema_errors(probe) if tuple(e.absolute_path)[:3] == ("tasks", name, "downstream")]
+    problems = [".".join([where, *map(str, tuple(e.absolute_path)[3:])]) + ": " + schema_message(e).split(": ", 1)[1]
+                for e in errors]
+    if not errors and merged["uncertain_pixels"] and task["synthesis"]["store_uncertainty"] is False:
+        problems.append(f"{where}.uncertain_pixels: needs the per-pixel uncertainty of the task's shards, which "
+                        f"tasks.{name}.synthesis.store_uncertainty: false leaves out")
+    override.update({k: merged[k] for k in keys})
     return problems

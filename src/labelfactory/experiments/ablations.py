@@ -13,7 +13,9 @@ set size, a filter ratio and a downstream seed. Variants are named:
 - ``manual{k}``: the selection ablation's fixed arm, the first ``k`` of the
   task's annotations in the folder's order (the set a person curated; the same
   for every seed, so only the downstream run varies);
-- ``interp-{name}``: the task's annotations and features, a named interpreter.
+- ``interp-{name}``: the task's annotations and features, a named interpreter;
+- ``down-{name}``: the task's own filtered synthetic set (its shards and manifest), a
+  downstream run with a named arm's training options and setting.
 
 A variant's shards are blocks of the task's synthesis seeds, so every size
 reuses the shards of the smaller ones, and the point that equals the task's own
@@ -41,23 +43,27 @@ from labelfactory.core.io import atomic_path
 from labelfactory.experiments.reporting import pyplot, save_figure
 from labelfactory.synthesis.filtering import filter_manifest
 
-ABLATIONS = ("synthetic_size", "filter_ratio", "num_annotations", "selection", "interpreter")
+ABLATIONS = ("synthetic_size", "filter_ratio", "num_annotations", "selection", "interpreter", "downstream")
 TITLES = {"synthetic_size": "synthetic set size", "filter_ratio": "filter ratio",
           "num_annotations": "number of annotations", "selection": "number of annotations",
-          "interpreter": "interpreter"}
-SETTING = "synthetic_filtered"  # every point trains on the kept samples (ratio 0 keeps all)
-_VARIANT = re.compile(r"^(?:(base)|ann(\d+)-(\d+)|(random|uncertainty)(\d+)-(\d+)|interp-(.+)|manual(\d+))$")
+          "interpreter": "interpreter", "downstream": "downstream training"}
+CATEGORICAL = ("interpreter", "downstream")  # ablations whose values are named arms (bars, not lines)
+SETTING = "synthetic_filtered"  # every point trains on the kept samples (ratio 0 keeps all), unless its arm says
+REFERENCE = "(task)"  # the downstream ablation's arm that is the task's own synthetic_filtered run
+_VARIANT = re.compile(r"^(?:(base)|ann(\d+)-(\d+)|(random|uncertainty)(\d+)-(\d+)|interp-(.+)|manual(\d+)"
+                      r"|down-(.+))$")
 
 
 @dataclass(frozen=True)
 class Variant:
     """A parsed variant name (see the module docstring)."""
 
-    kind: str  # base | subset | selection | interpreter | manual
+    kind: str  # base | subset | selection | interpreter | manual | downstream
     k: int | None = None
     draw: int = 0
     method: str | None = None
     interpreter: str | None = None
+    downstream: str | None = None
 
     @classmethod
     def parse(cls, name: str) -> "Variant":
@@ -72,6 +78,8 @@ class Variant:
             return cls("selection", int(m[5]), int(m[6]), method=m[4])
         if m[8]:
             return cls("manual", int(m[8]), method="manual")
+        if m[9]:
+            return cls("downstream", downstream=m[9])
         return cls("interpreter", interpreter=m[7])
 
     @property
@@ -128,13 +136,25 @@ class AblationPlan:
         v = Variant.parse(variant)
         return self.spec["interpreter"][v.interpreter] if v.kind == "interpreter" else self.task.interpreter
 
+    def setting(self, variant: str) -> str:
+        """The downstream setting a variant's runs train in: a downstream arm's ``setting``, else filtered."""
+        v = Variant.parse(variant)
+        return self.spec["downstream"][v.downstream]["setting"] if v.kind == "downstream" else SETTING
+
+    def train_options(self, variant: str) -> dict:
+        """The task's downstream training options (``DownstreamSpec.train``), a downstream arm's keys
+        overriding them."""
+        v = Variant.parse(variant)
+        arm = self.spec["downstream"][v.downstream] if v.kind == "downstream" else {}
+        return {**self.task.downstream.train, **{k: val for k, val in arm.items() if k != "setting"}}
+
     # -- paths ---------------------------------------------------------------------
     def _own(self, variant: str, name: str) -> str:
         return f"results/ablations/{self.name}/{variant}/{name}"
 
     def annotations(self, variant: str) -> str:
         kind = Variant.parse(variant).kind
-        return f"results/{self.name}/annotations.h5" if kind in ("base", "interpreter") else \
+        return f"results/{self.name}/annotations.h5" if kind in ("base", "interpreter", "downstream") else \
             self._own(variant, "annotations.h5")
 
     def features(self, variant: str) -> str:
@@ -147,15 +167,22 @@ class AblationPlan:
 
     def shards(self, variant: str, size: int) -> list[str]:
         n = math.ceil(size / self.task.synthesis.samples_per_shard)
-        where = f"results/{self.name}/shards" if variant == "base" else self._own(variant, "shards")
+        own = Variant.parse(variant).kind in ("base", "downstream")
+        where = f"results/{self.name}/shards" if own else self._own(variant, "shards")
         return [f"{where}/{i:05d}.h5" for i in range(n)]
+
+    def manifest(self, variant: str, size: int, ratio: float) -> str:
+        """The filter's manifest a point trains on: a downstream arm's is the task's own."""
+        if Variant.parse(variant).kind == "downstream":
+            return f"results/{self.name}/manifest.parquet"
+        return self._own(variant, f"n{size}-f{ratio_str(ratio)}/manifest.parquet")
 
     def scores(self, variant: str, size: int, ratio: float, seed: int) -> str:
         """A point's scores.json: the task's own run where the point is the task's config."""
         if variant == "base" and size == self.size and ratio in (0, self.task.filter_ratio):
             setting = SETTING if ratio == self.task.filter_ratio else "synthetic"
             return f"results/{self.name}/downstream/{setting}/seed{seed}/scores.json"
-        return self._own(variant, f"n{size}-f{ratio_str(ratio)}/{SETTING}/seed{seed}/scores.json")
+        return self._own(variant, f"n{size}-f{ratio_str(ratio)}/{self.setting(variant)}/seed{seed}/scores.json")
 
     # -- points --------------------------------------------------------------------
     def points(self, ablation: str) -> pd.DataFrame:
@@ -178,6 +205,9 @@ class AblationPlan:
             label = f"{self.task.interpreter['type']}-{self.task.interpreter.get('num_members', '')} (task)"
             rows = [(name, name, f"interp-{name}", self.retrain_size, r, d) for name in s["interpreter"]
                     for d in seeds] + [(label, label, "base", self.retrain_size, r, d) for d in seeds]
+        elif ablation == "downstream" and s["downstream"]:
+            rows = [(REFERENCE, REFERENCE, "base", self.size, r, d) for d in seeds] + \
+                [(name, name, f"down-{name}", self.size, r, d) for name in s["downstream"] for d in seeds]
         df = pd.DataFrame(rows, columns=["x", "arm", "variant", "size", "ratio", "seed"])
         df.insert(0, "ablation", ablation)
         df["path"] = [self.scores(v, n, f, d) for v, n, f, d in zip(df["variant"], df["size"], df["ratio"],
@@ -232,18 +262,25 @@ def write_combined(paths: Sequence[str | os.PathLike], out: str | os.PathLike, k
 
 # -- results -------------------------------------------------------------------------
 def collect(points: pd.DataFrame) -> pd.DataFrame:
-    """The points with each run's ``miou``, ``pixel_accuracy`` and ``num_train_images`` (tidy, one row per run)."""
+    """The points with each run's ``miou``, ``pixel_accuracy``, ``num_train_images`` and the IoU of
+    each class, ``iou/<class>`` (NaN where the test images lack the class), tidy: one row per run."""
     scores = [json.loads(Path(p).read_text()) for p in points["path"]]
     out = points.reset_index(drop=True).copy()
     for key in ("miou", "pixel_accuracy", "num_train_images"):
         out[key] = [s[key] for s in scores]
-    return out
+    per_class = pd.DataFrame([s["iou_by_class"] for s in scores], dtype=float)
+    return pd.concat([out, per_class.add_prefix("iou/")], axis=1)
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """mIoU (IoU points) mean, sd and run count per ``arm`` and ``x``, in the points' order."""
-    g = runs.assign(miou=100 * runs["miou"]).groupby(["arm", "x"], sort=False)["miou"]
-    return g.agg(miou_mean="mean", miou_sd="std", runs="size").reset_index()
+    """mIoU (IoU points) mean, sd and run count per ``arm`` and ``x``, in the points' order, and each
+    class's mean IoU, ``iou/<class>_mean``."""
+    classes = [c for c in runs.columns if c.startswith("iou/")]
+    df = runs.assign(**{c: 100 * runs[c] for c in ["miou", *classes]})
+    g = df.groupby(["arm", "x"], sort=False)
+    table = g["miou"].agg(miou_mean="mean", miou_sd="std", runs="size")
+    per_class = g[classes].mean().add_suffix("_mean")
+    return pd.concat([table, per_class], axis=1).reset_index()
 
 
 def write_ablation(runs: pd.DataFrame, csv_path: str | os.PathLike, summary_path: str | os.PathLike,
@@ -260,14 +297,14 @@ def write_ablation(runs: pd.DataFrame, csv_path: str | os.PathLike, summary_path
 
 def plot_ablation(runs: pd.DataFrame, path: str | os.PathLike) -> None:
     """mIoU against the ablated value (one line per arm, error bars = sd over seeds; log x
-    for set sizes), or bars for categorical values (interpreters)."""
+    for set sizes), or bars for categorical values (interpreters, downstream arms)."""
     import seaborn as sns
 
     plt = pyplot()
     ablation = runs["ablation"].iloc[0]
     df = runs.assign(miou=100 * runs["miou"])
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    if ablation == "interpreter":
+    if ablation in CATEGORICAL:
         sns.barplot(df, x="x", y="miou", errorbar="sd", ax=ax, color=sns.color_palette("colorblind")[0])
         ax.set_xlabel(TITLES[ablation])
         ax.tick_params(axis="x", labelrotation=20)
