@@ -235,6 +235,8 @@ def test_ablation_results_keep_each_class_iou(tmp_path):
      "ablations.toy-car.downstream.more.seeds: not a downstream training option (allowed: setting, annotation_share, "),
     ({"downstream": {"cb": {"class_balance": 2}}}, "ablations.toy-car.downstream.cb.class_balance: 2 is greater than"),
     ({"downstream": {"fs": {"setting": "few_shot"}}}, "ablations.toy-car.downstream.fs.setting: 'few_shot' is not one"),
+    ({"downstream": {"soft": {"setting": "synthetic_soft"}}},
+     "ablations.toy-car.downstream.soft.setting: synthetic_soft trains on the shards' class probabilities"),
 ])
 def test_bad_ablation_values_are_config_errors(changes, message):
     cfg = _toy_config()

@@ -371,5 +371,8 @@ def _downstream_arm_problems(cfg: dict, name: str, arm: str, override: dict) -> 
     if not errors and merged["uncertain_pixels"] and task["synthesis"]["store_uncertainty"] is False:
         problems.append(f"{where}.uncertain_pixels: needs the per-pixel uncertainty of the task's shards, which "
                         f"tasks.{name}.synthesis.store_uncertainty: false leaves out")
+    if override["setting"] == "synthetic_soft" and not task["synthesis"]["store_probabilities"]:
+        problems.append(f"{where}.setting: synthetic_soft trains on the shards' class probabilities; set "
+                        f"tasks.{name}.synthesis.store_probabilities: true")
     override.update({k: merged[k] for k in keys})
     return problems
