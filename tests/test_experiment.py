@@ -16,6 +16,7 @@ from labelfactory.annotations.labels import LabelSet
 from labelfactory.downstream.experiment import SETTINGS, SettingInputs, evaluate_downstream, seg_config, train_downstream
 from labelfactory.downstream.real import DatasetError, RealDataSpec, real_dataset
 from labelfactory.core.io import sha256_file
+from labelfactory.core.provenance import describe_device
 from labelfactory.synthesis.filtering import write_manifest
 from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
 
@@ -165,5 +166,6 @@ def test_train_and_evaluate_a_run_reproducibly(tmp_path):
         assert on_disk["miou"] == pytest.approx(scores["miou"]) and on_disk["seed"] == 0
         assert set(on_disk["iou_by_class"]) == {"background", "a", "b"}
         assert np.sum(on_disk["confusion"]) == 4 * 16 * 16
+        assert on_disk["device"] == describe_device("cpu", 1)  # where it was trained
         runs.append((sha256_file(tmp_path / name / "model.safetensors"), on_disk["confusion"]))
     assert runs[0] == runs[1], "same seed and config must give the same weights and scores"

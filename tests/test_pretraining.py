@@ -14,6 +14,7 @@ import yaml
 from detectron2.modeling import build_model
 
 from labelfactory.config import ConfigError, WorkflowConfig, load_config, validate_config
+from labelfactory.core.provenance import describe_device
 from labelfactory.downstream import pretrain
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.toybench.datasets import ToyWorldObjects
@@ -117,6 +118,7 @@ def test_semantic_finetuning_from_a_backbone_lowers_the_loss(tmp_path, scenes):
     assert 0 <= result["miou"] <= 1 and set(result["iou_by_class"]) == {"background", *CLASSES}
     assert (result["num_train_images"], result["num_test_images"]) == (20, 6)
     assert result["config"]["model_options"]["backbone_weights"] == str(backbone / "backbone.pth")
+    assert result["device"] == describe_device("cpu", 1)
 
 
 def test_transfer_table_and_figure(tmp_path):

@@ -45,6 +45,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from torch import nn
 
 from labelfactory.core.io import atomic_path, atomic_torch_save, atomic_write_json
+from labelfactory.core.provenance import describe_device
 from labelfactory.core.typed import strict_from_dict
 from labelfactory.downstream.data import IMAGENET_MEAN, IMAGENET_STD
 from labelfactory.downstream.models import WeightsError
@@ -315,6 +316,7 @@ def _worker(cfg: FinetuneConfig, train_json: str, test_json: str, num_classes: i
         atomic_write_json(Path(output_dir) / "results.json", _finite({
             "bbox": dict(metrics["bbox"]), "segm": dict(metrics["segm"]), "loss": loss,
             "config": cfg.to_dict(), "world_size": comm.get_world_size(),
+            "device": describe_device(d2.MODEL.DEVICE),
         }))
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.annotations.labels import LabelSet
 from labelfactory.core.io import atomic_write_json
+from labelfactory.core.provenance import describe_device
 from labelfactory.synthesis.filtering import read_manifest
 from labelfactory.core.registry import Registry
 from labelfactory.synthesis.shards import (
@@ -183,7 +184,8 @@ def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, o
     log.info("%s: %d training images, seed %d", setting, len(dataset), cfg.seed)
     model, history = train_segmentation(dataset, len(labels.names), cfg, device)
     info = {"setting": setting, "seed": cfg.seed, "num_train_images": len(dataset), "wall_s": history["wall_s"],
-            "threads": history["threads"], "final_loss": float(np.mean(history["loss"][-20:]))}
+            "threads": history["threads"], "final_loss": float(np.mean(history["loss"][-20:])),
+            "device": describe_device(device, history["threads"])}
     save_model(model, out, cfg, len(labels.names), metrics=info, class_names=labels.names,
                snapshots=history["snapshots"])
     return info

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from labelfactory.annotations.labels import LabelSet
 from labelfactory.core.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from labelfactory.core.provenance import describe_device
 from labelfactory.core.registry import Registry
 from labelfactory.core.typed import strict_from_dict
 from labelfactory.downstream.class_aware import ClassAwareLabels
@@ -236,7 +237,8 @@ def pretrain_backbone(method: str, cfg: PretrainConfig, inputs: PretrainInputs, 
     state, history = PRETRAINING_METHODS.get(method)(cfg, inputs, torch.device(device))
     export_backbone(state, out_dir / DETECTRON2_BACKBONE)
     atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in state.items()}, out_dir / TORCHVISION_BACKBONE)
-    info = {"method": method, **history, "wall_s": time.perf_counter() - t0, "config": asdict(cfg)}
+    info = {"method": method, **history, "wall_s": time.perf_counter() - t0, "config": asdict(cfg),
+            "device": describe_device(device, cfg.threads)}
     atomic_write_json(out_dir / PRETRAIN_INFO, info)
     log.info("%s: %d steps on %d images, %.0f s", method, len(history["loss"]), history["num_images"], info["wall_s"])
     return info
@@ -289,7 +291,7 @@ def finetune_semantic(backbone: str | Path | None, train_json: str | Path, test_
     result = {"miou": scores["miou"], "iou_by_class": scores["iou_by_class"],
               "pixel_accuracy": scores["pixel_accuracy"], "num_train_images": len(train),
               "num_test_images": len(test), "loss": history["loss"], "wall_s": history["wall_s"],
-              "config": cfg.to_dict()}
+              "config": cfg.to_dict(), "device": describe_device(device, history["threads"])}
     atomic_write_json(out_json, result)
     return result
 

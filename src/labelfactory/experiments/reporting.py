@@ -19,6 +19,7 @@ from PIL import Image
 
 from labelfactory.core.io import atomic_path, atomic_write_json, atomic_write_text
 from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
+from labelfactory.core.provenance import device_line
 from labelfactory.core.visualize import overlay
 from labelfactory.downstream.experiment import SETTINGS
 from labelfactory.generators.base import sample_id
@@ -53,13 +54,28 @@ def collect_scores(paths: Sequence[str | os.PathLike], variants: dict[str, str] 
         setting = s["setting"] if str(p) not in variants else f"{s['setting']} | {variants[str(p)]}"
         rows.append({"setting": setting, "seed": s["seed"], "num_train_images": s["num_train_images"],
                      "miou": s["miou"], **fg, "pixel_accuracy": s["pixel_accuracy"],
-                     **{f"iou/{c}": v for c, v in s["iou_by_class"].items()}})
+                     **{f"iou/{c}": v for c, v in s["iou_by_class"].items()}, "device": run_device(s)})
     df = pd.DataFrame(rows)
     names = list(dict.fromkeys(variants.values()))
     order = [s for s in SETTING_ORDER] + [f"{s} | {v}" for v in names for s in SETTING_ORDER]
     order = [s for s in order if s in set(df["setting"])]
     df["setting"] = pd.Categorical(df["setting"], categories=order, ordered=True)
     return df.sort_values(["setting", "seed"]).reset_index(drop=True)
+
+
+def run_device(result: dict) -> str:
+    """The device a run's result file records, in one line (results of before devices were recorded:
+    ``unrecorded``)."""
+    return device_line(result["device"]) if result.get("device") else "unrecorded"
+
+
+def device_note(runs: pd.DataFrame) -> str:
+    """The line under a table naming the devices its runs were computed on (with their run counts
+    where there are several): tables repeat bit for bit only on the same device and software."""
+    counts = runs["device"].value_counts(sort=False)
+    if len(counts) == 1:
+        return f"Device: {counts.index[0]}.\n"
+    return "Devices: " + "; ".join(f"{d} ({n} run{'s' if n > 1 else ''})" for d, n in counts.items()) + ".\n"
 
 
 def setting_title(setting: str) -> str:
@@ -130,7 +146,7 @@ def _write_table(table: pd.DataFrame, markdown, runs: pd.DataFrame, csv_path, md
         table.to_csv(tmp, float_format="%.3f")
     with atomic_path(runs_path) as tmp:
         runs.to_csv(tmp, index=False, float_format=runs_format)
-    atomic_write_text(md_path, markdown(table))
+    atomic_write_text(md_path, markdown(table) + "\n" + device_note(runs))
     return table
 
 
@@ -374,7 +390,7 @@ def collect_transfer(runs: Sequence[dict]) -> pd.DataFrame:
                "train_images": sem["num_train_images"]}
         for task, prefix in (("bbox", "box"), ("segm", "mask")):
             row.update({f"{prefix}_{k}": det[task][k] or 0.0 for k in ("AP", "AP50", "AP75")})
-        rows.append({**row, "miou": 100 * sem["miou"]})
+        rows.append({**row, "miou": 100 * sem["miou"], "device": run_device(sem)})
     df = pd.DataFrame(rows)
     df["init"] = pd.Categorical(df["init"], categories=list(dict.fromkeys(r["init"] for r in runs)), ordered=True)
     return df.sort_values(["init", "fraction", "seed"]).reset_index(drop=True)
