@@ -26,7 +26,8 @@ rule train_interpreter:
 
 rule validate_interpreter:
     """Cross-validate the interpreter on its annotations before synthesis: held-out IoU per
-    class against the average mask, a table and figure, a console warning per weak class."""
+    class against the average mask (and, with validation.few_shot, the downstream model trained
+    on the same folds), a table and figure, a console warning per weak class."""
     input:
         weights=checkpoint_weights,
         features="results/{task}/features.h5",
@@ -38,12 +39,13 @@ rule validate_interpreter:
                       category="Interpreter validation", subcategory="{task}"),
     params:
         interpreter=lambda w: task_of(w).interpreter,
-        validation=lambda w: task_of(w).validation,
+        validation=lambda w: vars(task_of(w).validation),  # a dict: Snakemake records it, so a change reruns the job
+        downstream=lambda w: task_of(w).downstream.train if task_of(w).validation.few_shot else None,
         device=CFG.device,
     log:
         "results/logs/validate_interpreter/{task}.log",
     priority: UPSTREAM_PRIORITY
-    threads: 1
+    threads: lambda w: task_of(w).downstream.threads if task_of(w).validation.few_shot else 1
     resources:
         mem_mb=attempt_scaled(8000),
         runtime=attempt_scaled(240),
