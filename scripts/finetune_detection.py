@@ -9,4 +9,5 @@ with snakemake_job(snakemake):
     cfg = FinetuneConfig.from_dict({**snakemake.params.options, "weights": snakemake.input.weights,
                                     "seed": int(snakemake.wildcards.seed), "num_gpus": gpus,
                                     "threads": snakemake.threads})
-    finetune(cfg, snakemake.input.train, snakemake.input.test, Path(snakemake.output[0]).parent)
+    finetune(cfg, snakemake.input.train, snakemake.input.test, Path(snakemake.output[0]).parent,
+             on_divergence=snakemake.config["on_divergence"])

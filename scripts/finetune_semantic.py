@@ -6,4 +6,4 @@ with snakemake_job(snakemake):
     p = snakemake.params
     cfg = semantic_config(p.options, p.arch, seed=int(snakemake.wildcards.seed), threads=snakemake.threads)
     finetune_semantic(snakemake.input.weights, snakemake.input.train, snakemake.input.test, cfg,
-                      snakemake.output[0], resolve_device(p.device))
+                      snakemake.output[0], resolve_device(p.device), on_divergence=snakemake.config["on_divergence"])

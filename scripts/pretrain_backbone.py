@@ -9,4 +9,5 @@ with snakemake_job(snakemake):
     inputs = pretrain_inputs(p.method, annotations=files.get("annotations"), manifest=files.get("manifest"),
                              class_aware=p.class_aware, real=p.real, weights=files.get("weights"))
     cfg = PretrainConfig.from_dict({**p.options, "threads": snakemake.threads})
-    pretrain_backbone(p.method, cfg, inputs, Path(snakemake.output.info).parent, resolve_device(p.device))
+    pretrain_backbone(p.method, cfg, inputs, Path(snakemake.output.info).parent, resolve_device(p.device),
+                      on_divergence=snakemake.config["on_divergence"])

@@ -17,4 +17,4 @@ with snakemake_job(snakemake):
                            **{k: p.options[k] for k in ("annotation_share", "uncertain_pixels") if k in p.options})
     cfg = seg_config(p.options, seed=int(snakemake.wildcards.seed), threads=snakemake.threads)
     train_downstream(snakemake.wildcards.setting, inputs, cfg, snakemake.output.weights,
-                     device=resolve_device(snakemake.params.device))
+                     device=resolve_device(snakemake.params.device), on_divergence=snakemake.config["on_divergence"])

@@ -16,6 +16,7 @@ from labelfactory.downstream.detectron import (AP_KEYS, BACKBONE_PREFIX, MASK_RC
                                                export_backbone, finetune, register_coco)
 from labelfactory.downstream.models import WeightsError, build_segmentation_model, resnet_trunk
 from labelfactory.toybench.scenes import SceneSpec, write_toy_scenes
+from labelfactory.core.divergence import Diverged
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -180,3 +181,14 @@ def test_finetune_starts_from_an_exported_backbone(tmp_path, scenes):
     assert frozen and all(torch.equal(torch.as_tensor(final[BACKBONE_PREFIX + k]), state[k]) for k in frozen)
     trained = BACKBONE_PREFIX + "res4.0.conv1.weight"
     assert not torch.equal(torch.as_tensor(final[trained]), state["res4.0.conv1.weight"])
+
+
+def test_a_diverging_finetuning_is_recorded_or_fails(tmp_path, scenes):
+    """An absurd learning rate: detectron2's FloatingPointError becomes a recorded, unscored run."""
+    cfg = FinetuneConfig(**{**TOY, "lr": 1e12, "warmup_steps": 0}, steps=10, save_model=False)
+    results = finetune(cfg, *scenes, tmp_path / "run")
+    assert results["status"] == "diverged" and "bbox" not in results and 0 <= results["step"] < 10
+    assert results["last_finite_loss"] is None or np.isfinite(results["last_finite_loss"])
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
+    with pytest.raises(Diverged, match="Mask R-CNN finetuning seed 0: the loss became non-finite at step"):
+        finetune(cfg, *scenes, tmp_path / "fail", on_divergence="fail")

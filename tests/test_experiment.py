@@ -16,6 +16,7 @@ from labelfactory.annotations.labels import LabelSet
 from labelfactory.downstream.experiment import SETTINGS, SettingInputs, evaluate_downstream, seg_config, train_downstream
 from labelfactory.downstream.real import DatasetError, RealDataSpec, real_dataset
 from labelfactory.core.io import sha256_file
+from labelfactory.core.divergence import Diverged
 from labelfactory.core.provenance import describe_device
 from labelfactory.synthesis.filtering import write_manifest
 from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
@@ -169,3 +170,21 @@ def test_train_and_evaluate_a_run_reproducibly(tmp_path):
         assert on_disk["device"] == describe_device("cpu", 1)  # where it was trained
         runs.append((sha256_file(tmp_path / name / "model.safetensors"), on_disk["confusion"]))
     assert runs[0] == runs[1], "same seed and config must give the same weights and scores"
+
+
+def test_a_diverging_run_is_recorded_unscored_or_fails(tmp_path):
+    """An absurd learning rate: the run stops at its first non-finite loss and says so."""
+    make_real_folder(tmp_path / "real", size=16, n_train=6, n_test=4)
+    real = RealDataSpec(type="folder", path=str(tmp_path / "real"))
+    inputs = SettingInputs(annotations=str(annotation_set(tmp_path / "ann.h5")), real=real)
+    cfg = seg_config({"model": "deeplabv3_resnet18", "model_options": TINY_SEGMENTATION, "steps": 10,
+                      "batch_size": 4, "optimizer": "sgd", "lr": 1e30}, seed=0, threads=1)
+    info = train_downstream("fully_supervised", inputs, cfg, tmp_path / "model.safetensors")
+    assert info["status"] == "diverged" and info["what"] == "loss" and 0 < info["step"] < 10
+    assert np.isfinite(info["last_finite_loss"]) and info["num_train_images"] == 6
+    scores = evaluate_downstream(tmp_path / "model.safetensors", inputs.annotations, real, tmp_path / "scores.json")
+    assert json.loads((tmp_path / "scores.json").read_text()) == scores
+    assert scores["status"] == "diverged" and "miou" not in scores and scores["step"] == info["step"]
+    with pytest.raises(Diverged, match=r"fully_supervised seed 0: the loss became non-finite at step \d"):
+        train_downstream("fully_supervised", inputs, cfg, tmp_path / "fail.safetensors", on_divergence="fail")
+    assert not (tmp_path / "fail.safetensors").exists()

@@ -14,6 +14,7 @@ import yaml
 from detectron2.modeling import build_model
 
 from labelfactory.config import ConfigError, WorkflowConfig, load_config, validate_config
+from labelfactory.core.divergence import Diverged
 from labelfactory.core.provenance import describe_device
 from labelfactory.downstream import pretrain
 from labelfactory.downstream.class_aware import ClassAwareLabels
@@ -68,6 +69,36 @@ def test_classification_pretraining_lowers_its_loss(tmp_path):
     inputs = pretrain_inputs("classification", real={"classes": list(CLASSES), "size": 32, "train_images": 64})
     info = pretrain_backbone("classification", PretrainConfig(**{**BUDGET, "steps": 30}), inputs, tmp_path)
     assert len(info["loss"]) == 30 and _decreased(info["loss"], k=8), np.round(info["loss"], 2)
+
+
+@pytest.mark.parametrize("method", ["segmentation", "classification"])
+def test_a_diverging_pretraining_is_recorded_or_fails(tmp_path, monkeypatch, method):
+    """An absurd learning rate: the pretraining stops at its first non-finite loss and records it."""
+    objects = ToyWorldObjects(range(16), CLASSES, 32)
+    monkeypatch.setattr(pretrain.SETTINGS, "get", lambda name: lambda inputs, labels: objects)
+    inputs = (PretrainInputs(synthetic=SettingInputs("unused", class_aware=ClassAwareLabels((0, 1), CLASSES)))
+              if method == "segmentation" else
+              pretrain_inputs("classification", real={"classes": list(CLASSES), "size": 32, "train_images": 16}))
+    cfg = PretrainConfig(**{**BUDGET, "steps": 6, "optimizer": "sgd", "lr": 1e30, "schedule": "poly"})
+    info = pretrain_backbone(method, cfg, inputs, tmp_path)
+    assert info["status"] == "diverged" and 0 < info["step"] < 6 and len(info["loss"]) == info["step"]
+    assert info["last_finite_loss"] == info["loss"][-1] and "diverged" not in info
+    assert json.loads((tmp_path / "pretrain.json").read_text())["status"] == "diverged"
+    assert (tmp_path / "backbone.pkl").is_file() and (tmp_path / "backbone.pth").is_file()
+    with pytest.raises(Diverged, match=f"{method} pretraining: the loss became non-finite"):
+        pretrain_backbone(method, cfg, inputs, tmp_path / "fail", on_divergence="fail")
+
+
+def test_a_diverging_semantic_finetuning_is_recorded_unscored(tmp_path, scenes):
+    options = {"model_options": {"output_stride": 8, "atrous_rates": [1, 2], "head_channels": 16}, "steps": 6,
+               "batch_size": 4, "optimizer": "sgd", "lr": 1e30}
+    cfg = semantic_config(options, "resnet18", seed=0, threads=1)
+    result = finetune_semantic(None, *scenes, cfg, tmp_path / "results.json")
+    assert result["status"] == "diverged" and "miou" not in result and 0 < result["step"] < 6
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert (on_disk["status"], on_disk["step"]) == ("diverged", result["step"])
+    with pytest.raises(Diverged, match="semantic finetuning seed 0: the loss became non-finite"):
+        finetune_semantic(None, *scenes, cfg, tmp_path / "fail.json", on_divergence="fail")
 
 
 def test_backbone_files_load_into_mask_rcnn_and_deeplab(tmp_path):
@@ -141,6 +172,17 @@ def test_transfer_table_and_figure(tmp_path):
     assert "| synthetic" in md and "10 %" in md and "20.5 ± 0.7" in md
     plot_data_efficiency(df, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+    # the detection of one synthetic 100 % run diverged (the case of issue 24): shown, and out of the means
+    runs[-1]["detection"].write_text(json.dumps({"status": "diverged", "step": 40, "last_finite_loss": 2.0}))
+    df = collect_transfer(runs)
+    table = write_transfer_table(df, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "runs.csv")
+    row = table.loc[("synthetic", 1.0)]
+    assert (row["runs"], row["diverged"], row["box_AP_mean"], row["miou_mean"]) == (1, 1, 20.0, 50.0)
+    assert table["diverged"].sum() == 1
+    line = next(x for x in (tmp_path / "t.md").read_text().splitlines() if "1 + 1 diverged" in x)
+    assert line.startswith("| synthetic") and "100 % |" in line and "20.0 ± 0.0" in line
+    plot_data_efficiency(df, tmp_path / "fig.png")
 
 
 def _with_tasks(pretraining: dict) -> dict:

@@ -205,3 +205,25 @@ def test_sample_grid_titles_overlap_no_image_and_no_other_title(monkeypatch, tmp
         assert not any(overlap(box, im) for im in images), f"{text.get_text()!r} is drawn over an image"
         assert not any(overlap(box, other) for other in boxes[i + 1:]), f"{text.get_text()!r} overlaps a title"
     plt.close(fig)
+
+
+def test_diverged_runs_are_shown_and_left_out_of_the_means(runs, tmp_path):
+    def diverged(setting, seed):
+        path = tmp_path / f"{setting}-{seed}-diverged.json"
+        path.write_text(json.dumps({"setting": setting, "seed": seed, "num_train_images": 16, "status": "diverged",
+                                    "step": 7, "last_finite_loss": 1.5}))
+        return path
+
+    with_diverged = collect_scores([*map(str, tmp_path.glob("*.json")), diverged("few_shot", 3),
+                                    diverged("synthetic_filtered", 0)])
+    table = write_main_table(with_diverged, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "runs.csv")
+    few, filtered = table.loc["few_shot"], table.loc["synthetic_filtered"]
+    assert (few["runs"], few["diverged"], filtered["runs"], filtered["diverged"]) == (3, 1, 0, 1)
+    assert few["miou_mean"] == pytest.approx(50.0) and few["miou_sd"] == pytest.approx(10.0)  # as without it
+    assert table.loc["synthetic", "diverged"] == 0 and np.isnan(filtered["miou_mean"])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith("| ")}
+    assert rows["few-shot (annotations only)"][:3] == ["3 + 1 diverged", "16", "50.0 ± 10.0"]
+    assert rows["synthetic, filtered"][:3] == ["0 + 1 diverged", "16", "diverged"]
+    assert set(rows["synthetic, filtered"][3:]) == {"–"}
+    assert list(pd.read_csv(tmp_path / "runs.csv")["status"]).count("diverged") == 2

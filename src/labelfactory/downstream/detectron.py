@@ -24,6 +24,7 @@ and ``MODEL.WEIGHTS`` must be a local file or empty.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pickle
@@ -45,6 +46,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from torch import nn
 
 from labelfactory.core.io import atomic_path, atomic_torch_save, atomic_write_json
+from labelfactory.core.divergence import divergence, run_status
 from labelfactory.core.provenance import describe_device
 from labelfactory.core.typed import strict_from_dict
 from labelfactory.downstream.data import IMAGENET_MEAN, IMAGENET_STD
@@ -55,6 +57,7 @@ PIXEL_MEAN = tuple(255.0 * m for m in IMAGENET_MEAN)
 PIXEL_STD = tuple(255.0 * s for s in IMAGENET_STD)
 BACKBONE_PREFIX = "backbone.bottom_up."  # where an FPN model keeps its ResNet
 AP_KEYS = ("AP", "AP50", "AP75")
+log = logging.getLogger(__name__)
 
 # --- backbone export -----------------------------------------------------------------
 _BN = r"(?P<bn>weight|bias|running_mean|running_var)"
@@ -298,9 +301,12 @@ def _finite(obj):
     return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
-def _worker(cfg: FinetuneConfig, train_json: str, test_json: str, num_classes: int, output_dir: str) -> None:
+def _worker(cfg: FinetuneConfig, train_json: str, test_json: str, num_classes: int, output_dir: str,
+            on_divergence: str) -> None:
     """One training process (of ``launch``): register, build, load, train, evaluate;
-    the main process writes ``results.json``."""
+    the main process writes ``results.json``. detectron2 stops a run whose loss or
+    predicted boxes turn non-finite with a ``FloatingPointError``: under
+    ``on_divergence: record`` that run is recorded unscored (``status: diverged``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d2 = detectron2_config(cfg, register_coco(train_json), register_coco(test_json), num_classes, output_dir)
@@ -309,29 +315,43 @@ def _worker(cfg: FinetuneConfig, train_json: str, test_json: str, num_classes: i
     if cfg.weights:
         check_backbone_fits(getattr(trainer.model, "module", trainer.model), cfg.weights)  # DDP wraps it
     trainer.resume_or_load(resume=False)
-    trainer.train()
-    metrics = trainer.test(d2, trainer.model)
+    diverged = None
+    try:
+        trainer.train()
+    except FloatingPointError as e:
+        log.info("detectron2: %s", str(e).splitlines()[0])
+        diverged = divergence(trainer.iter, _losses(trainer))
+    status = run_status(diverged, on_divergence, f"Mask R-CNN finetuning seed {cfg.seed}")
+    metrics = trainer.test(d2, trainer.model) if diverged is None else {}
     if comm.is_main_process():
-        loss = [float(v) for v, _ in trainer.storage.history("total_loss").values()]
         atomic_write_json(Path(output_dir) / "results.json", _finite({
-            "bbox": dict(metrics["bbox"]), "segm": dict(metrics["segm"]), "loss": loss,
+            **{task: dict(metrics[task]) for task in metrics}, "loss": _losses(trainer),
             "config": cfg.to_dict(), "world_size": comm.get_world_size(),
-            "device": describe_device(d2.MODEL.DEVICE),
+            "device": describe_device(d2.MODEL.DEVICE), **status,
         }))
 
 
-def finetune(cfg: FinetuneConfig, train_json: str | Path, test_json: str | Path, output_dir: str | Path) -> dict:
+def _losses(trainer: DefaultTrainer) -> list[float]:
+    """The total loss of every step detectron2 logged (its non-finite loss is not)."""
+    history = trainer.storage.histories()
+    return [float(v) for v, _ in history["total_loss"].values()] if "total_loss" in history else []
+
+
+def finetune(cfg: FinetuneConfig, train_json: str | Path, test_json: str | Path, output_dir: str | Path,
+             on_divergence: str = "record") -> dict:
     """Finetune Mask R-CNN on the COCO set ``train_json`` and score it on ``test_json``
     (same categories), on ``cfg.num_gpus`` GPUs (one process each) or the CPU.
 
     Writes ``output_dir/results.json`` (returned): ``bbox`` and ``segm`` AP
     metrics from ``COCOEvaluator`` (AP, AP50, AP75, APs/m/l, per-class AP; in %,
-    None where the model predicted nothing), the per-step ``loss``, the config;
-    plus detectron2's ``metrics.json``, ``model_final.pth`` and ``inference/``.
+    None where the model predicted nothing), the per-step ``loss``, the config, the
+    device and ``status`` (``diverged``: no metrics, see
+    :func:`~labelfactory.core.divergence.run_status`); plus detectron2's
+    ``metrics.json``, ``model_final.pth`` and ``inference/``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").unlink(missing_ok=True)  # written anew by the main process
-    args = (cfg, str(train_json), str(test_json), num_categories(test_json), str(output_dir))
+    args = (cfg, str(train_json), str(test_json), num_categories(test_json), str(output_dir), on_divergence)
     launch(_worker, max(1, cfg.num_gpus), dist_url="auto", args=args)
     return json.loads((output_dir / "results.json").read_text())

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.annotations.labels import LabelSet
+from labelfactory.core.divergence import run_status
 from labelfactory.core.io import atomic_write_json
 from labelfactory.core.provenance import describe_device
 from labelfactory.synthesis.filtering import read_manifest
@@ -176,16 +177,20 @@ def fully_supervised(inputs: SettingInputs, labels: LabelSet) -> Dataset:
 
 
 def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, out: str | Path,
-                     device: str = "cpu") -> dict:
+                     device: str = "cpu", on_divergence: str = "record") -> dict:
     """Train one run of ``setting`` and save it (``out``: ``.safetensors`` plus
-    its ``.json`` sidecar, which records the setting and training-set size)."""
+    its ``.json`` sidecar, which records the setting, training-set size, device and
+    ``status``: ``ok``, or ``diverged`` with the step and last finite loss, see
+    :func:`~labelfactory.core.divergence.run_status`)."""
     labels = inputs.labels()
     dataset = SETTINGS.get(setting)(inputs, labels)
     log.info("%s: %d training images, seed %d", setting, len(dataset), cfg.seed)
     model, history = train_segmentation(dataset, len(labels.names), cfg, device)
+    status = run_status(history["diverged"], on_divergence, f"{setting} seed {cfg.seed}")
+    recent = history["loss"][-20:]
     info = {"setting": setting, "seed": cfg.seed, "num_train_images": len(dataset), "wall_s": history["wall_s"],
-            "threads": history["threads"], "final_loss": float(np.mean(history["loss"][-20:])),
-            "device": describe_device(device, history["threads"])}
+            "threads": history["threads"], "final_loss": float(np.mean(recent)) if recent else None,
+            "device": describe_device(device, history["threads"]), **status}
     save_model(model, out, cfg, len(labels.names), metrics=info, class_names=labels.names,
                snapshots=history["snapshots"])
     return info
@@ -209,6 +214,11 @@ def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: R
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     labels = SettingInputs(str(annotations), class_aware=class_aware).labels()
     model, meta = load_model(model_path, device)
+    if meta["metrics"].get("status") == "diverged":  # nothing to score: the tables count it as diverged
+        result = {**meta["metrics"], "class_aware": class_aware is not None, "protocol": protocol}
+        atomic_write_json(out_json, result)
+        log.warning("%s seed %s diverged in training: not scored", result["setting"], result["seed"])
+        return result
     test = real_dataset(real, "test", labels)
     scores = evaluate_segmentation(model, test, len(labels.names), device, ignore_index=labels.ignore_index,
                                    class_names=labels.names)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from labelfactory.annotations.labels import LabelSet
 from labelfactory.core.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from labelfactory.core.divergence import divergence, finite_weights, run_status
 from labelfactory.core.provenance import describe_device
 from labelfactory.core.registry import Registry
 from labelfactory.core.typed import strict_from_dict
@@ -166,7 +168,7 @@ def segmentation_pretraining(cfg: PretrainConfig, inputs: PretrainInputs, device
     dataset = SETTINGS.get("synthetic_filtered")(inputs.synthetic, labels)
     model, history = train_segmentation(dataset, len(labels.names), cfg.schedule_config(), device)
     return model.cpu().backbone.state_dict(), {"loss": history["loss"], "num_images": len(dataset),
-                                         "labels": list(labels.names)}
+                                         "labels": list(labels.names), "diverged": history["diverged"]}
 
 
 class ClassLabelled(Dataset):
@@ -209,36 +211,46 @@ def classification_pretraining(cfg: PretrainConfig, inputs: PretrainInputs, devi
         opt = build_optimizer(model, sched_cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, sched_cfg))
         losses: list[float] = []
+        diverged = None
         model.train()
-        while len(losses) < cfg.steps:
+        while len(losses) < cfg.steps and diverged is None:
             for image, target in loader:
                 if sched_cfg.augment.hflip:
                     flip = torch.rand(len(image), generator=generator) < 0.5
                     image = torch.where(flip[:, None, None, None], image.flip(-1), image)
                 loss = F.cross_entropy(model(image.to(device)), target.to(device))
+                value = loss.item()
+                if not math.isfinite(value):
+                    diverged = divergence(len(losses), losses)
+                    break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                losses.append(loss.item())
+                losses.append(value)
                 if len(losses) == cfg.steps:
                     break
-    return trunk.cpu().state_dict(), {"loss": losses, "num_images": len(dataset)}
+        if diverged is None and not finite_weights(model):
+            diverged = divergence(cfg.steps - 1, losses, "weights")
+    return trunk.cpu().state_dict(), {"loss": losses, "num_images": len(dataset), "diverged": diverged}
 
 
 def pretrain_backbone(method: str, cfg: PretrainConfig, inputs: PretrainInputs, out_dir: str | Path,
-                      device: str | torch.device = "cpu") -> dict:
+                      device: str | torch.device = "cpu", on_divergence: str = "record") -> dict:
     """Run ``method`` and write the trunk as ``backbone.pkl`` (detectron2) and
     ``backbone.pth`` (torchvision state), plus ``pretrain.json`` (method, loss
-    history, images, wall time); returns the latter."""
+    history, images, wall time, device, ``status``); returns the latter. A diverged
+    run (:func:`~labelfactory.core.divergence.run_status`) still writes its trunk:
+    the finetuning runs from it then diverge too, and are recorded so."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     state, history = PRETRAINING_METHODS.get(method)(cfg, inputs, torch.device(device))
     export_backbone(state, out_dir / DETECTRON2_BACKBONE)
     atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in state.items()}, out_dir / TORCHVISION_BACKBONE)
+    status = run_status(history.pop("diverged", None), on_divergence, f"{method} pretraining")
     info = {"method": method, **history, "wall_s": time.perf_counter() - t0, "config": asdict(cfg),
-            "device": describe_device(device, cfg.threads)}
+            "device": describe_device(device, cfg.threads), **status}
     atomic_write_json(out_dir / PRETRAIN_INFO, info)
     log.info("%s: %d steps on %d images, %.0f s", method, len(history["loss"]), history["num_images"], info["wall_s"])
     return info
@@ -277,21 +289,27 @@ def coco_semantic(json_path: str | Path):
 
 
 def finetune_semantic(backbone: str | Path | None, train_json: str | Path, test_json: str | Path,
-                      cfg: SegTrainConfig, out_json: str | Path, device: str | torch.device = "cpu") -> dict:
+                      cfg: SegTrainConfig, out_json: str | Path, device: str | torch.device = "cpu",
+                      on_divergence: str = "record") -> dict:
     """Train the project's DeepLabV3 with its trunk from ``backbone`` (a torchvision
     state, :data:`TORCHVISION_BACKBONE`) on a COCO set's semantic masks, score it on
-    another; writes and returns mIoU, per-class IoU, pixel accuracy, loss history."""
+    another; writes and returns mIoU, per-class IoU, pixel accuracy, loss history,
+    device and ``status`` (a diverged run is not scored, see
+    :func:`~labelfactory.core.divergence.run_status`)."""
     train, names = coco_semantic(train_json)
     test, test_names = coco_semantic(test_json)
     if names != test_names:
         raise ValueError(f"{train_json} and {test_json} have different categories: {names} vs {test_names}")
     cfg = replace(cfg, model_options={**cfg.model_options, "backbone_weights": str(backbone) if backbone else None})
     model, history = train_segmentation(train, len(names), cfg, device)
-    scores = evaluate_segmentation(model, test, len(names), device, class_names=names)
-    result = {"miou": scores["miou"], "iou_by_class": scores["iou_by_class"],
-              "pixel_accuracy": scores["pixel_accuracy"], "num_train_images": len(train),
-              "num_test_images": len(test), "loss": history["loss"], "wall_s": history["wall_s"],
-              "config": cfg.to_dict(), "device": describe_device(device, history["threads"])}
+    status = run_status(history["diverged"], on_divergence, f"semantic finetuning seed {cfg.seed}")
+    scores = {}
+    if status["status"] == "ok":
+        scores = evaluate_segmentation(model, test, len(names), device, class_names=names)
+        scores = {k: scores[k] for k in ("miou", "iou_by_class", "pixel_accuracy")}
+    result = {**scores, "num_train_images": len(train), "num_test_images": len(test), "loss": history["loss"],
+              "wall_s": history["wall_s"], "config": cfg.to_dict(),
+              "device": describe_device(device, history["threads"]), **status}
     atomic_write_json(out_json, result)
     return result
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from labelfactory.core.divergence import divergence, finite_weights
 from labelfactory.core.io import atomic_path, atomic_write_json, sha256_file
 from labelfactory.core.metrics import class_weights_from_counts, confusion_matrix, scores_from_confusion
 from labelfactory.core.typed import strict_from_dict
@@ -174,8 +175,10 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
     wrap around, so few-shot and large sets get the same schedule).
 
     Returns the model in eval mode and the history: per-step ``loss`` and
-    ``lr``, ``wall_s``, ``threads`` and, with ``cfg.snapshots`` > 1,
-    ``snapshots`` ``{step: state dict}`` (the last is the returned model's).
+    ``lr``, ``wall_s``, ``threads``, with ``cfg.snapshots`` > 1
+    ``snapshots`` ``{step: state dict}`` (the last is the returned model's), and
+    ``diverged``: None, or the :func:`~labelfactory.core.divergence.divergence`
+    record of a run stopped at a non-finite loss (or ending with non-finite weights).
     """
     if len(dataset) == 0:
         raise ValueError("cannot train a segmentation network on an empty dataset")
@@ -193,7 +196,8 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
             weight = weight.to(device)
         opt = build_optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-        history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads(), "snapshots": {}}
+        history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads(), "snapshots": {},
+                                   "diverged": None}
         keep = set(cfg.snapshot_steps) if cfg.snapshots > 1 else set()
         model.train()
         t0 = time.perf_counter()
@@ -203,18 +207,24 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
             image = image.to(device, non_blocking=True)
             label = label.to(device, non_blocking=True)
             loss = segmentation_loss(model(image), label, cfg.ignore_index, weight)
+            value = loss.item()
+            if not math.isfinite(value):
+                history["diverged"] = divergence(step, history["loss"])
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             history["lr"].append(opt.param_groups[0]["lr"])
             opt.step()
             sched.step()
-            history["loss"].append(loss.item())
+            history["loss"].append(value)
             if step + 1 in keep:
                 history["snapshots"][step + 1] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if progress and (step + 1) % cfg.log_every == 0:
                 recent = history["loss"][-cfg.log_every:]
                 log.info("step %d/%d loss %.4f (%.1f s)", step + 1, cfg.steps, sum(recent) / len(recent),
                          time.perf_counter() - t0)
+        if history["diverged"] is None and not finite_weights(model):
+            history["diverged"] = divergence(cfg.steps - 1, history["loss"], "weights")
         history["wall_s"] = time.perf_counter() - t0
     return model.eval(), history
 

@@ -45,16 +45,19 @@ def collect_scores(paths: Sequence[str | os.PathLike], variants: dict[str, str] 
 
     ``variants`` maps the path of a run compared in the same table (e.g. the same
     data labelled by another interpreter) to its variant's name; its setting then
-    reads ``<setting> | <variant>`` and its rows follow the task's own."""
+    reads ``<setting> | <variant>`` and its rows follow the task's own. A run whose
+    training diverged (``status: diverged``) has ``status`` ``diverged`` and no scores (NaN)."""
     variants = {str(k): v for k, v in (variants or {}).items()}
     rows = []
     for p in paths:
         s = json.loads(Path(p).read_text())
-        fg = {"foreground_iou": s["foreground_iou"]} if s.get("class_aware") else {}
+        status = s.get("status", "ok")
+        fg = {"foreground_iou": s.get("foreground_iou", np.nan)} if s.get("class_aware") else {}
         setting = s["setting"] if str(p) not in variants else f"{s['setting']} | {variants[str(p)]}"
         rows.append({"setting": setting, "seed": s["seed"], "num_train_images": s["num_train_images"],
-                     "miou": s["miou"], **fg, "pixel_accuracy": s["pixel_accuracy"],
-                     **{f"iou/{c}": v for c, v in s["iou_by_class"].items()}, "device": run_device(s)})
+                     "miou": s.get("miou", np.nan), **fg, "pixel_accuracy": s.get("pixel_accuracy", np.nan),
+                     **{f"iou/{c}": v for c, v in s.get("iou_by_class", {}).items()}, "device": run_device(s),
+                     "status": status})
     df = pd.DataFrame(rows)
     names = list(dict.fromkeys(variants.values()))
     order = [s for s in SETTING_ORDER] + [f"{s} | {v}" for v in names for s in SETTING_ORDER]
@@ -89,11 +92,14 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting: runs, training images, mIoU mean/sd/min/max (in IoU points,
     0–100), its share of the fully supervised mIoU, its gain over few-shot, the
     foreground IoU mean/sd where the runs have it, and the mean IoU of every
-    class. Spread is the sample sd over seeds."""
+    class. Spread is the sample sd over seeds. Diverged runs are left out of the
+    numbers (``runs`` counts the others) and counted in ``diverged``, a column only
+    where some run diverged."""
     classes = [c for c in runs.columns if c.startswith("iou/")]
     g = runs.groupby("setting", observed=True)
+    diverged = runs["status"].eq("diverged").groupby(runs["setting"], observed=True).sum()
     table = pd.DataFrame({
-        "runs": g.size(),
+        "runs": g.size() - diverged,
         "train_images": g["num_train_images"].first(),
         "miou_mean": 100 * g["miou"].mean(),
         "miou_sd": 100 * g["miou"].std(ddof=1),
@@ -109,6 +115,8 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
         table["fg_iou_sd"] = 100 * g["foreground_iou"].std(ddof=1)
     for c in classes:
         table[c] = 100 * g[c].mean()
+    if diverged.any():
+        table.insert(1, "diverged", diverged)
     table.index = table.index.astype(str)
     return table
 
@@ -117,20 +125,34 @@ def markdown_table(table: pd.DataFrame) -> str:
     """The main table as Markdown: mIoU as ``mean ± sd`` and one IoU column per class."""
     out = pd.DataFrame(index=[setting_title(s) for s in table.index])
     out.index.name = "setting"
-    out["runs"] = table["runs"].to_numpy()
+    out["runs"] = runs_column(table)
     out["train images"] = table["train_images"].to_numpy()
-    sd = table["miou_sd"].fillna(0.0).to_numpy()
-    out["mIoU"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(table["miou_mean"], sd)]
+    out["mIoU"] = mean_sd(table["miou_mean"], table["miou_sd"])
     if "pct_of_fully_supervised" in table:
-        out["% of fully sup."] = [f"{v:.0f}%" for v in table["pct_of_fully_supervised"]]
+        out["% of fully sup."] = [_number(v, ".0f", "%") for v in table["pct_of_fully_supervised"]]
     if "gain_over_few_shot" in table:
-        out["vs few-shot"] = [f"{v:+.1f}" for v in table["gain_over_few_shot"]]
+        out["vs few-shot"] = [_number(v, "+.1f") for v in table["gain_over_few_shot"]]
     if "fg_iou_mean" in table:
-        fg_sd = table["fg_iou_sd"].fillna(0.0).to_numpy()
-        out["fg IoU"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(table["fg_iou_mean"], fg_sd)]
+        out["fg IoU"] = mean_sd(table["fg_iou_mean"], table["fg_iou_sd"])
     for c in (c for c in table.columns if c.startswith("iou/")):
-        out[c.removeprefix("iou/")] = [f"{v:.1f}" for v in table[c]]
+        out[c.removeprefix("iou/")] = [_number(v, ".1f") for v in table[c]]
     return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * len(out.columns)) + "\n"
+
+
+def _number(v: float, spec: str, unit: str = "") -> str:
+    """``v`` formatted, or ``–`` where every run of the row diverged (NaN)."""
+    return "–" if pd.isna(v) else f"{v:{spec}}{unit}"
+
+
+def mean_sd(mean: pd.Series, sd: pd.Series) -> list[str]:
+    """``mean ± sd`` (sd 0 for one run), or ``diverged`` where every run of the row diverged."""
+    return ["diverged" if pd.isna(m) else f"{m:.1f} ± {0.0 if pd.isna(s) else s:.1f}" for m, s in zip(mean, sd)]
+
+
+def runs_column(table: pd.DataFrame) -> list[str]:
+    """A table's run counts, ``2`` or ``1 + 1 diverged``."""
+    diverged = table["diverged"] if "diverged" in table else pd.Series(0, index=table.index)
+    return [f"{n}" + (f" + {d} diverged" if d else "") for n, d in zip(table["runs"], diverged)]
 
 
 def write_main_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
@@ -381,16 +403,19 @@ TRANSFER_METRICS = {"box_AP": "box AP", "box_AP50": "box AP50", "mask_AP": "mask
 def collect_transfer(runs: Sequence[dict]) -> pd.DataFrame:
     """One row per finetuning run from ``{init, fraction, seed, detection, semantic}``
     (the paths of detectron2's and the semantic run's ``results.json``): box and mask
-    AP/AP50/AP75 (COCOEvaluator, %; 0 where the model predicted nothing) and mIoU (%)."""
+    AP/AP50/AP75 (COCOEvaluator, %; 0 where the model predicted nothing) and mIoU (%); NaN
+    where that finetuning diverged (``status`` ``diverged`` if either did)."""
     rows = []
     for r in runs:
         det = json.loads(Path(r["detection"]).read_text())
         sem = json.loads(Path(r["semantic"]).read_text())
+        det_ok, sem_ok = det.get("status", "ok") == "ok", sem.get("status", "ok") == "ok"
         row = {"init": r["init"], "fraction": float(r["fraction"]), "seed": int(r["seed"]),
                "train_images": sem["num_train_images"]}
         for task, prefix in (("bbox", "box"), ("segm", "mask")):
-            row.update({f"{prefix}_{k}": det[task][k] or 0.0 for k in ("AP", "AP50", "AP75")})
-        rows.append({**row, "miou": 100 * sem["miou"], "device": run_device(sem)})
+            row.update({f"{prefix}_{k}": (det[task][k] or 0.0) if det_ok else np.nan for k in ("AP", "AP50", "AP75")})
+        rows.append({**row, "miou": 100 * sem["miou"] if sem_ok else np.nan, "device": run_device(sem),
+                     "status": "ok" if det_ok and sem_ok else "diverged"})
     df = pd.DataFrame(rows)
     df["init"] = pd.Categorical(df["init"], categories=list(dict.fromkeys(r["init"] for r in runs)), ordered=True)
     return df.sort_values(["init", "fraction", "seed"]).reset_index(drop=True)
@@ -398,9 +423,14 @@ def collect_transfer(runs: Sequence[dict]) -> pd.DataFrame:
 
 def transfer_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per initialisation × fraction: runs, training images, and mean and sample sd
-    over seeds of every metric of :data:`TRANSFER_METRICS`."""
+    over seeds of every metric of :data:`TRANSFER_METRICS`. ``diverged`` (a column only
+    where some run diverged) counts the runs whose detection or semantic finetuning
+    diverged, ``runs`` the others; each metric's mean is over the runs that finished it."""
     g = runs.groupby(["init", "fraction"], observed=True)
-    table = pd.DataFrame({"runs": g.size(), "train_images": g["train_images"].first()})
+    diverged = runs["status"].eq("diverged").groupby([runs["init"], runs["fraction"]], observed=True).sum()
+    table = pd.DataFrame({"runs": g.size() - diverged, "train_images": g["train_images"].first()})
+    if diverged.any():
+        table.insert(1, "diverged", diverged)
     for m in TRANSFER_METRICS:
         table[f"{m}_mean"], table[f"{m}_sd"] = g[m].mean(), g[m].std(ddof=1)
     return table
@@ -408,12 +438,12 @@ def transfer_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def transfer_markdown(table: pd.DataFrame) -> str:
     """The transfer table as Markdown, every metric as ``mean ± sd``."""
-    out = table[["runs", "train_images"]].reset_index()
+    out = table[["train_images"]].reset_index()
+    out.insert(2, "runs", runs_column(table))
     out["fraction"] = [f"{100 * f:g} %" for f in out["fraction"]]
     out = out.rename(columns={"train_images": "train images"})
     for m, title in TRANSFER_METRICS.items():
-        sd = table[f"{m}_sd"].fillna(0.0).to_numpy()
-        out[title] = [f"{v:.1f} ± {s:.1f}" for v, s in zip(table[f"{m}_mean"], sd)]
+        out[title] = mean_sd(table[f"{m}_mean"], table[f"{m}_sd"])
     return out.to_markdown(index=False, disable_numparse=True,
                            colalign=["left", "right"] + ["right"] * (len(out.columns) - 2)) + "\n"
 
