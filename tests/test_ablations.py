@@ -218,6 +218,14 @@ def test_ablation_results_keep_each_class_iou(tmp_path):
     assert table["iou/background_mean"].tolist() == pytest.approx([90.0, 90.0])
     assert table["miou_mean"].tolist() == pytest.approx([50.0, 50.0]) and table["runs"].tolist() == [2, 1]
 
+    # a diverged run (issue 24): no scores, counted apart, out of the means
+    paths[1].write_text(json.dumps({"num_train_images": 8, "status": "diverged", "step": 3, "last_finite_loss": 2.0}))
+    runs = collect(points)
+    assert runs["status"].tolist() == ["ok", "diverged", "ok"] and np.isnan(runs["miou"].iloc[1])
+    table = summary(runs)
+    assert table["runs"].tolist() == [1, 1] and table["diverged"].tolist() == [1, 0]
+    assert table["iou/eyes_mean"].iloc[0] == pytest.approx(10.0) and table["miou_mean"].iloc[0] == pytest.approx(50.0)
+
 
 # -- validation ----------------------------------------------------------------------------
 @pytest.mark.parametrize("changes, message", [

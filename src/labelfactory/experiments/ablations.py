@@ -262,23 +262,25 @@ def write_combined(paths: Sequence[str | os.PathLike], out: str | os.PathLike, k
 
 # -- results -------------------------------------------------------------------------
 def collect(points: pd.DataFrame) -> pd.DataFrame:
-    """The points with each run's ``miou``, ``pixel_accuracy``, ``num_train_images`` and the IoU of
-    each class, ``iou/<class>`` (NaN where the test images lack the class), tidy: one row per run."""
+    """The points with each run's ``miou``, ``pixel_accuracy``, ``num_train_images``, ``status`` and
+    the IoU of each class, ``iou/<class>`` (NaN where the test images lack the class, and every score
+    NaN where the run diverged), tidy: one row per run."""
     scores = [json.loads(Path(p).read_text()) for p in points["path"]]
     out = points.reset_index(drop=True).copy()
     for key in ("miou", "pixel_accuracy", "num_train_images"):
-        out[key] = [s[key] for s in scores]
-    per_class = pd.DataFrame([s["iou_by_class"] for s in scores], dtype=float)
+        out[key] = [s.get(key, np.nan) for s in scores]
+    out["status"] = [s.get("status", "ok") for s in scores]
+    per_class = pd.DataFrame([s.get("iou_by_class", {}) for s in scores], index=out.index, dtype=float)
     return pd.concat([out, per_class.add_prefix("iou/")], axis=1)
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
     """mIoU (IoU points) mean, sd and run count per ``arm`` and ``x``, in the points' order, and each
-    class's mean IoU, ``iou/<class>_mean``."""
+    class's mean IoU, ``iou/<class>_mean``; diverged runs are counted in ``diverged``, not in the rest."""
     classes = [c for c in runs.columns if c.startswith("iou/")]
-    df = runs.assign(**{c: 100 * runs[c] for c in ["miou", *classes]})
+    df = runs.assign(**{c: 100 * runs[c] for c in ["miou", *classes]}, diverged=runs["status"].eq("diverged"))
     g = df.groupby(["arm", "x"], sort=False)
-    table = g["miou"].agg(miou_mean="mean", miou_sd="std", runs="size")
+    table = g["miou"].agg(miou_mean="mean", miou_sd="std", runs="count").assign(diverged=g["diverged"].sum())
     per_class = g[classes].mean().add_suffix("_mean")
     return pd.concat([table, per_class], axis=1).reset_index()
 
