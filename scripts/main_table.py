@@ -4,5 +4,5 @@ from labelfactory.core.runtime import snakemake_job
 
 with snakemake_job(snakemake):
     runs = collect_scores(list(snakemake.input), snakemake.params.variants)
-    write_main_table(runs, snakemake.output.csv, snakemake.output.md, snakemake.output.runs)
+    write_main_table(runs, snakemake.output.csv, snakemake.output.md, snakemake.output.runs, snakemake.params.real)
     plot_per_class_iou(runs, snakemake.output.figure)

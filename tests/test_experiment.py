@@ -166,6 +166,7 @@ def test_train_and_evaluate_a_run_reproducibly(tmp_path):
         on_disk = json.loads((tmp_path / name / "scores.json").read_text())
         assert on_disk["miou"] == pytest.approx(scores["miou"]) and on_disk["seed"] == 0
         assert set(on_disk["iou_by_class"]) == {"background", "a", "b"}
+        assert on_disk["class_names"] == ["background", "a", "b"]  # labels.yaml order, for the table's columns
         assert np.sum(on_disk["confusion"]) == 4 * 16 * 16
         assert on_disk["device"] == describe_device("cpu", 1)  # where it was trained
         runs.append((sha256_file(tmp_path / name / "model.safetensors"), on_disk["confusion"]))

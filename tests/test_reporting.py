@@ -227,3 +227,20 @@ def test_diverged_runs_are_shown_and_left_out_of_the_means(runs, tmp_path):
     assert rows["synthetic, filtered"][:3] == ["0 + 1 diverged", "16", "diverged"]
     assert set(rows["synthetic, filtered"][3:]) == {"–"}
     assert list(pd.read_csv(tmp_path / "runs.csv")["status"]).count("diverged") == 2
+
+
+def test_class_columns_follow_the_labels_and_the_real_row_names_its_data(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"setting": "fully_supervised", "seed": 0, "num_train_images": 6, "miou": 0.5,
+                                "pixel_accuracy": 0.9, "class_names": ["background", "wheel", "body"],
+                                "iou_by_class": {"background": 0.9, "body": 0.2, "wheel": 0.4}}))  # JSON sorts keys
+    runs = collect_scores([path])
+    assert [c for c in runs.columns if c.startswith("iou/")] == ["iou/background", "iou/wheel", "iou/body"]
+    write_main_table(runs, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "runs.csv",
+                     {"type": "folder", "path": "data/studio-faces"})
+    header, _, row = (tmp_path / "t.md").read_text().splitlines()[:3]
+    assert header.split("|")[-4:-1] == ["   background ", "   wheel ", "   body "]
+    assert row.startswith("| fully supervised (studio-faces) ")
+    titles = [markdown_table(main_table(runs), real).splitlines()[2].split("|")[1].strip()
+              for real in (None, {"type": "toyworld", "path": None}, {"type": "voc", "path": "VOC2012"})]
+    assert titles == ["fully supervised (real)", "fully supervised (real)", "fully supervised (voc)"]

@@ -5,6 +5,7 @@ rule main_table:
         compared_scores,
     params:
         variants=compared_variants,
+        real=lambda w: {k: task_of(w).downstream.real[k] for k in ("type", "path")},  # names a table row
     output:
         csv=report("results/{task}/report/main_table.csv", caption="../report/main_table.rst",
                    category="Downstream", subcategory="{task}"),

@@ -222,7 +222,8 @@ def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: R
     test = real_dataset(real, "test", labels)
     scores = evaluate_segmentation(model, test, len(labels.names), device, ignore_index=labels.ignore_index,
                                    class_names=labels.names)
-    result = {**meta["metrics"], **scores, "class_aware": class_aware is not None, "protocol": protocol}
+    result = {**meta["metrics"], **scores, "class_names": list(labels.names), "class_aware": class_aware is not None,
+              "protocol": protocol}
     if protocol == "cross_validation":
         steps = meta.get("snapshot_steps") or []
         if len(steps) < 2:

@@ -56,7 +56,7 @@ def collect_scores(paths: Sequence[str | os.PathLike], variants: dict[str, str] 
         setting = s["setting"] if str(p) not in variants else f"{s['setting']} | {variants[str(p)]}"
         rows.append({"setting": setting, "seed": s["seed"], "num_train_images": s["num_train_images"],
                      "miou": s.get("miou", np.nan), **fg, "pixel_accuracy": s.get("pixel_accuracy", np.nan),
-                     **{f"iou/{c}": v for c, v in s.get("iou_by_class", {}).items()}, "device": run_device(s),
+                     **{f"iou/{c}": s["iou_by_class"][c] for c in class_order(s)}, "device": run_device(s),
                      "status": status})
     df = pd.DataFrame(rows)
     names = list(dict.fromkeys(variants.values()))
@@ -64,6 +64,12 @@ def collect_scores(paths: Sequence[str | os.PathLike], variants: dict[str, str] 
     order = [s for s in order if s in set(df["setting"])]
     df["setting"] = pd.Categorical(df["setting"], categories=order, ordered=True)
     return df.sort_values(["setting", "seed"]).reset_index(drop=True)
+
+
+def class_order(result: dict) -> list[str]:
+    """A run's classes in ``labels.yaml`` order (its ``class_names``; scores written before
+    they were recorded keep their JSON's alphabetical order)."""
+    return list(result.get("class_names") or result.get("iou_by_class", {}))
 
 
 def run_device(result: dict) -> str:
@@ -81,10 +87,22 @@ def device_note(runs: pd.DataFrame) -> str:
     return "Devices: " + "; ".join(f"{d} ({n} run{'s' if n > 1 else ''})" for d, n in counts.items()) + ".\n"
 
 
-def setting_title(setting: str) -> str:
-    """``synthetic_filtered | conv interpreter`` → ``synthetic, filtered (conv interpreter)``."""
+def real_data_name(real: dict | None) -> str:
+    """What the fully supervised runs train on, for their row's title: ``real`` for the toy
+    world (its renders stand in for real images), a ``folder`` dataset's folder name, else the
+    dataset's type (``voc``, ``coco``, ...)."""
+    if not real or real["type"] == "toyworld":
+        return "real"
+    return Path(real["path"]).name if real["type"] == "folder" and real.get("path") else real["type"]
+
+
+def setting_title(setting: str, real: dict | None = None) -> str:
+    """``synthetic_filtered | conv interpreter`` → ``synthetic, filtered (conv interpreter)``;
+    the fully supervised row names its data (:func:`real_data_name` of the ``real`` config)."""
     base, _, variant = setting.partition(" | ")
     title = SETTING_TITLES.get(base, base)
+    if base == "fully_supervised":
+        title = f"fully supervised ({real_data_name(real)})"
     return f"{title} ({variant})" if variant else title
 
 
@@ -121,9 +139,10 @@ def main_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """The main table as Markdown: mIoU as ``mean ± sd`` and one IoU column per class."""
-    out = pd.DataFrame(index=[setting_title(s) for s in table.index])
+def markdown_table(table: pd.DataFrame, real: dict | None = None) -> str:
+    """The main table as Markdown: mIoU as ``mean ± sd`` and one IoU column per class
+    (``real``: the task's ``downstream.real``, which names the fully supervised row)."""
+    out = pd.DataFrame(index=[setting_title(s, real) for s in table.index])
     out.index.name = "setting"
     out["runs"] = runs_column(table)
     out["train images"] = table["train_images"].to_numpy()
@@ -156,9 +175,11 @@ def runs_column(table: pd.DataFrame) -> list[str]:
 
 
 def write_main_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
-                     runs_path: str | os.PathLike) -> pd.DataFrame:
-    """Write the main table (CSV and Markdown) and every run's scores (CSV)."""
-    return _write_table(main_table(runs), markdown_table, runs, csv_path, md_path, runs_path, "%.5f")
+                     runs_path: str | os.PathLike, real: dict | None = None) -> pd.DataFrame:
+    """Write the main table (CSV and Markdown, ``real`` as for :func:`markdown_table`) and every
+    run's scores (CSV)."""
+    return _write_table(main_table(runs), lambda table: markdown_table(table, real), runs, csv_path, md_path,
+                        runs_path, "%.5f")
 
 
 def _write_table(table: pd.DataFrame, markdown, runs: pd.DataFrame, csv_path, md_path, runs_path,
