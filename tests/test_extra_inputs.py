@@ -6,12 +6,16 @@ import json
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_conv_interpreter import TAPS
 from test_interpreter import SHAPES, batch_features, random_maps, upsampled, write_store
 from test_tap_normalisation import assert_same_state
 
+from labelfactory.annotations.annotation_set import AnnotationSet
+from labelfactory.annotations.labels import LabelSet
+from labelfactory.cli import main
 from labelfactory.config.specs import ValidationSpec
 from labelfactory.features import FeatureStore, extract_features
 from labelfactory.generators.base import images_to_uint8
@@ -161,6 +165,25 @@ def test_validation_and_tap_ranking_apply_the_inputs(mlp_case):
     table = rank_taps(dataclasses.replace(data, layers=["b4.conv1", "b16.conv0"]),
                       dataclasses.replace(fast, extra_inputs=("rgb",)), folds=2)
     assert (table["miou"] > 0.9).all(), table
+
+
+def test_probe_taps_adds_the_inputs_to_every_tap(mlp_case, tmp_path, capsys):
+    *_, data, _ = mlp_case
+    n = len(data.masks)
+    AnnotationSet(ids=data.ids, seeds=np.arange(n), classes=np.full(n, -1, np.int32),
+                  latents=np.zeros((n, 8), np.float32), images=data.images, masks=data.masks,
+                  labels=LabelSet(("bg", "a", "b"), 255), generator_hash=data.store.generator_hash, truncation=1.0,
+                  noise="const").save(tmp_path / "annotations.h5")
+    args = ["probe-taps", "--features", str(data.store.path), "--annotations", str(tmp_path / "annotations.h5"),
+            "--folds", "2", "--max-epochs", "3", "--device", "cpu", "--out", str(tmp_path / "taps.csv")]
+    assert main([*args, "--extra-inputs", "rgb"]) == 0
+    assert "extra inputs rgb with every tap" in capsys.readouterr().out
+    with_rgb = pd.read_csv(tmp_path / "taps.csv")
+    assert main(args) == 0
+    without = pd.read_csv(tmp_path / "taps.csv")
+    # measured: with rgb 0.30-1.00 by tap (3 epochs: wide noise taps slow it), without 0.10-0.14
+    assert with_rgb["miou"].min() > without["miou"].max() and with_rgb["miou"].max() > 0.9, (with_rgb, without)
+    assert main([*args, "--extra-inputs", "depth"]) == 1  # one line, not a traceback
 
 
 # -- conv -----------------------------------------------------------------------------
