@@ -36,8 +36,9 @@ LISTS = {
     "DISTRIBUTIONS": ("labelfactory.generators.torch_module", ["$defs/torch_module/properties/latent_distribution"],
                       set()),
     "CLASS_INPUTS": ("labelfactory.generators.torch_module", ["$defs/torch_module/properties/class_input"], set()),
-    "CLASSES": ("labelfactory.toybench.world", [f"{DS}/real/properties/class", f"{DS}/real/properties/classes/items",
+    "CLASSES": ("labelfactory.toybench.world", [f"{DS}/real/properties/classes/items",
                                                 "$defs/init/properties/real/properties/classes/items"], set()),
+    "ALL_CLASSES": ("labelfactory.toybench.world", [f"{DS}/real/properties/class"], set()),
 }
 # registries that no config key chooses from
 UNCONFIGURED = {

@@ -94,13 +94,3 @@ def test_sample_sheet(tmp_path):
     tw.sample_sheet(tmp_path / "s.png", size=32, per_class=3)
     img = np.asarray(Image.open(tmp_path / "s.png"))
     assert img.shape == (32 * 2 * len(tw.CLASSES), 32 * 3, 3)
-
-
-def test_the_config_schema_offers_every_toy_world_class():
-    """downstream.real.class (a part-labelled task's test set) takes every class the world
-    renders; the object classes' list (class-aware tasks) only the object classes."""
-    from labelfactory.config.schema import schema_node
-
-    real = schema_node("$defs/downstream/properties/real/properties")
-    assert real["class"]["enum"] == list(tw.ALL_CLASSES)
-    assert real["classes"]["items"]["enum"] == list(tw.CLASSES)
