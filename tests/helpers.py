@@ -39,6 +39,21 @@ TINY_SEGMENTATION = {"small_stem": True, "output_stride": 2, "width": 0.125, "at
                      "head_channels": 16}
 
 
+def assert_float32_close(got, want, rel: float = 1e-4) -> None:
+    """``got`` equals a stored reference ``want`` up to float32 summation-order noise.
+
+    The references were made on one CPU; another CPU's kernels (AVX-512 or not, another
+    thread count) add in another order, which moves float32 results by a few 1e-6 of their
+    magnitude (seen: 9e-6 relative, StyleGAN1 on an Intel Xeon against an AMD EPYC). So
+    the tolerance is relative, ``rel`` of each value plus ``rel`` of the reference's
+    largest magnitude (its range; a value near zero is a sum of terms of that size): about
+    ten times that noise, and far below what a wrong weight or op moves."""
+    import numpy as np
+
+    got, want = torch.as_tensor(np.asarray(got)), torch.as_tensor(np.asarray(want))
+    torch.testing.assert_close(got, want, rtol=rel, atol=rel * float(want.abs().max()), check_dtype=False)
+
+
 def tiny_mask(image):
     """A 3-label mask (0, 1, 2) computed from an image, as the tiny project's "annotator"."""
     import numpy as np

@@ -19,6 +19,7 @@ from labelfactory.generators.loading import convert_checkpoint, load_generator, 
 from labelfactory.generators.stylegan2 import StyleGAN2Backend
 
 from formats import rosinality_generator, save_rosinality
+from helpers import assert_float32_close
 
 DATA = Path(__file__).parent / "data"
 REF = load_file(str(DATA / "biggan_reference.safetensors"))
@@ -68,11 +69,11 @@ def test_pth_is_detected_and_config_inferred(name):
 def test_images_and_features_match_biggan_pytorch(name):
     b = load_generator(_pth(name))
     out = _render(b, name)
-    torch.testing.assert_close(out.images, REF[f"{name}/images"], rtol=0, atol=1e-5)
+    assert_float32_close(out.images, REF[f"{name}/images"])
     assert list(out.features) == list(b.feature_shapes())  # every tap, forward order
     recorded = [k.split("/features/")[1] for k in REF if k.startswith(f"{name}/features/")]
     for layer in recorded:
-        torch.testing.assert_close(out.features[layer], REF[f"{name}/features/{layer}"], rtol=0, atol=1e-5)
+        assert_float32_close(out.features[layer], REF[f"{name}/features/{layer}"])
     assert len(recorded) == (len(out.features) if CONFIGS[name]["hier"] else 0)
 
 
@@ -119,7 +120,7 @@ def test_converter_output_without_sv0_loads(tmp_path):
     raw = read_checkpoint(path)
     assert raw.notes["filled_with_ones"] == dropped
     b = load_generator(path)
-    torch.testing.assert_close(_render(b, "biggan32_hier").images, REF["biggan32_hier/images"], rtol=0, atol=1e-5)
+    assert_float32_close(_render(b, "biggan32_hier").images, REF["biggan32_hier/images"])
     assert all(float(b.module.state_dict()[k]) == 1.0 for k in dropped)
 
 
@@ -164,7 +165,7 @@ def test_convert_round_trip_keeps_hash_images_and_class_names(tmp_path):
     meta = convert_checkpoint(_pth("biggan32_hier"), tmp_path / "g.safetensors")
     back = load_generator(tmp_path / "g.safetensors")
     assert back.generator_hash == meta["generator_hash"] == load_generator(_pth("biggan32_hier")).generator_hash
-    torch.testing.assert_close(_render(back, "biggan32_hier").images, REF["biggan32_hier/images"], rtol=0, atol=1e-5)
+    assert_float32_close(_render(back, "biggan32_hier").images, REF["biggan32_hier/images"])
 
     names = ["car", "face", "house", "tree", "cat"]
     named = BigGANBackend(back.module, back.module.cfg.to_dict(), class_names=names)
@@ -224,7 +225,7 @@ def test_cli_render_pth(tmp_path):
     name = "biggan64_hier"
     assert main(["render", "--checkpoint", str(_pth(name)), *_inputs(tmp_path, name),
                  "--out", str(tmp_path / "img.npy")]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "img.npy"), REF[f"{name}/images"].numpy(), rtol=0, atol=1e-5)
+    assert_float32_close(np.load(tmp_path / "img.npy"), REF[f"{name}/images"])
 
 
 def test_cli_features_pth(tmp_path):
@@ -235,7 +236,7 @@ def test_cli_features_pth(tmp_path):
         assert [(k, f[k].shape) for k in f.files] == [(k, (2, *s)) for k, s in LAYERS_64]
         for k in f.files:
             assert f[k].dtype == np.float32
-            np.testing.assert_allclose(f[k], REF[f"{name}/features/{k}"].numpy(), rtol=0, atol=1e-5)
+            assert_float32_close(f[k], REF[f"{name}/features/{k}"])
     assert main([*args, "--layers", "block3,block1.attention", "--out", str(tmp_path / "two.npz")]) == 0
     with np.load(tmp_path / "two.npz") as f:
         assert f.files == ["block1.attention", "block3"]  # generator order, whatever the order asked

@@ -28,6 +28,8 @@ from labelfactory.generators.checkpoints import CheckpointError
 from labelfactory.generators.loading import convert_checkpoint, load_generator, read_checkpoint
 from labelfactory.generators.taming_prior import filter_logits
 
+from helpers import assert_float32_close
+
 DATA = Path(__file__).parent / "data"
 FOLDER = DATA / "vqgan"
 REF = load_file(str(DATA / "vqgan_reference.safetensors"))
@@ -161,7 +163,7 @@ def test_bare_ckpt_infers_the_architecture(tmp_path, backend):
     assert bare.latent_shape == (16, 16)
     with torch.no_grad():
         img, _ = bare.module.decode(REF["decode/codes"])
-    torch.testing.assert_close(img, REF["decode/images"], rtol=0, atol=1e-5)
+    assert_float32_close(img, REF["decode/images"])
 
 
 # --- outputs against taming's modules ------------------------------------------------------
@@ -173,13 +175,13 @@ def test_encode_equals_taming(backend):
 
 def test_encode_decode_round_trip_equals_vqmodel_forward(backend):
     recon = backend.render(backend.encode(REF["encode/images"].numpy()))
-    np.testing.assert_allclose(recon, REF["encode/reconstruction"].numpy(), rtol=0, atol=1e-5)
+    assert_float32_close(recon, REF["encode/reconstruction"])
 
 
 def test_decode_equals_taming(backend):
     out = backend.synthesize(REF["decode/codes"], features=False)
     assert out.features == {}
-    torch.testing.assert_close(out.images, REF["decode/images"], rtol=0, atol=1e-5)
+    assert_float32_close(out.images, REF["decode/images"])
 
 
 def test_features_equal_taming_in_forward_order(backend):
@@ -188,7 +190,7 @@ def test_features_equal_taming_in_forward_order(backend):
     assert list(feats) == LAYERS
     for name, shape in backend.feature_shapes().items():
         assert feats[name].shape == (1, *shape)
-        np.testing.assert_allclose(feats[name], REF[f"features/{name}"].numpy(), rtol=0, atol=1e-5)
+        assert_float32_close(feats[name], REF[f"features/{name}"])
 
 
 def test_quantizer_picks_as_vector_quantizer2_ties_to_first(backend):
@@ -200,7 +202,7 @@ def test_quantizer_picks_as_vector_quantizer2_ties_to_first(backend):
 def test_prior_logits_equal_mingpt(cin):
     with torch.no_grad():
         logits, _ = cin.module.transformer(REF["prior/tokens"])
-    torch.testing.assert_close(logits, REF["prior/logits"], rtol=0, atol=1e-5)
+    assert_float32_close(logits, REF["prior/logits"])
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -208,7 +210,7 @@ def test_sampling_equals_sample_with_past(cin, name):
     seed, cls, temperature, top_k, top_p = SAMPLES[name]
     codes = cin.sample_codes([seed], [cls], temperature, top_k, 1.0 if top_p is None else top_p)
     np.testing.assert_array_equal(codes, REF[f"sample/{name}/codes"].numpy())
-    np.testing.assert_allclose(cin.render(codes, [cls]), REF[f"sample/{name}/images"].numpy(), rtol=0, atol=1e-5)
+    assert_float32_close(cin.render(codes, [cls]), REF[f"sample/{name}/images"])
 
 
 def test_sampling_is_per_seed_and_class(cin):
@@ -342,14 +344,14 @@ def test_cli_encode_render_features(release, tmp_path):
     np.testing.assert_array_equal(np.load(codes), REF["encode/codes"].numpy())
     assert main(["render", "--checkpoint", str(release), "--latents", str(codes), "--out", str(out),
                  "--device", "cpu"]) == 0
-    np.testing.assert_allclose(np.load(out), REF["encode/reconstruction"].numpy(), rtol=0, atol=1e-5)
+    assert_float32_close(np.load(out), REF["encode/reconstruction"])
     np.save(codes, REF["decode/codes"][0].numpy())  # one grid [h, w]
     assert main(["features", "--checkpoint", str(release), "--latents", str(codes), "--out", str(feats),
                  "--device", "cpu"]) == 0
     with np.load(feats) as f:
         assert list(f) == LAYERS
         for name in LAYERS:
-            np.testing.assert_allclose(f[name], REF[f"features/{name}"].numpy(), rtol=0, atol=1e-5)
+            assert_float32_close(f[name], REF[f"features/{name}"])
 
 
 def test_cli_errors(release, tmp_path, capfd):
