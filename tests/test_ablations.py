@@ -222,6 +222,7 @@ def test_ablation_results_keep_each_class_iou(tmp_path):
     paths[1].write_text(json.dumps({"num_train_images": 8, "status": "diverged", "step": 3, "last_finite_loss": 2.0}))
     runs = collect(points)
     assert runs["status"].tolist() == ["ok", "diverged", "ok"] and np.isnan(runs["miou"].iloc[1])
+    assert runs["device"].tolist() == ["unrecorded"] * 3  # scores written without a device record
     table = summary(runs)
     assert table["runs"].tolist() == [1, 1] and table["diverged"].tolist() == [1, 0]
     assert table["iou/eyes_mean"].iloc[0] == pytest.approx(10.0) and table["miou_mean"].iloc[0] == pytest.approx(50.0)

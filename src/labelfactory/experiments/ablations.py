@@ -40,7 +40,7 @@ import pandas as pd
 
 from labelfactory.annotations.annotation_set import AnnotationSet, load_annotation_set
 from labelfactory.core.io import atomic_path
-from labelfactory.experiments.reporting import pyplot, save_figure
+from labelfactory.experiments.reporting import pyplot, run_device, save_figure
 from labelfactory.synthesis.filtering import filter_manifest
 
 ABLATIONS = ("synthetic_size", "filter_ratio", "num_annotations", "selection", "interpreter", "downstream")
@@ -262,7 +262,7 @@ def write_combined(paths: Sequence[str | os.PathLike], out: str | os.PathLike, k
 
 # -- results -------------------------------------------------------------------------
 def collect(points: pd.DataFrame) -> pd.DataFrame:
-    """The points with each run's ``miou``, ``pixel_accuracy``, ``num_train_images``, ``status`` and
+    """The points with each run's ``miou``, ``pixel_accuracy``, ``num_train_images``, ``status``, ``device`` and
     the IoU of each class, ``iou/<class>`` (NaN where the test images lack the class, and every score
     NaN where the run diverged), tidy: one row per run."""
     scores = [json.loads(Path(p).read_text()) for p in points["path"]]
@@ -270,6 +270,7 @@ def collect(points: pd.DataFrame) -> pd.DataFrame:
     for key in ("miou", "pixel_accuracy", "num_train_images"):
         out[key] = [s.get(key, np.nan) for s in scores]
     out["status"] = [s.get("status", "ok") for s in scores]
+    out["device"] = [run_device(s) for s in scores]
     per_class = pd.DataFrame([s.get("iou_by_class", {}) for s in scores], index=out.index, dtype=float)
     return pd.concat([out, per_class.add_prefix("iou/")], axis=1)
 
