@@ -200,7 +200,7 @@ def test_downstream_arms_train_on_the_tasks_own_set_with_their_options():
     assert plan.setting("down-plus-annotations") == "synthetic_plus_annotations"
     assert plan.setting("down-class-balanced") == "synthetic_filtered" == plan.setting("interp-conv")
     assert plan.train_options("interp-conv") == task
-    assert "downstream" in plan.enabled() and "downstream" not in _plan().enabled()
+    assert "downstream" in plan.enabled() and "downstream" not in _plan({"downstream": {}}).enabled()
 
 
 def test_ablation_results_keep_each_class_iou(tmp_path):
