@@ -12,5 +12,6 @@ with snakemake_job(snakemake):
     # a class-conditional interpreter conditions on the generator's class embedding (None: unconditional)
     embedding = load_generator(snakemake.input.weights).class_embedding() if kind.class_conditional else None
     data = TrainingData.from_annotations(FeatureStore.open(snakemake.input.features), ann, class_embedding=embedding)
-    model = kind.fit(data, kind.config_class(**params), device=resolve_device(snakemake.params.device))
+    model = kind.fit(data, kind.config_class(**params), device=resolve_device(snakemake.params.device),
+                     on_divergence=snakemake.config["on_divergence"])
     model.save(snakemake.output.weights)

@@ -12,4 +12,4 @@ with snakemake_job(snakemake):
     validate_interpreter(snakemake.wildcards.task, snakemake.input.features, snakemake.input.annotations,
                          p.interpreter, ValidationSpec(**p.validation), out.csv, out.summary, out.figure,
                          class_embedding=embedding, device=resolve_device(p.device), downstream=p.downstream,
-                         threads=snakemake.threads)
+                         threads=snakemake.threads, on_divergence=snakemake.config["on_divergence"])

@@ -13,6 +13,7 @@ from test_interpreter import NAMES, linear_labels, random_maps, write_store
 
 import labelfactory.experiments.validation_report as report
 from labelfactory.config.specs import ValidationSpec
+from labelfactory.core.divergence import Diverged
 from labelfactory.downstream.few_shot_validation import (
     cross_validate_few_shot,
     few_shot_config,
@@ -97,6 +98,33 @@ def test_report_gains_the_few_shot_column_and_is_unchanged_without_it(tmp_path, 
     reasons = on["reason"].astype("string").fillna("")
     assert on.loc[below, "flagged"].all() and reasons[below].str.contains("few-shot model's").all()
     assert not reasons[~below].str.contains("few-shot").any()
-    assert on_json["flagged"] == summary["flagged"]
+    assert on_json["flagged"] == summary["flagged"] and on_json["few_shot"]["status"] == "ok"
+    assert on_json["device"]["kind"] == "cpu" and on_json["device"]["threads"] == 1
     with pytest.raises(ValueError, match="downstream options"):
         validate_interpreter("toy", tmp_path / "features.h5", "ann.h5", INTERPRETER, spec, *(tmp_path / "x.csv",) * 3)
+
+
+DIVERGING = {**DOWNSTREAM, "optimizer": "sgd", "lr": 1e30}  # the loss overflows float32 within a few steps
+
+
+def test_a_diverged_fold_leaves_the_few_shot_baseline_unscored(tmp_path):
+    ann = _annotations(tmp_path)
+    cfg = few_shot_config(DIVERGING, steps=4)
+    scores = cross_validate_few_shot(ann.images, ann.masks, [[0, 1, 2], [3, 4, 5]], len(NAMES), cfg, class_names=NAMES)
+    assert scores["status"] == "diverged" and scores["fold"] == 0 and scores["step"] >= 1
+    assert scores["iou"] == [None] * len(NAMES) and scores["miou"] is None
+    with pytest.raises(Diverged, match="few-shot validation fold 1: the loss became non-finite"):
+        cross_validate_few_shot(ann.images, ann.masks, [[0, 1, 2], [3, 4, 5]], len(NAMES), cfg,
+                                on_divergence="fail")
+
+
+def test_a_diverged_few_shot_model_is_recorded_and_flags_nothing(tmp_path, monkeypatch):
+    ann = _annotations(tmp_path)
+    monkeypatch.setattr(report, "load_annotation_set", lambda path: ann)
+    out = [tmp_path / f"v.{k}" for k in ("csv", "json", "png")]
+    spec = ValidationSpec(folds=2, min_iou=0.0, few_shot=True, few_shot_steps=4)
+    summary = validate_interpreter("toy", tmp_path / "features.h5", "ann.h5", INTERPRETER, spec, *out,
+                                   downstream=DIVERGING, threads=1)
+    assert json.loads(out[1].read_text())["few_shot"]["status"] == "diverged"
+    assert summary["flagged"] == []  # min_iou 0 flags nothing, and a diverged few-shot model no class either
+    assert pd.read_csv(out[0])["few_shot_iou"].isna().all()

@@ -7,6 +7,7 @@ task's downstream network is trained on the annotated images of the other folds,
 confusion matrices, summed over folds, give each class's IoU. Where the interpreter's held-out
 IoU is below it, a downstream model trained on synthetic labels is unlikely to beat one trained
 on the annotations themselves. Masks stay in the annotations' label space, the interpreter's.
+A fold whose training diverges leaves the baseline unscored (``status: diverged``), so it flags nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from labelfactory.core.divergence import run_status
 from labelfactory.core.metrics import IGNORE_INDEX, scores_from_confusion
 from labelfactory.downstream.data import ArraySegmentation
 from labelfactory.downstream.experiment import seg_config
@@ -41,10 +43,14 @@ def few_shot_config(options: dict, steps: int | None = None, threads: int | None
 
 def cross_validate_few_shot(images: np.ndarray, masks: np.ndarray, held_out: Sequence[Sequence[int]],
                             num_classes: int, cfg: SegTrainConfig, device: torch.device | str = "cpu",
-                            ignore_index: int = IGNORE_INDEX, class_names: Sequence[str] | None = None) -> dict:
+                            ignore_index: int = IGNORE_INDEX, class_names: Sequence[str] | None = None,
+                            on_divergence: str = "record") -> dict:
     """Held-out scores (:func:`~labelfactory.core.metrics.scores_from_confusion`) of ``cfg``'s
     network trained, per fold, on the images ``[N, H, W, 3]`` uint8 and ``masks`` ``[N, H, W]``
-    outside the fold's indices ``held_out[f]``, and scored on those; ``wall_s``: the training time."""
+    outside the fold's indices ``held_out[f]``, and scored on those, with ``status: ok``; ``wall_s``:
+    the training time. The first fold whose training diverges ends it
+    (:func:`~labelfactory.core.divergence.run_status` under ``on_divergence``): ``status: diverged``,
+    that ``fold``, its step and last finite loss, and no scores (every ``iou`` and ``miou`` None)."""
     conf, wall_s = torch.zeros(num_classes, num_classes, dtype=torch.int64), 0.0
     for f, test in enumerate(held_out):
         test = np.asarray(test, dtype=np.int64)
@@ -53,7 +59,10 @@ def cross_validate_few_shot(images: np.ndarray, masks: np.ndarray, held_out: Seq
                  len(train), cfg.steps, len(test))
         model, history = train_segmentation(ArraySegmentation(images[train], masks[train]), num_classes, cfg, device,
                                       progress=False)
+        wall_s += history["wall_s"]
+        status = run_status(history["diverged"], on_divergence, f"few-shot validation fold {f + 1}")
+        if status["status"] == "diverged":
+            return {**status, "fold": f, "iou": [None] * num_classes, "miou": None, "wall_s": wall_s}
         conf += per_image_confusions(model, ArraySegmentation(images[test], masks[test]), num_classes, device,
                                      ignore_index=ignore_index).sum(0).cpu()
-        wall_s += history["wall_s"]
-    return {**scores_from_confusion(conf, class_names), "wall_s": wall_s}
+    return {**scores_from_confusion(conf, class_names), "status": "ok", "wall_s": wall_s}

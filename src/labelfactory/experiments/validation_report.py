@@ -4,7 +4,8 @@ one console warning per class that the interpreter labels poorly, before any sam
 See :mod:`labelfactory.interpreters.validation` for the protocol. With ``validation.few_shot`` the
 task's downstream model cross-validated on the same folds
 (:mod:`labelfactory.downstream.few_shot_validation`) is a second baseline, and a class the
-interpreter labels worse than it is flagged too.
+interpreter labels worse than it is flagged too; a few-shot model whose training diverged has no
+scores and flags nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from labelfactory.annotations.annotation_set import load_annotation_set
 from labelfactory.core.io import atomic_path, atomic_write_json
+from labelfactory.core.provenance import describe_device
 from labelfactory.downstream.few_shot_validation import (
     cross_validate_few_shot,
     few_shot_config,
@@ -102,13 +104,16 @@ def validate_interpreter(task: str, features: str | os.PathLike, annotations: st
                          interpreter: dict, spec: ValidationSpec, out_csv: str | os.PathLike,
                          out_json: str | os.PathLike, out_png: str | os.PathLike,
                          class_embedding: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                         downstream: dict | None = None, threads: int | None = None) -> dict:
+                         downstream: dict | None = None, threads: int | None = None,
+                         on_divergence: str = "record") -> dict:
     """Cross-validate the task's interpreter (config block ``interpreter``, with its ``type``)
     on its annotations; write the table, the JSON summary and the figure (atomically), log one
     warning per flagged class. With ``spec.stop`` the summary says so, and synthesis refuses to
     start (:func:`~labelfactory.interpreters.validation.require_validated`). With ``spec.few_shot``
     the network of the task's ``downstream`` options, on ``threads`` threads, is cross-validated on
-    the same folds (:func:`~labelfactory.downstream.few_shot_validation.cross_validate_few_shot`)."""
+    the same folds (:func:`~labelfactory.downstream.few_shot_validation.cross_validate_few_shot`, under
+    ``on_divergence``). The summary names the ``device``
+    (:func:`~labelfactory.core.provenance.describe_device`)."""
     if spec.few_shot and downstream is None:
         raise ValueError(f"{task}: validation.few_shot needs the task's downstream options")
     options = dict(interpreter)
@@ -123,16 +128,19 @@ def validate_interpreter(task: str, features: str | os.PathLike, annotations: st
     if spec.few_shot:
         cfg = few_shot_config(downstream, spec.few_shot_steps, threads)
         result["few_shot"] = {**cross_validate_few_shot(ann.images, ann.masks, result["held_out"], len(names), cfg,
-                                                        device, ann.labels.ignore_index, names), "steps": cfg.steps}
+                                                        device, ann.labels.ignore_index, names, on_divergence),
+                              "steps": cfg.steps}
         flagged = few_shot_flags(flagged, result, names)
-        baselines += f", few-shot {result['few_shot']['miou']:.2f}"
+        few_shot = result["few_shot"]["miou"]
+        baselines += ", few-shot diverged" if few_shot is None else f", few-shot {few_shot:.2f}"
     table = validation_table(result, names, flagged)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     miou = result["interpreter"]["miou"]
     plot_validation(table, spec.min_iou, f"{task}: held-out IoU over {result['folds']} folds of {result['images']} "
                     f"annotations (mIoU {miou:.2f}, {baselines})", out_png)
-    summary = {"task": task, **result, "min_iou": spec.min_iou, "stop": spec.stop, "flagged": flagged}
+    summary = {"task": task, **result, "min_iou": spec.min_iou, "stop": spec.stop, "flagged": flagged,
+               "device": describe_device(device, threads)}
     atomic_write_json(out_json, summary)
     log.info("%s: held-out mIoU %.3f (%s) over %d folds", task, miou, baselines, result["folds"])
     lines = warning_lines(task, flagged)

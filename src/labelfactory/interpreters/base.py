@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from abc import ABCMeta, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Mapping, Sequence
 
@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from labelfactory.core.io import atomic_path, atomic_write_json
+from labelfactory.core.provenance import describe_device
 from labelfactory.core.registry import Registry
 from labelfactory.features import FeatureStore, FeatureStoreError
 
@@ -139,7 +140,9 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
     ``compute_dtype`` (the precision of inference, one of :data:`PRECISIONS`).
     ``extra_inputs`` names the per-pixel inputs it reads besides the taps
     (:data:`EXTRA_INPUTS`); with ``rgb`` its ``features`` carry the generated image
-    under :data:`IMAGE` (:func:`interpreter_features` puts it there).
+    under :data:`IMAGE` (:func:`interpreter_features` puts it there). ``run``
+    (:func:`keep_finite_members`) says how its training ended and on what device; its
+    :data:`RUN_KEYS` go into the sidecar as they are.
 
     Synthesis and active selection call only ``member_probabilities`` and read
     ``num_classes`` (and ``generator_hash`` and ``extra_inputs`` where present), so a
@@ -158,14 +161,18 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
     label_names: list[str] | None
     compute_dtype: torch.dtype
     extra_inputs: tuple[str, ...] = ()
+    run: dict
 
     @classmethod
     @abstractmethod
     def fit(cls, data: TrainingData, cfg=None, device: torch.device | str = "cpu",
-            progress: Progress | None = None) -> "Interpreter":
+            progress: Progress | None = None, on_divergence: str = "record") -> "Interpreter":
         """Train on ``data`` (checked when it was built: read ``data.layers``, resolved to the
         store's order); ``cfg`` is a ``config_class`` (None: its defaults).
-        ``progress(member, step, loss, accuracy)`` reports the training curves."""
+        ``progress(member, step, loss, accuracy)`` reports the training curves. A member whose
+        loss turns non-finite stops there; :func:`keep_finite_members` says what becomes of it
+        under ``on_divergence: record``, ``fail`` raises
+        :class:`~labelfactory.core.divergence.Diverged` at the first such member."""
 
     @abstractmethod
     def member_probabilities(self, features: Mapping[str, torch.Tensor], classes: torch.Tensor | None = None
@@ -178,7 +185,7 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
     def metadata(self) -> dict:
         """What the JSON sidecar records: at least ``interpreter`` (= ``name``),
         ``format_version``, ``config``, ``layers``, ``num_classes``, ``label_names``,
-        ``resolution``, ``generator_hash``, the members' seeds and training history."""
+        ``resolution``, ``generator_hash``, the members' seeds and training history, and ``run``."""
 
     @classmethod
     @abstractmethod
@@ -188,6 +195,37 @@ class Interpreter(nn.Module, metaclass=ABCMeta):
     def save(self, path: str | Path) -> None:
         """Weights to ``path`` (safetensors) and :meth:`metadata` to its JSON sidecar, each atomically."""
         save_interpreter(self, path, self.metadata())
+
+
+# -- members whose training diverged -------------------------------------------------
+# the sidecar keys of Interpreter.run: how training ended (core.divergence) and the device it ran on
+RUN_KEYS = ("status", "step", "last_finite_loss", "what", "dropped_members", "device")
+
+
+def keep_finite_members(members: Sequence[nn.Module], histories: Sequence, device: torch.device | str
+                        ) -> tuple[list[nn.Module], list, dict]:
+    """The members to keep, their histories and the ensemble's ``run``, from members trained on
+    ``device`` whose histories' ``diverged`` is None or the
+    :func:`~labelfactory.core.divergence.divergence` record of a member stopped at a non-finite loss.
+
+    While one member stayed finite the ensemble is those members, ``status: ok``, the others
+    dropped (their histories under ``dropped_members``): fewer members, but every one finite.
+    When every member diverged it keeps them all as they stopped, with ``status: diverged`` and
+    the first member's step and last finite loss: :func:`load_interpreter` refuses it, so
+    synthesis and labelling stop there in one line. ``run["device"]``:
+    :func:`~labelfactory.core.provenance.describe_device`."""
+    finite = [h.diverged is None for h in histories]
+    run = {"dropped_members": [asdict(h) for h, ok in zip(histories, finite) if not ok],
+           "device": describe_device(device)}
+    if not any(finite):
+        return list(members), list(histories), {**histories[0].diverged, **run, "dropped_members": []}
+    return ([m for m, ok in zip(members, finite) if ok], [h for h, ok in zip(histories, finite) if ok],
+            {"status": "ok", **run})
+
+
+def run_record(meta: Mapping) -> dict:
+    """An interpreter's ``run`` from its sidecar (``status: ok`` for sidecars written before it was recorded)."""
+    return {"status": "ok", **{k: meta[k] for k in RUN_KEYS if k in meta}}
 
 
 # -- per-channel normalisation of the taps (interpreter option `normalize`) ---------------
@@ -324,9 +362,15 @@ INTERPRETERS: Registry[type[Interpreter]] = Registry("interpreter")
 def load_interpreter(interpreter_type: str | None, path, device: torch.device | str = "cpu",
                      precision: str = "float32") -> Interpreter:
     """A trained interpreter of ``interpreter_type`` (None: the one its sidecar names) from
-    ``path``, set to infer in ``precision``."""
+    ``path``, set to infer in ``precision``; refused if every member diverged in training."""
+    meta = read_sidecar(path)
+    if meta.get("status") == "diverged":
+        raise ValueError(f"{path}: every member of this interpreter diverged in training (its {meta.get('what')} "
+                         f"became non-finite at step {meta.get('step')}, last finite loss "
+                         f"{meta.get('last_finite_loss')}): nothing to label with; retrain it, e.g. with a lower "
+                         f"interpreter.lr")
     if interpreter_type is None:
-        interpreter_type = read_sidecar(path).get("interpreter")
+        interpreter_type = meta.get("interpreter")
         if interpreter_type not in INTERPRETERS:
             raise ValueError(f"{sidecar_path(path)}: names no known interpreter type ({interpreter_type!r}; "
                              f"known: {', '.join(INTERPRETERS)})")

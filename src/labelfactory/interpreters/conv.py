@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from labelfactory.core.divergence import divergence, run_status
 from labelfactory.core.metrics import class_weights
 from labelfactory.features import FeatureStore
 from labelfactory.interpreters.base import (
@@ -55,7 +56,9 @@ from labelfactory.interpreters.base import (
     check_extra_inputs,
     check_tap_statistics,
     extra_input_maps,
+    keep_finite_members,
     read_interpreter,
+    run_record,
     standardise_maps,
     training_inputs,
 )
@@ -123,14 +126,17 @@ class ConvInterpreterConfig:
 
 @dataclass
 class ConvMemberHistory:
-    """How one member was trained: its seed and its training loss and pixel accuracy,
-    averaged over consecutive windows of ``window`` iterations."""
+    """How one member was trained: its seed, the iterations it ran and its training loss and
+    pixel accuracy, averaged over consecutive windows of ``window`` iterations (``diverged``: the
+    :func:`~labelfactory.core.divergence.divergence` record of a loss that turned non-finite,
+    else None)."""
 
     seed: int
     iterations: int = 0
     window: int = 1
     loss_curve: list[float] = field(default_factory=list)
     accuracy_curve: list[float] = field(default_factory=list)
+    diverged: dict | None = None
 
 
 # -- architecture ------------------------------------------------------------------
@@ -370,12 +376,13 @@ def _fit_member(net: ConvInterpreter, maps: _NativeMaps, masks: np.ndarray, emb:
                 hist: ConvMemberHistory, report: Progress | None, member: int,
                 weight: torch.Tensor | None = None, extra: torch.Tensor | None = None) -> None:
     """Train one member for ``cfg.iterations`` batches (the loss weighted per class by
-    ``weight``, if given; ``extra``: every image's extra inputs ``[N, E, R, R]``); leaves it in eval mode."""
+    ``weight``, if given; ``extra``: every image's extra inputs ``[N, E, R, R]``); leaves it in eval mode.
+    A non-finite loss stops it before its update, recorded in ``hist.diverged``."""
     amp = cfg.amp and device.type == "cuda"
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     hist.window = max(1, math.ceil(cfg.iterations / _CURVE_POINTS))
-    loss_sum, correct, annotated = 0.0, 0, 0
+    loss_sum, correct, annotated, last = 0.0, 0, 0, []
     net.train()
     for it, index in zip(range(1, cfg.iterations + 1), _batches(len(masks), min(cfg.batch_size, len(masks)), gen)):
         target = torch.from_numpy(masks[index.numpy()]).to(device).long()
@@ -383,11 +390,16 @@ def _fit_member(net: ConvInterpreter, maps: _NativeMaps, masks: np.ndarray, emb:
             logits = net(maps.batch(index), None if emb is None else emb[index.to(emb.device)],
                          None if extra is None else extra[index.to(extra.device)])
         loss, right, n = pixel_loss(logits, target, ignore_index, weight)
+        value = loss.item()
+        if not math.isfinite(value):
+            hist.diverged = divergence(it - 1, last)
+            break
+        last = [value]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        loss_sum, correct, annotated = loss_sum + loss.item(), correct + right, annotated + n
+        loss_sum, correct, annotated = loss_sum + value, correct + right, annotated + n
         if it % hist.window == 0 or it == cfg.iterations:
             steps = it - hist.window * len(hist.loss_curve)
             hist.loss_curve.append(loss_sum / steps)
@@ -395,7 +407,7 @@ def _fit_member(net: ConvInterpreter, maps: _NativeMaps, masks: np.ndarray, emb:
             loss_sum, correct, annotated = 0.0, 0, 0
             if report is not None:
                 report(member, it, hist.loss_curve[-1], hist.accuracy_curve[-1])
-    hist.iterations = cfg.iterations
+    hist.iterations = cfg.iterations if hist.diverged is None else hist.diverged["step"]
     net.eval()
 
 
@@ -421,7 +433,8 @@ def _check_conditioning(classes: np.ndarray | Sequence[int] | None, class_embedd
 
 
 def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = None,
-                        device: torch.device | str = "cpu", progress: Progress | None = None) -> "ConvEnsemble":
+                        device: torch.device | str = "cpu", progress: Progress | None = None,
+                        on_divergence: str = "record") -> "ConvEnsemble":
     """Train BigDatasetGAN's interpreter ensemble on annotated generated images.
 
     ``data`` as for :func:`~labelfactory.interpreters.mlp.train_mlp_ensemble`; for a
@@ -429,7 +442,10 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
     ``class_embedding``, the generator's ``[n_classes, d]`` embedding table, which
     the ensemble keeps; for ``cfg.extra_inputs`` ``rgb``, its ``images``.
     ``progress(member, iteration, loss, accuracy)`` is called at every point of the
-    training curves.
+    training curves. A member whose loss turns non-finite stops there and is dropped, or, if
+    all do, the ensemble is recorded as diverged
+    (:func:`~labelfactory.interpreters.base.keep_finite_members`); under
+    ``on_divergence: fail`` the first raises :class:`~labelfactory.core.divergence.Diverged`.
     """
     cfg = cfg or ConvInterpreterConfig()
     store, masks, num_classes, ignore_index = data.store, data.masks, data.num_classes, data.ignore_index
@@ -459,12 +475,14 @@ def train_conv_ensemble(data: TrainingData, cfg: ConvInterpreterConfig | None = 
         hist = ConvMemberHistory(seed=seed)
         _fit_member(net, maps, masks, per_image, cfg, ignore_index, torch.Generator().manual_seed(seed), device,
                     hist, progress, m, weight, extra)
-        log.info("member %d: %d iterations, final training loss %.4f, pixel accuracy %.3f",
-                 m, hist.iterations, hist.loss_curve[-1], hist.accuracy_curve[-1])
+        if run_status(hist.diverged, on_divergence, f"interpreter member {m}")["status"] == "ok":
+            log.info("member %d: %d iterations, final training loss %.4f, pixel accuracy %.3f",
+                     m, hist.iterations, hist.loss_curve[-1], hist.accuracy_curve[-1])
         members.append(net)
         history.append(hist)
+    members, history, run = keep_finite_members(members, history, device)
     return ConvEnsemble(members, cfg, layers, shapes, num_classes, store.resolution, store.generator_hash,
-                        history, label_names, emb_table, mean, std)
+                        history, label_names, emb_table, mean, std, run)
 
 
 # -- the trained ensemble ----------------------------------------------------------
@@ -482,7 +500,8 @@ class ConvEnsemble(Interpreter):
                  layer_shapes: Sequence[tuple[int, int, int]], num_classes: int, resolution: int,
                  generator_hash: str, history: Sequence[ConvMemberHistory],
                  label_names: Sequence[str] | None = None, class_embedding: torch.Tensor | None = None,
-                 tap_mean: torch.Tensor | None = None, tap_std: torch.Tensor | None = None):
+                 tap_mean: torch.Tensor | None = None, tap_std: torch.Tensor | None = None,
+                 run: Mapping | None = None):
         super().__init__()
         if len(layers) != len(layer_shapes) or len(members) != len(history):
             raise ValueError("need one shape per layer and one history per member")
@@ -496,6 +515,7 @@ class ConvEnsemble(Interpreter):
         self.generator_hash = generator_hash
         self.history = list(history)
         self.label_names = None if label_names is None else list(label_names)
+        self.run = {"status": "ok", **(run or {})}
         self.compute_dtype = torch.float32  # of inference (autocast); see interpreters.PRECISIONS
         self.register_buffer("class_embedding", class_embedding)
         # per-channel standardisation of the taps (cfg.normalize); None (not in the state dict) without
@@ -557,6 +577,7 @@ class ConvEnsemble(Interpreter):
             "generator_hash": self.generator_hash,
             "class_embedding_shape": None if not self.conditional else list(self.class_embedding.shape),
             "member_seeds": [h.seed for h in self.history], "history": [asdict(h) for h in self.history],
+            **self.run,
         }
 
     @classmethod
@@ -573,6 +594,6 @@ class ConvEnsemble(Interpreter):
         stats = (torch.empty(dim), torch.empty(dim)) if cfg.normalize else (None, None)
         ens = cls(members, cfg, meta["layers"], shapes, meta["num_classes"], meta["resolution"],
                   meta["generator_hash"], history, meta["label_names"],
-                  None if emb_shape is None else torch.empty(emb_shape), *stats)
+                  None if emb_shape is None else torch.empty(emb_shape), *stats, run_record(meta))
         ens.load_state_dict(weights)
         return ens.to(device).eval()

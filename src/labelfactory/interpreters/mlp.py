@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelfactory.core.divergence import divergence, run_status
 from labelfactory.core.metrics import class_weights
 from labelfactory.features import FeatureStore
 from labelfactory.interpreters.base import (
@@ -58,7 +59,9 @@ from labelfactory.interpreters.base import (
     check_extra_inputs,
     check_tap_statistics,
     extra_input_maps,
+    keep_finite_members,
     read_interpreter,
+    run_record,
     standardise_maps,
     training_inputs,
 )
@@ -123,7 +126,9 @@ class MLPEnsembleConfig:
 
 @dataclass
 class MemberHistory:
-    """How one member was trained: its seed, the pixels it saw, and where it stopped."""
+    """How one member was trained: its seed, the pixels it saw, and where it stopped
+    (``diverged``: the :func:`~labelfactory.core.divergence.divergence` record of a
+    training loss that turned non-finite, else None)."""
 
     seed: int
     train_pixels: int
@@ -132,7 +137,8 @@ class MemberHistory:
     best_batch: int = 0
     best_loss: float = math.inf
     best_accuracy: float = 0.0
-    stop_reason: str = ""  # early_stopping | max_batches | max_epochs
+    stop_reason: str = ""  # early_stopping | max_batches | max_epochs | diverged
+    diverged: dict | None = None
 
 
 def build_member(dim: int, num_classes: int, generator: torch.Generator | None = None) -> nn.Sequential:
@@ -284,10 +290,26 @@ def _fit_member(net: nn.Module, features: Callable[[torch.Tensor], torch.Tensor]
                 gen: torch.Generator, hist: MemberHistory, report: Callable[[int, float, float], None],
                 weight: torch.Tensor | None = None) -> None:
     """Train one member with early stopping on the held-out loss (both weighted per class by
-    ``weight``, if given); leaves it at its best state."""
+    ``weight``, if given); leaves it at its best state. The training losses are read at each
+    evaluation (no synchronisation per batch): the first non-finite one stops the member there,
+    recorded in ``hist.diverged`` (the member as it stopped)."""
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
     best_state: dict[str, torch.Tensor] = {}
     stale = 0
+    pending: list[torch.Tensor] = []  # training losses not yet read
+    finite: list[float] = []  # the last finite one read
+
+    def diverged() -> bool:
+        """Read the pending losses; at a non-finite one, record it in ``hist`` and say so."""
+        values = torch.stack(pending).tolist() if pending else []
+        start = hist.batches - len(values)
+        pending.clear()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                hist.diverged, hist.stop_reason = divergence(start + i, finite), "diverged"
+                return True
+            finite[:] = [v]
+        return False
 
     def evaluate() -> bool:
         nonlocal best_state, stale
@@ -309,29 +331,36 @@ def _fit_member(net: nn.Module, features: Callable[[torch.Tensor], torch.Tensor]
         loss.backward()
         opt.step()
         hist.batches += 1
-        if hist.batches % cfg.eval_every == 0 and evaluate():
-            hist.stop_reason = "early_stopping"
-            break
+        pending.append(loss.detach())
+        if hist.batches % cfg.eval_every == 0:
+            if diverged():
+                break
+            if evaluate():
+                hist.stop_reason = "early_stopping"
+                break
         if hist.batches == cfg.max_batches:
             hist.stop_reason = "max_batches"
             break
-    if hist.batches % cfg.eval_every:
-        evaluate()
-    net.load_state_dict(best_state)
+    if hist.diverged is None and not diverged():
+        if hist.batches % cfg.eval_every:
+            evaluate()
+        net.load_state_dict(best_state)
     net.eval()
 
 
 def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labels: torch.Tensor,
                 pixels: torch.Tensor, num_classes: int, cfg: MLPEnsembleConfig,
-                device: torch.device | str = "cpu",
-                progress: Progress | None = None) -> tuple[list[nn.Sequential], list[MemberHistory]]:
+                device: torch.device | str = "cpu", progress: Progress | None = None,
+                on_divergence: str = "record") -> tuple[list[nn.Sequential], list[MemberHistory]]:
     """Train ``cfg.num_members`` pixel classifiers on any per-pixel feature source.
 
     ``pixels`` are the flat indices of the annotated pixels into ``labels``;
     ``features(pixels[i:j])`` gives their float32 ``[B, dim]`` features. The
     held-out pixels are drawn once with ``cfg.seed`` (at most a fifth of the
     annotated ones) and never trained on; each member has its own seed, derived
-    from ``cfg.seed``, for its initial weights and its data order.
+    from ``cfg.seed``, for its initial weights and its data order. A member whose
+    loss turned non-finite is returned as it stopped, its history's ``diverged`` set
+    (``on_divergence: fail`` raises :class:`~labelfactory.core.divergence.Diverged` instead).
     """
     n_hold = min(cfg.holdout_pixels, len(pixels) // 5)
     if n_hold < 1 or len(pixels) - n_hold < 2:
@@ -362,6 +391,7 @@ def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labe
                 progress(m, batch, loss, acc)
 
         _fit_member(net, features, labels, train, hold_x, hold_y, cfg, gen, hist, report, weight)
+        run_status(hist.diverged, on_divergence, f"interpreter member {m}")
         log.info("member %d: %s after %d batches; best held-out loss %.4f, accuracy %.3f (batch %d)",
                  m, hist.stop_reason, hist.batches, hist.best_loss, hist.best_accuracy, hist.best_batch)
         members.append(net)
@@ -370,7 +400,8 @@ def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labe
 
 
 def train_mlp_ensemble(data: TrainingData, cfg: MLPEnsembleConfig | None = None,
-                       device: torch.device | str = "cpu", progress: Progress | None = None) -> "MLPEnsemble":
+                       device: torch.device | str = "cpu", progress: Progress | None = None,
+                       on_divergence: str = "record") -> "MLPEnsemble":
     """Train DatasetGAN's interpreter on annotated generated images.
 
     ``data`` (checked when built) gives the store, the masks of its images ``ids``
@@ -380,7 +411,10 @@ def train_mlp_ensemble(data: TrainingData, cfg: MLPEnsembleConfig | None = None,
     every held-out evaluation. With ``cfg.normalize`` the features are standardised
     per channel by the statistics of the annotated images' native maps, which the
     ensemble keeps and applies at inference; ``cfg.extra_inputs`` are appended after them
-    (``rgb`` from ``data.images``).
+    (``rgb`` from ``data.images``). Members whose loss turned non-finite are dropped, or,
+    if all did, the ensemble is recorded as diverged
+    (:func:`~labelfactory.interpreters.base.keep_finite_members`); under
+    ``on_divergence: fail`` the first raises :class:`~labelfactory.core.divergence.Diverged`.
     """
     cfg = cfg or MLPEnsembleConfig()
     store, masks, num_classes, ignore_index = data.store, data.masks, data.num_classes, data.ignore_index
@@ -407,9 +441,10 @@ def train_mlp_ensemble(data: TrainingData, cfg: MLPEnsembleConfig | None = None,
         def features(pix: torch.Tensor) -> torch.Tensor:
             return torch.cat([taps(pix), rows.index_select(0, pix)], 1)
 
-    members, history = fit_members(features, dim, labels, pixels, num_classes, cfg, device, progress)
+    members, history = fit_members(features, dim, labels, pixels, num_classes, cfg, device, progress, on_divergence)
+    members, history, run = keep_finite_members(members, history, device)
     return MLPEnsemble(members, cfg, layers, [store.shapes[l][0] for l in layers], num_classes, store.resolution,
-                       store.generator_hash, history, label_names, mean, std)
+                       store.generator_hash, history, label_names, mean, std, run)
 
 
 # -- the trained ensemble ----------------------------------------------------------
@@ -490,7 +525,8 @@ class MLPEnsemble(Interpreter):
     def __init__(self, members: Sequence[nn.Module], cfg: MLPEnsembleConfig, layers: Sequence[str],
                  layer_dims: Sequence[int], num_classes: int, resolution: int, generator_hash: str,
                  history: Sequence[MemberHistory], label_names: Sequence[str] | None = None,
-                 tap_mean: torch.Tensor | None = None, tap_std: torch.Tensor | None = None):
+                 tap_mean: torch.Tensor | None = None, tap_std: torch.Tensor | None = None,
+                 run: Mapping | None = None):
         super().__init__()
         if len(layers) != len(layer_dims) or len(members) != len(history):
             raise ValueError("need one dim per layer and one history per member")
@@ -504,6 +540,7 @@ class MLPEnsemble(Interpreter):
         self.generator_hash = generator_hash
         self.history = list(history)
         self.label_names = None if label_names is None else list(label_names)
+        self.run = {"status": "ok", **(run or {})}
         self._interp_cache: dict[tuple, torch.Tensor] = {}
         self.compute_dtype = torch.float32  # of the fast path's matmuls; see interpreters.PRECISIONS
         # per-channel standardisation of the taps (cfg.normalize); None (not in the state dict) without
@@ -635,6 +672,7 @@ class MLPEnsemble(Interpreter):
             "layers": self.layers, "layer_dims": self.layer_dims, "num_classes": self.num_classes,
             "label_names": self.label_names, "resolution": self.resolution, "generator_hash": self.generator_hash,
             "member_seeds": [h.seed for h in self.history], "history": [asdict(h) for h in self.history],
+            **self.run,
         }
 
     @classmethod
@@ -647,6 +685,6 @@ class MLPEnsemble(Interpreter):
         width = dim + sum(EXTRA_INPUTS[n] for n in cfg.extra_inputs)
         ens = cls([build_member(width, classes) for _ in history], cfg,
                   meta["layers"], meta["layer_dims"], classes, meta["resolution"], meta["generator_hash"],
-                  history, meta["label_names"], *stats)
+                  history, meta["label_names"], *stats, run_record(meta))
         ens.load_state_dict(weights)
         return ens.to(device).eval()
