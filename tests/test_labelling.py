@@ -1,6 +1,8 @@
 """`labelfactory label`: a trained interpreter labels the seeds a user chooses, through the
 synthesis path, with per-pixel uncertainty and PNGs an annotation folder can take back."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -67,7 +69,7 @@ def test_label_reads_the_interpreter_type_from_its_sidecar_and_names_a_bad_one(t
 
 def test_label_quality_against_the_users_truth_masks(trained, tmp_path):
     """Labels exported by `label`, corrected by a user, score the synthetic set's labels."""
-    from labelfactory.experiments.reporting import error_summary, truth_label_errors
+    from labelfactory.experiments.reporting import error_summary, truth_label_errors, write_label_quality
     from labelfactory.synthesis.filtering import filter_manifest
     from labelfactory.synthesis.shards import read_shard_scores
 
@@ -88,6 +90,10 @@ def test_label_quality_against_the_users_truth_masks(trained, tmp_path):
     assert errors["seed"].tolist() == [4, 5]
     assert errors["error"].tolist() == pytest.approx([2 / 15, 0.0])  # 2 of the 15 labelled rows differ
     assert error_summary(errors)["samples"] == 2
+    out = [tmp_path / f"label_quality.{k}" for k in ("csv", "json", "png")]
+    write_label_quality(errors, *out, "truth masks")
+    summary = json.loads(out[1].read_text())
+    assert summary["samples"] == 2 and summary["device"]["kind"] == "cpu"
 
     (truth / "s00000099.png").write_bytes((pngs / "s00000005.png").read_bytes())
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(truth / "s00000003.png")

@@ -187,3 +187,4 @@ def test_reuse_file_writes_the_set_the_report_and_its_summary(reused, tmp_path):
     assert summary["psnr_min"] == pytest.approx(report["psnr"].min())
     assert summary["below_min_psnr"] == [i for i, v in zip(ann.ids, report["psnr"]) if v < threshold]
     assert summary["annotator_agreement_mean"] is None
+    assert summary["device"]["kind"] == backend.device.type and summary["device"]["torch"] == torch.__version__

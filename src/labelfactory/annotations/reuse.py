@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from labelfactory.annotations.annotation_set import AnnotationSet, load_annotation_set
 from labelfactory.core.io import atomic_path, atomic_write_json
+from labelfactory.core.provenance import describe_device
 from labelfactory.generators.base import GeneratorBackend
 from labelfactory.generators.vqgan import reconstruct
 
@@ -153,9 +154,10 @@ def reuse_annotation_file(source: str | os.PathLike, backend: GeneratorBackend, 
                           annotator: ReferenceAnnotator | None = None, min_psnr: float = DEFAULT_MIN_PSNR,
                           annotator_classes: ClassNames = ()) -> dict:
     """:func:`reuse_annotations` of the annotation set at ``source`` (a BigGAN task's): writes
-    the VQGAN's annotation set, the per-image report and its :func:`reuse_summary`, each atomically."""
+    the VQGAN's annotation set, the per-image report and its :func:`reuse_summary` with the
+    backend's ``device`` (:func:`~labelfactory.core.provenance.describe_device`), each atomically."""
     reused, report = reuse_annotations(load_annotation_set(source), backend, annotator, min_psnr, annotator_classes)
-    summary = reuse_summary(report, min_psnr)
+    summary = {**reuse_summary(report, min_psnr), "device": describe_device(backend.device)}
     with atomic_path(report_csv) as tmp:
         report.to_csv(tmp, index=False)
     atomic_write_json(summary_json, summary)

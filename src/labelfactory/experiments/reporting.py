@@ -19,7 +19,7 @@ from PIL import Image
 
 from labelfactory.core.io import atomic_path, atomic_write_json, atomic_write_text
 from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
-from labelfactory.core.provenance import device_line
+from labelfactory.core.provenance import describe_device, device_line
 from labelfactory.core.visualize import overlay
 from labelfactory.downstream.experiment import SETTINGS
 from labelfactory.generators.base import sample_id
@@ -381,10 +381,11 @@ def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_
                         png_path: str | os.PathLike, reference: str = "simulated annotator",
                         class_iou: dict | None = None) -> dict:
     """The per-sample errors (CSV), their summary with ``class_iou`` (JSON; see
-    :func:`label_class_iou`) and the uncertainty-vs-error figure."""
+    :func:`label_class_iou`) and the device it was computed on (the CPU,
+    :func:`~labelfactory.core.provenance.describe_device`), and the uncertainty-vs-error figure."""
     with atomic_path(csv_path) as tmp:
         errors.to_csv(tmp, index=False)
-    summary = {**error_summary(errors), **({"class_iou": class_iou} if class_iou else {})}
+    summary = {**error_summary(errors), **({"class_iou": class_iou} if class_iou else {}), "device": describe_device()}
     atomic_write_json(json_path, summary)
     plot_uncertainty_vs_error(errors, png_path, reference)
     return summary
