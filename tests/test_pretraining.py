@@ -27,7 +27,7 @@ from labelfactory.downstream.pretrain import (PRETRAINING_METHODS, PretrainConfi
 from labelfactory.toybench.scenes import SceneSpec, write_toy_scenes
 from labelfactory.experiments.reporting import collect_transfer, plot_data_efficiency, write_transfer_table
 
-from helpers import REPO, job_counts, snakemake
+from helpers import REPO, job_counts, make_tiny_project, snakemake, update_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -257,3 +257,35 @@ def test_paper_dag_builds(tmp_path):
     counts = _dry_run(tmp_path, "pretraining")
     assert (counts["pretrain_backbone"], counts["finetune"], counts["finetune_semantic"]) == (3, 27, 27)
     assert counts["synthesize"] == 1000 and "toy_scenes" not in counts
+
+
+@pytest.mark.slow
+def test_the_pretraining_target_completes_with_a_diverged_init_shown_in_its_table(tmp_path):
+    """The smallest transfer experiment through the workflow: a random init and a classification init
+    whose pretraining diverges (an absurd learning rate; random inits do not pretrain). Its pretraining and
+    both finetunings from its trunk are recorded as diverged and the table still gets written."""
+    toy = yaml.safe_load(TOY_CONFIG.read_text())["pretraining"]
+    make_tiny_project(tmp_path)  # a valid config's task; the pretraining target builds none of its jobs
+    update_config(tmp_path, {"pretraining": {
+        "arch": "resnet18", "threads": 1, "seeds": 1, "fractions": [1.0],
+        "pretrain": {"steps": 3, "batch_size": 4, "optimizer": "adamw", "lr": 1e30, "output_stride": 8,
+                     "atrous_rates": [1], "head_channels": 8},
+        "inits": {"random": {"method": "random"},
+                  "classification": {"method": "classification", "real": {"classes": ["car", "face"], "size": 32,
+                                                                          "train_images": 8}}},
+        "data": {"type": "toy_scenes", "train_images": 4, "test_images": 2, "size": 64},
+        "detection": {**toy["detection"], "steps": 2, "batch_size": 2, "lr_steps": [1], "warmup_steps": 1},
+        "semantic": {"model_options": {"output_stride": 8, "atrous_rates": [1], "head_channels": 8}, "steps": 2,
+                     "batch_size": 2, "optimizer": "adamw", "lr": 1e-3}}})
+    snakemake(tmp_path, "pretraining", timeout=900)  # completes
+    transfer = tmp_path / "results" / "pretraining"
+    info = json.loads((transfer / "backbones" / "classification" / "pretrain.json").read_text())
+    assert info["status"] == "diverged" and info["device"]["kind"] == "cpu"
+    for stage in ("detection", "semantic"):
+        assert json.loads((transfer / stage / "classification/1/seed0/results.json").read_text())["status"] == \
+            "diverged", stage
+        assert json.loads((transfer / stage / "random/1/seed0/results.json").read_text())["status"] == "ok", stage
+    rows = {line.split("|")[1].strip(): line for line in (transfer / "report/pretraining_table.md").read_text()
+            .splitlines() if line.startswith("| ") and "init" not in line}
+    assert set(rows) == {"random", "classification"}
+    assert "0 + 1 diverged" in rows["classification"] and "diverged" not in rows["random"]
