@@ -156,15 +156,15 @@ class DownstreamSpec:
 @dataclass(frozen=True)
 class ValidationSpec:
     """The config's ``tasks.<t>.validation``: ``folds`` (at most one per image), ensemble
-    ``members`` per fold (None: the task's), the IoU ``min_iou`` every class should reach,
+    ``members`` per fold (None: the task's), the floor ``min_iou`` of every class's IoU,
     ``stop``: whether flagged classes stop the workflow before synthesis, and ``few_shot``:
     whether the downstream model cross-validated on the same folds (``few_shot_steps`` steps,
     None: the task's schedule) is a second baseline."""
 
     enabled: bool = True
     folds: int = 4
-    members: int | None = 1
-    min_iou: float = 0.3
+    members: int | None = 3
+    min_iou: float = 0.2
     stop: bool = False
     few_shot: bool = False
     few_shot_steps: int | None = None
