@@ -20,6 +20,7 @@ from labelfactory.generators.stylegan1 import StyleGAN1Backend, StyleGAN1Config,
 from labelfactory.generators.view import load_task_generator
 
 from formats import rosinality_generator, save_rosinality
+from helpers import assert_float32_close
 
 DATA = Path(__file__).parent / "data"
 REF = load_file(str(DATA / "stylegan1_reference.safetensors"))
@@ -48,8 +49,9 @@ def _avg(name: str) -> np.ndarray:
 def _close(got, want):
     """Equal to the release's float32 output up to summation-order noise: the references were
     made on one CPU, and another CPU's kernels add in another order (seen: 2.4e-5 absolute,
-    9e-6 relative on an Intel Xeon; 1.1e-5 on an AMD EPYC). A wrong weight or op is off by far more."""
-    torch.testing.assert_close(torch.as_tensor(got), want, rtol=1e-4, atol=1e-4)
+    9e-6 relative on an Intel Xeon; 1.1e-5 on an AMD EPYC): relative 1e-4 of each value and of the
+    reference's largest magnitude (helpers.assert_float32_close). A wrong weight or op is off by far more."""
+    assert_float32_close(got, want)
 
 
 def _synth(b, name, **kw):
