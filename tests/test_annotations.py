@@ -432,6 +432,145 @@ def test_labelme_problems(folder, backend, out):
                    "s00000003.json: wrong size: expected 16x16", "found 8x16")
 
 
+# -- CVAT "Segmentation mask 1.1" exports and napari/numpy label arrays -----------------
+# labelmap.txt as CVAT 2.x writes it, its labels in another order than labels.yaml's
+CVAT_LABELMAP = [("background", (0, 0, 0)), ("tail", (250, 50, 83)), ("body", (51, 221, 255)),
+                 ("head", (255, 204, 51))]
+VOC_BORDER = (224, 224, 192)
+
+
+def _write_labelmap(folder, entries):
+    (folder / "labelmap.txt").write_text("# label:color_rgb:parts:actions\n" + "".join(
+        f"{name}:{','.join(map(str, rgb))}::\n" for name, rgb in entries))
+
+
+def _coloured(mask, mode, entries=CVAT_LABELMAP, names=LABELS):
+    """``mask`` (labels.yaml ids, 255 = ignore) painted as CVAT paints it: a palette PNG
+    indexed in labelmap order (VOC's border colour at 255), or the same colours in RGB."""
+    index = np.full(256, 255, np.uint8)
+    for i, (name, _) in enumerate(entries):
+        index[names.index(name)] = i
+    palette = np.zeros((256, 3), np.uint8)
+    palette[:len(entries)] = [rgb for _, rgb in entries]
+    palette[255] = VOC_BORDER
+    im = Image.fromarray(index[mask], mode="P")
+    im.putpalette(palette.ravel().tolist())
+    return im if mode == "P" else im.convert("RGB")
+
+
+def _cvat_export(folder, mode="P", suffix=".image.png", entries=CVAT_LABELMAP, masks=None):
+    """Replace the folder's masks by a CVAT export of them unpacked into it."""
+    _write_labelmap(folder, entries)
+    for d in ("SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
+        (folder / d).mkdir(parents=True)
+    ids = [sample_id(s, -1) for s in SEEDS]
+    for sid, seed in zip(ids, SEEDS):
+        (folder / f"{sid}.png").unlink()
+        mask = label_mask(seed) if masks is None else masks[sid]
+        _coloured(mask, mode, entries).save(folder / "SegmentationClass" / f"{sid}{suffix}")
+        _coloured(np.zeros_like(mask), "P", entries).save(folder / "SegmentationObject" / f"{sid}{suffix}")
+    (folder / "ImageSets/Segmentation/default.txt").write_text("".join(
+        f"{sid}{suffix.removesuffix('.png')}\n" for sid in ids))
+
+
+@pytest.mark.parametrize("mode, suffix", [("P", ".image.png"), ("RGB", ".image.png"), ("P", ".png")])
+def test_cvat_export_is_imported(folder, backend, out, mode, suffix):
+    _cvat_export(folder, mode, suffix)
+    im = Image.open(folder / "SegmentationClass" / f"s00000001{suffix}")
+    assert im.mode == mode and im.format == "PNG"
+    aset = import_annotations(folder, backend, out)
+    assert aset.ids == [sample_id(s, -1) for s in SEEDS]
+    np.testing.assert_array_equal(aset.masks, np.stack([label_mask(s) for s in SEEDS]))
+
+
+def test_cvat_background_is_label_zero_by_its_role(folder, backend, out):
+    """Black is the first label where labels.yaml names it background-like, under
+    either name or none in the labelmap."""
+    entries = [e for e in CVAT_LABELMAP if e[0] != "background"]
+    _cvat_export(folder, "RGB", entries=[("background", (0, 0, 0))] + entries)
+    labels = LabelSet(("_background_", *LABELS[1:]))
+    aset = import_annotations(folder, backend, out, labels=labels)
+    np.testing.assert_array_equal(aset.masks, np.stack([label_mask(s) for s in SEEDS]))
+    out.unlink()
+    _write_labelmap(folder, entries)  # black no longer named in the labelmap
+    aset = import_annotations(folder, backend, out, labels=labels)
+    np.testing.assert_array_equal(aset.masks, np.stack([label_mask(s) for s in SEEDS]))
+    out.unlink()
+    renamed = LabelSet(("sky", *LABELS[1:]))  # not background-like: black must be named
+    expect_failure(folder, backend, out, "SegmentationClass/s00000001.image.png: colours not in labelmap.txt: "
+                   "(0,0,0) (64 px)", labels=renamed)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.uint16])
+def test_npy_label_arrays_are_imported(folder, backend, out, dtype):
+    for s in SEEDS:
+        sid = sample_id(s, -1)
+        (folder / f"{sid}.png").unlink()
+        np.save(folder / f"{sid}.npy", label_mask(s).astype(dtype))
+    aset = import_annotations(folder, backend, out)
+    np.testing.assert_array_equal(aset.masks, np.stack([label_mask(s) for s in SEEDS]))
+
+
+def test_cvat_and_npy_problems_are_reported_at_once(folder, backend, out):
+    masks = {sample_id(s, -1): label_mask(s) for s in SEEDS}
+    _cvat_export(folder, "RGB", masks=masks)
+    _write_labelmap(folder, CVAT_LABELMAP + [("wing", (9, 9, 9)), ("beak", (1, 2))])
+    rgb = np.asarray(Image.open(folder / "SegmentationClass/s00000003.image.png")).copy()
+    rgb[2, 3:5] = (7, 7, 7)
+    rgb[5, 5] = (9, 9, 9)  # wing's colour: its labelmap line is the problem, not the pixel
+    Image.fromarray(rgb).save(folder / "SegmentationClass/s00000003.image.png")
+    Image.fromarray(label_mask(1), mode="L").save(folder / "SegmentationClass/s00000001.image.png")
+    (folder / "SegmentationClass/s00000004.image.png").unlink()
+    np.save(folder / "s00000004.npy", label_mask(4).astype(np.float32))
+    np.save(folder / "s00000099.npy", label_mask(0))
+    _coloured(label_mask(0), "P").save(folder / "SegmentationClass/s00000098.png")
+    err = expect_failure(
+        folder, backend, out,
+        "labelmap.txt: line 6: label 'wing' is not in labels.yaml ['background', 'body', 'head', 'tail']",
+        "labelmap.txt: line 7: expected 'name:r,g,b:parts:actions'",
+        "SegmentationClass/s00000003.image.png: colours not in labelmap.txt: (7,7,7) (2 px)",
+        "SegmentationClass/s00000001.image.png: image mode L: CVAT/VOC masks are palette (P) or RGB PNGs",
+        "s00000004.npy: must be a 2-D integer array of label ids [H, W], got float32 [16, 16]",
+        "s00000099.npy: mask without a manifest row (extra file)",
+        "SegmentationClass/s00000098.png: mask without a manifest row (extra file)")
+    assert len(err.problems) == 7
+
+
+NPY_CASES = {
+    "3-D": (np.zeros((RES, RES, 3), np.int32), "got int32 [16, 16, 3]"),
+    "bool": (np.zeros((RES, RES), bool), "s00000001.npy: must be a 2-D integer array of label ids [H, W], got bool"),
+    "negative": (np.full((RES, RES), -1, np.int32), "s00000001.npy: label ids must lie in 0..255, found -1..-1"),
+    "too large": (np.full((RES, RES), 300, np.int64), "s00000001.npy: label ids must lie in 0..255, found 300..300"),
+    "out of range": (np.full((RES, RES), 7, np.uint8), "s00000001.npy: label ids out of range 0..3 (ignore 255)"),
+    "wrong size": (np.zeros((8, RES), np.uint8), "s00000001.npy: wrong size: expected 16x16"),
+    "pickled": (np.array([{"a": 1}], dtype=object), "s00000001.npy: unreadable .npy"),
+}
+
+
+@pytest.mark.parametrize("case", list(NPY_CASES))
+def test_bad_npy_masks(folder, backend, out, case):
+    array, needle = NPY_CASES[case]
+    (folder / "s00000001.png").unlink()
+    np.save(folder / "s00000001.npy", array)
+    err = expect_failure(folder, backend, out, needle)
+    assert len(err.problems) == 1
+
+
+def test_one_mask_per_sample_across_formats(folder, backend, out):
+    np.save(folder / "s00000001.npy", label_mask(1))
+    masks = {sample_id(s, -1): label_mask(s) for s in SEEDS}
+    _cvat_export(folder, masks=masks)
+    fill_in(folder)
+    (folder / "SegmentationClass/s00000004.image.png").unlink()
+    (folder / "labelmap.txt").unlink()
+    err = expect_failure(folder, backend, out,
+                         "s00000003.image.png: s00000003.png and SegmentationClass/s00000003.image.png exist",
+                         "SegmentationClass/s00000001.image.png: s00000001.png, s00000001.npy and "
+                         "SegmentationClass/s00000001.image.png exist; keep one mask",
+                         "labelmap.txt: missing")
+    assert len(err.problems) == 3
+
+
 # -- labels.yaml ------------------------------------------------------------------
 @pytest.mark.parametrize("doc, needle", [
     ({"names": ["background"]}, "need 2 to 255 label names, got 1"),

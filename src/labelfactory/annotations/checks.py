@@ -103,6 +103,23 @@ def read_png_mask(path: Path, problems: list[str]) -> np.ndarray | None:
     return np.asarray(im, dtype=np.uint8)
 
 
+def read_npy_mask(path: Path, problems: list[str]) -> np.ndarray | None:
+    """A napari/numpy label array ``<id>.npy``: 2-D integer label ids, as uint8."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        problems.append(f"{path.name}: unreadable .npy ({e})")
+        return None
+    if not isinstance(a, np.ndarray) or a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
+        got = f"{a.dtype} {list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+        problems.append(f"{path.name}: must be a 2-D integer array of label ids [H, W], got {got}")
+        return None
+    if a.size and (a.min() < 0 or a.max() > 255):
+        problems.append(f"{path.name}: label ids must lie in 0..255, found {a.min()}..{a.max()}")
+        return None
+    return a.astype(np.uint8)
+
+
 def size_problem(shape: Sequence[int], resolution: int | tuple[int, int]) -> str | None:
     """Why a mask of ``shape`` does not fit a generator of ``resolution`` (or the (H, W) of its image view), or None."""
     expected = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)

@@ -4,8 +4,10 @@ every sample and write one :class:`~labelfactory.annotations.annotation_set.Anno
 A task's annotation folder holds ``labels.yaml`` (label names, optional
 ``ignore_index``), ``manifest.csv`` (one row per annotated sample: ``id``,
 ``seed``, ``class`` and optionally ``truncation``, ``noise``,
-``generator_hash``) and per sample a mask ``<id>.png`` (8-bit single-channel or
-palette PNG of label ids) or a LabelMe ``<id>.json``, optionally with the latent
+``generator_hash``) and per sample one mask: ``<id>.png`` (8-bit single-channel or
+palette PNG of label ids), a LabelMe ``<id>.json``, a napari/numpy label array
+``<id>.npy`` or, where a CVAT "Segmentation mask 1.1" export is unpacked in the
+folder (``labelmap.txt``), its ``SegmentationClass/<id>[.image].png``; optionally with the latent
 ``<id>.latent.npy`` and the annotated image ``<id>.image.png``. Folders in the
 layout of DatasetGAN's or BigDatasetGAN's release are recognised and read by
 :mod:`.datasetgan_release` and :mod:`.bigdatasetgan_release`. Every problem found
@@ -34,7 +36,16 @@ from labelfactory.annotations.checks import (
     class_problem,
     count_problems,
     read_latent,
+    read_npy_mask,
     read_png_mask,
+)
+from labelfactory.annotations.cvat import (
+    LABELMAP_FILE,
+    SEGMENTATION_DIR,
+    cvat_mask_files,
+    cvat_mask_ids,
+    read_cvat_mask,
+    read_labelmap,
 )
 from labelfactory.annotations.datasetgan_release import datasetgan_layout, import_datasetgan_annotations
 from labelfactory.annotations.handout import IMAGE_SUFFIX, LATENT_SUFFIX, MANIFEST_FILE, render_uint8
@@ -44,6 +55,9 @@ from labelfactory.generators.base import UNCONDITIONAL, GeneratorBackend
 from labelfactory.generators.view import view_of
 
 log = logging.getLogger(__name__)
+
+MASK_SUFFIXES = (".png", ".json", ".npy")
+
 
 @dataclass
 class _Row:
@@ -114,6 +128,30 @@ def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noi
     return rows
 
 
+def _mask_files(ann_dir: Path, sid: str) -> list[Path]:
+    """The masks of sample ``sid`` present in the folder, in any of the formats."""
+    own = [p for p in (ann_dir / f"{sid}{suffix}" for suffix in MASK_SUFFIXES) if p.is_file()]
+    return own + cvat_mask_files(ann_dir, sid)
+
+
+def _read_mask(path: Path, name: str, labelset: LabelSet | None, colours: dict[int, int] | None,
+               problems: list[str]) -> np.ndarray | None:
+    if path.parent.name == SEGMENTATION_DIR:
+        return read_cvat_mask(path, name, colours, problems)
+    if path.suffix == ".json":
+        return read_labelme_mask(path, labelset, problems)
+    return read_npy_mask(path, problems) if path.suffix == ".npy" else read_png_mask(path, problems)
+
+
+def _extra_masks(ann_dir: Path, known: set[str]) -> list[str]:
+    """A problem for each mask, in any of the formats, of no manifest row."""
+    files = [f for f in sorted(ann_dir.iterdir()) if f.suffix in MASK_SUFFIXES and f.is_file() and not (
+        f.name.startswith(".") or f.name.endswith(IMAGE_SUFFIX) or f.name.endswith(LATENT_SUFFIX))]
+    names = [f.name for f in files if f.stem not in known]
+    names += [f"{SEGMENTATION_DIR}/{f.name}" for sid, f in cvat_mask_ids(ann_dir).items() if sid not in known]
+    return [f"{name}: mask without a manifest row (extra file)" for name in names]
+
+
 def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, out_h5: str | os.PathLike,
                        truncation: float = 1.0, noise: str = "const",
                        labels: LabelSet | str | os.PathLike | None = None,
@@ -158,7 +196,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     res, view = backend.resolution, view_of(backend)
     shape = res if view.crop is None else view.shape(res)
     if only_masked:
-        masked = [r for r in rows if (ann_dir / f"{r.id}.png").is_file() or (ann_dir / f"{r.id}.json").is_file()]
+        masked = [r for r in rows if _mask_files(ann_dir, r.id)]
         if len(masked) < len(rows):
             log.warning("%s: importing the %d of %d manifest rows that have a mask; %d without one skipped",
                         ann_dir, len(masked), len(rows), len(rows) - len(masked))
@@ -166,18 +204,25 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
             problems.append(f"{MANIFEST_FILE}: no row has a mask")
         rows = masked
 
+    colours = None
+    if (ann_dir / LABELMAP_FILE).is_file():
+        colours = read_labelmap(ann_dir / LABELMAP_FILE, labelset, problems)
+    elif cvat_mask_ids(ann_dir):
+        problems.append(f"{LABELMAP_FILE}: missing (the colours of the masks in {SEGMENTATION_DIR}/; "
+                        "unpack the whole CVAT export)")
+
     masks: dict[str, np.ndarray] = {}
     latents: dict[str, np.ndarray] = {}
     for row in rows:
-        png, lm = ann_dir / f"{row.id}.png", ann_dir / f"{row.id}.json"
-        if png.is_file() and lm.is_file():
-            problems.append(f"{lm.name}: both {png.name} and {lm.name} exist; keep one mask")
-        elif not png.is_file() and not lm.is_file():
-            problems.append(f"{png.name}: missing mask for manifest row {row.id!r}")
+        found = _mask_files(ann_dir, row.id)
+        names = [p.relative_to(ann_dir).as_posix() for p in found]
+        if len(found) > 1:
+            problems.append(f"{names[-1]}: {', '.join(names[:-1])} and {names[-1]} exist; keep one mask")
+        elif not found:
+            problems.append(f"{row.id}.png: missing mask for manifest row {row.id!r}")
         else:
-            mask = read_png_mask(png, problems) if png.is_file() else read_labelme_mask(lm, labelset, problems)
-            if mask is not None and check_mask(png.name if png.is_file() else lm.name, mask, shape, labelset,
-                                                problems):
+            mask = _read_mask(found[0], names[0], labelset, colours, problems)
+            if mask is not None and check_mask(names[0], mask, shape, labelset, problems):
                 masks[row.id] = view.pad(mask, res, labelset.ignore_index)
         if row.seed is not None:
             expected = backend.draw_latents([row.seed], None if row.cls is None or not backend.num_classes
@@ -187,13 +232,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
             if z is not None and row.cls is not None:
                 latents[row.id] = z
 
-    known = {r.id for r in rows}
-    for f in sorted(ann_dir.iterdir()):
-        if (f.name.startswith(".") or f.name.endswith(IMAGE_SUFFIX) or f.suffix not in (".png", ".json")
-                or not f.is_file()):
-            continue
-        if f.stem not in known:
-            problems.append(f"{f.name}: mask without a manifest row (extra file)")
+    problems += _extra_masks(ann_dir, {r.id for r in rows})
 
     by_id = {r.id: r for r in rows}
     rendered: dict[str, np.ndarray] = {}
