@@ -42,6 +42,13 @@ CONV = ConvInterpreterConfig(iterations=30, **SMALL)
 FITS = {"mlp": (train_mlp_ensemble, MLP, "mlp_data"), "conv": (train_conv_ensemble, CONV, "conv_data")}
 
 
+def strict_json(path):
+    """A JSON file parsed as strict JSON: ``Infinity``/``NaN`` (which other readers refuse) fail the test."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds the non-standard JSON constant {constant}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def assert_diverged_record(record):
     assert record["status"] == "diverged" and record["what"] == "loss"
     assert record["step"] >= 1 and math.isfinite(record["last_finite_loss"])  # the first batch's loss is finite
@@ -58,7 +65,7 @@ def test_all_members_diverged_is_recorded_and_refused_where_it_would_label(kind,
     else:
         assert all(h.iterations == h.diverged["step"] < cfg.iterations for h in ens.history)
     ens.save(tmp_path / "interpreter.safetensors")
-    sidecar = json.loads((tmp_path / "interpreter.json").read_text())
+    sidecar = strict_json(tmp_path / "interpreter.json")
     assert_diverged_record(sidecar)
     assert sidecar["step"] == ens.history[0].diverged["step"] and sidecar["device"]["kind"] == "cpu"
     with pytest.raises(ValueError, match="every member of this interpreter diverged in training") as e:

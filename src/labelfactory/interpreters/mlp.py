@@ -135,7 +135,7 @@ class MemberHistory:
     holdout_pixels: int
     batches: int = 0
     best_batch: int = 0
-    best_loss: float = math.inf
+    best_loss: float | None = None  # None until a held-out loss was finite (strict JSON in the sidecar)
     best_accuracy: float = 0.0
     stop_reason: str = ""  # early_stopping | max_batches | max_epochs | diverged
     diverged: dict | None = None
@@ -315,7 +315,7 @@ def _fit_member(net: nn.Module, features: Callable[[torch.Tensor], torch.Tensor]
         nonlocal best_state, stale
         loss, acc = _evaluate(net, hold_x, hold_y, weight)
         report(hist.batches, loss, acc)
-        if loss < hist.best_loss:
+        if math.isfinite(loss) and (hist.best_loss is None or loss < hist.best_loss):
             hist.best_loss, hist.best_accuracy, hist.best_batch = loss, acc, hist.batches
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             stale = 0
@@ -344,7 +344,10 @@ def _fit_member(net: nn.Module, features: Callable[[torch.Tensor], torch.Tensor]
     if hist.diverged is None and not diverged():
         if hist.batches % cfg.eval_every:
             evaluate()
-        net.load_state_dict(best_state)
+        if best_state:
+            net.load_state_dict(best_state)
+        else:  # the training loss stayed finite, the held-out loss never was
+            hist.diverged, hist.stop_reason = divergence(hist.batches, finite, "held-out loss"), "diverged"
     net.eval()
 
 
@@ -392,7 +395,7 @@ def fit_members(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labe
 
         _fit_member(net, features, labels, train, hold_x, hold_y, cfg, gen, hist, report, weight)
         run_status(hist.diverged, on_divergence, f"interpreter member {m}")
-        log.info("member %d: %s after %d batches; best held-out loss %.4f, accuracy %.3f (batch %d)",
+        log.info("member %d: %s after %d batches; best held-out loss %s, accuracy %.3f (batch %d)",
                  m, hist.stop_reason, hist.batches, hist.best_loss, hist.best_accuracy, hist.best_batch)
         members.append(net)
         histories.append(hist)
