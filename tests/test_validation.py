@@ -12,6 +12,7 @@ from test_interpreter import NAMES, linear_labels, random_maps, write_store
 
 import labelfactory.experiments.validation_report as report
 from labelfactory.config.specs import ValidationSpec
+from labelfactory.core.divergence import Diverged
 from labelfactory.experiments.validation_report import validate_interpreter
 from labelfactory.interpreters import TrainingData
 from labelfactory.interpreters.mlp import MLPEnsembleConfig
@@ -88,3 +89,26 @@ def test_report_files_warning_and_the_stop_gate(tmp_path, caplog, monkeypatch):
     summary["stop"] = False
     out["json"].write_text(json.dumps(summary))
     require_validated(out["json"])  # warned, not stopped
+
+
+def test_folds_whose_interpreter_diverged_are_marked_not_scored(tmp_path, caplog, monkeypatch):
+    """An absurd learning rate: every member of every fold diverges; the report says so in its files
+    and in one warning line, instead of scoring NaN predictions or failing."""
+    data = _data(tmp_path)
+    ann = SimpleNamespace(masks=data.masks, labels=SimpleNamespace(names=NAMES, ignore_index=255), ids=data.ids,
+                          generator_hash=data.store.generator_hash, classes=np.zeros(len(data.ids), np.int32),
+                          images=np.zeros((*data.masks.shape, 3), np.uint8))
+    monkeypatch.setattr(report, "load_annotation_set", lambda path: ann)
+    out = {k: tmp_path / f"validation.{k}" for k in ("csv", "json", "png")}
+    summary = validate_interpreter("toy", tmp_path / "features.h5", "ann.h5",
+                                   {"type": "mlp", "lr": 1e30, "max_epochs": 2, "eval_every": 20},
+                                   ValidationSpec(folds=2, members=2), out["csv"], out["json"], out["png"])
+    assert summary["diverged_folds"] == [0, 1] and summary["dropped_members"] == [0, 0]  # all diverged: all kept
+    assert summary["interpreter"]["miou"] is None and summary["average_mask"]["miou"] is None
+    assert json.loads(out["json"].read_text())["diverged_folds"] == [0, 1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == report.log.name]
+    assert warnings == ["toy: every interpreter member diverged in training on fold(s) 1, 2 of 2, left out of the "
+                        "held-out scores; try a lower interpreter.lr"]
+    with pytest.raises(Diverged, match="interpreter member 0: the loss became non-finite"):
+        cross_validate_interpreter(data, "mlp", MLPEnsembleConfig(lr=1e30, max_epochs=2), ValidationSpec(folds=2),
+                                   on_divergence="fail")

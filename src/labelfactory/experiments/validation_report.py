@@ -31,6 +31,7 @@ from labelfactory.interpreters.base import INTERPRETERS, TrainingData
 from labelfactory.interpreters.validation import (
     ValidationSpec,
     cross_validate_interpreter,
+    diverged_fold_lines,
     flagged_classes,
     warning_lines,
 )
@@ -121,10 +122,11 @@ def validate_interpreter(task: str, features: str | os.PathLike, annotations: st
     ann = load_annotation_set(annotations)
     data = TrainingData.from_annotations(FeatureStore.open(features), ann,
                                          class_embedding=class_embedding if kind.class_conditional else None)
-    result = cross_validate_interpreter(data, kind.name, kind.config_class(**options), spec, device)
+    result = cross_validate_interpreter(data, kind.name, kind.config_class(**options), spec, device, on_divergence)
     names = list(ann.labels.names)
     flagged = flagged_classes(result, names, spec.min_iou)
-    baselines = f"average mask {result['average_mask']['miou']:.2f}"
+    prior = result["average_mask"]["miou"]  # None when no fold was scored
+    baselines = "average mask " + ("not scored" if prior is None else f"{prior:.2f}")
     if spec.few_shot:
         cfg = few_shot_config(downstream, spec.few_shot_steps, threads)
         result["few_shot"] = {**cross_validate_few_shot(ann.images, ann.masks, result["held_out"], len(names), cfg,
@@ -137,13 +139,14 @@ def validate_interpreter(task: str, features: str | os.PathLike, annotations: st
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     miou = result["interpreter"]["miou"]
+    scored = f"mIoU {miou:.2f}" if miou is not None else "every fold diverged"
     plot_validation(table, spec.min_iou, f"{task}: held-out IoU over {result['folds']} folds of {result['images']} "
-                    f"annotations (mIoU {miou:.2f}, {baselines})", out_png)
+                    f"annotations ({scored}, {baselines})", out_png)
     summary = {"task": task, **result, "min_iou": spec.min_iou, "stop": spec.stop, "flagged": flagged,
                "device": describe_device(device, threads)}
     atomic_write_json(out_json, summary)
-    log.info("%s: held-out mIoU %.3f (%s) over %d folds", task, miou, baselines, result["folds"])
-    lines = warning_lines(task, flagged)
+    log.info("%s: held-out %s (%s) over %d folds", task, scored, baselines, result["folds"])
+    lines = warning_lines(task, flagged) + diverged_fold_lines(task, result)
     for line in lines:
         log.warning("%s", line)
     return summary

@@ -81,11 +81,13 @@ def _predict(interpreter, data: TrainingData, index: np.ndarray, device: torch.d
 
 
 def cross_validate_interpreter(data: TrainingData, interpreter_type: str, cfg, spec: ValidationSpec,
-                               device: torch.device | str = "cpu") -> dict:
+                               device: torch.device | str = "cpu", on_divergence: str = "record") -> dict:
     """Held-out scores of the interpreter and of the average mask, per class, over ``spec.folds``
     folds of the annotated images: ``{"interpreter": scores, "average_mask": scores, "folds": n,
-    "held_out": [each fold's image indices], ...}`` with scores as
-    :func:`~labelfactory.core.metrics.scores_from_confusion` gives them."""
+    "held_out": [each fold's image indices], "diverged_folds": [...], "dropped_members": [...]}``
+    with scores as :func:`~labelfactory.core.metrics.scores_from_confusion` gives them. A fold
+    whose every member diverged in training (``on_divergence: record``) is left out of both scores
+    and listed in ``diverged_folds``; ``dropped_members`` counts each fold's diverged members."""
     kind = INTERPRETERS.get(interpreter_type)
     cfg = kind.config_class() if cfg is None else cfg
     if spec.members is not None:
@@ -95,16 +97,24 @@ def cross_validate_interpreter(data: TrainingData, interpreter_type: str, cfg, s
     held_out = torch.zeros(k, k, dtype=torch.int64)
     baseline = torch.zeros(k, k, dtype=torch.int64)
     folds = image_folds(n, spec.folds, seed=getattr(cfg, "seed", 0))
+    diverged, dropped = [], []
     for f, test in enumerate(folds):
         train = np.setdiff1d(np.arange(n), test)
         log.info("validation fold %d/%d: training on %d images, scoring %d", f + 1, len(folds), len(train), len(test))
-        interpreter = kind.fit(_subset(data, train), cfg, device=device)
+        interpreter = kind.fit(_subset(data, train), cfg, device=device, on_divergence=on_divergence)
+        dropped.append(len(interpreter.run.get("dropped_members", [])))
+        if interpreter.run["status"] == "diverged":
+            log.warning("validation fold %d/%d: every member diverged in training; the fold is not scored",
+                        f + 1, len(folds))
+            diverged.append(f)
+            continue
         target = torch.from_numpy(data.masks[test].astype(np.int64))
         held_out += confusion_matrix(_predict(interpreter, data, test, device), target, k, data.ignore_index)
         prior = torch.from_numpy(average_mask(data.masks[train], k)).expand_as(target)
         baseline += confusion_matrix(prior, target, k, data.ignore_index)
     names = data.label_names
     return {"folds": len(folds), "images": n, "members": cfg.num_members, "held_out": [t.tolist() for t in folds],
+            "diverged_folds": diverged, "dropped_members": dropped,
             "interpreter": scores_from_confusion(held_out, names), "average_mask": scores_from_confusion(baseline, names)}
 
 
@@ -170,6 +180,15 @@ def flagged_classes(result: dict, names: Sequence[str], min_iou: float) -> list[
 def warning_lines(task: str, flagged: list[dict]) -> list[str]:
     """One console line per flagged class, saying what to try."""
     return [f"{task}: class {f['class']!r}: {f['reason']}; try: {', '.join(REMEDIES)}" for f in flagged]
+
+
+def diverged_fold_lines(task: str, result: dict) -> list[str]:
+    """One console line when the interpreter diverged in training on some folds (they are not scored)."""
+    folds = result.get("diverged_folds", [])
+    if not folds:
+        return []
+    return [f"{task}: every interpreter member diverged in training on fold(s) {', '.join(str(f + 1) for f in folds)} "
+            f"of {result['folds']}, left out of the held-out scores; try a lower interpreter.lr"]
 
 
 def require_validated(summary_json: str | os.PathLike) -> None:
