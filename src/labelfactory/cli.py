@@ -152,6 +152,44 @@ def _probe_taps(args) -> None:
         log.info("wrote %s", args.out)
 
 
+def _annotate_push(args) -> None:
+    from labelfactory.annotations.label_studio import LabelStudio, interpreter_predictions, push
+    from labelfactory.annotations.labels import load_labels
+
+    if args.interpreter and not args.checkpoint:
+        raise ValueError("--interpreter needs --checkpoint: the generator that renders the samples it labels")
+    labels = load_labels(args.labels)
+    predictions, version = None, "labelfactory"
+    if args.interpreter:
+        from labelfactory.core.io import sha256_file
+        from labelfactory.core.runtime import resolve_device
+        from labelfactory.generators.loading import load_generator
+        from labelfactory.interpreters import load_interpreter
+
+        device = resolve_device(args.device)
+        backend = load_generator(args.checkpoint, device, fmt=args.format)
+        interpreter = load_interpreter(args.interpreter_type, args.interpreter, device)
+        predictions = interpreter_predictions(backend, interpreter, args.samples, args.batch_size)
+        version = f"{Path(args.interpreter).stem}-{sha256_file(args.interpreter)[:12]}"
+    done = push(LabelStudio(args.url), args.samples, labels, args.project, predictions, version)
+    print(f"project {done['project']}: {done['created']} new tasks ({done['predictions']} with pre-annotations), "
+          f"{done['skipped']} already there")
+
+
+def _annotate_pull(args) -> None:
+    from labelfactory.annotations.label_studio import LabelStudio, pull
+    from labelfactory.annotations.labels import load_labels
+
+    backend = None
+    if args.checkpoint:
+        from labelfactory.core.runtime import resolve_device
+        from labelfactory.generators.loading import load_generator
+
+        backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
+    manifest = pull(LabelStudio(args.url), args.project, args.out, load_labels(args.labels), backend)
+    print(f"wrote {len(manifest)} annotated samples to {args.out}")
+
+
 def _toyworld_sheet(args) -> None:
     from labelfactory.toybench.world import sample_sheet
 
@@ -257,6 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="also write the table to this CSV")
     q.add_argument("--device", default="auto")
     q.set_defaults(func=_probe_taps)
+
+    a = sub.add_parser("annotate", help="annotate in Label Studio: push samples (with pre-annotations), pull masks "
+                                        "(server: --url or $LABEL_STUDIO_URL, key: $LABEL_STUDIO_API_KEY)")
+    tool = a.add_subparsers(dest="action", required=True)
+    ap = tool.add_parser("push", help="upload a sample_for_annotation folder as tasks of a brush-label project")
+    ap.add_argument("--samples", required=True, help="the hand-out folder (results/<task>/for_annotation)")
+    ap.add_argument("--interpreter", help="attach this interpreter's labels as pre-annotations (needs --checkpoint)")
+    ap.add_argument("--interpreter-type", help="mlp, conv, ... (default: what the interpreter's sidecar says)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.set_defaults(func=_annotate_push)
+    al = tool.add_parser("pull", help="write the project's finished annotations as a checked annotation folder")
+    al.add_argument("--out", required=True, help="the annotation folder to write (new or empty)")
+    al.set_defaults(func=_annotate_pull)
+    for cmd in (ap, al):
+        cmd.add_argument("--project", required=True, help="the Label Studio project's title")
+        cmd.add_argument("--labels", required=True, help="the task's labels.yaml")
+        cmd.add_argument("--checkpoint", help="the task's generator (push: to run --interpreter; pull: check the "
+                                              "annotated images against their seeds' re-renders)")
+        cmd.add_argument("--url", help="the Label Studio server (default: $LABEL_STUDIO_URL)")
+        cmd.add_argument("--format", default="auto", help="checkpoint format (default: detect)")
+        cmd.add_argument("--device", default="auto")
 
     t = sub.add_parser("toyworld-sheet", help="write a PNG sample sheet of the toy world")
     t.add_argument("--out", required=True)
