@@ -17,6 +17,7 @@ from helpers import tiny_biggan
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.coco_export import CocoImage, export_synthetic, mask_annotation, write_coco
 from labelfactory.toybench.scenes import SceneSpec, render_scene, write_toy_scenes
+from labelfactory.synthesis.dataset import SyntheticDataset
 from labelfactory.synthesis.shards import ShardSettings, read_samples, synthesize_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,7 +72,7 @@ def test_synthetic_shard_exports_one_instance_per_kept_sample(tmp_path):
     manifest = pd.DataFrame({"shard": str(shard), "index": np.arange(6), "seed": np.arange(50, 56),
                              "class": classes, "score": 0.0, "kept": [True, True, False, True, True, True]})
     labels = ClassAwareLabels((0, 1), ("cat", "dog"))
-    summary = export_synthetic(manifest, labels, tmp_path / "coco" / "train.json")
+    summary = export_synthetic(SyntheticDataset(manifest), labels, tmp_path / "coco" / "train.json")
     images, masks = read_samples(shard, [0, 1, 3, 4, 5])
     assert summary == {"images": 5, "instances": 5, "empty_images": 0}
     assert 0 < (masks == 1).mean() < 1  # the check below is not vacuous
@@ -101,14 +102,15 @@ def test_ignore_pixels_and_empty_samples(tmp_path):
 
     manifest = pd.DataFrame({"shard": "s", "index": [0, 1], "seed": [0, 1], "class": [3, 3], "score": 0.0,
                              "kept": True})
-    summary = export_synthetic(manifest, ClassAwareLabels((3,), ("tree",)), tmp_path / "a.json", reader=reader)
+    summary = export_synthetic(SyntheticDataset(manifest, reader=reader), ClassAwareLabels((3,), ("tree",)),
+                               tmp_path / "a.json")
     assert summary == {"images": 2, "instances": 1, "empty_images": 1}
     coco = COCO(str(tmp_path / "a.json"))
     (ann,) = coco.loadAnns(coco.getAnnIds())
     assert ann["image_id"] == 1 and ann["area"] == 12 and ann["bbox"] == [2, 2, 4, 3]
     with pytest.raises(ValueError, match="not one of the task's classes"):
-        export_synthetic(manifest.assign(**{"class": 9}), ClassAwareLabels((3,), ("tree",)), tmp_path / "b.json",
-                         reader=reader)
+        export_synthetic(SyntheticDataset(manifest.assign(**{"class": 9}), reader=reader),
+                         ClassAwareLabels((3,), ("tree",)), tmp_path / "b.json")
 
 
 def test_write_coco_refuses_unknown_categories(tmp_path):

@@ -14,6 +14,7 @@ from helpers import REPO, TINY_SEGMENTATION
 from labelfactory.config import WorkflowConfig, load_config
 from labelfactory.downstream.data import (IGNORE_INDEX, ArraySegmentation, Augment, ShardGroupedSampler,
                                           ShardSegmentation, augment_pair)
+from labelfactory.synthesis.dataset import SyntheticDataset
 from labelfactory.toybench.datasets import ToyWorldSegmentation
 from labelfactory.downstream.experiment import seg_config
 from labelfactory.downstream.models import SEGMENTATION_MODELS, WeightsError, build_segmentation_model
@@ -195,12 +196,12 @@ def test_shard_dataset_returns_kept_samples_in_manifest_order():
         "kept": [True, True, False, True, True, False],
     })
     reader = _FakeReader()
-    ds = ShardSegmentation(manifest, reader)
+    ds = ShardSegmentation(SyntheticDataset(manifest, reader=reader))
     assert [_decode(ds[i][0]) for i in range(len(ds))] == [104, 2, 101, 5]
     assert ds[3][1].tolist() == [[2] * 4] * 4
     assert ("s0.h5", [2, 5]) in reader.calls and ("s1.h5", [1, 4]) in reader.calls
     assert all(len(ids) <= 2 for _, ids in reader.calls), "only kept samples are read"
-    everything = ShardSegmentation(manifest, _FakeReader(), kept_only=False)
+    everything = ShardSegmentation(SyntheticDataset(manifest, reader=_FakeReader(), kept_only=False))
     assert [_decode(everything[i][0]) for i in range(6)] == [104, 2, 0, 101, 5, 103]
 
 
@@ -209,7 +210,7 @@ def test_grouped_sampler_reads_each_shard_once_per_epoch_and_mixes_a_window_of_s
     manifest = pd.DataFrame({"shard": ["s0.h5", "s1.h5", "s2.h5", "s3.h5"] * (n // 4), "index": range(n),
                              "kept": True})
     reader = _FakeReader()
-    ds = ShardSegmentation(manifest, reader, window=2)
+    ds = ShardSegmentation(SyntheticDataset(manifest, reader=reader, window=2))
     it = iter(ShardGroupedSampler(ds, torch.Generator().manual_seed(0)))
     epoch = [next(it) for _ in range(n)]
     assert sorted(epoch) == list(range(n))

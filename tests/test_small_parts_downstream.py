@@ -17,11 +17,13 @@ from labelfactory.core.metrics import class_weights, class_weights_from_counts
 from labelfactory.downstream import segmentation
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.data import (IGNORE_INDEX, ArraySegmentation, ShardGroupedSampler, ShardSegmentation,
-                                          WithAnnotations, ignore_uncertain)
+                                          WithAnnotations)
 from labelfactory.downstream.experiment import SETTINGS, SettingInputs, seg_config
 from labelfactory.downstream.segmentation import (SegTrainConfig, dataset_class_weights, segmentation_loss,
                                                   train_segmentation)
+from labelfactory.synthesis.dataset import SyntheticDataset
 from labelfactory.synthesis.filtering import write_manifest
+from labelfactory.synthesis.ignore import ignore_uncertain
 from labelfactory.synthesis.shards import (ShardError, ShardSettings, read_samples_with_uncertainty,
                                            synthesize_shard)
 
@@ -150,7 +152,7 @@ def _decode(x: torch.Tensor) -> int:
 def _with_annotations(n_synthetic=12, n_annotations=3, share=0.2, window=2, reader=None):
     manifest = pd.DataFrame({"shard": [f"s{k}.h5" for k in range(4)] * (n_synthetic // 4),
                              "index": np.arange(n_synthetic), "kept": True})
-    synthetic = ShardSegmentation(manifest, reader or _FakeReader(), window=window)
+    synthetic = ShardSegmentation(SyntheticDataset(manifest, reader=reader or _FakeReader(), window=window))
     images = np.stack([np.full((2, 2, 3), 200 + a, np.uint8) for a in range(n_annotations)])
     annotations = ArraySegmentation(images, np.full((n_annotations, 2, 2), 9, np.uint8))
     return WithAnnotations(synthetic, annotations, share)
@@ -189,7 +191,8 @@ def test_sampler_reads_each_shard_once_and_spreads_the_annotations():
     assert len({ds.shards[i] for i in epoch[:24] if i < 24}) == 2
     again = iter(ShardGroupedSampler(ds, torch.Generator().manual_seed(0)))
     assert [next(again) for _ in range(len(ds))] == epoch  # deterministic
-    only = WithAnnotations(ShardSegmentation(pd.DataFrame({"shard": [], "index": [], "kept": []}), _FakeReader()),
+    empty = SyntheticDataset(pd.DataFrame({"shard": [], "index": [], "kept": []}), reader=_FakeReader())
+    only = WithAnnotations(ShardSegmentation(empty),
                            ArraySegmentation(np.zeros((3, 2, 2, 3), np.uint8), np.zeros((3, 2, 2), np.uint8)), 0.5)
     it = iter(ShardGroupedSampler(only, torch.Generator()))
     assert len(only) == 3 and sorted(next(it) for _ in range(3)) == [0, 1, 2]  # no kept sample: annotations alone
@@ -208,7 +211,7 @@ def _old_epoch(shards, window, generator):
 
 def test_sampler_order_is_unchanged_without_in_memory_items():
     manifest = pd.DataFrame({"shard": [f"s{k % 5}.h5" for k in range(23)], "index": range(23), "kept": True})
-    ds = ShardSegmentation(manifest, _FakeReader(), window=2)
+    ds = ShardSegmentation(SyntheticDataset(manifest, reader=_FakeReader(), window=2))
     it = iter(ShardGroupedSampler(ds, torch.Generator().manual_seed(7)))
     old_gen = torch.Generator().manual_seed(7)
     assert [next(it) for _ in range(46)] == _old_epoch(ds.shards, 2, old_gen) + _old_epoch(ds.shards, 2, old_gen)
@@ -348,7 +351,7 @@ def test_synthetic_settings_ignore_the_most_uncertain_pixels(tmp_path, shards):
             assert int(ignored.sum()) == 64  # a quarter of 16 × 16
             assert torch.equal(label[~ignored], old[~ignored])
     kept = SETTINGS.get("synthetic_filtered")(inputs, LABELS)
-    _, _, unc = read_samples_with_uncertainty(kept.shards[0], [kept.indices[0]])
+    _, _, unc = read_samples_with_uncertainty(kept.shards[0], [kept.samples.indices[0]])
     ignored = (kept[0][1] == IGNORE_INDEX).numpy()
     assert unc[0][ignored].min() >= unc[0][~ignored].max() and unc[0].max() > unc[0].min()
     few = SETTINGS.get("synthetic_plus_annotations")(inputs, LABELS)

@@ -190,6 +190,20 @@ def _annotate_pull(args) -> None:
     print(f"wrote {len(manifest)} annotated samples to {args.out}")
 
 
+def _export(args) -> None:
+    from labelfactory.downstream import coco_export  # noqa: F401  (registers the coco format)
+    from labelfactory.synthesis.export import ExportOptions, export_task
+
+    names = dict(pair.split("=", 1) for pair in args.class_names) if args.class_names else None
+    options = ExportOptions(include_dropped=args.include_dropped, ignore_uncertain=args.ignore_uncertain,
+                            piece_size=args.piece_size, image_format=args.image_format,
+                            class_names={int(k): v for k, v in names.items()} if names else None)
+    summary = export_task(args.task_dir, args.format, args.out, options, replace=args.replace)
+    state = "already up to date" if summary["up_to_date"] else "exported"
+    print(f"{state}: {summary['samples']} samples as {args.format} in {args.out} ({summary['files']} files, "
+          "checksums in SHA256SUMS)")
+
+
 def _toyworld_sheet(args) -> None:
     from labelfactory.toybench.world import sample_sheet
 
@@ -316,6 +330,20 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--url", help="the Label Studio server (default: $LABEL_STUDIO_URL)")
         cmd.add_argument("--format", default="auto", help="checkpoint format (default: detect)")
         cmd.add_argument("--device", default="auto")
+
+    x = sub.add_parser("export", help="export a task's synthetic set (kept samples) as WebDataset tars, a Hugging "
+                                      "Face dataset, VOC folders or COCO JSON; resumable, with SHA256SUMS")
+    x.add_argument("--task-dir", required=True, help="the task's results folder (results/<task>)")
+    x.add_argument("--format", required=True, choices=["webdataset", "hf", "voc", "coco"])
+    x.add_argument("--out", required=True, help="the export's folder (an interrupted export there resumes)")
+    x.add_argument("--include-dropped", action="store_true", help="also the samples the filter dropped (marked)")
+    x.add_argument("--ignore-uncertain", type=float, default=0.0, metavar="Q",
+                   help="label the most uncertain fraction Q of each sample's pixels 255 (default 0: none)")
+    x.add_argument("--piece-size", type=int, default=1000, help="samples per tar / Parquet file / piece")
+    x.add_argument("--image-format", choices=["jpg", "png"], default="jpg", help="VOC images (png: lossless)")
+    x.add_argument("--class-names", nargs="+", metavar="ID=NAME", help="names of a class-conditional task's classes")
+    x.add_argument("--replace", action="store_true", help="delete an export of other settings found in --out")
+    x.set_defaults(func=_export)
 
     t = sub.add_parser("toyworld-sheet", help="write a PNG sample sheet of the toy world")
     t.add_argument("--out", required=True)

@@ -9,28 +9,32 @@ with its pixel ``area`` and the tight ``bbox`` ``[x, y, w, h]`` around its
 pixels. Category ids are 1..K, in the order of the category names given.
 
 Sources: the synthetic samples of a BigDatasetGAN task (one instance per
-sample: its object mask, of the sample's class) and any iterable of
-:class:`CocoImage` (e.g. the multi-object toy scenes).
+sample: its object mask, of the sample's class; the export format ``coco`` of
+:mod:`labelfactory.synthesis.export`, registered here) and any iterable of
+:class:`CocoImage` (e.g. the multi-object toy scenes). Written as a stream: memory
+holds one image, however many there are.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from labelfactory.core.io import atomic_write_text
-from labelfactory.synthesis.shards import read_samples
+from labelfactory.core.io import atomic_path
 from labelfactory.downstream.class_aware import OBJECT, ClassAwareLabels
-from labelfactory.downstream.data import Reader
+from labelfactory.synthesis.dataset import Sample, SyntheticDataset
+from labelfactory.synthesis.export.base import EXPORTERS, ExportOptions, TaskInfo, pieces
+from labelfactory.synthesis.export.journal import Journal
 
-IMAGE_FOLDER, SEMANTIC_FOLDER = "images", "semantic"
+IMAGE_FOLDER, SEMANTIC_FOLDER, COCO_JSON = "images", "semantic", "annotations.json"
 
 
 @dataclass(frozen=True)
@@ -63,62 +67,127 @@ def mask_annotation(mask: np.ndarray) -> dict:
     }
 
 
-def write_coco(json_path: str | Path, categories: Sequence[str], images: Iterable[CocoImage]) -> dict:
-    """Write ``images`` as PNGs under ``<json dir>/images/`` (their semantic masks
-    under ``semantic/``), then the COCO JSON, atomically: an existing JSON means a
-    complete dataset. Returns counts: ``images``, ``instances``, ``empty_images``."""
-    json_path = Path(json_path)
-    (json_path.parent / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
-    num_categories = len(categories)
-    records, annotations, empty = [], [], 0
-    for image_id, item in enumerate(images, start=1):
+class CocoWriter:
+    """Streams a COCO dataset to ``json_path``: each added image's PNG (and semantic mask) under the
+    JSON's folder, its record into the JSON and its instances into a spool file, so memory holds one
+    image; :meth:`close` appends the instances and renames the JSON into place (an existing JSON
+    means a complete dataset). The JSON is the one ``json.dumps`` writes of all records at once."""
+
+    def __init__(self, json_path: str | Path, categories: Sequence[str]):
+        self.json_path, self.root, self.categories = Path(json_path), Path(json_path).parent, list(categories)
+        (self.root / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
+        self._atomic = atomic_path(self.json_path)
+        tmp = self._atomic.__enter__()
+        self._json = open(tmp, "w")
+        self._spool = tempfile.TemporaryFile("w+", dir=self.root)
+        self._json.write('{"images": [')
+        self.counts = {"images": 0, "instances": 0, "empty_images": 0}
+
+    def add(self, item: CocoImage, write_files: bool = True) -> list[Path]:
+        """Add ``item`` as the next image (id 1, 2, ...); returns its files, written unless
+        ``write_files`` is False (a resumed export whose files are already in place)."""
+        image_id = self.counts["images"] + 1
         h, w = item.image.shape[:2]
         masks = np.asarray(item.masks, dtype=bool).reshape(-1, h, w)
         if len(masks) != len(item.category_ids):
             raise ValueError(f"image {image_id}: {len(masks)} masks but {len(item.category_ids)} category ids")
         record = {**item.extra, "id": image_id, "file_name": f"{IMAGE_FOLDER}/{image_id:08d}.png",
                   "height": h, "width": w}
-        Image.fromarray(item.image).save(json_path.parent / record["file_name"])
+        files = {self.root / record["file_name"]: item.image}
         if item.semantic is not None:
             record["semantic_file_name"] = semantic = f"{SEMANTIC_FOLDER}/{image_id:08d}.png"
-            (json_path.parent / SEMANTIC_FOLDER).mkdir(exist_ok=True)
-            Image.fromarray(np.asarray(item.semantic, dtype=np.uint8)).save(json_path.parent / semantic)
-        records.append(record)
+            files[self.root / semantic] = np.asarray(item.semantic, dtype=np.uint8)
         for mask, cat in zip(masks, item.category_ids):
-            if not 1 <= int(cat) <= num_categories:
-                raise ValueError(f"image {image_id}: category id {cat} outside 1..{num_categories}")
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cat),
-                                **mask_annotation(mask)})
-        empty += len(masks) == 0
-    atomic_write_text(json_path, json.dumps({
-        "images": records,
-        "annotations": annotations,
-        "categories": [{"id": k + 1, "name": str(n), "supercategory": "object"} for k, n in enumerate(categories)],
-    }) + "\n")
-    return {"images": len(records), "instances": len(annotations), "empty_images": empty}
+            if not 1 <= int(cat) <= len(self.categories):
+                raise ValueError(f"image {image_id}: category id {cat} outside 1..{len(self.categories)}")
+            self.counts["instances"] += 1
+            self._spool.write((", " if self.counts["instances"] > 1 else "") + json.dumps(
+                {"id": self.counts["instances"], "image_id": image_id, "category_id": int(cat),
+                 **mask_annotation(mask)}))
+        if write_files:
+            for path, array in files.items():
+                path.parent.mkdir(exist_ok=True)
+                with atomic_path(path) as tmp:
+                    Image.fromarray(array).save(tmp, format="PNG")
+        self._json.write((", " if image_id > 1 else "") + json.dumps(record))
+        self.counts["images"] = image_id
+        self.counts["empty_images"] += len(masks) == 0
+        return list(files)
+
+    def close(self) -> dict:
+        """Finish the JSON and rename it into place; returns the counts: ``images``, ``instances``,
+        ``empty_images``."""
+        self._json.write('], "annotations": [')
+        self._spool.seek(0)
+        shutil.copyfileobj(self._spool, self._json)
+        self._json.write('], "categories": ' + json.dumps(
+            [{"id": k + 1, "name": str(n), "supercategory": "object"} for k, n in enumerate(self.categories)]) + "}\n")
+        self._json.close()
+        self._spool.close()
+        self._atomic.__exit__(None, None, None)
+        return dict(self.counts)
+
+    def abort(self) -> None:
+        """Drop the unfinished JSON (the image files written so far stay)."""
+        self._json.close()
+        self._spool.close()
+        self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary JSON
 
 
-
-def synthetic_images(manifest: pd.DataFrame, labels: ClassAwareLabels, kept_only: bool = True,
-                     reader: Reader = read_samples) -> Iterator[CocoImage]:
-    """The samples of a manifest (kept ones unless ``kept_only=False``), read one
-    shard at a time, each with one instance: its object mask (label 1; ignore
-    pixels are left out) of the category of its generator class. A sample with
-    no object pixel comes without instance."""
-    rows = manifest[manifest["kept"].astype(bool)] if kept_only else manifest
-    for shard, group in rows.groupby("shard", sort=False):
-        indices, classes = group["index"].to_numpy(dtype=np.int64), group["class"].to_numpy(dtype=np.int64)
-        images, masks = reader(str(shard), indices)
-        for image, mask, cat, index, seed, cls in zip(images, masks, labels.label_of(classes), indices,
-                                                      group["seed"].to_numpy(dtype=np.int64), classes):
-            obj = (mask == OBJECT)[None]
-            has = bool(obj.any())
-            yield CocoImage(image, obj if has else obj[:0], [int(cat)] if has else [],
-                            extra={"shard": str(shard), "index": int(index), "seed": int(seed), "class": int(cls)})
+def write_coco(json_path: str | Path, categories: Sequence[str], images: Iterable[CocoImage]) -> dict:
+    """Write ``images`` as PNGs under ``<json dir>/images/`` (their semantic masks under
+    ``semantic/``) and the COCO JSON (:class:`CocoWriter`). Returns counts: ``images``,
+    ``instances``, ``empty_images``."""
+    writer = CocoWriter(json_path, categories)
+    try:
+        for item in images:
+            writer.add(item)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
-def export_synthetic(manifest: pd.DataFrame, labels: ClassAwareLabels, json_path: str | Path,
-                     kept_only: bool = True, reader: Reader = read_samples) -> dict:
+def synthetic_images(samples: Iterable[Sample], labels: ClassAwareLabels) -> Iterator[CocoImage]:
+    """Each sample of a class-conditional task with one instance: its object mask (label 1; ignore
+    pixels are left out) of the category of its generator class. A sample with no object pixel
+    comes without instance."""
+    for s in samples:
+        (cat,) = labels.label_of([s.cls])
+        obj = (s.arrays["label"] == OBJECT)[None]
+        has = bool(obj.any())
+        yield CocoImage(s.arrays["image"], obj if has else obj[:0], [int(cat)] if has else [],
+                        extra={"key": s.key, "shard": Path(s.shard).name, "index": s.index, "seed": s.seed,
+                               "class": s.cls, "score": s.score, "kept": s.kept})
+
+
+def export_synthetic(samples: SyntheticDataset, labels: ClassAwareLabels, json_path: str | Path) -> dict:
     """A BigDatasetGAN task's synthetic set as COCO JSON + PNGs (see :func:`synthetic_images`);
     categories are the task's class names."""
-    return write_coco(json_path, labels.names, synthetic_images(manifest, labels, kept_only, reader))
+    return write_coco(json_path, labels.names, synthetic_images(samples.stream(), labels))
+
+
+@EXPORTERS.register("coco")
+def export_coco(samples: SyntheticDataset, out: Path, info: TaskInfo, options: ExportOptions,
+                journal: Journal) -> list[Path]:
+    """The export format ``coco`` (class-conditional tasks): ``annotations.json`` and
+    ``images/``, piece by piece; a resumed export re-reads the finished pieces' samples for their
+    records but keeps their verified image files."""
+    if not info.class_names:
+        raise ValueError(f"COCO export is for class-conditional tasks (one instance per sample of its class); "
+                         f"{info.name} has no generator classes: export hf, voc or webdataset")
+    classes = sorted(info.class_names)
+    labels = ClassAwareLabels(tuple(classes), tuple(info.class_names[c] for c in classes))
+    writer = CocoWriter(out / COCO_JSON, labels.names)
+    try:
+        for number, start, stop in pieces(samples, options):
+            piece, done = f"piece-{number:06d}", journal.done(f"piece-{number:06d}")
+            files = [f for item in synthetic_images(samples.stream(start, stop, options.batch_size), labels)
+                     for f in writer.add(item, write_files=not done)]
+            if not done:
+                journal.record(piece, files)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return [out / COCO_JSON]

@@ -13,17 +13,16 @@ evaluation never sees it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from labelfactory.core.metrics import IGNORE_INDEX
+from labelfactory.synthesis.dataset import SyntheticDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,82 +59,43 @@ class ArraySegmentation(Dataset):
         return to_tensors(self.images[i], self.labels[i])
 
 
-Reader = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
 LabelMap = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (labels [n,H,W], classes [n]) -> labels
 
 
 class ShardSegmentation(Dataset):
-    """Generated samples in shards, listed by a manifest (columns ``shard``,
-    ``index``, ``kept``), in manifest order; only kept rows unless
-    ``kept_only=False``.
-
-    ``reader(shard, indices)`` returns ``(images [n,H,W,3] uint8, labels [n,H,W])``
-    (or, as soft targets, float class probabilities ``[n,C,H,W]``) for increasing ``indices``. Up to ``window`` shards are cached (all of this
-    dataset's samples in each, read in one call), so memory stays at ``window``
-    shards; :class:`ShardGroupedSampler` shuffles the samples of ``window`` shards
-    at a time together, so a batch mixes shards (and, for per-class shards,
-    classes: class-pure batches let batch norm learn the class of the batch
-    instead of the pixels) while every shard is read once per epoch.
-    ``label_map(labels, classes)`` turns the stored labels into the training
-    labels (e.g. BigDatasetGAN's binary masks into class-aware labels; the
-    manifest then needs its ``class`` column).
+    """Generated samples for training: the items of ``samples`` (a
+    :class:`~labelfactory.synthesis.dataset.SyntheticDataset` whose fields are an image and its
+    label, or, as soft targets, its float class probabilities ``[C,H,W]``) as normalised tensors,
+    in its order. Its ``shards`` and ``window`` let :class:`ShardGroupedSampler` shuffle the
+    samples of ``window`` shards at a time together, so a batch mixes shards (and, for per-class
+    shards, classes: class-pure batches let batch norm learn the class of the batch instead of
+    the pixels) while every shard is read once per epoch.
+    ``label_map(labels, classes)`` turns the stored labels into the training labels (e.g.
+    BigDatasetGAN's binary masks into class-aware labels, by the manifest's ``class``).
     """
 
-    def __init__(self, manifest: pd.DataFrame, reader: Reader, kept_only: bool = True,
-                 label_map: LabelMap | None = None, window: int = 8):
-        rows = manifest[manifest["kept"].astype(bool)] if kept_only else manifest
-        self.shards = rows["shard"].astype(str).to_numpy()
-        self.indices = rows["index"].to_numpy(dtype=np.int64)
-        self.classes = rows["class"].to_numpy(dtype=np.int64) if label_map is not None else None
-        self.reader = reader
-        self.label_map = label_map
-        self.window = window
-        self._cache: OrderedDict[str, tuple[dict[int, int], np.ndarray, np.ndarray]] = OrderedDict()
+    def __init__(self, samples: SyntheticDataset, label_map: LabelMap | None = None):
+        if len(samples.fields) != 2:
+            raise ValueError(f"a training dataset reads an image and its label, not {list(samples.fields)}")
+        self.samples, self.label_map = samples, label_map
+        self.classes = samples.rows["class"].to_numpy(dtype=np.int64) if label_map is not None else None
+
+    @property
+    def shards(self) -> np.ndarray:
+        return self.samples.shards
+
+    @property
+    def window(self) -> int:
+        return self.samples.window
 
     def __len__(self) -> int:
-        return len(self.indices)
-
-    def _load(self, shard: str) -> None:
-        wanted = np.unique(self.indices[self.shards == shard])
-        images, labels = self.reader(shard, wanted)
-        if len(images) != len(wanted) or len(labels) != len(wanted):
-            raise ValueError(f"reader returned {len(images)} images / {len(labels)} labels "
-                             f"for {len(wanted)} indices of {shard}")
-        if self.label_map is not None:
-            in_shard = self.shards == shard
-            cls_of = dict(zip(self.indices[in_shard].tolist(), self.classes[in_shard].tolist()))
-            labels = self.label_map(labels, np.array([cls_of[int(k)] for k in wanted]))
-        self._cache[shard] = ({int(k): r for r, k in enumerate(wanted)}, images, labels)
-        while len(self._cache) > self.window:
-            self._cache.popitem(last=False)
+        return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shard = self.shards[i]
-        if shard not in self._cache:
-            self._load(shard)
-        self._cache.move_to_end(shard)
-        rows, images, labels = self._cache[shard]
-        r = rows[int(self.indices[i])]
-        return to_tensors(images[r], labels[r])
-
-
-def ignore_uncertain(labels: np.ndarray, uncertainty: np.ndarray, fraction: float,
-                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """``labels`` ``[N,H,W]`` with the ``round(fraction·H·W)`` most uncertain pixels of each image
-    (by ``uncertainty`` ``[N,H,W]``, e.g. the per-pixel JS divergence; ties go to the first
-    pixel in row-major order) set to ``ignore_index``, as Dataset Diffusion does; a copy."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"the fraction of uncertain pixels to ignore must lie in [0, 1), got {fraction}")
-    if uncertainty.shape != labels.shape:
-        raise ValueError(f"uncertainty {uncertainty.shape} does not match labels {labels.shape}")
-    out = np.array(labels, copy=True)
-    n = out.shape[0]
-    k = round(fraction * out[0].size) if n else 0
-    if k:
-        flat = -np.asarray(uncertainty, dtype=np.float32).reshape(n, -1)
-        top = np.argsort(flat, axis=1, kind="stable")[:, :k]
-        out.reshape(n, -1)[np.arange(n)[:, None], top] = ignore_index
-    return out
+        image, label = self.samples.arrays(i)
+        if self.label_map is not None:
+            label = self.label_map(label[None], self.classes[i : i + 1])[0]
+        return to_tensors(image, label)
 
 
 class WithAnnotations(Dataset):

@@ -40,18 +40,18 @@ from labelfactory.core.io import atomic_write_json
 from labelfactory.core.provenance import describe_device
 from labelfactory.synthesis.filtering import read_manifest
 from labelfactory.core.registry import Registry
+from labelfactory.synthesis.dataset import SyntheticDataset
+from labelfactory.synthesis.ignore import ignore_uncertain
 from labelfactory.synthesis.shards import (
-    read_samples,
     read_samples_with_probabilities,
     read_samples_with_probabilities_and_uncertainty,
-    read_samples_with_uncertainty,
     require_probabilities,
     require_uncertainty,
 )
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.cross_validation import cross_validate
 from labelfactory.downstream import datasets  # noqa: F401  (registers the public datasets' readers)
-from labelfactory.downstream.data import ArraySegmentation, ShardSegmentation, WithAnnotations, ignore_uncertain
+from labelfactory.downstream.data import ArraySegmentation, ShardSegmentation, WithAnnotations
 from labelfactory.downstream.real import RealDataSpec, real_dataset
 from labelfactory.downstream.segmentation import (SegTrainConfig, evaluate_segmentation, load_model, load_snapshots, per_image_confusions,
                            save_model, train_segmentation)
@@ -100,18 +100,11 @@ def few_shot(inputs: SettingInputs, labels: LabelSet) -> Dataset:
     return ArraySegmentation(ann.images, masks)
 
 
-def read_samples_ignoring_uncertain(shard: str, indices: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`~labelfactory.synthesis.shards.read_samples` with the ``fraction`` most uncertain
-    pixels of each sample labelled ignore (:func:`~labelfactory.downstream.data.ignore_uncertain`)."""
-    images, labels, uncertainty = read_samples_with_uncertainty(shard, indices)
-    return images, ignore_uncertain(labels, uncertainty, fraction)
-
-
 def read_soft_targets(shard: str, indices: np.ndarray, fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Images and the members' mean class probabilities float16 ``[K,C,H,W]`` of the samples
     (:func:`~labelfactory.synthesis.shards.read_samples_with_probabilities`); with ``fraction``,
     the probabilities of each sample's most uncertain pixels set to 0, which the loss ignores
-    (the pixels :func:`~labelfactory.downstream.data.ignore_uncertain` picks)."""
+    (the pixels :func:`~labelfactory.synthesis.ignore.ignore_uncertain` picks)."""
     if not fraction:
         return read_samples_with_probabilities(shard, indices)
     images, probabilities, uncertainty = read_samples_with_probabilities_and_uncertainty(shard, indices)
@@ -124,22 +117,19 @@ def _shards(inputs: SettingInputs, kept_only: bool, combined: tuple[str, ...] = 
     if inputs.manifest is None:
         raise ValueError("the synthetic settings need the filter's manifest")
     label_map = None if inputs.class_aware is None else inputs.class_aware.apply
+    manifest = pd.concat([read_manifest(m) for m in (inputs.manifest, *combined)], ignore_index=True)
     if soft:
         if label_map is not None:
             raise ValueError("synthetic_soft trains on the interpreter's probabilities over the annotated "
                              "labels; it does not take class-aware labels (downstream.labels: class_aware)")
-        reader = partial(read_soft_targets, fraction=inputs.uncertain_pixels)
+        samples = SyntheticDataset(manifest, kept_only=kept_only,
+                                   reader=partial(read_soft_targets, fraction=inputs.uncertain_pixels))
+        require_probabilities(list(dict.fromkeys(samples.shards)))  # fail now, not mid-training
+        if inputs.uncertain_pixels:
+            require_uncertainty(list(dict.fromkeys(samples.shards)))
     else:
-        reader = read_samples if inputs.uncertain_pixels == 0 else \
-            partial(read_samples_ignoring_uncertain, fraction=inputs.uncertain_pixels)
-    manifest = pd.concat([read_manifest(m) for m in (inputs.manifest, *combined)], ignore_index=True)
-    dataset = ShardSegmentation(manifest, reader, kept_only=kept_only, label_map=label_map)
-    shards = list(dict.fromkeys(dataset.shards))  # fail now, not mid-training
-    if soft:
-        require_probabilities(shards)
-    if inputs.uncertain_pixels:
-        require_uncertainty(shards)
-    return dataset
+        samples = SyntheticDataset(manifest, kept_only=kept_only, ignore_uncertain=inputs.uncertain_pixels)
+    return ShardSegmentation(samples, label_map=label_map)
 
 
 @SETTINGS.register("synthetic")

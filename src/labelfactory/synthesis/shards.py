@@ -375,7 +375,7 @@ def read_shard_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 def read_samples(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 ``[K,H,W,3]`` and labels uint8 ``[K,H,W]`` of the samples at
     ``indices`` (any order, repeats allowed), read through their checksums."""
-    images, labels = _read_per_sample(path, indices, ("images", "labels"))
+    images, labels = read_per_sample(path, indices, ("images", "labels"))
     return images, labels
 
 
@@ -383,7 +383,7 @@ def read_samples_with_uncertainty(path: str | os.PathLike, indices: Sequence[int
                                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`read_samples` and the per-pixel uncertainty float16 ``[K,H,W]`` (JS divergence) of
     the samples; a shard written without it (``synthesis.store_uncertainty: false``) is a ShardError."""
-    images, labels, uncertainty = _read_per_sample(path, indices, ("images", "labels", "uncertainty"))
+    images, labels, uncertainty = read_per_sample(path, indices, ("images", "labels", "uncertainty"))
     return images, labels, uncertainty
 
 
@@ -391,14 +391,14 @@ def read_samples_with_probabilities(path: str | os.PathLike, indices: Sequence[i
                                     ) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 ``[K,H,W,3]`` and the members' mean class probabilities float16 ``[K,C,H,W]``
     of the samples; a shard written without them (``synthesis.store_probabilities: false``) is a ShardError."""
-    images, probabilities = _read_per_sample(path, indices, ("images", "probabilities"))
+    images, probabilities = read_per_sample(path, indices, ("images", "probabilities"))
     return images, probabilities
 
 
 def read_samples_with_probabilities_and_uncertainty(path: str | os.PathLike, indices: Sequence[int] | np.ndarray
                                                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`read_samples_with_probabilities` and the per-pixel uncertainty float16 ``[K,H,W]``."""
-    images, probabilities, uncertainty = _read_per_sample(path, indices, ("images", "probabilities", "uncertainty"))
+    images, probabilities, uncertainty = read_per_sample(path, indices, ("images", "probabilities", "uncertainty"))
     return images, probabilities, uncertainty
 
 
@@ -433,9 +433,10 @@ def _require(paths: Sequence[str | os.PathLike], name: str, missing: Callable[[s
             raise ShardError(missing(path))
 
 
-def _read_per_sample(path: str | os.PathLike, indices: Sequence[int] | np.ndarray,
-                     names: Sequence[str]) -> tuple[np.ndarray, ...]:
-    """The per-sample datasets ``names`` at ``indices`` (any order, repeats allowed)."""
+def read_per_sample(path: str | os.PathLike, indices: Sequence[int] | np.ndarray,
+                    names: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """The per-sample datasets ``names`` (e.g. ``("images", "labels")``) at ``indices`` (any order,
+    repeats allowed), read through their checksums; an absent optional dataset is a ShardError."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     try:
         with h5py.File(path, "r") as f:
