@@ -258,6 +258,7 @@ def _spec_classes():
     from labelfactory.generators.torch_module import TorchModuleConfig
     from labelfactory.interpreters.conv import ConvInterpreterConfig
     from labelfactory.interpreters.mlp import MLPEnsembleConfig
+    from labelfactory.synthesis.export import ExportOptions
     from labelfactory.synthesis.shards import ShardSettings
     from labelfactory.toybench.scenes import SceneSpec
 
@@ -272,6 +273,7 @@ def _spec_classes():
         (specs.SynthesisSpec, f"{task}/properties/synthesis", {}, {}),
         (specs.ValidationSpec, f"{task}/properties/validation", {}, {}),
         (ShardSettings, task, {}, shard),
+        (ExportOptions, f"{task}/properties/export", {}, {}),
         (specs.DownstreamSpec, ds, {}, {}),
         (specs.InitSpec, "$defs/init", {}, {}),
         (TorchModuleConfig, "$defs/torch_module", {}, {}),

@@ -3,10 +3,11 @@
 An export is a sequence of *pieces* (a tar shard, a Parquet file, a block of image files),
 each written to temporary names and renamed when complete (:func:`~labelfactory.core.io.atomic_path`),
 so no half-written file ever carries a final name. After each piece the journal
-(``.export-journal.jsonl``) gets one line with the sha256 of each of its files. A re-run with the
-same settings keeps every journaled piece whose files still match their checksums and redoes the
-rest; at the end ``SHA256SUMS`` (``sha256sum -c`` format, every file of the export) replaces the
-journal, and its presence marks a finished export.
+(``.export-journal.jsonl``, first line the export's settings) gets one line with the sha256 of
+each of its files. A re-run with the same settings keeps every journaled piece whose files still
+match their checksums and redoes the rest. At the end ``export.json`` (the settings and the
+export's files) and ``SHA256SUMS`` (``sha256sum -c`` format, every file) replace the journal;
+``SHA256SUMS`` is written last and marks a finished export.
 """
 
 from __future__ import annotations
@@ -26,48 +27,38 @@ class ExportConflict(ValueError):
 
 
 class Journal:
-    """The pieces of one export in ``out`` already written, for the export ``settings`` (JSON-able;
-    a folder holding another export's journal or finished files is refused, nothing is mixed, unless
-    ``replace``: then that export's files are deleted first). ``finished``: the export was finished and every file still matches ``SHA256SUMS``."""
+    """The pieces of one export in ``out`` already written, for the export ``settings`` (JSON-able).
+    A folder holding an export of other settings (finished or not) is refused, so nothing is
+    mixed, unless ``replace``: then that export's files are deleted first. ``finished``: the export
+    was finished and every file still matches ``SHA256SUMS``."""
 
     def __init__(self, out: str | os.PathLike, settings: dict, replace: bool = False):
         self.out = Path(out)
         self.settings = json.loads(json.dumps(settings, sort_keys=True))
         self.out.mkdir(parents=True, exist_ok=True)
-        if replace:
-            self._remove_other_export()
-        self.pieces: dict[str, dict[str, str]] = {}
-        if (self.out / CHECKSUMS).exists():
-            self._check_settings(json.loads((self.out / SETTINGS).read_text()))
-            self.finished = _verified(self.out, read_checksums(self.out / CHECKSUMS))
-            if self.finished:
-                return
-            (self.out / CHECKSUMS).unlink()  # a file changed since: export again
-        self.finished = False
-        lines = _complete_lines(self.out / JOURNAL)
-        if lines:
-            self._check_settings(lines[0])
-            self.pieces = {entry["piece"]: entry["files"] for entry in lines[1:]}
-        atomic_write_text(self.out / JOURNAL, "".join(json.dumps(e, sort_keys=True) + "\n"
-                                                      for e in [self.settings, *lines[1:]]))
+        journal = _complete_lines(self.out / JOURNAL)
+        previous = json.loads((self.out / SETTINGS).read_text()) if (self.out / SETTINGS).exists() else None
+        if previous is not None and previous["settings"] != self.settings:
+            self._other_export(previous["settings"], [*previous["files"], SETTINGS, CHECKSUMS], replace)
+            previous = None
+        if journal and journal[0] != self.settings:
+            self._other_export(journal[0], [n for e in journal[1:] for n in e["files"]] + [JOURNAL], replace)
+            journal = []
+        self.finished = previous is not None and (self.out / CHECKSUMS).exists() and \
+            _verified(self.out, read_checksums(self.out / CHECKSUMS))
+        self.pieces = {e["piece"]: e["files"] for e in journal[1:]}
+        if not self.finished:
+            (self.out / CHECKSUMS).unlink(missing_ok=True)  # a file changed since: export again
+            atomic_write_text(self.out / JOURNAL, "".join(json.dumps(e, sort_keys=True) + "\n"
+                                                          for e in [self.settings, *journal[1:]]))
 
-    def _remove_other_export(self) -> None:
-        """Delete the files of an export with other settings in ``out`` (those its checksum list or
-        journal names, and those two files)."""
-        sums, journal = self.out / CHECKSUMS, _complete_lines(self.out / JOURNAL)
-        if sums.exists() and json.loads((self.out / SETTINGS).read_text()) != self.settings:
-            names = [*read_checksums(sums), CHECKSUMS]
-        elif journal and journal[0] != self.settings:
-            names = [name for entry in journal[1:] for name in entry["files"]] + [JOURNAL]
-        else:
-            return
-        for name in names:
+    def _other_export(self, settings: dict, files: list[str], replace: bool) -> None:
+        """Refuse the export of other ``settings`` found in ``out``, or with ``replace`` delete its ``files``."""
+        if not replace:
+            raise ExportConflict(f"{self.out} holds an export with other settings "
+                                 f"({json.dumps(settings, sort_keys=True)}); choose another output folder or delete it")
+        for name in files:
             (self.out / name).unlink(missing_ok=True)
-
-    def _check_settings(self, found: dict) -> None:
-        if found != self.settings:
-            raise ExportConflict(f"{self.out} holds an export with other settings ({json.dumps(found, sort_keys=True)}); "
-                                 "choose another output folder or delete it")
 
     def checksums(self) -> dict[str, str]:
         """The finished export's ``SHA256SUMS`` as ``{relative path: sha256}``."""
@@ -87,12 +78,12 @@ class Journal:
         self.pieces[piece] = sums
 
     def finish(self, files: Iterable[str | os.PathLike] = ()) -> dict[str, str]:
-        """Write ``export.json`` (the settings) and ``SHA256SUMS`` over every journaled file plus
-        ``files``; remove the journal. Returns the checksums by relative path."""
-        atomic_write_json(self.out / SETTINGS, self.settings)
+        """Write ``export.json`` and then ``SHA256SUMS`` over every journaled file plus ``files``
+        (paths under ``out``); remove the journal. Returns the checksums by relative path."""
         sums = {name: sha for piece in self.pieces.values() for name, sha in piece.items()}
-        for f in [*files, self.out / SETTINGS]:
-            sums[Path(f).relative_to(self.out).as_posix()] = sha256_file(f)
+        sums.update({Path(f).relative_to(self.out).as_posix(): sha256_file(f) for f in files})
+        atomic_write_json(self.out / SETTINGS, {"settings": self.settings, "files": sorted(sums)})
+        sums[SETTINGS] = sha256_file(self.out / SETTINGS)
         atomic_write_text(self.out / CHECKSUMS, "".join(f"{sums[k]}  {k}\n" for k in sorted(sums)))
         (self.out / JOURNAL).unlink(missing_ok=True)
         self.finished = True
