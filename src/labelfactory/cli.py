@@ -12,13 +12,32 @@ import numpy as np
 log = logging.getLogger("labelfactory")
 
 
-def _load_inputs(args):
-    """The backend, latents ``[N, *latent_shape]`` and classes (or None) a render-like command names."""
-    from labelfactory.generators.loading import load_generator
-    from labelfactory.generators.view import set_average_latent, set_truncation_cutoff
-    from labelfactory.core.runtime import resolve_device
+def _load_backend(args):
+    """The generator a render-like command names; a guided-diffusion state dict with its --model-flags."""
+    import json
 
-    backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
+    from labelfactory.core.runtime import resolve_device
+    from labelfactory.generators.loading import backend_from_raw, load_generator
+
+    if not args.model_flags:
+        return load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
+    from labelfactory.generators.guided_diffusion import read_guided_diffusion
+
+    flags = json.loads(Path(args.model_flags).read_text())
+    return backend_from_raw(read_guided_diffusion(args.checkpoint, flags)).to(resolve_device(args.device))
+
+
+def _is_diffusion(backend) -> bool:
+    """Diffusion backends take images to features (x_T to samples) instead of latents to both."""
+    return hasattr(backend, "image_features")
+
+
+def _load_inputs(args, backend):
+    """The latents ``[N, *latent_shape]`` and classes (or None) a GAN's render-like command names."""
+    from labelfactory.generators.view import set_average_latent, set_truncation_cutoff
+
+    if not args.latents:
+        raise ValueError("--latents is required")
     z = np.load(args.latents)
     if z.ndim == len(backend.latent_shape):
         z = z[None]
@@ -29,7 +48,44 @@ def _load_inputs(args):
     if args.average_latent:
         set_average_latent(backend, args.average_latent, "--average-latent")
     set_truncation_cutoff(backend, args.truncation_cutoff, "--truncation-cutoff")
-    return backend, z, classes
+    return z, classes
+
+
+def _diffusion_render(backend, args) -> np.ndarray:
+    """Samples of a diffusion backend from the x_T ``[N, 3, H, W]`` in --latents, with the sampler named."""
+    if not args.latents:
+        raise ValueError("--latents (the initial noise x_T, [N, 3, H, W]) is required")
+    backend.set_sampling(args.sampler or backend.sampler, args.sampling_steps or backend.sampling_steps, args.eta)
+    z = np.load(args.latents)
+    classes = np.load(args.classes) if args.classes else None
+    return backend.render(z[None] if z.ndim == 3 else z, classes, truncation=args.truncation, noise=args.noise,
+                          batch_size=args.batch_size, noise_seed=args.noise_seed)
+
+
+def _diffusion_features(backend, args) -> dict[str, np.ndarray]:
+    """ddpm-segmentation's taps of the images in --images noised by --image-noise, per (step, block)."""
+    import torch
+
+    missing = [name for name, v in (("--images", args.images), ("--image-noise", args.image_noise),
+                                    ("--steps", args.steps), ("--blocks", args.blocks)) if not v]
+    if missing:
+        raise ValueError(f"diffusion features need {', '.join(missing)}")
+    images, noise = np.load(args.images).astype(np.float32), np.load(args.image_noise).astype(np.float32)
+    if images.ndim != 4 or len(images) == 0 or len(noise) not in (1, len(images)):
+        raise ValueError(f"--images must be [N, 3, H, W] (N >= 1) and --image-noise [N or 1, 3, H, W], got "
+                         f"{list(images.shape)} and {list(noise.shape)}")
+    classes = backend.check_classes(np.load(args.classes) if args.classes else None, len(images))
+    out: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), args.batch_size):
+        part = slice(i, i + args.batch_size)
+        y = None if backend.num_classes == 0 else torch.from_numpy(classes[part]).to(backend.device)
+        with torch.no_grad():
+            taps = backend.image_features(torch.from_numpy(images[part]).to(backend.device),
+                                          torch.from_numpy(noise if len(noise) == 1 else noise[part]).to(backend.device),
+                                          y, args.steps, args.blocks)
+        for name, v in taps.items():
+            out.setdefault(name, []).append(v.float().cpu().numpy())
+    return {name: np.concatenate(v) for name, v in out.items()}
 
 
 def _render(args) -> None:
@@ -38,9 +94,13 @@ def _render(args) -> None:
     from labelfactory.generators.base import images_to_uint8
     from labelfactory.core.io import atomic_path
 
-    backend, z, classes = _load_inputs(args)
-    images = backend.render(z, classes, truncation=args.truncation, noise=args.noise,
-                            batch_size=args.batch_size, noise_seed=args.noise_seed)
+    backend = _load_backend(args)
+    if _is_diffusion(backend):
+        images = _diffusion_render(backend, args)
+    else:
+        z, classes = _load_inputs(args, backend)
+        images = backend.render(z, classes, truncation=args.truncation, noise=args.noise,
+                                batch_size=args.batch_size, noise_seed=args.noise_seed)
     with atomic_path(args.out) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, images.astype(np.float32))
@@ -58,14 +118,18 @@ def _render(args) -> None:
 def _features(args) -> None:
     from labelfactory.core.io import atomic_path
 
-    backend, z, classes = _load_inputs(args)
-    layers = args.layers.split(",") if args.layers else None
-    feats = backend.render_features(z, classes, truncation=args.truncation, layers=layers, noise=args.noise,
-                                    batch_size=args.batch_size, noise_seed=args.noise_seed)
+    backend = _load_backend(args)
+    if _is_diffusion(backend):
+        feats = _diffusion_features(backend, args)
+    else:
+        z, classes = _load_inputs(args, backend)
+        layers = args.layers.split(",") if args.layers else None
+        feats = backend.render_features(z, classes, truncation=args.truncation, layers=layers, noise=args.noise,
+                                        batch_size=args.batch_size, noise_seed=args.noise_seed)
     with atomic_path(args.out) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **feats)
-    log.info("wrote %d feature maps of %d samples (%s) with generator %s", len(feats), len(z),
+    log.info("wrote %d feature maps of %d samples (%s) with generator %s", len(feats), len(next(iter(feats.values()))),
              ", ".join(f"{k} {list(v.shape[1:])}" for k, v in feats.items()), backend.generator_hash[:12])
 
 
@@ -217,10 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     def rendering(name: str, help: str, out: str) -> argparse.ArgumentParser:
         r = sub.add_parser(name, help=help)
         r.add_argument("--checkpoint", required=True,
-                       help="canonical .safetensors, rosinality .pt, NVIDIA .pkl, BigGAN-PyTorch .pth "
-                            "or a taming-transformers release folder / .ckpt")
-        r.add_argument("--latents", required=True,
-                       help=".npy with z [N, z_dim] (or one [z_dim]); VQGAN: int64 codes [N, h, w] (or one [h, w])")
+                       help="canonical .safetensors, rosinality .pt, NVIDIA .pkl, BigGAN-PyTorch .pth, "
+                            "a taming-transformers release folder / .ckpt, a guided-diffusion .pt (with "
+                            "--model-flags) or a diffusers UNet2DModel pipeline folder")
+        r.add_argument("--model-flags", metavar="FLAGS.json",
+                       help="guided-diffusion: JSON of the checkpoint's create_model_and_diffusion flags")
+        r.add_argument("--latents",
+                       help=".npy with z [N, z_dim] (or one [z_dim]); VQGAN: int64 codes [N, h, w] (or one [h, w]); "
+                            "diffusion models: the initial noise x_T [N, 3, H, W] (render)")
         r.add_argument("--out", required=True, help=out)
         r.add_argument("--truncation", type=float, default=1.0,
                        help="StyleGAN2: psi, towards the checkpoint's average latent (BigGAN truncates z "
@@ -243,11 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     r = rendering("render", "render images from a checkpoint and latents",
                   ".npy for the raw float32 output [N,3,H,W]")
     r.add_argument("--png-dir", help="also write PNGs here")
+    r.add_argument("--sampler", choices=["ddpm", "ddim"],
+                   help="diffusion models: ancestral sampling (diffusers: the folder's scheduler) or DDIM "
+                        "(default: guided-diffusion's timestep_respacing flag decides; diffusers: ddpm)")
+    r.add_argument("--sampling-steps", metavar="K",
+                   help="diffusion models: retained steps (guided-diffusion: K, or a timestep_respacing such "
+                        "as ddim25 or 10,20; ddim takes the ddimK stride when one gives K)")
+    r.add_argument("--eta", type=float, default=0.0, help="diffusion models: DDIM's eta")
     r.set_defaults(func=_render)
 
     f = rendering("features", "write the generator's feature maps for latents",
                   ".npz with one float32 [N,C,h,w] array per layer, named by layer, in generator order")
     f.add_argument("--layers", help="comma-separated layer names (default: every tapped layer)")
+    f.add_argument("--images", help="diffusion models: .npy with float32 images [N, 3, H, W] in [-1, 1]")
+    f.add_argument("--image-noise", help="diffusion models: .npy with the noise [N or 1, 3, H, W] that makes "
+                                         "each x_t (the same at every step)")
+    f.add_argument("--steps", type=int, nargs="+", metavar="T", help="diffusion models: the noise steps")
+    f.add_argument("--blocks", nargs="+", metavar="B",
+                   help="diffusion models: decoder blocks, in the output's order per step: guided-diffusion "
+                        "output-block indices (5 6 7 8 12), diffusers module names (mid_block up_blocks.0)")
     f.set_defaults(func=_features)
 
     l = sub.add_parser("latents", help="write the latents of seeds (e.g. 0-15 or 3,7,9) to .npy: z, or VQGAN "

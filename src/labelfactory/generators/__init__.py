@@ -3,6 +3,8 @@
 from labelfactory.generators import (
     biggan,  # noqa: F401  (registers "biggan")
     biggan_deep,  # noqa: F401  (registers "biggan-deep" and its checkpoint format)
+    diffusers_unet,  # noqa: F401  (registers "diffusers-unet" and the diffusers folder format)
+    guided_diffusion,  # noqa: F401  (registers "guided-diffusion" and its state-dict format)
     nvidia_pickle,  # noqa: F401  (registers the "stylegan2-ada-pickle" checkpoint format)
     stylegan1,  # noqa: F401  (registers "stylegan1" and its checkpoint format)
     stylegan2,  # noqa: F401  (registers "stylegan2")

@@ -98,9 +98,9 @@ class Schedule:
 
     def __init__(self, base_betas: np.ndarray, keep: Sequence[int]):
         base_ac = np.cumprod(1.0 - base_betas)
-        self.timestep_map, betas, last = [], [], 1.0
+        keep, self.timestep_map, betas, last = set(keep), [], [], 1.0
         for i, ac in enumerate(base_ac):
-            if i in set(keep):
+            if i in keep:
                 betas.append(1 - ac / last)
                 last = ac
                 self.timestep_map.append(i)
@@ -217,7 +217,8 @@ class GuidedDiffusionBackend(GeneratorBackend):
                 keep = space_timesteps(self.num_timesteps, spacing)
         else:
             keep = space_timesteps(self.num_timesteps, spacing)
-        self.sampler, self.eta, self.schedule = sampler, float(eta), Schedule(self.base_betas, keep)
+        self.sampler, self.sampling_steps, self.eta = sampler, spacing, float(eta)
+        self.schedule = Schedule(self.base_betas, keep)
 
     # -- the model ------------------------------------------------------------------------
     def model_time(self, t_original: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,256 @@
+"""diffusers ``UNet2DModel`` pipeline folders as a generator backend (arch ``"diffusers-unet"``).
+
+A folder as ``DDPMPipeline.save_pretrained`` writes it: ``unet/`` (``config.json`` +
+``diffusion_pytorch_model.safetensors`` or ``.bin``) and ``scheduler/``
+(``scheduler_config.json``); nothing is downloaded. The model and schedulers are
+diffusers' own classes, built from the configs the canonical sidecar keeps.
+
+- **Sampling** as diffusers' pipelines do it, from a given x_T: ``ddpm`` runs the
+  folder's scheduler (``DDPMPipeline``), ``ddim`` a ``DDIMScheduler`` from its config
+  (``DDIMPipeline``, with ``eta``), each for K inference steps; class-conditional
+  UNets (``num_class_embeds``) get the class as ``class_labels``. Stochastic steps
+  draw from one generator per sample (seeded by a digest of its x_T, or by the
+  run's seed), as the pipelines do with a list of generators.
+- **Features** (the ddpm-segmentation recipe on a diffusers UNet): the image is
+  noised with the scheduler's ``add_noise`` at each chosen training step with one
+  noise for every step, the UNet runs once per step and forward hooks keep the
+  outputs of the named blocks (``mid_block``, ``up_blocks.N``); taps are named
+  ``t{step}.{block}``, for each step, for each block in the UNet's order.
+
+The Stable Diffusion layout (``UNet2DConditionModel`` + VAE + text encoder) is not
+read here: such a folder is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from labelfactory.generators.base import GENERATORS, GeneratorBackend, Synthesis, load_strict
+from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint
+from labelfactory.generators.guided_diffusion import PAPER_STEP_FRACTIONS, latent_digest_seed
+
+ARCH = "diffusers-unet"
+SAMPLERS = ("ddpm", "ddim")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _config(cfg: dict) -> dict:
+    """A diffusers config without its bookkeeping (``_diffusers_version``…), the class name kept."""
+    return {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}
+
+
+def _scheduler(config: dict, ddim: bool):
+    import diffusers
+
+    cls = diffusers.DDIMScheduler if ddim else getattr(diffusers, config.get("_class_name", ""), None)
+    if cls is None or not hasattr(cls, "step"):
+        raise ValueError(f"unknown diffusers scheduler {config.get('_class_name')!r}")
+    return cls.from_config(config)
+
+
+@GENERATORS.register(ARCH)
+class DiffusersUNetBackend(GeneratorBackend):
+    """A diffusers ``UNet2DModel`` with its scheduler."""
+
+    arch = ARCH
+
+    def __init__(self, module, arch_config: dict, generator_hash: str | None = None):
+        super().__init__(module, arch_config, generator_hash)
+        cfg = module.config
+        if isinstance(cfg.sample_size, (list, tuple)) and cfg.sample_size[0] != cfg.sample_size[1]:
+            raise ValueError(f"only square UNets are supported, got sample_size {cfg.sample_size}")
+        if cfg.class_embed_type is not None:
+            raise ValueError(f"class_embed_type {cfg.class_embed_type!r}: only num_class_embeds classes are supported")
+        self.size = int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
+        self.train_steps = int(arch_config["scheduler"].get("num_train_timesteps", 1000))
+        self.blocks = ["mid_block"] + [f"up_blocks.{i}" for i in range(len(module.up_blocks))]
+        self.feature_steps = [min(self.train_steps - 1, round(f * self.train_steps)) for f in PAPER_STEP_FRACTIONS]
+        self.feature_noise_seed = 0
+        self.set_sampling("ddpm", self.train_steps)
+
+    @classmethod
+    def from_tensors(cls, arch_config, tensors, generator_hash=None):
+        from diffusers import UNet2DModel
+
+        if set(arch_config) != {"unet", "scheduler"}:
+            raise ValueError(f"diffusers-unet config needs unet and scheduler, got {sorted(arch_config)}")
+        if arch_config["unet"].get("_class_name", "UNet2DModel") != "UNet2DModel":
+            raise ValueError(f"unet is a {arch_config['unet']['_class_name']}, not a UNet2DModel")
+        _scheduler(arch_config["scheduler"], ddim=False)
+        module = UNet2DModel.from_config(arch_config["unet"])
+        return cls(load_strict(module, tensors, "diffusers UNet2DModel"), arch_config, generator_hash)
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def resolution(self) -> int:
+        return self.size
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.module.config.num_class_embeds or 0)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.module.config.in_channels, self.size, self.size)
+
+    @property
+    def z_dim(self) -> int:
+        return int(np.prod(self.latent_shape))
+
+    def block_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """``(C, h, w)`` of each tappable block's output."""
+        n, last = len(self.module.up_blocks), self.module.config.block_out_channels[-1]
+        shapes = {"mid_block": (last, self.size >> (n - 1), self.size >> (n - 1))}
+        for i, block in enumerate(self.module.up_blocks):
+            r = (self.size >> (n - 1 - i)) * (2 if block.upsamplers else 1)
+            shapes[f"up_blocks.{i}"] = (block.resnets[-1].out_channels, r, r)
+        return shapes
+
+    def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
+        shapes = self.block_shapes()
+        return {f"t{t}.{b}": shapes[b] for t in self.feature_steps for b in self.blocks}
+
+    # -- settings -------------------------------------------------------------------------
+    def check_steps(self, steps: Sequence[int]) -> list[int]:
+        bad = [int(t) for t in steps if not 0 <= int(t) < self.train_steps]
+        if bad or not steps:
+            raise ValueError(f"diffusion steps {bad or 'none'} are outside the schedule [0, {self.train_steps})")
+        return [int(t) for t in steps]
+
+    def check_blocks(self, blocks: Sequence[str]) -> list[str]:
+        bad = [b for b in blocks if b not in self.blocks]
+        if bad or not blocks:
+            raise ValueError(f"unknown UNet blocks {bad or 'none'}; this UNet's are {', '.join(self.blocks)}")
+        return [b for b in self.blocks if b in set(blocks)]
+
+    def set_feature_steps(self, steps: Sequence[int], noise_seed: int = 0) -> None:
+        self.feature_steps = self.check_steps(steps)
+        self.feature_noise_seed = int(noise_seed)
+
+    def set_sampling(self, sampler: str, steps: int | str, eta: float = 0.0) -> None:
+        """``ddpm`` (the folder's scheduler) or ``ddim`` (``DDIMScheduler`` from its config), K steps."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r} (one of {', '.join(SAMPLERS)})")
+        if eta < 0 or (sampler == "ddpm" and eta):
+            raise ValueError(f"eta must be >= 0 and only for ddim, got {eta} with {sampler}")
+        if not str(steps).isdigit():
+            raise ValueError(f"diffusers sampling steps must be a count K, got {steps!r}")
+        k = int(steps)
+        if not 1 <= k <= self.train_steps:
+            raise ValueError(f"sampling steps {k} outside [1, {self.train_steps}]")
+        self.sampler, self.sampling_steps, self.eta = sampler, k, float(eta)
+
+    # -- computation ----------------------------------------------------------------------
+    def _unet(self, x, t, y):
+        return self.module(x, t, class_labels=y).sample
+
+    def sample(self, x_t: torch.Tensor, y: torch.Tensor | None, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The pipeline's loop from x_T, one generator per sample for stochastic steps."""
+        scheduler = _scheduler(self.arch_config["scheduler"], ddim=self.sampler == "ddim")
+        scheduler.set_timesteps(self.sampling_steps)
+        extra = {"eta": self.eta} if self.sampler == "ddim" else {}
+        x = x_t
+        for t in scheduler.timesteps:
+            x = scheduler.step(self._unet(x, t, y), t, x, generator=list(generators), **extra).prev_sample
+        return x
+
+    def image_features(self, images: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None,
+                       steps: Sequence[int], blocks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Taps of given images ``[N,C,H,W]`` in [-1, 1] noised with ``noise`` (``[N or 1, ...]``) at each step."""
+        steps, blocks = self.check_steps(steps), self.check_blocks(blocks)
+        if tuple(images.shape[1:]) != self.latent_shape or noise.shape[1:] != images.shape[1:] \
+                or noise.shape[0] not in (1, images.shape[0]):
+            raise ValueError(f"images must be [N, {', '.join(map(str, self.latent_shape))}] and noise [N or 1, "
+                             f"...] of the same size, got {list(images.shape)} and {list(noise.shape)}")
+        scheduler = _scheduler(self.arch_config["scheduler"], ddim=False)
+        kept: dict[str, torch.Tensor] = {}
+        hooks = [self.module.get_submodule(b).register_forward_hook(
+            lambda _m, _i, out, b=b: kept.__setitem__(b, out)) for b in blocks]
+        out = {}
+        try:
+            for step in steps:
+                t = torch.full((images.shape[0],), step, dtype=torch.long, device=images.device)
+                self._unet(scheduler.add_noise(images, noise.expand_as(images), t), t, y)
+                out.update({f"t{step}.{b}": kept[b] for b in blocks})
+        finally:
+            for h in hooks:
+                h.remove()
+        return out
+
+    # -- the backend interface --------------------------------------------------------------
+    def draw_latents(self, seeds, classes=None, truncation: float = 1.0, sampling: dict | None = None) -> np.ndarray:
+        """x_T per seed, as a pipeline draws it with ``torch.Generator().manual_seed(seed)``."""
+        if sampling or truncation != 1.0:
+            raise ValueError("diffusion latents come from seeds alone (no truncation or prior sampling options)")
+        return np.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s))).numpy()
+                         for s in seeds]).astype(np.float32)
+
+    def check_latents(self, z) -> np.ndarray:
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 4 or tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(f"latents (x_T) must have shape [N, {', '.join(map(str, self.latent_shape))}], "
+                             f"got {list(z.shape)}")
+        return z
+
+    def synthesize(self, z, classes=None, truncation=1.0, noise="const", features=True, generator=None) -> Synthesis:
+        if truncation != 1.0:
+            raise ValueError("diffusion models have no truncation")
+        if noise == "const":
+            gens = [torch.Generator().manual_seed(latent_digest_seed(x)) for x in z]
+        elif noise == "random" and generator is not None:
+            seeds = torch.randint(0, 2 ** 62, (len(z),), generator=generator, device=generator.device)
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        else:
+            raise ValueError(f"noise {noise!r}: diffusion sampling takes const (per latent) or random (seeded)")
+        images = self.sample(z, classes, gens)
+        if not features:
+            return Synthesis(images, {})
+        shared = torch.randn((1, *self.latent_shape), generator=torch.Generator().manual_seed(self.feature_noise_seed))
+        return Synthesis(images, self.image_features(images.clamp(-1, 1), shared.to(images.device), classes,
+                                                     self.feature_steps, self.blocks))
+
+
+# --- the folder format ------------------------------------------------------------------
+def is_diffusers_folder(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any((path / p).exists() for p in ("model_index.json", "unet", "scheduler"))
+
+
+def read_diffusers_folder(path: str | Path) -> RawCheckpoint:
+    """A ``UNet2DModel`` pipeline folder → its UNet tensors, with both configs as the architecture."""
+    path = Path(path)
+    index = path / "model_index.json"
+    if index.exists():
+        kinds = json.loads(index.read_text())
+        if "vae" in kinds or "text_encoder" in kinds:
+            raise CheckpointError(f"{path}: a Stable Diffusion layout (UNet2DConditionModel + VAE + text encoder) "
+                                  "is not supported; give a UNet2DModel pipeline folder (unet/ + scheduler/)")
+    unet_cfg, sched_cfg = path / "unet" / "config.json", path / "scheduler" / "scheduler_config.json"
+    weights = [path / "unet" / w for w in WEIGHT_FILES if (path / "unet" / w).exists()]
+    missing = [str(p.relative_to(path)) for p in (unet_cfg, sched_cfg) if not p.exists()]
+    if not weights:
+        missing.append("unet/" + " or unet/".join(WEIGHT_FILES))
+    if missing:
+        raise CheckpointError(f"{path}: diffusers folder lacks {', '.join(missing)}")
+    try:
+        if weights[0].suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(weights[0]))
+        else:
+            tensors = torch.load(weights[0], map_location="cpu", weights_only=True)
+        config = {"unet": _config(json.loads(unet_cfg.read_text())),
+                  "scheduler": _config(json.loads(sched_cfg.read_text()))}
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable diffusers folder ({type(e).__name__}: {e})") from e
+    return RawCheckpoint(ARCH, config, tensors, "diffusers")
+
+
+FORMATS.register("diffusers")(FormatReader(is_diffusers_folder, read_diffusers_folder))
+
+__all__ = ["DiffusersUNetBackend", "read_diffusers_folder"]

@@ -1,0 +1,211 @@
+"""guided-diffusion backend against outputs of the public code (tests/data/guided_diffusion/make_reference.py).
+
+Tolerances are float32 agreement scaled to each array's magnitude: the same
+arithmetic in another order (batch of 2 here, 1 there; other conv and matmul
+kernels) differs by a few ulp per operation, so:
+
+- features and a single step: ``2e-6 * max|ref|`` — observed up to 9e-7 of the
+  magnitude after one UNet pass of ~20 layers (about 8 ulp);
+- samples: ``5e-5`` absolute (values in [-1, 1]) — 10 or 100 UNet passes compound
+  the per-pass error; observed up to 1e-5.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from labelfactory.cli import main
+from labelfactory.generators.guided_diffusion import GuidedDiffusionBackend, read_guided_diffusion
+from labelfactory.generators.guided_unet import GuidedUNet, normalise_flags
+from labelfactory.generators.loading import backend_from_raw, load_generator
+
+DATA = Path(__file__).parent / "data" / "guided_diffusion"
+_spec = importlib.util.spec_from_file_location("gd_make_reference", DATA / "make_reference.py")
+ref_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref_script)
+
+FEATURE_TOL, SAMPLE_TOL = 2e-6, 5e-5
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _close(got, want, tol):
+    want = np.asarray(want)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(np.asarray(got) - want).max() <= tol * scale
+
+
+@pytest.fixture(scope="module", params=["uncond", "cond"])
+def model(request, tmp_path_factory):
+    """(name, flags path, checkpoint .pt, reference arrays): the weights rebuilt as make_reference.py drew them."""
+    name = request.param
+    flags_path = DATA / f"{name}.flags.json"
+    flags = json.loads(flags_path.read_text())
+    ref = np.load(DATA / f"{name}.reference.npz")
+    shapes = {k: tuple(v.shape) for k, v in GuidedUNet(normalise_flags(flags)).state_dict().items()}
+    weights = ref_script.reference_weights(shapes, ref_script.WEIGHT_SEED[name])
+    assert ref_script.weights_digest(weights) == str(ref["weights_digest"]), "weights not rebuilt as the reference's"
+    pt = tmp_path_factory.mktemp(name) / f"{name}.pt"
+    torch.save(weights, pt)
+    return name, flags_path, pt, ref
+
+
+def _backend(model) -> GuidedDiffusionBackend:
+    _, flags_path, pt, _ = model
+    return backend_from_raw(read_guided_diffusion(pt, json.loads(flags_path.read_text())))
+
+
+def _classes(ref):
+    return torch.from_numpy(ref["classes"]) if "classes" in ref.files else None
+
+
+def test_features_per_step_and_block(model):
+    name, _, _, ref = model
+    b = _backend(model)
+    images, noise = torch.from_numpy(ref["images"]), torch.from_numpy(ref["noise"])
+    steps, blocks = ref_script.FEATURE_STEPS[name], ref_script.FEATURE_BLOCKS[name]
+    with torch.no_grad():
+        got = b.image_features(images, noise, _classes(ref), steps, list(reversed(blocks)))
+    # ddpm-segmentation's order: for each step (as given), for each block (in block order)
+    assert list(got) == [k[len("feature."):] for k in ref.files if k.startswith("feature.")]
+    for key, value in got.items():
+        assert tuple(value.shape[1:]) == b.module.output_shapes[int(key.rsplit(".", 1)[1])]
+        _close(value, ref[f"feature.{key}"], FEATURE_TOL)
+    # the concatenated pixel features, as its collect_features upsamples them (bilinear to the image size)
+    def pixels(maps):
+        return torch.cat([torch.nn.functional.interpolate(torch.as_tensor(np.asarray(m)), size=(16, 16),
+                                                          mode="bilinear") for m in maps], dim=1)
+    _close(pixels(got.values()), pixels([ref[f"feature.{k}"] for k in got]), FEATURE_TOL)
+
+
+def test_one_denoising_step(model):
+    _, _, _, ref = model
+    b = _backend(model)
+    images, noise, y = torch.from_numpy(ref["images"]), torch.from_numpy(ref["noise"]), _classes(ref)
+    t = torch.tensor([40, 40])
+    step_noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(ref_script.STEP_SEED))
+    for sampler, eta, key in (("ddpm", 0.0, "p_sample.t40"), ("ddim", 0.5, "ddim_sample.t40.eta0.5")):
+        b.set_sampling(sampler, "100", eta)
+        s = b.schedule
+        x = s.at(s.sqrt_ac, t) * images + s.at(s.sqrt_1m_ac, t) * noise
+        with torch.no_grad():
+            _close(b.step(x, t, y, step_noise), ref[key], FEATURE_TOL)
+
+
+@pytest.mark.parametrize("key,sampler,steps,eta", [("ddim10", "ddim", "10", 0.0), ("ddim10.eta0.5", "ddim", "10", 0.5),
+                                                   ("ddpm100", "ddpm", "100", 0.0)])
+def test_samples_from_seeds(model, key, sampler, steps, eta):
+    """x_T from the sample's seed (as torch.manual_seed(seed); torch.randn there), then the sampler;
+    stochastic steps from the generator the reference seeded."""
+    _, _, _, ref = model
+    b = _backend(model)
+    b.set_sampling(sampler, steps, eta)
+    x_t = torch.from_numpy(b.draw_latents(ref_script.SAMPLE_SEEDS))
+    y = _classes(ref)
+    outs = []
+    for j, seed in enumerate(ref_script.SAMPLE_SEEDS):
+        g = torch.Generator().manual_seed(ref_script.ETA_SEED if eta else seed)
+        if not eta:
+            torch.randn((1, *b.latent_shape), generator=g)  # x_T came first from this generator
+        with torch.no_grad():
+            outs.append(b.sample(x_t[j : j + 1], None if y is None else y[j : j + 1], [g]))
+    _close(torch.cat(outs), ref[f"sample.{key}"], SAMPLE_TOL)
+
+
+def test_canonical_round_trip_and_batch_independence(model, tmp_path):
+    _, flags_path, pt, ref = model
+    b = _backend(model)
+    meta = convert_checkpoint_with_flags(pt, tmp_path / "gd.safetensors", flags_path)
+    again = load_generator(tmp_path / "gd.safetensors")
+    assert again.generator_hash == b.generator_hash == meta["generator_hash"]
+    assert meta["arch_config"] == normalise_flags(json.loads(flags_path.read_text()))
+    again.set_sampling("ddpm", "10")
+    z = again.draw_latents([3, 4])
+    cls = None if again.num_classes == 0 else np.array([5, 6])
+    both = again.render(z, cls, batch_size=2)
+    alone = again.render(z[1:], None if cls is None else cls[1:], batch_size=1)
+    _close(both[1:], alone, SAMPLE_TOL)
+    feats = again.render_features(z[:1], None if cls is None else cls[:1])
+    assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == again.feature_shapes()
+
+
+def convert_checkpoint_with_flags(pt, dest, flags_path):
+    """The canonical files of a guided-diffusion .pt: its raw tensors with the flags, written as usual."""
+    from labelfactory.generators.loading import write_canonical
+
+    raw = read_guided_diffusion(pt, json.loads(flags_path.read_text()))
+    return write_canonical(dest, backend_from_raw(raw), {"converted_from": raw.converted_from, "notes": raw.notes})
+
+
+def test_cli_features_and_render_match_the_reference(model, tmp_path):
+    name, flags_path, pt, ref = model
+    for key in ("images", "noise") + (("classes",) if "classes" in ref.files else ()):
+        np.save(tmp_path / f"{key}.npy", ref[key])
+    cls = ["--classes", str(tmp_path / "classes.npy")] if "classes" in ref.files else []
+    common = ["--checkpoint", str(pt), "--model-flags", str(flags_path), "--device", "cpu", *cls]
+    steps = [str(s) for s in ref_script.FEATURE_STEPS[name]]
+    blocks = [str(s) for s in ref_script.FEATURE_BLOCKS[name]]
+    assert main(["features", *common, "--images", str(tmp_path / "images.npy"), "--image-noise",
+                 str(tmp_path / "noise.npy"), "--steps", *steps, "--blocks", *blocks, "--out",
+                 str(tmp_path / "f.npz")]) == 0
+    f = np.load(tmp_path / "f.npz")
+    assert list(f.files) == [k[len("feature."):] for k in ref.files if k.startswith("feature.")]
+    for k in f.files:
+        _close(f[k], ref[f"feature.{k}"], FEATURE_TOL)
+    b = _backend(model)
+    np.save(tmp_path / "xt.npy", b.draw_latents(ref_script.SAMPLE_SEEDS))
+    assert main(["render", *common, "--latents", str(tmp_path / "xt.npy"), "--sampler", "ddim", "--sampling-steps",
+                 "10", "--out", str(tmp_path / "img.npy")]) == 0
+    _close(np.load(tmp_path / "img.npy"), ref["sample.ddim10"], SAMPLE_TOL)
+
+
+@pytest.mark.parametrize("case", ["flags", "step", "block", "no-flags"])
+def test_bad_input_is_one_line_and_writes_nothing(model, tmp_path, capsys, case):
+    name, flags_path, pt, ref = model
+    np.save(tmp_path / "images.npy", ref["images"])
+    np.save(tmp_path / "noise.npy", ref["noise"])
+    flags = json.loads(flags_path.read_text())
+    if case == "flags":
+        (tmp_path / "bad.json").write_text(json.dumps({**flags, "num_channels": 64}))
+        flags_path = tmp_path / "bad.json"
+    step = "100" if case == "step" else "5"
+    block = "output_blocks.9" if case == "block" else "0"
+    common = ["--checkpoint", str(pt), "--device", "cpu"] + ([] if case == "no-flags" else
+                                                              ["--model-flags", str(flags_path)])
+    if "classes" in ref.files:
+        np.save(tmp_path / "classes.npy", ref["classes"])
+        common += ["--classes", str(tmp_path / "classes.npy")]
+    out = tmp_path / "f.npz"
+    capsys.readouterr()
+    assert main(["features", *common, "--images", str(tmp_path / "images.npy"), "--image-noise",
+                 str(tmp_path / "noise.npy"), "--steps", step, "--blocks", block, "--out", str(out)]) == 1
+    (message,) = capsys.readouterr().err.strip().splitlines()
+    assert "ERROR" in message
+    expected = {"flags": "time_embed.0.weight", "step": "outside the schedule [0, 100)",
+                "block": "unknown UNet blocks ['output_blocks.9']", "no-flags": "give its model flags"}[case]
+    assert expected in message
+    assert not out.exists() and list(tmp_path.glob("f.npz*")) == []
+
+
+def test_flag_checks():
+    with pytest.raises(ValueError, match="unknown guided-diffusion flags"):
+        normalise_flags({"num_channel": 32})
+    with pytest.raises(ValueError, match="no default channel_mult for image_size 16"):
+        normalise_flags({"image_size": 16})
+    flags = normalise_flags({"attention_resolutions": [32, 16, 8], "learn_sigma": "True", "image_size": 256})
+    assert flags["attention_resolutions"] == "32,16,8" and flags["learn_sigma"] is True
+
+
+def test_respacing_as_guided_diffusion():
+    from labelfactory.generators.guided_diffusion import space_timesteps
+
+    assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
+    assert space_timesteps(100, "10") == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
+    assert space_timesteps(300, "10,15,20")[:3] == [0, 11, 22] and len(space_timesteps(300, "10,15,20")) == 45
+    with pytest.raises(ValueError, match="cannot take 20 steps from a section of 10"):
+        space_timesteps(10, "20")
