@@ -7,4 +7,4 @@ from labelfactory.core.runtime import snakemake_job
 with snakemake_job(snakemake):
     p = snakemake.params
     fetch_checkpoint(p.url, Path(snakemake.output.weights), sha256=p.sha256, fmt=p.format,
-                     download_dir=Path(p.download_dir), generator=p.generator)
+                     download_dir=Path(p.download_dir), generator=p.generator, model_flags=p.model_flags)

@@ -23,7 +23,7 @@ import torch
 from labelfactory.cli import main
 from labelfactory.generators.guided_diffusion import GuidedDiffusionBackend, read_guided_diffusion
 from labelfactory.generators.guided_unet import GuidedUNet, normalise_flags
-from labelfactory.generators.loading import backend_from_raw, load_generator
+from labelfactory.generators.loading import backend_from_raw, convert_checkpoint, load_generator
 
 DATA = Path(__file__).parent / "data" / "guided_diffusion"
 _spec = importlib.util.spec_from_file_location("gd_make_reference", DATA / "make_reference.py")
@@ -120,7 +120,7 @@ def test_samples_from_seeds(model, key, sampler, steps, eta):
 def test_canonical_round_trip_and_batch_independence(model, tmp_path):
     _, flags_path, pt, ref = model
     b = _backend(model)
-    meta = convert_checkpoint_with_flags(pt, tmp_path / "gd.safetensors", flags_path)
+    meta = convert_checkpoint(pt, tmp_path / "gd.safetensors", model_flags=json.loads(flags_path.read_text()))
     again = load_generator(tmp_path / "gd.safetensors")
     assert again.generator_hash == b.generator_hash == meta["generator_hash"]
     assert meta["arch_config"] == normalise_flags(json.loads(flags_path.read_text()))
@@ -132,14 +132,6 @@ def test_canonical_round_trip_and_batch_independence(model, tmp_path):
     _close(both[1:], alone, SAMPLE_TOL)
     feats = again.render_features(z[:1], None if cls is None else cls[:1])
     assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == again.feature_shapes()
-
-
-def convert_checkpoint_with_flags(pt, dest, flags_path):
-    """The canonical files of a guided-diffusion .pt: its raw tensors with the flags, written as usual."""
-    from labelfactory.generators.loading import write_canonical
-
-    raw = read_guided_diffusion(pt, json.loads(flags_path.read_text()))
-    return write_canonical(dest, backend_from_raw(raw), {"converted_from": raw.converted_from, "notes": raw.notes})
 
 
 def test_cli_features_and_render_match_the_reference(model, tmp_path):
@@ -209,3 +201,23 @@ def test_respacing_as_guided_diffusion():
     assert space_timesteps(300, "10,15,20")[:3] == [0, 11, 22] and len(space_timesteps(300, "10,15,20")) == 45
     with pytest.raises(ValueError, match="cannot take 20 steps from a section of 10"):
         space_timesteps(10, "20")
+
+
+def test_config_model_flags_reach_the_converted_checkpoint(model, tmp_path):
+    """checkpoints.<name>.model_flags: validated, typed, and what fetch_checkpoint converts the .pt with."""
+    from labelfactory.config import WorkflowConfig, validate_config
+    from labelfactory.generators.fetch import fetch_checkpoint
+
+    _, flags_path, pt, _ = model
+    flags = json.loads(flags_path.read_text())
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "labels.yaml").write_text("names: [background, thing]\n")
+    cfg = {"checkpoints": {"g": {"url": str(pt), "format": "guided-diffusion", "model_flags": flags}},
+           "tasks": {"t": {"checkpoint": "g", "annotations": str(ann)}}}
+    spec = WorkflowConfig.from_dict(validate_config(cfg)).checkpoints["g"]
+    meta = fetch_checkpoint(spec.url, tmp_path / "g.safetensors", fmt=spec.format, model_flags=spec.model_flags)
+    assert meta["arch"] == "guided-diffusion" and meta["arch_config"] == normalise_flags(flags)
+    assert load_generator(tmp_path / "g.safetensors").generator_hash == _backend(model).generator_hash
+    assert main(["convert", str(pt), str(tmp_path / "c.safetensors"), "--model-flags", str(flags_path)]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["generator_hash"] == meta["generator_hash"]

@@ -12,19 +12,20 @@ import numpy as np
 log = logging.getLogger("labelfactory")
 
 
-def _load_backend(args):
-    """The generator a render-like command names; a guided-diffusion state dict with its --model-flags."""
+def _model_flags(args) -> dict | None:
+    """The guided-diffusion flags JSON that --model-flags names (None without)."""
     import json
 
+    return json.loads(Path(args.model_flags).read_text()) if args.model_flags else None
+
+
+def _load_backend(args):
+    """The generator a render-like command names; a guided-diffusion state dict with its --model-flags."""
     from labelfactory.core.runtime import resolve_device
-    from labelfactory.generators.loading import backend_from_raw, load_generator
+    from labelfactory.generators.loading import load_generator
 
-    if not args.model_flags:
-        return load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
-    from labelfactory.generators.guided_diffusion import read_guided_diffusion
-
-    flags = json.loads(Path(args.model_flags).read_text())
-    return backend_from_raw(read_guided_diffusion(args.checkpoint, flags)).to(resolve_device(args.device))
+    return load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format,
+                          model_flags=_model_flags(args))
 
 
 def _is_diffusion(backend) -> bool:
@@ -187,7 +188,8 @@ def _convert(args) -> None:
     from labelfactory.generators.loading import convert_checkpoint
 
     generator = yaml.safe_load(Path(args.generator).read_text()) if args.generator else None
-    meta = convert_checkpoint(args.src, args.dest, fmt=args.format, generator=generator, source_url=str(args.src))
+    meta = convert_checkpoint(args.src, args.dest, fmt=args.format, generator=generator,
+                              model_flags=_model_flags(args), source_url=str(args.src))
     log.info("wrote %s (%s, generator %s)", args.dest, meta["arch"], meta["generator_hash"][:12])
 
 
@@ -378,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="auto")
     c.add_argument("--generator", help="YAML spec of a user's nn.Module class whose state dict src is "
                                        "(the keys of a config's checkpoints.<name>.generator)")
+    c.add_argument("--model-flags", metavar="FLAGS.json",
+                   help="guided-diffusion: JSON of the state dict's create_model_and_diffusion flags")
     c.set_defaults(func=_convert)
 
     q = sub.add_parser("probe-taps", help="rank the feature taps by the held-out mIoU of a small MLP interpreter "

@@ -10,6 +10,7 @@ rule fetch_checkpoint:
         sha256=lambda w: CFG.checkpoints[w.ckpt].sha256,
         format=lambda w: CFG.checkpoints[w.ckpt].format,
         generator=lambda w: CFG.checkpoints[w.ckpt].generator,
+        model_flags=lambda w: CFG.checkpoints[w.ckpt].model_flags,
         download_dir="resources/downloads",
     log:
         "results/logs/fetch_checkpoint/{ckpt}.log",

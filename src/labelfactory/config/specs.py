@@ -25,6 +25,7 @@ class CheckpointSpec:
     sha256: str | None = None
     format: str = "auto"
     generator: dict | None = None  # a user's nn.Module class and how to run it (generators.torch_module)
+    model_flags: dict | None = None  # guided-diffusion's create_model_and_diffusion flags (generators.guided_diffusion)
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ def _part_is_complete(part: Path, have: int, content_range: str | None, sha256: 
 
 def fetch_checkpoint(url: str | os.PathLike, out_safetensors: str | os.PathLike, sha256: str | None = None,
                      fmt: str = "auto", download_dir: str | os.PathLike | None = None,
-                     generator: dict | None = None) -> dict:
+                     generator: dict | None = None, model_flags: dict | None = None) -> dict:
     """Fetch a generator checkpoint and convert it to canonical safetensors + JSON sidecar.
 
     HTTP downloads are kept in ``download_dir`` (default: ``downloads/`` beside
@@ -201,7 +201,8 @@ def fetch_checkpoint(url: str | os.PathLike, out_safetensors: str | os.PathLike,
     records ``source_url`` and the raw file's ``source_sha256``. If conversion
     fails, neither output file exists afterwards. ``generator``: the spec of a
     user's module class whose state dict the file is (kept in the sidecar's
-    ``arch_config``). Returns the sidecar."""
+    ``arch_config``); ``model_flags``: a guided-diffusion state dict's flags (the
+    same). Returns the sidecar."""
     out = Path(out_safetensors)
     if _is_http(url):
         name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "checkpoint"
@@ -210,8 +211,8 @@ def fetch_checkpoint(url: str | os.PathLike, out_safetensors: str | os.PathLike,
         raw = fetch(url, None, sha256)
     source_sha = sha256.lower() if sha256 else sha256_file(raw)
     try:
-        return convert_checkpoint(raw, out, fmt=fmt, generator=generator, source_url=str(url),
-                                  source_sha256=source_sha)
+        return convert_checkpoint(raw, out, fmt=fmt, generator=generator, model_flags=model_flags,
+                                  source_url=str(url), source_sha256=source_sha)
     except BaseException:
         out.unlink(missing_ok=True)
         sidecar_path(out).unlink(missing_ok=True)

@@ -22,18 +22,25 @@ from labelfactory.generators.checkpoints import (
     claims,
     sidecar_path,
 )
+from labelfactory.generators.guided_diffusion import read_guided_diffusion
 from labelfactory.generators.torch_module import read_torch_module
 
 
-def read_checkpoint(path: str | Path, fmt: str = "auto", generator: dict | None = None) -> RawCheckpoint:
+def read_checkpoint(path: str | Path, fmt: str = "auto", generator: dict | None = None,
+                    model_flags: dict | None = None) -> RawCheckpoint:
     """Read any supported checkpoint file (or folder, e.g. config.json + pytorch_model.bin)
     into canonical tensors; with a ``generator`` spec, a state dict for a user's module
-    class (:mod:`.torch_module`)."""
+    class (:mod:`.torch_module`); with ``model_flags``, a guided-diffusion state dict."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    if model_flags is not None:
+        if fmt not in ("auto", "guided-diffusion") or generator is not None:
+            raise CheckpointError(f"{path}: model flags are for guided-diffusion state dicts, not format {fmt!r}"
+                                  + (" with a generator spec" if generator is not None else ""))
+        return read_guided_diffusion(path, model_flags)
     if generator is not None:
         if fmt != "auto":
             raise CheckpointError(f"{path}: format {fmt!r} with a generator spec (its weights are detected: "
@@ -58,10 +65,10 @@ def backend_from_raw(raw: RawCheckpoint) -> GeneratorBackend:
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu", fmt: str = "auto",
-                   generator: dict | None = None) -> GeneratorBackend:
+                   generator: dict | None = None, model_flags: dict | None = None) -> GeneratorBackend:
     """Load a generator from a canonical or public checkpoint file (or a user module's
-    state dict with its ``generator`` spec)."""
-    return backend_from_raw(read_checkpoint(path, fmt, generator)).to(device)
+    state dict with its ``generator`` spec, a guided-diffusion state dict with its ``model_flags``)."""
+    return backend_from_raw(read_checkpoint(path, fmt, generator, model_flags)).to(device)
 
 
 def write_canonical(path: str | Path, backend: GeneratorBackend, sidecar: dict) -> dict:
@@ -89,9 +96,9 @@ def write_canonical(path: str | Path, backend: GeneratorBackend, sidecar: dict) 
 
 
 def convert_checkpoint(src: str | Path, dest: str | Path, fmt: str = "auto", generator: dict | None = None,
-                       **sidecar) -> dict:
-    """Any supported file (with ``generator``: a user module's state dict) → canonical
-    safetensors + sidecar (verifying it loads)."""
-    raw = read_checkpoint(src, fmt, generator)
+                       model_flags: dict | None = None, **sidecar) -> dict:
+    """Any supported file (with ``generator``: a user module's state dict; with ``model_flags``:
+    a guided-diffusion state dict) → canonical safetensors + sidecar (verifying it loads)."""
+    raw = read_checkpoint(src, fmt, generator, model_flags)
     backend = backend_from_raw(raw)
     return write_canonical(dest, backend, {"converted_from": raw.converted_from, "notes": raw.notes, **sidecar})
