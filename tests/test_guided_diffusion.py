@@ -221,3 +221,33 @@ def test_config_model_flags_reach_the_converted_checkpoint(model, tmp_path):
     assert load_generator(tmp_path / "g.safetensors").generator_hash == _backend(model).generator_hash
     assert main(["convert", str(pt), str(tmp_path / "c.safetensors"), "--model-flags", str(flags_path)]) == 0
     assert json.loads((tmp_path / "c.json").read_text())["generator_hash"] == meta["generator_hash"]
+
+
+def test_task_diffusion_settings(model, tmp_path):
+    """tasks.<name>.diffusion: validated, typed and applied by load_task_generator; refused for a GAN."""
+    from labelfactory.config import WorkflowConfig, validate_config
+    from labelfactory.generators.view import load_task_generator
+
+    _, flags_path, pt, _ = model
+    convert_checkpoint(pt, tmp_path / "g.safetensors", model_flags=json.loads(flags_path.read_text()))
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "labels.yaml").write_text("names: [background, thing]\n")
+    cfg = {"checkpoints": {"g": {"url": str(pt)}},
+           "tasks": {"t": {"checkpoint": "g", "annotations": str(ann),
+                           "diffusion": {"sampling_steps": 10, "feature_steps": [5, 25]}}}}
+    task = WorkflowConfig.from_dict(validate_config(cfg)).tasks["t"]
+    assert task.diffusion == {"sampler": "ddim", "sampling_steps": 10, "eta": 0.0, "feature_steps": [5, 25],
+                              "feature_noise_seed": 0}
+    b = load_task_generator(tmp_path / "g.safetensors", diffusion=task.diffusion, task="t")
+    assert (b.sampler, b.schedule.num_steps, b.feature_steps) == ("ddim", 10, [5, 25])
+    assert list(b.feature_shapes())[0] == "t5.output_blocks.0"
+    with pytest.raises(ValueError, match=r"tasks.t.diffusion: diffusion steps \[100\] are outside"):
+        load_task_generator(tmp_path / "g.safetensors", diffusion={**task.diffusion, "feature_steps": [100]}, task="t")
+
+
+def test_task_diffusion_settings_refused_for_a_gan(tiny_backend):
+    from labelfactory.generators.view import set_diffusion
+
+    with pytest.raises(ValueError, match="tasks.x.diffusion is for diffusion generators; this stylegan2"):
+        set_diffusion(tiny_backend, {"sampler": "ddim"}, "tasks.x.diffusion")

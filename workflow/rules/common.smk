@@ -59,7 +59,7 @@ def checkpoint_weights(wildcards):
 def generator_options(task):
     """How the rules load a task's generator (labelfactory.generators.view.load_task_generator)."""
     return dict(truncation=task.truncation, average_latent=task.average_latent, image=task.image, task=task.name,
-                truncation_cutoff=task.truncation_cutoff)
+                truncation_cutoff=task.truncation_cutoff, diffusion=task.diffusion)
 
 
 def validation_gate(wildcards):

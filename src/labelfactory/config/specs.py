@@ -184,6 +184,7 @@ class TaskSpec:
     noise: str = "const"
     average_latent: str | None = None
     truncation_cutoff: int | None = None  # StyleGAN1: None = its resolution's (8 from 512 px up, else 7)
+    diffusion: dict | None = None  # diffusion generators: sampler and feature steps (generators.view.set_diffusion)
     image: dict = field(default_factory=_schema_default("$defs/task/properties/image"))
     annotation: AnnotationSpec = field(default_factory=AnnotationSpec)
     features: FeatureSpec = field(default_factory=FeatureSpec)
@@ -278,6 +279,7 @@ class WorkflowConfig:
                 noise=t["noise"],
                 average_latent=t["average_latent"],
                 truncation_cutoff=t["truncation_cutoff"],
+                diffusion=t["diffusion"],
                 image=dict(t["image"]),
                 annotation=AnnotationSpec(**t["annotation"]),
                 features=FeatureSpec(layers=layers if isinstance(layers, str) else tuple(layers),

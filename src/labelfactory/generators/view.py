@@ -139,9 +139,24 @@ def set_truncation_cutoff(backend: GeneratorBackend, cutoff: int | None, option:
         raise ValueError(f"{option}: {e}") from None
 
 
+def set_diffusion(backend: GeneratorBackend, settings: dict | None, option: str) -> None:
+    """Give a diffusion backend its sampler and feature steps (a task's ``diffusion``), refusing
+    in one line naming ``option`` a generator that is not one or settings it cannot take."""
+    if settings is None:
+        return
+    if not hasattr(backend, "set_sampling"):
+        raise ValueError(f"{option} is for diffusion generators; this {backend.arch} checkpoint is not one")
+    try:
+        backend.set_sampling(settings["sampler"], settings["sampling_steps"], settings["eta"])
+        backend.set_feature_steps(settings["feature_steps"] or backend.feature_steps, settings["feature_noise_seed"])
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+
+
 def load_task_generator(weights: str | Path, device: str | torch.device = "cpu", truncation: float = 1.0,
                         average_latent: str | Path | None = None, image: dict | None = None,
-                        task: str = "task", truncation_cutoff: int | None = None) -> GeneratorBackend | ViewedBackend:
+                        task: str = "task", truncation_cutoff: int | None = None,
+                        diffusion: dict | None = None) -> GeneratorBackend | ViewedBackend:
     """A task's generator: the checkpoint, its average latent where it holds none, its
     truncation cut-off where it has one, and its image view.
 
@@ -149,9 +164,11 @@ def load_task_generator(weights: str | Path, device: str | torch.device = "cpu",
     without one; truncation below 1 on such a checkpoint without it is refused here,
     in one line naming ``tasks.<task>.average_latent``. ``truncation_cutoff`` (StyleGAN1:
     the layers below it are truncated; None = 8 from 512 px up, else 7) likewise names
-    ``tasks.<task>.truncation_cutoff`` on a generator without one."""
+    ``tasks.<task>.truncation_cutoff`` on a generator without one, and ``diffusion`` (sampler
+    and feature steps) ``tasks.<task>.diffusion`` on one that is not a diffusion model."""
     backend = load_generator(weights, device)
     set_truncation_cutoff(backend, truncation_cutoff, f"tasks.{task}.truncation_cutoff")
+    set_diffusion(backend, diffusion, f"tasks.{task}.diffusion")
     if average_latent is not None:
         set_average_latent(backend, average_latent, f"tasks.{task}.average_latent")
     elif hasattr(backend, "set_average_latent") and truncation < 1:
@@ -161,6 +178,6 @@ def load_task_generator(weights: str | Path, device: str | torch.device = "cpu",
     return backend if view == ImageView() else ViewedBackend(backend, view)
 
 
-__all__ = ["ImageView", "ViewedBackend", "load_task_generator", "set_average_latent", "set_truncation_cutoff",
-           "view_of"]
+__all__ = ["ImageView", "ViewedBackend", "load_task_generator", "set_average_latent", "set_diffusion",
+           "set_truncation_cutoff", "view_of"]
 
