@@ -106,6 +106,30 @@ def test_class_scattered_synthesis_is_one_job_per_class_and_shard(tmp_path):
     assert counts["synthesize"] == 600 and counts["filter"] == 1 and counts["train_interpreter"] == 1
 
 
+def test_export_target_writes_the_configured_formats_outside_the_default_run(project):
+    import tarfile
+
+    from labelfactory.core.io import sha256_file
+    from labelfactory.synthesis.export.journal import read_checksums
+
+    snakemake(project)
+    out = project / "results/tiny/export"
+    with config_changed(project, {"tasks": {"tiny": {"export": {"formats": ["webdataset", "voc"]}}}}):
+        dry = snakemake(project, "-n")
+        assert "Nothing to be done" in dry.stdout + dry.stderr, "the default run exports nothing"
+        snakemake(project, "export")
+        for fmt in ("webdataset", "voc"):
+            sums = read_checksums(out / fmt / "SHA256SUMS")
+            assert sums and all(sha256_file(out / fmt / name) == sha for name, sha in sums.items())
+        assert len((out / "voc/ImageSets/Segmentation/train.txt").read_text().split()) == 9
+        with config_changed(project, {"tasks": {"tiny": {"export": {"include_dropped": True}}}}):
+            assert "export_format" in snakemake(project, "export", "-n", "--quiet", "rules").stdout
+            snakemake(project, "export")
+            with tarfile.open(out / "webdataset/shards/data-000000.tar") as tar:
+                assert len(tar.getnames()) == 3 * 12  # png, mask.png, json of every sample
+            assert len((out / "voc/ImageSets/Segmentation/dropped.txt").read_text().split()) == 3
+
+
 def test_bad_config_fails_before_any_job(tmp_path):
     make_tiny_project(tmp_path)
     update_config(tmp_path, {"tasks": {"tiny": {"truncation": 3}}})

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_util
 
 from labelfactory.core.io import atomic_path
 from labelfactory.downstream.class_aware import OBJECT, ClassAwareLabels
 from labelfactory.synthesis.dataset import Sample, SyntheticDataset
-from labelfactory.synthesis.export.base import EXPORTERS, ExportOptions, TaskInfo, pieces
+from labelfactory.synthesis.export.base import EXPORTERS, ExportOptions, TaskInfo, pieces, png_bytes, write_file
 from labelfactory.synthesis.export.journal import Journal
 
 IMAGE_FOLDER, SEMANTIC_FOLDER, COCO_JSON = "images", "semantic", "annotations.json"
@@ -107,8 +106,7 @@ class CocoWriter:
         if write_files:
             for path, array in files.items():
                 path.parent.mkdir(exist_ok=True)
-                with atomic_path(path) as tmp:
-                    Image.fromarray(array).save(tmp, format="PNG")
+                write_file(path, png_bytes(array))
         self._json.write((", " if image_id > 1 else "") + json.dumps(record))
         self.counts["images"] = image_id
         self.counts["empty_images"] += len(masks) == 0

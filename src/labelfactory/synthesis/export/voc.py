@@ -17,7 +17,7 @@ from PIL import Image
 
 from labelfactory.core.io import atomic_path, atomic_write_text
 from labelfactory.synthesis.dataset import SyntheticDataset, sample_key
-from labelfactory.synthesis.export.base import EXPORTERS, ExportOptions, TaskInfo, pieces, png_bytes
+from labelfactory.synthesis.export.base import EXPORTERS, ExportOptions, TaskInfo, pieces, png_bytes, write_file
 from labelfactory.synthesis.export.journal import Journal
 
 IMAGES, MASKS, SETS = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
@@ -45,16 +45,13 @@ def _image_bytes(image: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _write(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 @EXPORTERS.register("voc")
 def export_voc(samples: SyntheticDataset, out: Path, info: TaskInfo, options: ExportOptions,
                journal: Journal) -> list[Path]:
     """Write image and mask files piece by piece, then the image sets, label map and sample table."""
     palette = voc_palette()
+    for folder in (IMAGES, MASKS):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     for number, start, stop in pieces(samples, options):
         piece = f"piece-{number:06d}"
         if journal.done(piece):
@@ -62,8 +59,8 @@ def export_voc(samples: SyntheticDataset, out: Path, info: TaskInfo, options: Ex
         files = []
         for s in samples.stream(start, stop, options.batch_size):
             image, mask = out / IMAGES / f"{s.key}.{options.image_format}", out / MASKS / f"{s.key}.png"
-            _write(image, _image_bytes(s.arrays["image"], options.image_format))
-            _write(mask, png_bytes(s.arrays["label"], palette=palette.tobytes()))
+            write_file(image, _image_bytes(s.arrays["image"], options.image_format))
+            write_file(mask, png_bytes(s.arrays["label"], palette=palette.tobytes()))
             files += [image, mask]
         journal.record(piece, files)
     rows = samples.rows.assign(key=[sample_key(int(s), int(c)) for s, c in zip(samples.rows["seed"],
