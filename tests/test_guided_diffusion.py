@@ -251,3 +251,38 @@ def test_task_diffusion_settings_refused_for_a_gan(tiny_backend):
 
     with pytest.raises(ValueError, match="tasks.x.diffusion is for diffusion generators; this stylegan2"):
         set_diffusion(tiny_backend, {"sampler": "ddim"}, "tasks.x.diffusion")
+
+
+def test_paper_flags_give_ddpm_segmentations_feature_width():
+    """ddpm-segmentation's 256 px models (its MODEL_FLAGS) with its blocks 5, 6, 7, 8, 12 at 3 steps:
+    the 8448 channels of its experiments' ``dim``, at 32 to 128 px (the last block at 256)."""
+    flags = {"attention_resolutions": "32,16,8", "class_cond": False, "diffusion_steps": 1000, "dropout": 0.1,
+             "image_size": 256, "learn_sigma": True, "noise_schedule": "linear", "num_channels": 256,
+             "num_head_channels": 64, "num_res_blocks": 2, "resblock_updown": True, "use_fp16": True,
+             "use_scale_shift_norm": True}
+    with torch.device("meta"):
+        unet = GuidedUNet(flags)
+    shapes = unet.output_shapes
+    assert 3 * sum(shapes[b][0] for b in (5, 6, 7, 8, 12)) == 8448
+    assert [shapes[b][1] for b in (5, 6, 7, 8, 12)] == [32, 32, 32, 64, 128] and shapes[-1] == (256, 256, 256)
+
+
+def test_feature_store_of_a_diffusion_task(model, tmp_path):
+    """The workflow's extract_features on a diffusion backend: samples from seeds, taps chosen by name."""
+    from labelfactory.features import FeatureStore, extract_features
+
+    b = _backend(model)
+    b.set_sampling("ddim", "3")
+    b.set_feature_steps([5, 25])
+    z = b.draw_latents([0, 1])
+    cls = None if b.num_classes == 0 else np.array([7, 8])
+    layers = ["t25.output_blocks.1", "t5.output_blocks.3"]
+    assert extract_features(b, ["s0", "s1"], z, tmp_path / "f.h5", cls, layers=layers) == [
+        "t5.output_blocks.3", "t25.output_blocks.1"]
+    store = FeatureStore.open(tmp_path / "f.h5")
+    assert store.shapes == {name: b.feature_shapes()[name] for name in store.layers}
+    images = torch.from_numpy(b.render(z, cls))
+    noise = torch.randn((1, *b.latent_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = b.image_features(images.clamp(-1, 1), noise, None if cls is None else torch.from_numpy(cls), [5], [3])
+    _close(store.read("s1")["t5.output_blocks.3"].astype(np.float32), want["t5.output_blocks.3"][1].numpy(), 1e-3)
