@@ -94,7 +94,7 @@ def test_samples_match_the_pipelines(folder, pipeline, sampler, steps, eta):
 
 
 def test_features_per_step_and_block(folder):
-    path, unet, y = folder
+    path, _, y = folder
     backend = load_generator(path)
     g = torch.Generator().manual_seed(3)
     images, noise = torch.rand((2, 3, 16, 16), generator=g) * 2 - 1, torch.randn((1, 3, 16, 16), generator=g)

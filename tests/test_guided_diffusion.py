@@ -118,7 +118,7 @@ def test_samples_from_seeds(model, key, sampler, steps, eta):
 
 
 def test_canonical_round_trip_and_batch_independence(model, tmp_path):
-    _, flags_path, pt, ref = model
+    _, flags_path, pt, _ = model
     b = _backend(model)
     meta = convert_checkpoint(pt, tmp_path / "gd.safetensors", model_flags=json.loads(flags_path.read_text()))
     again = load_generator(tmp_path / "gd.safetensors")
@@ -158,7 +158,7 @@ def test_cli_features_and_render_match_the_reference(model, tmp_path):
 
 @pytest.mark.parametrize("case", ["flags", "step", "block", "no-flags"])
 def test_bad_input_is_one_line_and_writes_nothing(model, tmp_path, capsys, case):
-    name, flags_path, pt, ref = model
+    _, flags_path, pt, ref = model
     np.save(tmp_path / "images.npy", ref["images"])
     np.save(tmp_path / "noise.npy", ref["noise"])
     flags = json.loads(flags_path.read_text())
@@ -241,7 +241,7 @@ def test_task_diffusion_settings(model, tmp_path):
                               "feature_noise_seed": 0}
     b = load_task_generator(tmp_path / "g.safetensors", diffusion=task.diffusion, task="t")
     assert (b.sampler, b.schedule.num_steps, b.feature_steps) == ("ddim", 10, [5, 25])
-    assert list(b.feature_shapes())[0] == "t5.output_blocks.0"
+    assert next(iter(b.feature_shapes())) == "t5.output_blocks.0"
     with pytest.raises(ValueError, match=r"tasks.t.diffusion: diffusion steps \[100\] are outside"):
         load_task_generator(tmp_path / "g.safetensors", diffusion={**task.diffusion, "feature_steps": [100]}, task="t")
 

@@ -55,7 +55,6 @@ from labelfactory.generators.guided_unet import GuidedUNet, normalise_flags
 ARCH = "guided-diffusion"
 SAMPLERS = ("ddpm", "ddim")
 PAPER_STEP_FRACTIONS = (0.05, 0.15, 0.25)  # ddpm-segmentation's steps 50, 150, 250 of T = 1000
-PAPER_BLOCKS = (5, 6, 7, 8, 12)  # ddpm-segmentation's decoder blocks at 256 px
 
 
 # --- schedule ------------------------------------------------------------------------
