@@ -286,3 +286,13 @@ def test_feature_store_of_a_diffusion_task(model, tmp_path):
     with torch.no_grad():
         want = b.image_features(images.clamp(-1, 1), noise, None if cls is None else torch.from_numpy(cls), [5], [3])
     _close(store.read("s1")["t5.output_blocks.3"].astype(np.float32), want["t5.output_blocks.3"][1].numpy(), 1e-3)
+
+
+def test_cli_refuses_gan_options(model, tmp_path, capsys):
+    _, flags_path, pt, ref = model
+    np.save(tmp_path / "x.npy", ref["images"])
+    capsys.readouterr()
+    assert main(["features", "--checkpoint", str(pt), "--model-flags", str(flags_path), "--latents",
+                 str(tmp_path / "x.npy"), "--layers", "a", "--out", str(tmp_path / "f.npz")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("--latents, --layers: not for diffusion models") and not (tmp_path / "f.npz").exists()

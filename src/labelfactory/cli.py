@@ -52,8 +52,16 @@ def _load_inputs(args, backend):
     return z, classes
 
 
+def _refuse_gan_options(args, *names: str) -> None:
+    """One line naming the GAN-only options given to a diffusion model's command."""
+    given = [f"--{n.replace('_', '-')}" for n in ("average_latent", "truncation_cutoff", *names) if getattr(args, n)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not for diffusion models")
+
+
 def _diffusion_render(backend, args) -> np.ndarray:
     """Samples of a diffusion backend from the x_T ``[N, 3, H, W]`` in --latents, with the sampler named."""
+    _refuse_gan_options(args)
     if not args.latents:
         raise ValueError("--latents (the initial noise x_T, [N, 3, H, W]) is required")
     backend.set_sampling(args.sampler or backend.sampler, args.sampling_steps or backend.sampling_steps, args.eta)
@@ -67,6 +75,7 @@ def _diffusion_features(backend, args) -> dict[str, np.ndarray]:
     """ddpm-segmentation's taps of the images in --images noised by --image-noise, per (step, block)."""
     import torch
 
+    _refuse_gan_options(args, "latents", "layers")
     missing = [name for name, v in (("--images", args.images), ("--image-noise", args.image_noise),
                                     ("--steps", args.steps), ("--blocks", args.blocks)) if not v]
     if missing:
