@@ -40,7 +40,7 @@ def _close(got, want, tol):
     assert np.abs(np.asarray(got) - want).max() <= tol * scale
 
 
-@pytest.fixture(scope="module", params=["uncond", "cond"])
+@pytest.fixture(scope="module", params=["uncond", "cond", "xstart"])
 def model(request, tmp_path_factory):
     """(name, flags path, checkpoint .pt, reference arrays): the weights rebuilt as make_reference.py drew them."""
     name = request.param
@@ -90,21 +90,21 @@ def test_one_denoising_step(model):
     t = torch.tensor([40, 40])
     step_noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(ref_script.STEP_SEED))
     for sampler, eta, key in (("ddpm", 0.0, "p_sample.t40"), ("ddim", 0.5, "ddim_sample.t40.eta0.5")):
-        b.set_sampling(sampler, "100", eta)
+        b.set_sampling(sampler, b.flags["timestep_respacing"] or "100", eta)
         s = b.schedule
         x = s.at(s.sqrt_ac, t) * images + s.at(s.sqrt_1m_ac, t) * noise
         with torch.no_grad():
             _close(b.step(x, t, y, step_noise), ref[key], FEATURE_TOL)
 
 
-@pytest.mark.parametrize("key,sampler,steps,eta", [("ddim10", "ddim", "10", 0.0), ("ddim10.eta0.5", "ddim", "10", 0.5),
-                                                   ("ddpm100", "ddpm", "100", 0.0)])
+@pytest.mark.parametrize("key,sampler,steps,eta", [("ddim10", "ddim", 10, 0.0), ("ddim10.eta0.5", "ddim", 10, 0.5),
+                                                   ("ddpm", "ddpm", None, 0.0)])
 def test_samples_from_seeds(model, key, sampler, steps, eta):
     """x_T from the sample's seed (as torch.manual_seed(seed); torch.randn there), then the sampler;
     stochastic steps from the generator the reference seeded."""
     _, _, _, ref = model
     b = _backend(model)
-    b.set_sampling(sampler, steps, eta)
+    b.set_sampling(sampler, steps or b.flags["timestep_respacing"] or "100", eta)  # ddpm: through the flags' steps
     x_t = torch.from_numpy(b.draw_latents(ref_script.SAMPLE_SEEDS))
     y = _classes(ref)
     outs = []
@@ -178,7 +178,8 @@ def test_bad_input_is_one_line_and_writes_nothing(model, tmp_path, capsys, case)
                  str(tmp_path / "noise.npy"), "--steps", step, "--blocks", block, "--out", str(out)]) == 1
     (message,) = capsys.readouterr().err.strip().splitlines()
     assert "ERROR" in message
-    expected = {"flags": "time_embed.0.weight", "step": "outside the schedule [0, 100)",
+    steps = 50 if flags["timestep_respacing"] else 100
+    expected = {"flags": "time_embed.0.weight", "step": f"outside the schedule [0, {steps})",
                 "block": "unknown UNet blocks ['output_blocks.9']", "no-flags": "give its model flags"}[case]
     assert expected in message
     assert not out.exists() and list(tmp_path.glob("f.npz*")) == []

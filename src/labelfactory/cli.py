@@ -64,7 +64,9 @@ def _diffusion_render(backend, args) -> np.ndarray:
     _refuse_gan_options(args)
     if not args.latents:
         raise ValueError("--latents (the initial noise x_T, [N, 3, H, W]) is required")
-    backend.set_sampling(args.sampler or backend.sampler, args.sampling_steps or backend.sampling_steps, args.eta)
+    steps = args.sampling_steps
+    steps = int(steps) if steps and steps.isdigit() else steps  # a count K, else a timestep_respacing
+    backend.set_sampling(args.sampler or backend.sampler, steps or backend.sampling_steps, args.eta)
     z = np.load(args.latents)
     classes = np.load(args.classes) if args.classes else None
     return backend.render(z[None] if z.ndim == 3 else z, classes, truncation=args.truncation, noise=args.noise,
@@ -326,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diffusion models: ancestral sampling (diffusers: the folder's scheduler) or DDIM "
                         "(default: guided-diffusion's timestep_respacing flag decides; diffusers: ddpm)")
     r.add_argument("--sampling-steps", metavar="K",
-                   help="diffusion models: retained steps (guided-diffusion: K, or a timestep_respacing such "
-                        "as ddim25 or 10,20; ddim takes the ddimK stride when one gives K)")
+                   help="diffusion models: a count K of retained steps (ddim: guided-diffusion's ddimK stride when "
+                        "one gives K, else evenly spaced), or a guided-diffusion timestep_respacing (ddim25, 10,20)")
     r.add_argument("--eta", type=float, default=0.0, help="diffusion models: DDIM's eta")
     r.set_defaults(func=_render)
 

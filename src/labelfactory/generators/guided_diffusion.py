@@ -201,21 +201,21 @@ class GuidedDiffusionBackend(GeneratorBackend):
         self.feature_noise_seed = int(noise_seed)
 
     def set_sampling(self, sampler: str, spacing: str | int, eta: float = 0.0) -> None:
-        """Sampler (``ddpm`` or ``ddim``), the retained steps (a ``timestep_respacing``, or a
-        count K: ``ddimK`` striding for DDIM where an integer stride gives K, else K steps
-        evenly spaced) and DDIM's ``eta``."""
+        """Sampler (``ddpm`` or ``ddim``), the retained steps and DDIM's ``eta``. ``spacing`` is a
+        ``timestep_respacing`` string as guided-diffusion reads it (``"250"``, ``"10,20"``,
+        ``"ddim25"``), or a count K: for DDIM the ``ddimK`` stride where one gives exactly K
+        (guided-diffusion's DDIM usage), else K steps evenly spaced."""
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r} (one of {', '.join(SAMPLERS)})")
         if eta < 0 or (sampler == "ddpm" and eta):
             raise ValueError(f"eta must be >= 0 and only for ddim, got {eta} with {sampler}")
-        spacing = str(spacing)
-        if spacing.isdigit() and sampler == "ddim":
+        if isinstance(spacing, int) and sampler == "ddim":
             try:
                 keep = space_timesteps(self.num_timesteps, f"ddim{spacing}")
             except ValueError:
-                keep = space_timesteps(self.num_timesteps, spacing)
+                keep = space_timesteps(self.num_timesteps, str(spacing))
         else:
-            keep = space_timesteps(self.num_timesteps, spacing)
+            keep = space_timesteps(self.num_timesteps, str(spacing))
         self.sampler, self.sampling_steps, self.eta = sampler, spacing, float(eta)
         self.schedule = Schedule(self.base_betas, keep)
 

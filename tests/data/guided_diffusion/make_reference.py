@@ -9,10 +9,12 @@ guided_diffusion submodule, openai/guided-diffusion at the commit it pins
     python tests/data/guided_diffusion/make_reference.py SEG tests/data/guided_diffusion
 
 ``dist_util`` imports ``blobfile`` and ``mpi4py`` at import time; one-process stand-ins are
-installed here. Two tiny models (16 px, 100 steps) cover the flags: ``uncond`` (learned
-sigma, scale-shift norm, resblock up/down, heads by channel count, linear schedule) and
+installed here. Three tiny models (16 px, 100 steps) cover the flags: ``uncond`` (learned
+sigma, scale-shift norm, resblock up/down, heads by channel count, linear schedule),
 ``cond`` (class-conditional, cosine schedule, additive embedding, conv up/down, the new
-attention order, rescaled timesteps). Every tensor is drawn from :func:`reference_weights`
+attention order, rescaled timesteps) and ``xstart`` (x0 prediction, two residual blocks per
+level, other upsampling heads, flags respaced to 50 steps, which the extractor's x_t and the
+ancestral sampler then use). Every tensor is drawn from :func:`reference_weights`
 (guided-diffusion zero-initialises its output convs, which would make every output 0). The
 checkpoints (``<name>.pt``, the plain ``torch.save(model.state_dict())`` ddpm-segmentation
 loads) are 3.4 MB and 3.9 MB, so they are not kept: the tests rebuild the same tensors from
@@ -21,7 +23,7 @@ loads) are 3.4 MB and 3.9 MB, so they are not kept: the tests rebuild the same t
 ``<name>.flags.json`` and ``<name>.reference.npz``: the weights' digest, inputs, the features of
 ``FeatureExtractorDDPM`` per (step, block) (for ``cond``, its forward with the class
 passed, which ddpm-segmentation's extractor does not do), one ``p_sample`` and one
-``ddim_sample`` step, a full ancestral sample and 10-step DDIM samples (eta 0 and 0.5),
+``ddim_sample`` step, an ancestral sample through the flags' steps and 10-step DDIM samples (eta 0 and 0.5),
 each after ``torch.manual_seed`` as noted.
 """
 
@@ -49,10 +51,16 @@ FLAGS = {
                  diffusion_steps=100, noise_schedule="cosine", timestep_respacing="", use_kl=False,
                  predict_xstart=False, rescale_timesteps=True, rescale_learned_sigmas=False, use_checkpoint=False,
                  use_fp16=False),
+    "xstart": dict(image_size=16, num_channels=32, num_res_blocks=2, channel_mult="1,2", attention_resolutions="8",
+                   num_heads=2, num_head_channels=-1, num_heads_upsample=1, learn_sigma=True, class_cond=False,
+                   use_scale_shift_norm=True, resblock_updown=False, use_new_attention_order=False, dropout=0.0,
+                   diffusion_steps=100, noise_schedule="linear", timestep_respacing="50", use_kl=False,
+                   predict_xstart=True, rescale_timesteps=False, rescale_learned_sigmas=False, use_checkpoint=True,
+                   use_fp16=False),
 }
-WEIGHT_SEED = {"uncond": 1, "cond": 2}
-FEATURE_STEPS = {"uncond": [5, 25], "cond": [10]}
-FEATURE_BLOCKS = {"uncond": [0, 2], "cond": [1, 3]}
+WEIGHT_SEED = {"uncond": 1, "cond": 2, "xstart": 3}
+FEATURE_STEPS = {"uncond": [5, 25], "cond": [10], "xstart": [20]}  # xstart: of its respaced 50
+FEATURE_BLOCKS = {"uncond": [0, 2], "cond": [1, 3], "xstart": [1]}
 CLASSES = [3, 998]
 SAMPLE_SEEDS = [11, 12]
 STEP_SEED = 7  # torch.manual_seed before the single steps
@@ -135,7 +143,7 @@ def make(seg: Path, out: Path, name: str) -> None:
             i += 1
 
     with torch.no_grad():
-        # one reverse step of each sampler from a noisy image, at spaced step 40 of the 100
+        # one reverse step of each sampler from a noisy image, at step 40 of the flags' (spaced) diffusion
         x = diffusion.q_sample(images, torch.tensor([40] * n), noise=noise)
         t = torch.tensor([40] * n)
         torch.manual_seed(STEP_SEED)
@@ -144,7 +152,7 @@ def make(seg: Path, out: Path, name: str) -> None:
         ref["ddim_sample.t40.eta0.5"] = diffusion.ddim_sample(model, x, t, model_kwargs=kw, eta=0.5)["sample"]
         # samples from x_T drawn after torch.manual_seed(seed), one per call as a seed addresses one sample
         ddim10 = create_model_and_diffusion(**{**flags, "timestep_respacing": "ddim10"})[1]
-        for key, sampler, eta in (("ddpm100", diffusion.p_sample_loop, None),
+        for key, sampler, eta in (("ddpm", diffusion.p_sample_loop, None),
                                   ("ddim10", ddim10.ddim_sample_loop, 0.0),
                                   ("ddim10.eta0.5", ddim10.ddim_sample_loop, 0.5)):
             outs = []
