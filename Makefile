@@ -1,6 +1,9 @@
 # Two entry points (see README): `make run` and `make test`. Both build .venv first.
 PYTHON ?= python3
 VENV ?= .venv
+# Label Studio's own environment (its pins clash with ours): the annotation server of
+# `labelfactory annotate` and tests/test_label_studio.py.
+LS_VENV ?= .venv-label-studio
 # Choose another CUDA build of torch for older cluster drivers, e.g.
 #   make TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 run
 TORCH_INDEX_URL ?=
@@ -18,11 +21,15 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup run test dryrun ablations pretraining figures clean-results
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(LS_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml envs/install_detectron2.sh envs/labelfactory.post-deploy.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_EXTRA) bash envs/labelfactory.post-deploy.sh $(VENV)/bin/python
+	touch $@
+
+$(LS_VENV)/.installed: envs/label-studio-requirements.txt envs/install_label_studio.sh
+	bash envs/install_label_studio.sh $(PYTHON) $(LS_VENV)
 	touch $@
 
 run: setup
