@@ -93,6 +93,18 @@ def test_samples_match_the_pipelines(folder, pipeline, sampler, steps, eta):
     assert np.abs(got - want).max() <= SAMPLE_TOL
 
 
+def test_the_folders_own_scheduler(tmp_path):
+    """``ddpm`` runs the folder's scheduler, whatever its class: PNDM (deterministic) as PNDMPipeline."""
+    unet = _unet(None)
+    diffusers.PNDMPipeline(unet=unet, scheduler=diffusers.PNDMScheduler(num_train_timesteps=TRAIN_STEPS)) \
+        .save_pretrained(tmp_path / "pndm")
+    pipe = diffusers.PNDMPipeline.from_pretrained(tmp_path / "pndm")
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(batch_size=len(SEEDS), generator=[torch.Generator().manual_seed(s) for s in SEEDS],
+                num_inference_steps=10, output_type="np").images
+    assert np.abs(_ours(load_generator(tmp_path / "pndm"), None, "ddpm", 10) - want).max() <= SAMPLE_TOL
+
+
 def test_features_per_step_and_block(folder):
     path, _, y = folder
     backend = load_generator(path)

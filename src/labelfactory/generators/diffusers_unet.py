@@ -23,6 +23,7 @@ read here: such a folder is refused with that reason.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Sequence
@@ -153,10 +154,11 @@ class DiffusersUNetBackend(GeneratorBackend):
         """The pipeline's loop from x_T, one generator per sample for stochastic steps."""
         scheduler = _scheduler(self.arch_config["scheduler"], ddim=self.sampler == "ddim")
         scheduler.set_timesteps(self.sampling_steps)
-        extra = {"eta": self.eta} if self.sampler == "ddim" else {}
+        takes = inspect.signature(scheduler.step).parameters  # deterministic schedulers (PNDM) take no generator
+        extra = {k: v for k, v in (("generator", list(generators)), ("eta", self.eta)) if k in takes}
         x = x_t
         for t in scheduler.timesteps:
-            x = scheduler.step(self._unet(x, t, y), t, x, generator=list(generators), **extra).prev_sample
+            x = scheduler.step(self._unet(x, t, y), t, x, **extra).prev_sample
         return x
 
     def image_features(self, images: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None,

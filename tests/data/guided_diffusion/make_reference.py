@@ -17,7 +17,7 @@ level, other upsampling heads, flags respaced to 50 steps, which the extractor's
 ancestral sampler then use). Every tensor is drawn from :func:`reference_weights`
 (guided-diffusion zero-initialises its output convs, which would make every output 0). The
 checkpoints (``<name>.pt``, the plain ``torch.save(model.state_dict())`` ddpm-segmentation
-loads) are 3.4 MB and 3.9 MB, so they are not kept: the tests rebuild the same tensors from
+loads) are 3 to 4 MB each, so they are not kept: the tests rebuild the same tensors from
 :func:`reference_weights`, check them against the digest recorded here
 (:func:`weights_digest`) and save them as such a ``.pt`` again. Written per model:
 ``<name>.flags.json`` and ``<name>.reference.npz``: the weights' digest, inputs, the features of
