@@ -336,3 +336,19 @@ def test_figures_redraw_from_existing_results_without_training(project):
     counts = job_counts(out)
     assert counts["ablation_report"] == 4 and counts["sample_grid"] == 1
     assert not {"train_interpreter", "synthesize", "train_downstream", "ablation_train_downstream"} & set(counts)
+
+
+@pytest.mark.slow
+def test_an_interpreter_arm_that_diverges_is_a_row_not_a_failure(project):
+    """An interpreter arm whose every member blows up (an absurd learning rate) synthesises shards that
+    record it, its downstream runs are recorded as diverged, and the report shows the arm as diverged
+    beside the arm that trained."""
+    arms = {"m2": {"num_members": 2}, "blowup": {"num_members": 2, "lr": 1e30}}
+    with config_changed(project, {"ablations": {"tiny": {"interpreter": arms}}}):
+        snakemake(project, "results/ablations/tiny/report/interpreter.png", timeout=900)
+    summary = pd.read_csv(project / "results/ablations/tiny/report/interpreter_summary.csv")
+    rows = summary.set_index("x")
+    assert rows.loc["blowup", "diverged"] == 1 and rows.loc["blowup", "runs"] == 0
+    assert rows.loc["m2", "diverged"] == 0 and rows.loc["m2", "miou_mean"] > 0
+    run = json.loads(next((project / "results/ablations/tiny").glob("interp-blowup/**/scores.json")).read_text())
+    assert run["status"] == "diverged" and run["what"] == "interpreter" and run["upstream"]["status"] == "diverged"

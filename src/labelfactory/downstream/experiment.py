@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,10 +39,12 @@ from labelfactory.core.divergence import run_status
 from labelfactory.core.io import atomic_write_json
 from labelfactory.core.provenance import describe_device
 from labelfactory.synthesis.filtering import read_manifest
+from labelfactory.downstream.models import build_segmentation_model
 from labelfactory.core.registry import Registry
 from labelfactory.synthesis.dataset import SyntheticDataset
 from labelfactory.synthesis.ignore import ignore_uncertain
 from labelfactory.synthesis.shards import (
+    LABELLER_DIVERGED,
     read_samples_with_probabilities,
     read_samples_with_probabilities_and_uncertainty,
     require_probabilities,
@@ -173,6 +175,9 @@ def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, o
     ``status``: ``ok``, or ``diverged`` with the step and last finite loss, see
     :func:`~labelfactory.core.divergence.run_status`)."""
     labels = inputs.labels()
+    upstream = labeller_divergence(inputs)
+    if upstream is not None:  # its synthetic data was never labelled: the run is recorded, not trained
+        return record_unlabelled_run(setting, upstream, cfg, out, labels.names, device)
     dataset = SETTINGS.get(setting)(inputs, labels)
     log.info("%s: %d training images, seed %d", setting, len(dataset), cfg.seed)
     model, history = train_segmentation(dataset, len(labels.names), cfg, device)
@@ -183,6 +188,34 @@ def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, o
             "device": describe_device(device, history["threads"]), **status}
     save_model(model, out, cfg, len(labels.names), metrics=info, class_names=labels.names,
                snapshots=history["snapshots"])
+    return info
+
+
+def labeller_divergence(inputs: SettingInputs) -> dict | None:
+    """The divergence record of the interpreter that should have labelled the run's synthetic data
+    (its manifests' ``labeller_diverged``, see :func:`~labelfactory.synthesis.shards.write_diverged_shard`),
+    else None."""
+    for manifest in filter(None, (inputs.manifest, *inputs.combined)):
+        record = read_manifest(manifest).attrs.get(LABELLER_DIVERGED)
+        if record is not None:
+            return record
+    return None
+
+
+def record_unlabelled_run(setting: str, upstream: dict, cfg: SegTrainConfig, out: str | Path,
+                          class_names: Sequence[str], device: str = "cpu") -> dict:
+    """Save a run whose interpreter diverged as ``status: diverged`` (``what: interpreter``, its
+    step and last finite loss, the record under ``upstream``) with untrained weights, so the
+    evaluation and the tables count it as diverged."""
+    log.warning("%s seed %d: the interpreter that labels its data diverged in training; recorded as diverged, "
+                "not trained", setting, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_segmentation_model(cfg.model, len(class_names), **cfg.model_options)
+    info = {"setting": setting, "seed": cfg.seed, "num_train_images": 0, "wall_s": 0.0, "threads": cfg.threads,
+            "final_loss": None, "device": describe_device(device, cfg.threads), "status": "diverged",
+            "what": "interpreter", "step": upstream.get("step"), "last_finite_loss": upstream.get("last_finite_loss"),
+            "upstream": upstream}
+    save_model(model, out, cfg, len(class_names), metrics=info, class_names=class_names)
     return info
 
 

@@ -359,15 +359,23 @@ def interpreter_features(interpreter, features: Mapping[str, torch.Tensor], imag
 INTERPRETERS: Registry[type[Interpreter]] = Registry("interpreter")
 
 
+def interpreter_divergence(path) -> dict | None:
+    """The divergence record of the interpreter at ``path`` (its sidecar's ``run``) when every
+    member diverged in training, else None."""
+    run = run_record(read_sidecar(path))
+    return run if run["status"] == "diverged" else None
+
+
 def load_interpreter(interpreter_type: str | None, path, device: torch.device | str = "cpu",
                      precision: str = "float32") -> Interpreter:
     """A trained interpreter of ``interpreter_type`` (None: the one its sidecar names) from
     ``path``, set to infer in ``precision``; refused if every member diverged in training."""
     meta = read_sidecar(path)
-    if meta.get("status") == "diverged":
-        raise ValueError(f"{path}: every member of this interpreter diverged in training (its {meta.get('what')} "
-                         f"became non-finite at step {meta.get('step')}, last finite loss "
-                         f"{meta.get('last_finite_loss')}): nothing to label with; retrain it, e.g. with a lower "
+    diverged = interpreter_divergence(path)
+    if diverged is not None:
+        raise ValueError(f"{path}: every member of this interpreter diverged in training (its {diverged.get('what')} "
+                         f"became non-finite at step {diverged.get('step')}, last finite loss "
+                         f"{diverged.get('last_finite_loss')}): nothing to label with; retrain it, e.g. with a lower "
                          f"interpreter.lr")
     if interpreter_type is None:
         interpreter_type = meta.get("interpreter")

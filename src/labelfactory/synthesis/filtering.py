@@ -47,7 +47,9 @@ def filter_manifest(scores: pd.DataFrame, ratio: float) -> pd.DataFrame:
     :func:`labelfactory.synthesis.shards.read_shard_scores`) as not kept. Returns the
     manifest sorted by ``(shard, index)``. Refuses NaN scores, repeated
     ``(shard, index)`` rows and repeated ``(seed, class)`` samples (overlapping
-    seed ranges would put the same sample in the dataset twice)."""
+    seed ranges would put the same sample in the dataset twice). The ``attrs`` of ``scores`` (a
+    diverged interpreter's record, ``labeller_diverged``) pass to the manifest, which keeps them
+    as parquet."""
     missing = [c for c in SCORE_COLUMNS if c not in scores]
     if missing:
         raise ValueError(f"scores lack columns {missing}")
@@ -60,7 +62,9 @@ def filter_manifest(scores: pd.DataFrame, ratio: float) -> pd.DataFrame:
     drop = df.sort_values(["score", "shard", "index"], ascending=[False, True, True], kind="mergesort").index
     df["kept"] = True
     df.loc[drop[: num_dropped(len(df), ratio)], "kept"] = False
-    return df.sort_values(["shard", "index"], kind="mergesort").reset_index(drop=True)
+    manifest = df.sort_values(["shard", "index"], kind="mergesort").reset_index(drop=True)
+    manifest.attrs = dict(scores.attrs)
+    return manifest
 
 
 def _format(path: Path) -> str:

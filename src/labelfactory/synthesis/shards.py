@@ -61,6 +61,7 @@ OPTIONAL_DATASETS = {"latents": ((np.float32, np.int64), 2), "uncertainty": (np.
 REQUIRED_ATTRS = ("format_version", "num_samples", "generator_hash", "config_hash", "code_version",
                   "label_rule", "score_rule", "top_fraction", "truncation", "noise")
 _SCALAR_CHUNK = 1 << 16
+LABELLER_DIVERGED = "labeller_diverged"  # root attribute of a shard whose interpreter diverged (its JSON record)
 
 
 class ShardError(ValueError):
@@ -174,6 +175,50 @@ def _label_batch(backend: GeneratorBackend, interpreter: Interpreter, z: torch.T
     return arrays
 
 
+def _seeds_and_classes(backend: GeneratorBackend, seeds: Sequence[int] | np.ndarray,
+                       classes: int | Sequence[int] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds as int64 and one class per seed (checked by the backend); refuses no seeds."""
+    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+    if len(seeds) == 0:
+        raise ValueError("a shard needs at least one seed")
+    if classes is not None and np.ndim(classes) == 0:
+        classes = np.full(len(seeds), int(classes))
+    return seeds, backend.check_classes(classes, len(seeds))
+
+
+def _root_attrs(backend: GeneratorBackend, s: ShardSettings, seeds: np.ndarray, cls_all: np.ndarray,
+                attrs: Mapping[str, Any] | None, num_samples: int | None = None) -> dict[str, Any]:
+    """A shard's root attributes: the caller's ``attrs`` and the shard's own, with ``config_hash``
+    over everything that determines the contents; ``num_samples`` defaults to one per seed."""
+    attrs = dict(attrs or {})
+    reserved = sorted(set(attrs) & set(REQUIRED_ATTRS))
+    if reserved:
+        raise ValueError(f"attrs may not set the shard's own attributes {reserved}")
+
+    config = {
+        "format_version": FORMAT_VERSION, "generator_hash": backend.generator_hash,
+        "seeds": seeds.tolist(), "classes": cls_all.tolist(), "truncation": float(s.truncation), "noise": s.noise,
+        "label_rule": s.label_rule, "score_rule": s.score_rule, "top_fraction": float(s.top_fraction),
+        "store_latents": bool(s.store_latents), "store_uncertainty": bool(s.store_uncertainty), "attrs": attrs,
+    }
+    view = view_of(backend)
+    if view.size is not None or view.crop is not None:  # the view changes every image
+        config["image"] = [backend.resolution, *view.box(backend.resolution)]
+    if s.noise == "random":
+        config["batch_size"] = int(s.batch_size)
+    if s.sampling:
+        config["sampling"] = dict(s.sampling)
+    if s.store_probabilities:  # only when on: shards written before the option existed keep their hash
+        config["store_probabilities"] = True
+    return {
+        **attrs, "format_version": FORMAT_VERSION, "generator_hash": backend.generator_hash,
+        "num_samples": len(seeds) if num_samples is None else num_samples,
+        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
+        "code_version": code_version(), "label_rule": s.label_rule, "score_rule": s.score_rule,
+        "top_fraction": float(s.top_fraction), "truncation": float(s.truncation), "noise": s.noise,
+    }
+
+
 def synthesize_shard(
     backend: GeneratorBackend,
     interpreter: Interpreter,
@@ -201,45 +246,16 @@ def synthesize_shard(
     if not isinstance(settings, ShardSettings):
         raise TypeError(f"settings must be a ShardSettings, got {type(settings).__name__}")
     s = settings
-    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+    seeds, cls_all = _seeds_and_classes(backend, seeds, classes)
     n = len(seeds)
-    if n == 0:
-        raise ValueError("a shard needs at least one seed")
-    if classes is not None and np.ndim(classes) == 0:
-        classes = np.full(n, int(classes))
-    cls_all = backend.check_classes(classes, n)
     labeller_generator = getattr(interpreter, "generator_hash", None)
     if labeller_generator is not None and labeller_generator != backend.generator_hash:
         raise ValueError(f"the interpreter was trained on features of generator {labeller_generator[:16]}, "
                          f"not of this generator {backend.generator_hash[:16]}")
     if not 1 <= interpreter.num_classes <= MAX_LABEL_CLASSES:
         raise ValueError(f"labels are uint8: need 1..{MAX_LABEL_CLASSES} classes, got {interpreter.num_classes}")
-    attrs = dict(attrs or {})
-    reserved = sorted(set(attrs) & set(REQUIRED_ATTRS))
-    if reserved:
-        raise ValueError(f"attrs may not set the shard's own attributes {reserved}")
-
-    config = {
-        "format_version": FORMAT_VERSION, "generator_hash": backend.generator_hash,
-        "seeds": seeds.tolist(), "classes": cls_all.tolist(), "truncation": float(s.truncation), "noise": s.noise,
-        "label_rule": s.label_rule, "score_rule": s.score_rule, "top_fraction": float(s.top_fraction),
-        "store_latents": bool(s.store_latents), "store_uncertainty": bool(s.store_uncertainty), "attrs": attrs,
-    }
+    root_attrs = _root_attrs(backend, s, seeds, cls_all, attrs)
     view = view_of(backend)
-    if view.size is not None or view.crop is not None:  # the view changes every image
-        config["image"] = [backend.resolution, *view.box(backend.resolution)]
-    if s.noise == "random":
-        config["batch_size"] = int(s.batch_size)
-    if s.sampling:
-        config["sampling"] = dict(s.sampling)
-    if s.store_probabilities:  # only when on: shards written before the option existed keep their hash
-        config["store_probabilities"] = True
-    root_attrs = {
-        **attrs, "format_version": FORMAT_VERSION, "num_samples": n, "generator_hash": backend.generator_hash,
-        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
-        "code_version": code_version(), "label_rule": s.label_rule, "score_rule": s.score_rule,
-        "top_fraction": float(s.top_fraction), "truncation": float(s.truncation), "noise": s.noise,
-    }
     h, w = view.shape(backend.resolution)
     per_sample = {"images": ((n, h, w, 3), np.uint8), "labels": ((n, h, w), np.uint8)}
     if s.store_uncertainty:
@@ -278,6 +294,29 @@ def synthesize_shard(
                     arrays["latents"] = z_np.reshape(len(z_np), -1)
                 writer.submit(start, arrays)
                 bar.update(len(batch_seeds))
+    return verify_shard(out_path)
+
+
+def write_diverged_shard(backend: GeneratorBackend, out_path: str | os.PathLike, seeds: Sequence[int] | np.ndarray,
+                         classes: int | Sequence[int] | np.ndarray | None, settings: ShardSettings,
+                         diverged: Mapping[str, Any], *, attrs: Mapping[str, Any] | None = None) -> ShardInfo:
+    """The shard of ``seeds`` when every member of their interpreter diverged in training
+    (``on_divergence: record``): no samples, and the interpreter's divergence record (JSON) in
+    the root attribute ``labeller_diverged``. The filter carries it into the manifest, and the
+    downstream runs on it are recorded as diverged (:func:`read_shard_scores`) instead of the
+    DAG stopping at synthesis."""
+    seeds, cls_all = _seeds_and_classes(backend, seeds, classes)
+    record = json.dumps(dict(diverged), sort_keys=True)
+    root_attrs = _root_attrs(backend, settings, seeds, cls_all, {**(attrs or {}), LABELLER_DIVERGED: record},
+                             num_samples=0)
+    h, w = view_of(backend).shape(backend.resolution)
+    shapes = {"images": (0, h, w, 3), "labels": (0, h, w)}
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(root_attrs)
+        for name, (dtype, _) in REQUIRED_DATASETS.items():
+            shape = shapes.get(name, (0,))
+            f.create_dataset(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]), maxshape=(None, *shape[1:]),
+                             fletcher32=True)
     return verify_shard(out_path)
 
 
@@ -330,7 +369,7 @@ def _read_verified(path: str | os.PathLike, full: bool = False) -> tuple[ShardIn
                 raise ShardError(f"{path}: not a valid shard: " + "; ".join(problems))
             small = {k: f[k][()] for k in ("score", "seed", "class")}
             if full:
-                for name in f:
+                for name in (n for n in f if f[n].size):  # a diverged labeller's shard has no chunk to read
                     for chunk in f[name].iter_chunks():
                         f[name][chunk]
             info = ShardInfo(Path(path), int(f["images"].shape[0]), {k: _plain(v) for k, v in f.attrs.items()})
@@ -351,14 +390,18 @@ def verify_shard(path: str | os.PathLike, full: bool = False) -> ShardInfo:
 def read_shard_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """Columns ``shard`` (the path as given), ``index``, ``seed``, ``class``, ``score``
     for every sample of every shard, reading only those small datasets. Every shard
-    is verified first; if any is bad, one :class:`ShardError` names each bad one."""
-    frames, errors = [], []
+    is verified first; if any is bad, one :class:`ShardError` names each bad one. Shards
+    whose interpreter diverged (:func:`write_diverged_shard`) add no rows; the frame's
+    ``attrs["labeller_diverged"]`` is then that interpreter's divergence record."""
+    frames, errors, diverged = [], [], None
     for p in paths:
         try:
             info, small = _read_verified(p)
         except ShardError as e:
             errors.append(str(e))
             continue
+        if LABELLER_DIVERGED in info.attrs:
+            diverged = json.loads(info.attrs[LABELLER_DIVERGED])
         frames.append(pd.DataFrame({
             "shard": os.fspath(p), "index": np.arange(info.num_samples, dtype=np.int64),
             "seed": small["seed"], "class": small["class"], "score": small["score"],
@@ -366,10 +409,14 @@ def read_shard_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     if errors:
         raise ShardError(f"{len(errors)} bad shard(s):\n" + "\n".join(errors))
     if not frames:
-        return pd.DataFrame({"shard": pd.Series(dtype=str), "index": pd.Series(dtype=np.int64),
-                             "seed": pd.Series(dtype=np.int64), "class": pd.Series(dtype=np.int32),
-                             "score": pd.Series(dtype=np.float32)})
-    return pd.concat(frames, ignore_index=True)
+        scores = pd.DataFrame({"shard": pd.Series(dtype=str), "index": pd.Series(dtype=np.int64),
+                               "seed": pd.Series(dtype=np.int64), "class": pd.Series(dtype=np.int32),
+                               "score": pd.Series(dtype=np.float32)})
+    else:
+        scores = pd.concat(frames, ignore_index=True)
+    if diverged is not None:
+        scores.attrs[LABELLER_DIVERGED] = diverged
+    return scores
 
 
 def read_samples(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
