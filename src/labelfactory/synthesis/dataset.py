@@ -92,8 +92,8 @@ class SyntheticDataset(Dataset):
         it lies now: shard paths are taken as ``<task_dir>/shards/<shard file name>``."""
         task_dir = Path(task_dir)
         manifest = read_manifest(task_dir / MANIFEST_NAME)
-        shards = manifest["shard"].map(lambda s: str(task_dir / SHARD_FOLDER / Path(s).name))
-        return cls(manifest.assign(shard=shards), **kwargs)
+        where = {s: str(task_dir / SHARD_FOLDER / Path(s).name) for s in manifest["shard"].unique()}
+        return cls(manifest.assign(shard=manifest["shard"].map(where)), **kwargs)  # one string per shard
 
     def __len__(self) -> int:
         return len(self.indices)
