@@ -282,7 +282,7 @@ def _spec_classes():
         (SegTrainConfig, ds, {}, {}),
         (RealDataSpec, f"{ds}/properties/real", {}, {"cls": "class"}),
         (PretrainConfig, "$defs/pretraining", {"pretrain": {}}, pre),
-        (SceneSpec, "$defs/pretraining/properties/data", {}, {}),
+        (SceneSpec, "$defs/target", {"type": "toy_scenes"}, {}),
     ]
 
 

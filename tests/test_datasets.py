@@ -69,9 +69,12 @@ def voc_mask(h: int, w: int, cls: int) -> np.ndarray:
     return mask
 
 
-def write_voc(tmp_path: Path, splits=None, size=(12, 16)) -> tuple[Path, dict[str, np.ndarray]]:
+def write_voc(tmp_path: Path, splits=None, size=(12, 16), objects=False) -> tuple[Path, dict[str, np.ndarray]]:
+    """VOC 2012's segmentation layout; with ``objects`` also ``SegmentationObject/`` (the one object of
+    each image numbered 1, its void boundary 255, as VOC's object masks)."""
     root = tmp_path / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation") + (("SegmentationObject",) if objects
+                                                                                  else ()):
         (root / sub).mkdir(parents=True)
     splits = splits or {"train": ["2007_000032", "2007_000033"], "val": ["2007_000039"]}
     masks = {}
@@ -81,6 +84,8 @@ def write_voc(tmp_path: Path, splits=None, size=(12, 16)) -> tuple[Path, dict[st
             Image.fromarray(rgb(*size)).save(root / "JPEGImages" / f"{i}.jpg", quality=95)
             masks[i] = voc_mask(*size, cls=15 if k % 2 == 0 else 7)  # person, car
             save_palette_png(masks[i], root / "SegmentationClass" / f"{i}.png")
+            if objects:
+                save_palette_png(np.where(masks[i] == 255, 255, masks[i] > 0), root / "SegmentationObject" / f"{i}.png")
     return root, masks
 
 
@@ -219,7 +224,10 @@ def test_coco_split_names_and_labels_are_checked(tmp_path):
 
 
 # -- Cityscapes -----------------------------------------------------------------
-def write_cityscapes(tmp_path: Path, split="val", city="frankfurt", n=2) -> tuple[Path, list[np.ndarray]]:
+def write_cityscapes(tmp_path: Path, split="val", city="frankfurt", n=2,
+                     instances=False) -> tuple[Path, list[np.ndarray]]:
+    """Cityscapes' fine layout; with ``instances`` also ``*_gtFine_instanceIds.png`` (16-bit: label id x 1000 +
+    instance number on the columns of a class with instances, the bare label id elsewhere)."""
     root = tmp_path / "cityscapes"
     (root / "leftImg8bit" / split / city).mkdir(parents=True)
     (root / "gtFine" / split / city).mkdir(parents=True)
@@ -229,6 +237,10 @@ def write_cityscapes(tmp_path: Path, split="val", city="frankfurt", n=2) -> tupl
         Image.fromarray(rgb(8, 16)).save(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
         label_ids = np.array([0, 7, 8, 9, 11, 23, 24, 26, 29, 31, 33, 1, 4, 5, 6, 3], np.uint8)[None].repeat(8, 0)
         Image.fromarray(label_ids).save(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+        if instances:
+            numbered = np.where(label_ids >= 24, label_ids.astype(np.uint16) * 1000 + np.arange(16, dtype=np.uint16),
+                                label_ids).astype(np.uint16)
+            Image.fromarray(numbered).save(root / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png")
         ids.append(label_ids)
     return root, ids
 

@@ -40,9 +40,9 @@ def _stage(cfg: dict, root: Path) -> None:
         real = task.get("downstream", {}).get("real", {})
         if real.get("type") == "folder":
             (root / real["path"]).mkdir(parents=True, exist_ok=True)
-    for key, path in pretraining_files(cfg).items():  # the transfer experiment's weights and COCO files
+    for key, path in pretraining_files(cfg).items():  # the transfer experiment's weights and dataset folders
         (root / path).parent.mkdir(parents=True, exist_ok=True)
-        if key.endswith("image_root"):
+        if key.startswith("pretraining.targets."):
             (root / path).mkdir(exist_ok=True)
         else:
             (root / path).touch()

@@ -161,11 +161,12 @@ def test_transfer_table_and_figure(tmp_path):
                 box = {"AP": ap * f + seed, "AP50": 2 * ap, "AP75": None}
                 det.write_text(json.dumps({"bbox": box, "segm": {**box, "AP": None}}))
                 sem.write_text(json.dumps({"miou": 0.5, "num_train_images": int(100 * f)}))
-                runs.append({"init": init, "fraction": f, "seed": seed, "detection": det, "semantic": sem})
+                runs.append({"target": "scenes", "tasks": ["instance", "semantic"], "init": init, "fraction": f,
+                             "seed": seed, "detection": det, "semantic": sem})
     df = collect_transfer(runs)
     assert list(df["init"].cat.categories) == ["random", "synthetic"] and (df["mask_AP"] == 0).all()
     table = write_transfer_table(df, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "runs.csv")
-    row = table.loc[("synthetic", 1.0)]
+    row = table.loc[("scenes", "synthetic", 1.0)]
     assert (row["runs"], row["train_images"], row["box_AP_mean"], row["miou_mean"]) == (2, 100, 20.5, 50.0)
     assert row["box_AP_sd"] == pytest.approx(np.std([20, 21], ddof=1))
     md = (tmp_path / "t.md").read_text()
@@ -177,12 +178,36 @@ def test_transfer_table_and_figure(tmp_path):
     runs[-1]["detection"].write_text(json.dumps({"status": "diverged", "step": 40, "last_finite_loss": 2.0}))
     df = collect_transfer(runs)
     table = write_transfer_table(df, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "runs.csv")
-    row = table.loc[("synthetic", 1.0)]
+    row = table.loc[("scenes", "synthetic", 1.0)]
     assert (row["runs"], row["diverged"], row["box_AP_mean"], row["miou_mean"]) == (1, 1, 20.0, 50.0)
     assert table["diverged"].sum() == 1
     line = next(x for x in (tmp_path / "t.md").read_text().splitlines() if "1 + 1 diverged" in x)
     assert line.startswith("| synthetic") and "100 % |" in line and "20.0 ± 0.0" in line
     plot_data_efficiency(df, tmp_path / "fig.png")
+
+    # a second target with semantic segmentation only (the chest X-rays): its own block, mIoU its only metric
+    for init in ("random", "synthetic"):
+        for seed in (0, 1):
+            sem = tmp_path / f"lungs-{init}{seed}.json"
+            sem.write_text(json.dumps({"miou": 0.8 + 0.1 * seed, "num_train_images": 7}))
+            runs.append({"target": "lungs", "tasks": ["semantic"], "init": init, "fraction": 1.0, "seed": seed,
+                         "semantic": sem})
+    df = collect_transfer(runs)
+    table = write_transfer_table(df, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "runs.csv")
+    assert list(table.index.get_level_values("target").unique()) == ["scenes", "lungs"]
+    assert table.loc[("lungs", "random", 1.0), "miou_mean"] == pytest.approx(85.0)
+    assert np.isnan(table.loc[("lungs", "random", 1.0), "box_AP_mean"])
+    scenes, lungs = (tmp_path / "t.md").read_text().split("**lungs**")
+
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    assert scenes.startswith("**scenes**") and cells(scenes.splitlines()[2]) == [
+        "init", "fraction", "runs", "train images", "box AP", "box AP50", "mask AP", "mask AP50", "mIoU"]
+    assert cells(lungs.splitlines()[2]) == ["init", "fraction", "runs", "train images", "mIoU"]
+    assert cells(lungs.splitlines()[4]) == ["random", "100 %", "2", "7", "85.0 ± 7.1"]
+    plot_data_efficiency(df, tmp_path / "fig2.png")
+    assert (tmp_path / "fig2.png").stat().st_size > (tmp_path / "fig.png").stat().st_size  # a second row
 
 
 def _with_tasks(pretraining: dict) -> dict:
@@ -198,8 +223,20 @@ def _with_tasks(pretraining: dict) -> dict:
     ({"inits": {"r": {"method": "random", "task": "toy-car"}}}, r"pretraining.inits.r.task: only a segmentation init"),
     ({"inits": {"r": {"method": "moco"}}}, r"pretraining.inits.r.method: 'moco' is not one of"),
     ({"inits": {"r": {"method": "random"}}, "fractions": [0.1, 2]}, r"pretraining.fractions.1: 2 is greater than"),
-    ({"inits": {"r": {"method": "random"}}, "data": {"type": "coco"}},
-     r"pretraining.data.train_json: a `coco` downstream set needs"),
+    ({"inits": {"r": {"method": "random"}}, "targets": {"c": {"type": "coco", "tasks": ["instance"]}}},
+     r"pretraining.targets.c: 'path' is a required property"),
+    ({"inits": {"r": {"method": "random"}}, "targets": {"v": {"type": "voc", "tasks": ["semantic"], "path": "absent"}}},
+     r"pretraining.targets.v.path: absent does not exist"),
+    ({"inits": {"r": {"method": "random"}}, "targets": {"x": {"type": "chest_xray", "tasks": ["instance"], "path": "."}}},
+     r"pretraining.targets.x.tasks: a chest_xray target has semantic lung masks only"),
+    ({"inits": {"r": {"method": "random"}}, "targets": {"v": {"type": "voc", "tasks": ["semantic"], "path": ".",
+                                                            "size": 32}}},
+     r"pretraining.targets.v: Unevaluated properties are not allowed \('size' was unexpected\)"),
+    ({"inits": {"r": {"method": "random"}}, "targets": {"t": {"type": "toy_scenes", "tasks": ["semantic"],
+                                                            "objects": [3, 2]}}},
+     r"pretraining.targets.t.objects: \[3, 2\] is not a range low <= high"),
+    ({"inits": {"r": {"method": "random"}}, "data": {"type": "toy_scenes"}},
+     r"pretraining: Additional properties are not allowed \('data' was unexpected\).*targets"),
     ({"inits": {"r": {"method": "random"}}, "detection": {"stpes": 3}}, r"pretraining.detection: Additional prop.*stpes"),
     ({}, r"pretraining: 'inits' is a required property"),
 ])
@@ -217,7 +254,10 @@ def test_toy_and_paper_sections_validate():
     FinetuneConfig.from_dict({**toy.detection, "depth": 18})
     semantic_config(toy.semantic, toy.arch, 0, 1)
     paper = WorkflowConfig.from_dict(load_config(PAPER_CONFIG, check_files=False)).pretraining
-    assert paper.arch == "resnet50" and paper.fractions == (0.01, 0.1, 1.0) and paper.data["type"] == "coco"
+    assert paper.arch == "resnet50" and paper.fractions == (0.01, 0.1, 1.0)
+    assert {n: (t.type, t.tasks) for n, t in paper.targets.items()} == {
+        "coco": ("coco", ("instance", "semantic")), "voc": ("voc", ("semantic", "instance")),
+        "cityscapes": ("cityscapes", ("semantic", "instance")), "chest-xray": ("chest_xray", ("semantic",))}
     assert paper.detection["config_file"].endswith("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
     assert (paper.detection["steps"], paper.detection["lr_steps"], paper.detection["batch_size"]) == \
         (90_000, [60_000, 80_000], 16)
@@ -239,9 +279,10 @@ def test_toy_dag_builds_and_stays_out_of_all(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
     configs = (tmp_path / "config.yaml", tmp_path / "extra.yaml")
     counts = _dry_run(tmp_path, "pretraining", *configs)
-    runs = 4 * 2 * 2  # inits x fractions x seeds
+    runs = 4 * 2 * 2  # inits x fractions x seeds on the one target, toy-scenes
     assert (counts["pretrain_backbone"], counts["finetune"], counts["finetune_semantic"]) == (4, runs, runs)
     assert (counts["toy_scenes"], counts["downstream_subset"], counts["filter"]) == (2, 3, 2)  # toy-objects, toy-car
+    assert "target_data" not in counts
     default = _dry_run(tmp_path, None, *configs)
     tasks = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["tasks"]
     assert "finetune" not in default and "pretrain_backbone" not in default and default["filter"] == len(tasks)
@@ -255,7 +296,10 @@ def test_paper_dag_builds(tmp_path):
     _stage(cfg, tmp_path)
     shutil.copy(PAPER_CONFIG, tmp_path / "config.yaml")
     counts = _dry_run(tmp_path, "pretraining")
-    assert (counts["pretrain_backbone"], counts["finetune"], counts["finetune_semantic"]) == (3, 27, 27)
+    runs = 3 * 3 * 3  # inits x fractions x seeds per target
+    # Mask R-CNN on coco, voc and cityscapes; DeepLabV3 on all four; voc, cityscapes and the chest X-rays converted
+    assert (counts["pretrain_backbone"], counts["finetune"], counts["finetune_semantic"]) == (3, 3 * runs, 4 * runs)
+    assert (counts["target_data"], counts["downstream_subset"]) == (3 * 2, 4 * 4)  # 3 train fractions + test
     assert counts["synthesize"] == 1000 and "toy_scenes" not in counts
 
 
@@ -273,7 +317,8 @@ def test_the_pretraining_target_completes_with_a_diverged_init_shown_in_its_tabl
         "inits": {"random": {"method": "random"},
                   "classification": {"method": "classification", "real": {"classes": ["car", "face"], "size": 32,
                                                                           "train_images": 8}}},
-        "data": {"type": "toy_scenes", "train_images": 4, "test_images": 2, "size": 64},
+        "targets": {"toy": {"type": "toy_scenes", "tasks": ["instance", "semantic"], "train_images": 4,
+                            "test_images": 2, "size": 64}},
         "detection": {**toy["detection"], "steps": 2, "batch_size": 2, "lr_steps": [1], "warmup_steps": 1},
         "semantic": {"model_options": {"output_stride": 8, "atrous_rates": [1], "head_channels": 8}, "steps": 2,
                      "batch_size": 2, "optimizer": "adamw", "lr": 1e-3}}})
@@ -282,9 +327,9 @@ def test_the_pretraining_target_completes_with_a_diverged_init_shown_in_its_tabl
     info = json.loads((transfer / "backbones" / "classification" / "pretrain.json").read_text())
     assert info["status"] == "diverged" and info["device"]["kind"] == "cpu"
     for stage in ("detection", "semantic"):
-        assert json.loads((transfer / stage / "classification/1/seed0/results.json").read_text())["status"] == \
+        assert json.loads((transfer / stage / "toy/classification/1/seed0/results.json").read_text())["status"] == \
             "diverged", stage
-        assert json.loads((transfer / stage / "random/1/seed0/results.json").read_text())["status"] == "ok", stage
+        assert json.loads((transfer / stage / "toy/random/1/seed0/results.json").read_text())["status"] == "ok", stage
     rows = {line.split("|")[1].strip(): line for line in (transfer / "report/pretraining_table.md").read_text()
             .splitlines() if line.startswith("| ") and "init" not in line}
     assert set(rows) == {"random", "classification"}

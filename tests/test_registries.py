@@ -23,6 +23,9 @@ LISTS = {
     "SEGMENTATION_MODELS": ("labelfactory.downstream.models", [f"{DS}/model"], set()),
     "REAL_DATASETS": ("labelfactory.downstream.real", [f"{DS}/real/properties/type"], set()),
     "PRETRAINING_METHODS": ("labelfactory.downstream.pretrain", ["$defs/init/properties/method"], set()),
+    # toy_scenes targets are written by the workflow, coco ones read as they are: neither is converted
+    "TARGET_SPLITS": ("labelfactory.downstream.datasets.base", ["$defs/target/properties/type"],
+                      {"toy_scenes", "coco"}),
     "ARCH_DEPTH": ("labelfactory.downstream.pretrain", ["$defs/pretraining/properties/arch"], set()),
     "SETTINGS": ("labelfactory.downstream.experiment", [f"{DS}/settings/items"], set()),
     "PROTOCOLS": ("labelfactory.downstream.experiment", [f"{DS}/evaluation/properties/protocol"], set()),
@@ -43,8 +46,8 @@ LISTS = {
 # registries that no config key chooses from
 UNCONFIGURED = {
     "GENERATORS": "a checkpoint's architecture is read from the file (checkpoints.<name>.format picks the reader)",
-    "DETECTION_DATASETS": "library API (register_detection); the workflow's pretraining.data is toy_scenes or COCO "
-                          "instances JSON",
+    "DETECTION_DATASETS": "library API (register_detection); the workflow's transfer targets reach detectron2 as "
+                          "COCO instances JSON (TARGET_SPLITS converts them)",
 }
 
 

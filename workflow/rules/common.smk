@@ -8,6 +8,7 @@ from snakemake.logging import logger
 from labelfactory.config import WorkflowConfig, downstream_file_problems, validate_config
 from labelfactory.config.schema import schema_node
 from labelfactory.downstream.class_aware import ClassAwareLabels, class_names_for
+from labelfactory.downstream.targets import coco_source
 from labelfactory.core.runtime import release_stale_lock
 
 if workflow.is_main_process:
@@ -220,12 +221,17 @@ TRANSFER = "results/pretraining"
 
 wildcard_constraints:
     init=one_of(PRE.inits if PRE else []),
+    target=one_of(PRE.targets if PRE else []),
     fraction=r"[0-9.e-]+",
     split="train|test",
 
 
 def init_of(wildcards):
     return PRE.inits[wildcards.init]
+
+
+def target_of(wildcards):
+    return PRE.targets[wildcards.target]
 
 
 def pretrain_files(wildcards):
@@ -237,21 +243,33 @@ def pretrain_files(wildcards):
 
 
 def downstream_source(wildcards):
-    """The whole downstream split: the toy scenes' folder, or the config's COCO JSON."""
-    if PRE.data["type"] == "toy_scenes":
-        return f"{TRANSFER}/scenes/{wildcards.split}"
-    return PRE.data[f"{wildcards.split}_json"]
+    """A target's whole split as COCO JSON (labelfactory.downstream.targets): the toy scenes' or a
+    converted dataset's folder, written by a rule, or a coco target's dataset folder."""
+    target = target_of(wildcards)
+    if target.type == "toy_scenes":
+        return f"{TRANSFER}/scenes/{wildcards.target}/{wildcards.split}"
+    if target.type == "coco":
+        return target.data["path"]
+    return f"{TRANSFER}/converted/{wildcards.target}/{wildcards.split}"
+
+
+def downstream_json(wildcards, source):
+    """The COCO JSON and image root (None: the JSON's folder) of a target's split, from its source."""
+    target = target_of(wildcards)
+    if target.type == "coco":
+        return tuple(map(str, coco_source(target.data, wildcards.split)))
+    return f"{source}/{wildcards.split}.json", None
 
 
 def transfer_runs():
-    """Every finetuning run: init × fraction × seed with its two results files."""
+    """Every finetuning run: target × init × fraction × seed with the results files of its target's tasks."""
     if PRE is None:
         raise ValueError("the config has no `pretraining` section: add one, e.g. `make pretraining` "
                          "(config/config.yaml with config/pretraining-toy.yaml)")
-    return [{"init": i, "fraction": format(f, "g"), "seed": s,
-             "detection": f"{TRANSFER}/detection/{i}/{format(f, 'g')}/seed{s}/results.json",
-             "semantic": f"{TRANSFER}/semantic/{i}/{format(f, 'g')}/seed{s}/results.json"}
-            for i in PRE.inits for f in PRE.fractions for s in range(PRE.seeds)]
+    return [{"target": t, "tasks": list(target.tasks), "init": i, "fraction": format(f, "g"), "seed": s,
+             **{stage: f"{TRANSFER}/{stage}/{t}/{i}/{format(f, 'g')}/seed{s}/results.json"
+                for task, stage in (("instance", "detection"), ("semantic", "semantic")) if task in target.tasks}}
+            for t, target in PRE.targets.items() for i in PRE.inits for f in PRE.fractions for s in range(PRE.seeds)]
 
 
 def pool_selection(task, select, k, draw=0):

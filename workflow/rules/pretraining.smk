@@ -1,6 +1,7 @@
 """BigDatasetGAN's transfer experiment (config `pretraining`; target `snakemake pretraining`, never
-part of `all`): pretrain a backbone per init, finetune it per data fraction and seed with detectron2's
-Mask R-CNN (box and mask AP) and the project's DeepLabV3 (mIoU), tabulate and plot."""
+part of `all`): pretrain a backbone per init, finetune it on every target per data fraction and seed with
+detectron2's Mask R-CNN (box and mask AP) and the project's DeepLabV3 (mIoU), as the target's tasks say,
+tabulate and plot."""
 
 
 rule pretrain_backbone:
@@ -31,14 +32,14 @@ rule pretrain_backbone:
 
 
 rule toy_scenes:
-    """The toy downstream set: multi-object scenes with instance masks as COCO JSON + PNGs."""
+    """A toy_scenes target's split: multi-object scenes with instance masks as COCO JSON + PNGs."""
     output:
-        directory(f"{TRANSFER}/scenes/{{split}}"),
+        directory(f"{TRANSFER}/scenes/{{target}}/{{split}}"),
     params:
-        spec=lambda w: {k: PRE.data[k] for k in ("size", "objects", "scale", "min_visible")},
-        seeds=lambda w: [PRE.data[f"{w.split}_seed_start"], PRE.data[f"{w.split}_images"]],
+        spec=lambda w: {k: target_of(w).data[k] for k in ("size", "objects", "scale", "min_visible")},
+        seeds=lambda w: [target_of(w).data[f"{w.split}_seed_start"], target_of(w).data[f"{w.split}_images"]],
     log:
-        "results/logs/toy_scenes/{split}.log",
+        "results/logs/toy_scenes/{target}/{split}.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -49,18 +50,40 @@ rule toy_scenes:
         "../../scripts/toy_scenes.py"
 
 
+rule target_data:
+    """A voc, cityscapes or chest_xray target's split as COCO JSON (RLE instance masks, where its tasks
+    need them) + PNGs with semantic mask PNGs (labelfactory.downstream.targets.write_target)."""
+    input:
+        lambda w: target_of(w).data["path"],
+    output:
+        directory(f"{TRANSFER}/converted/{{target}}/{{split}}"),
+    params:
+        type=lambda w: target_of(w).type,
+        data=lambda w: target_of(w).data,
+        instances=lambda w: "instance" in target_of(w).tasks,
+    log:
+        "results/logs/target_data/{target}/{split}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/labelfactory.yaml"
+    script:
+        "../../scripts/target_data.py"
+
+
 rule downstream_subset:
-    """A nested fraction of a downstream split as COCO JSON with absolute image paths."""
+    """A nested fraction of a target's split as COCO JSON with absolute image paths."""
     input:
         downstream_source,
     output:
-        f"{TRANSFER}/data/{{split}}-{{fraction}}.json",
+        f"{TRANSFER}/data/{{target}}/{{split}}-{{fraction}}.json",
     params:
-        json=lambda w, input: input[0] if input[0].endswith(".json") else f"{input[0]}/{w.split}.json",
-        image_root=lambda w: PRE.data.get(f"{w.split}_image_root"),
+        source=lambda w, input: downstream_json(w, input[0]),
         seed=PRE.subset_seed if PRE else 0,
     log:
-        "results/logs/downstream_subset/{split}-{fraction}.log",
+        "results/logs/downstream_subset/{target}/{split}-{fraction}.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -72,19 +95,19 @@ rule downstream_subset:
 
 
 rule finetune:
-    """detectron2 Mask R-CNN (FPN) from one backbone on one fraction and seed: box and mask AP.
+    """detectron2 Mask R-CNN (FPN) from one backbone on one target, fraction and seed: box and mask AP.
     Its GPU count (resources.gpu) is detectron2's launcher's world size."""
     input:
         weights=f"{TRANSFER}/backbones/{{init}}/backbone.pkl",
-        train=f"{TRANSFER}/data/train-{{fraction}}.json",
-        test=f"{TRANSFER}/data/test-1.json",
+        train=f"{TRANSFER}/data/{{target}}/train-{{fraction}}.json",
+        test=f"{TRANSFER}/data/{{target}}/test-1.json",
     output:
-        f"{TRANSFER}/detection/{{init}}/{{fraction}}/seed{{seed}}/results.json",
+        f"{TRANSFER}/detection/{{target}}/{{init}}/{{fraction}}/seed{{seed}}/results.json",
     params:
         options=lambda w: {**PRE.detection, "depth": int(PRE.arch.removeprefix("resnet"))},
         device=CFG.device,
     log:
-        "results/logs/finetune/{init}/{fraction}/seed{seed}.log",
+        "results/logs/finetune/{target}/{init}/{fraction}/seed{seed}.log",
     threads: PRE.threads if PRE else 1
     resources:
         mem_mb=attempt_scaled(8000),
@@ -97,19 +120,20 @@ rule finetune:
 
 
 rule finetune_semantic:
-    """The project's DeepLabV3 with the backbone's trunk on one fraction and seed: mIoU."""
+    """The project's DeepLabV3 with the backbone's trunk on one target, fraction and seed: mIoU."""
     input:
         weights=f"{TRANSFER}/backbones/{{init}}/backbone.pth",
-        train=f"{TRANSFER}/data/train-{{fraction}}.json",
-        test=f"{TRANSFER}/data/test-1.json",
+        train=f"{TRANSFER}/data/{{target}}/train-{{fraction}}.json",
+        test=f"{TRANSFER}/data/{{target}}/test-1.json",
     output:
-        f"{TRANSFER}/semantic/{{init}}/{{fraction}}/seed{{seed}}/results.json",
+        f"{TRANSFER}/semantic/{{target}}/{{init}}/{{fraction}}/seed{{seed}}/results.json",
     params:
         options=lambda w: PRE.semantic,
         arch=PRE.arch if PRE else None,
+        size=lambda w: target_of(w).data["resize"],
         device=CFG.device,
     log:
-        "results/logs/finetune_semantic/{init}/{fraction}/seed{seed}.log",
+        "results/logs/finetune_semantic/{target}/{init}/{fraction}/seed{seed}.log",
     threads: PRE.threads if PRE else 1
     resources:
         mem_mb=attempt_scaled(8000),
@@ -122,9 +146,9 @@ rule finetune_semantic:
 
 
 rule pretraining_table:
-    """Mean ± sd over seeds per init × fraction (CSV + Markdown) and the data-efficiency figure."""
+    """Mean ± sd over seeds per target × init × fraction (CSV + Markdown) and the data-efficiency figure."""
     input:
-        lambda w: [r[k] for r in transfer_runs() for k in ("detection", "semantic")],
+        lambda w: [r[k] for r in transfer_runs() for k in ("detection", "semantic") if k in r],
     output:
         csv=report(f"{TRANSFER}/report/pretraining_table.csv", caption="../report/pretraining_table.rst",
                    category="Pretraining"),

@@ -23,12 +23,13 @@ from labelfactory.config.specs import (
                                        InitSpec,
                                        PretrainingSpec,
                                        SynthesisSpec,
+                                       TargetSpec,
                                        TaskSpec,
                                        WorkflowConfig,
                                        parse_range,
 )
 
 __all__ = ["REPO_ROOT", "SCHEMA_PATH", "AnnotationSpec", "CheckpointSpec", "ConfigError", "DownstreamSpec",
-           "FeatureSpec", "InitSpec", "PretrainingSpec", "SynthesisSpec", "TaskSpec", "WorkflowConfig",
+           "FeatureSpec", "InitSpec", "PretrainingSpec", "SynthesisSpec", "TargetSpec", "TaskSpec", "WorkflowConfig",
            "ablation_problems", "check_downstream_files", "downstream_file_problems", "load_config", "parse_range",
            "pretraining_files", "validate_config"]

@@ -202,20 +202,18 @@ def _generator_problems(name: str, task: dict, checkpoint: dict, base_dir: Path,
 
 
 def pretraining_files(cfg: dict) -> dict[str, str]:
-    """``{key path: file}`` of every local file the ``pretraining`` section names
-    (weights of `weights` inits, the `coco` data's JSON files and image folders)."""
+    """``{key path: file}`` of every local file or folder the ``pretraining`` section names
+    (weights of `weights` inits, the dataset folders of its targets)."""
     pre = cfg.get("pretraining") or {}
     files = {f"pretraining.inits.{n}.path": i.get("path") for n, i in pre.get("inits", {}).items()
              if i.get("method") == "weights"}
-    data = pre.get("data", {})
-    if data.get("type") == "coco":
-        files.update({f"pretraining.data.{k}": data.get(k) for k in ("train_json", "test_json", "train_image_root",
-                                                                     "test_image_root")})
+    files.update({f"pretraining.targets.{n}.path": t.get("path") for n, t in (pre.get("targets") or {}).items()
+                  if t.get("type") != "toy_scenes"})
     return {k: v for k, v in files.items() if v}
 
 
 def _pretraining_problems(cfg: dict, base_dir: Path, check_files: bool) -> list[str]:
-    """An init's task, weights and data against the rest of the config; the data's files."""
+    """An init's task and weights against the rest of the config; the targets' ranges and tasks; the files."""
     pre, problems = cfg["pretraining"], []
     for name, init in pre["inits"].items():
         where, method = f"pretraining.inits.{name}", init["method"]
@@ -226,12 +224,12 @@ def _pretraining_problems(cfg: dict, base_dir: Path, check_files: bool) -> list[
             problems.append(f"{where}.path: the weights method needs a local torchvision ResNet state dict")
         problems += [f"{where}.{key}: only a {used} init reads `{key}` (this one is {method})"
                      for key, used in (("task", "segmentation"), ("path", "weights")) if init[key] and method != used]
-    if pre["data"]["type"] == "coco":
-        problems += [f"pretraining.data.{k}: a `coco` downstream set needs its instances JSON"
-                     for k in ("train_json", "test_json") if not pre["data"][k]]
-    lo, hi = pre["data"]["objects"]
-    if lo > hi:
-        problems.append(f"pretraining.data.objects: [{lo}, {hi}] is not a range low <= high")
+    for name, target in pre["targets"].items():
+        if target["type"] == "toy_scenes" and target["objects"][0] > target["objects"][1]:
+            problems.append(f"pretraining.targets.{name}.objects: {target['objects']} is not a range low <= high")
+        if target["type"] == "chest_xray" and "instance" in target["tasks"]:
+            problems.append(f"pretraining.targets.{name}.tasks: a chest_xray target has semantic lung masks only, "
+                            "no instances (tasks: [semantic])")
     if check_files:
         problems += [f"{key}: {path} does not exist" for key, path in pretraining_files(cfg).items()
                      if not (base_dir / path).exists()]

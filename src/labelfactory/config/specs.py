@@ -226,9 +226,21 @@ class InitSpec:
 
 
 @dataclass(frozen=True)
+class TargetSpec:
+    """One transfer target (config ``pretraining.targets.<name>``): its reader ``type``, the
+    ``tasks`` run on it (``instance``, ``semantic``) and ``data``, the whole entry (paths,
+    splits, resize, or the toy scenes' sizes)."""
+
+    name: str
+    type: str
+    tasks: tuple[str, ...]
+    data: dict
+
+
+@dataclass(frozen=True)
 class PretrainingSpec:
     """BigDatasetGAN's transfer experiment (config ``pretraining``): backbones from
-    ``inits`` under the ``pretrain`` budget, finetuned on ``data`` at each fraction and seed."""
+    ``inits`` under the ``pretrain`` budget, finetuned on each of ``targets`` at each fraction and seed."""
 
     arch: str
     threads: int
@@ -238,7 +250,7 @@ class PretrainingSpec:
     subset_seed: int
     pretrain: dict
     inits: dict[str, InitSpec]
-    data: dict
+    targets: dict[str, TargetSpec]
     detection: dict
     semantic: dict
 
@@ -247,7 +259,9 @@ class PretrainingSpec:
         return cls(arch=d["arch"], threads=d["threads"], gpus=d["gpus"], seeds=d["seeds"],
                    fractions=tuple(float(f) for f in d["fractions"]), subset_seed=d["subset_seed"],
                    pretrain=dict(d["pretrain"]), inits={n: InitSpec(name=n, **i) for n, i in d["inits"].items()},
-                   data=dict(d["data"]), detection=dict(d["detection"]), semantic=dict(d["semantic"]))
+                   targets={n: TargetSpec(name=n, type=t["type"], tasks=tuple(t["tasks"]), data=dict(t))
+                            for n, t in d["targets"].items()},
+                   detection=dict(d["detection"]), semantic=dict(d["semantic"]))
 
 
 @dataclass(frozen=True)

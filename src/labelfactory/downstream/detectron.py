@@ -184,9 +184,10 @@ def register_coco(json_file: str | Path) -> str:
     return name
 
 
-def num_categories(json_file: str | Path) -> int:
-    """How many categories a COCO JSON declares."""
-    return len(json.loads(Path(json_file).read_text())["categories"])
+def coco_counts(json_file: str | Path) -> tuple[int, int]:
+    """How many images and categories a COCO JSON declares."""
+    coco = json.loads(Path(json_file).read_text())
+    return len(coco["images"]), len(coco["categories"])
 
 
 # --- finetuning ----------------------------------------------------------------------
@@ -301,8 +302,8 @@ def _finite(obj):
     return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
-def _worker(cfg: FinetuneConfig, train_json: str, test_json: str, num_classes: int, output_dir: str,
-            on_divergence: str) -> None:
+def _worker(cfg: FinetuneConfig, train_json: str, test_json: str, num_classes: int, num_train_images: int,
+            output_dir: str, on_divergence: str) -> None:
     """One training process (of ``launch``): register, build, load, train, evaluate;
     the main process writes ``results.json``. detectron2 stops a run whose loss or
     predicted boxes turn non-finite with a ``FloatingPointError``: under
@@ -325,7 +326,8 @@ def _worker(cfg: FinetuneConfig, train_json: str, test_json: str, num_classes: i
     metrics = trainer.test(d2, trainer.model) if diverged is None else {}
     if comm.is_main_process():
         atomic_write_json(Path(output_dir) / "results.json", _finite({
-            **{task: dict(metrics[task]) for task in metrics}, "loss": _losses(trainer),
+            **{task: dict(metrics[task]) for task in metrics}, "num_train_images": num_train_images,
+            "loss": _losses(trainer),
             "config": cfg.to_dict(), "world_size": comm.get_world_size(),
             "device": describe_device(d2.MODEL.DEVICE), **status,
         }))
@@ -344,7 +346,7 @@ def finetune(cfg: FinetuneConfig, train_json: str | Path, test_json: str | Path,
 
     Writes ``output_dir/results.json`` (returned): ``bbox`` and ``segm`` AP
     metrics from ``COCOEvaluator`` (AP, AP50, AP75, APs/m/l, per-class AP; in %,
-    None where the model predicted nothing), the per-step ``loss``, the config, the
+    None where the model predicted nothing), ``num_train_images``, the per-step ``loss``, the config, the
     device and ``status`` (``diverged``: no metrics, see
     :func:`~labelfactory.core.divergence.run_status`); plus detectron2's
     ``metrics.json``, ``model_final.pth`` and ``inference/``.
@@ -352,6 +354,8 @@ def finetune(cfg: FinetuneConfig, train_json: str | Path, test_json: str | Path,
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").unlink(missing_ok=True)  # written anew by the main process
-    args = (cfg, str(train_json), str(test_json), num_categories(test_json), str(output_dir), on_divergence)
+    num_classes = coco_counts(test_json)[1]
+    args = (cfg, str(train_json), str(test_json), num_classes, coco_counts(train_json)[0], str(output_dir),
+            on_divergence)
     launch(_worker, max(1, cfg.num_gpus), dist_url="auto", args=args)
     return json.loads((output_dir / "results.json").read_text())

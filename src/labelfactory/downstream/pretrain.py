@@ -14,10 +14,10 @@ budget (:class:`PretrainConfig`: steps, batch, optimiser, schedule):
 
 Every method writes ``backbone.pkl`` (detectron2's format, for ``MODEL.WEIGHTS``),
 ``backbone.pth`` (the torchvision trunk state, for the project's DeepLabV3) and
-``pretrain.json``. Each backbone is then finetuned on a downstream COCO set at
-several training-set fractions: Mask R-CNN on detectron2's engine
-(:func:`.detectron.finetune`), and semantic segmentation with the project's
-torchvision DeepLabV3 (:func:`finetune_semantic`).
+``pretrain.json``. Each backbone is then finetuned on every transfer target
+(:mod:`.targets`: a COCO JSON) at several training-set fractions: Mask R-CNN on
+detectron2's engine (:func:`.detectron.finetune`), and semantic segmentation with
+the project's torchvision DeepLabV3 (:func:`finetune_semantic`).
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ from labelfactory.core.registry import Registry
 from labelfactory.core.typed import strict_from_dict
 from labelfactory.downstream.class_aware import ClassAwareLabels
 from labelfactory.downstream.data import IGNORE_INDEX
-from labelfactory.downstream.datasets.coco import COCOSegmentation, class_names, load_coco
 from labelfactory.downstream.detectron import export_backbone
 from labelfactory.downstream.experiment import SETTINGS, SettingInputs
 from labelfactory.downstream.models import load_state_dict_checked, read_state_dict, resnet_trunk
 from labelfactory.downstream.real import RealDataSpec, real_dataset
+from labelfactory.downstream.targets import target_semantic
 from labelfactory.downstream.segmentation import (
     SegTrainConfig,
     build_optimizer,
@@ -261,8 +261,9 @@ def subset_coco(json_path: str | Path, image_root: str | Path | None, fraction: 
                 out_path: str | Path) -> dict:
     """A fraction of a COCO set as a new JSON: the first ``max(1, round(fraction·N))``
     images of a ``seed``-fixed permutation (so smaller fractions are nested in larger
-    ones), with their annotations, image paths made absolute (``image_root``, default
-    the JSON's folder) so the file can live anywhere. Returns the counts."""
+    ones), with their annotations, image paths (and a converted target's semantic mask
+    paths) made absolute (``image_root``, default the JSON's folder; semantic masks: the
+    JSON's folder) so the file can live anywhere. Returns the counts."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
     json_path = Path(json_path)
@@ -274,30 +275,26 @@ def subset_coco(json_path: str | Path, image_root: str | Path | None, fraction: 
     n = max(1, round(fraction * len(images)))
     chosen = sorted(np.random.default_rng(seed).permutation(len(images))[:n].tolist())
     records = [{**images[i], "file_name": str(root / images[i]["file_name"])} for i in chosen]
+    for r in records:
+        if "semantic_file_name" in r:
+            r["semantic_file_name"] = str(json_path.parent.resolve() / r["semantic_file_name"])
     ids = {r["id"] for r in records}
     annotations = [a for a in coco["annotations"] if a["image_id"] in ids]
     atomic_write_text(out_path, json.dumps({**coco, "images": records, "annotations": annotations}) + "\n")
     return {"images": len(records), "instances": len(annotations), "of_images": len(images)}
 
 
-def coco_semantic(json_path: str | Path):
-    """A COCO set's semantic masks (instances painted with their class, background 0)
-    and its label names, read by the project's COCO reader."""
-    json_path = Path(json_path)
-    coco = load_coco(json_path)
-    return COCOSegmentation(coco, json_path, json_path.parent, 255, None), class_names(coco)
-
-
 def finetune_semantic(backbone: str | Path | None, train_json: str | Path, test_json: str | Path,
                       cfg: SegTrainConfig, out_json: str | Path, device: str | torch.device = "cpu",
-                      on_divergence: str = "record") -> dict:
+                      on_divergence: str = "record", size: tuple[int, int] | None = None) -> dict:
     """Train the project's DeepLabV3 with its trunk from ``backbone`` (a torchvision
-    state, :data:`TORCHVISION_BACKBONE`) on a COCO set's semantic masks, score it on
+    state, :data:`TORCHVISION_BACKBONE`) on a target's semantic masks
+    (:func:`~.targets.target_semantic`, resized to ``size`` where given), score it on
     another; writes and returns mIoU, per-class IoU, pixel accuracy, loss history,
     device and ``status`` (a diverged run is not scored, see
     :func:`~labelfactory.core.divergence.run_status`)."""
-    train, names = coco_semantic(train_json)
-    test, test_names = coco_semantic(test_json)
+    train, names = target_semantic(train_json, size)
+    test, test_names = target_semantic(test_json, size)
     if names != test_names:
         raise ValueError(f"{train_json} and {test_json} have different categories: {names} vs {test_names}")
     cfg = replace(cfg, model_options={**cfg.model_options, "backbone_weights": str(backbone) if backbone else None})

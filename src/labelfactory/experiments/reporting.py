@@ -420,54 +420,78 @@ def plot_class_grid(manifest: pd.DataFrame, path: str | os.PathLike, class_names
 # --- the transfer experiment: pretrained backbones finetuned at several data fractions ---
 TRANSFER_METRICS = {"box_AP": "box AP", "box_AP50": "box AP50", "mask_AP": "mask AP", "mask_AP50": "mask AP50",
                     "miou": "mIoU"}
+# a target's task -> the finetuning that runs it (the key of its results file in a run) and its metrics
+TRANSFER_TASKS = {"instance": ("detection", ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")),
+                  "semantic": ("semantic", ("miou",))}
 
 
 def collect_transfer(runs: Sequence[dict]) -> pd.DataFrame:
-    """One row per finetuning run from ``{init, fraction, seed, detection, semantic}``
-    (the paths of detectron2's and the semantic run's ``results.json``): box and mask
-    AP/AP50/AP75 (COCOEvaluator, %; 0 where the model predicted nothing) and mIoU (%); NaN
-    where that finetuning diverged (``status`` ``diverged`` if either did)."""
+    """One row per finetuning run from ``{target, tasks, init, fraction, seed, detection,
+    semantic}`` (the target's tasks, and the paths of detectron2's and the semantic run's
+    ``results.json``, for the tasks it has): box and mask AP/AP50/AP75 (COCOEvaluator, %; 0
+    where the model predicted nothing) and mIoU (%); NaN where the target has no such task or
+    that finetuning diverged (``status`` ``diverged`` if any did)."""
     rows = []
     for r in runs:
-        det = json.loads(Path(r["detection"]).read_text())
-        sem = json.loads(Path(r["semantic"]).read_text())
-        det_ok, sem_ok = det.get("status", "ok") == "ok", sem.get("status", "ok") == "ok"
-        row = {"init": r["init"], "fraction": float(r["fraction"]), "seed": int(r["seed"]),
-               "train_images": sem["num_train_images"]}
-        for task, prefix in (("bbox", "box"), ("segm", "mask")):
-            row.update({f"{prefix}_{k}": (det[task][k] or 0.0) if det_ok else np.nan for k in ("AP", "AP50", "AP75")})
-        rows.append({**row, "miou": 100 * sem["miou"] if sem_ok else np.nan, "device": run_device(sem),
-                     "status": "ok" if det_ok and sem_ok else "diverged"})
+        results = {task: json.loads(Path(r[TRANSFER_TASKS[task][0]]).read_text()) for task in r["tasks"]}
+        ok = {task: res.get("status", "ok") == "ok" for task, res in results.items()}
+        first = results.get("semantic", results.get("instance"))
+        row = {"target": r["target"], "tasks": " ".join(r["tasks"]), "init": r["init"],
+               "fraction": float(r["fraction"]), "seed": int(r["seed"]), "train_images": first["num_train_images"]}
+        row.update({m: np.nan for _, metrics in TRANSFER_TASKS.values() for m in metrics})
+        if "instance" in results:
+            det = results["instance"]
+            for task, prefix in (("bbox", "box"), ("segm", "mask")):
+                row.update({f"{prefix}_{k}": (det[task][k] or 0.0) if ok["instance"] else np.nan
+                            for k in ("AP", "AP50", "AP75")})
+        if "semantic" in results:
+            row["miou"] = 100 * results["semantic"]["miou"] if ok["semantic"] else np.nan
+        rows.append({**row, "device": run_device(first), "status": "ok" if all(ok.values()) else "diverged"})
     df = pd.DataFrame(rows)
-    df["init"] = pd.Categorical(df["init"], categories=list(dict.fromkeys(r["init"] for r in runs)), ordered=True)
-    return df.sort_values(["init", "fraction", "seed"]).reset_index(drop=True)
+    for key in ("target", "init"):
+        df[key] = pd.Categorical(df[key], categories=list(dict.fromkeys(r[key] for r in runs)), ordered=True)
+    return df.sort_values(["target", "init", "fraction", "seed"]).reset_index(drop=True)
 
 
 def transfer_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per initialisation × fraction: runs, training images, and mean and sample sd
-    over seeds of every metric of :data:`TRANSFER_METRICS`. ``diverged`` (a column only
-    where some run diverged) counts the runs whose detection or semantic finetuning
-    diverged, ``runs`` the others; each metric's mean is over the runs that finished it."""
-    g = runs.groupby(["init", "fraction"], observed=True)
-    diverged = runs["status"].eq("diverged").groupby([runs["init"], runs["fraction"]], observed=True).sum()
-    table = pd.DataFrame({"runs": g.size() - diverged, "train_images": g["train_images"].first()})
+    """Per target × initialisation × fraction: the target's tasks, runs, training images, and
+    mean and sample sd over seeds of every metric of :data:`TRANSFER_METRICS` (NaN where the
+    target has no such task). ``diverged`` (a column only where some run diverged) counts the
+    runs whose detection or semantic finetuning diverged, ``runs`` the others; each metric's
+    mean is over the runs that finished it."""
+    keys = ["target", "init", "fraction"]
+    g = runs.groupby(keys, observed=True)
+    diverged = runs["status"].eq("diverged").groupby([runs[k] for k in keys], observed=True).sum()
+    table = pd.DataFrame({"tasks": g["tasks"].first(), "runs": g.size() - diverged,
+                          "train_images": g["train_images"].first()})
     if diverged.any():
-        table.insert(1, "diverged", diverged)
+        table.insert(2, "diverged", diverged)
     for m in TRANSFER_METRICS:
         table[f"{m}_mean"], table[f"{m}_sd"] = g[m].mean(), g[m].std(ddof=1)
     return table
 
 
+def target_metrics(tasks: str) -> list[str]:
+    """The metrics of :data:`TRANSFER_METRICS` that a target's tasks (space-separated) give."""
+    given = {m for task in tasks.split() for m in TRANSFER_TASKS[task][1]}
+    return [m for m in TRANSFER_METRICS if m in given]
+
+
 def transfer_markdown(table: pd.DataFrame) -> str:
-    """The transfer table as Markdown, every metric as ``mean ± sd``."""
-    out = table[["train_images"]].reset_index()
-    out.insert(2, "runs", runs_column(table))
-    out["fraction"] = [f"{100 * f:g} %" for f in out["fraction"]]
-    out = out.rename(columns={"train_images": "train images"})
-    for m, title in TRANSFER_METRICS.items():
-        out[title] = mean_sd(table[f"{m}_mean"], table[f"{m}_sd"])
-    return out.to_markdown(index=False, disable_numparse=True,
-                           colalign=["left", "right"] + ["right"] * (len(out.columns) - 2)) + "\n"
+    """The transfer table as Markdown, a block per target (its name in bold, then init ×
+    fraction rows with the metrics of its tasks), every metric as ``mean ± sd``."""
+    blocks = []
+    for target, block in table.groupby(level="target", observed=True, sort=False):
+        block = block.droplevel("target")
+        out = block[["train_images"]].reset_index()
+        out.insert(2, "runs", runs_column(block))
+        out["fraction"] = [f"{100 * f:g} %" for f in out["fraction"]]
+        out = out.rename(columns={"train_images": "train images"})
+        for m in target_metrics(block["tasks"].iloc[0]):
+            out[TRANSFER_METRICS[m]] = mean_sd(block[f"{m}_mean"], block[f"{m}_sd"])
+        blocks.append(f"**{target}**\n\n" + out.to_markdown(
+            index=False, disable_numparse=True, colalign=["left", "right"] + ["right"] * (len(out.columns) - 2)))
+    return "\n\n".join(blocks) + "\n"
 
 
 def write_transfer_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
@@ -478,18 +502,30 @@ def write_transfer_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_pat
 
 def plot_data_efficiency(runs: pd.DataFrame, path: str | os.PathLike) -> None:
     """Box AP, mask AP and mIoU against the fraction of downstream training data
-    (log scale), a line per initialisation, error bars the sd over seeds."""
+    (log scale), a row per target (the panels of its tasks), a line per initialisation,
+    error bars the sd over seeds."""
     import seaborn as sns
 
     plt = pyplot()
     panels = {"box_AP": "box AP (%)", "mask_AP": "mask AP (%)", "miou": "mIoU (%)"}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
-    for ax, (metric, label) in zip(axes, panels.items()):
-        sns.lineplot(runs, x="fraction", y=metric, hue="init", marker="o", errorbar="sd", err_style="bars",
-                     ax=ax, palette="colorblind", legend=ax is axes[-1])
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(runs["fraction"].unique()), [f"{100 * f:g} %" for f in sorted(runs["fraction"].unique())])
-        ax.set_xlabel("fraction of downstream training data")
-        ax.set_ylabel(label)
-    axes[-1].legend(title="initialisation", fontsize=8)
+    targets = list(runs["target"].cat.categories)
+    fig, axes = plt.subplots(len(targets), len(panels), figsize=(4.2 * len(panels), 3.6 * len(targets)),
+                             squeeze=False, layout="constrained")
+    for row, target in zip(axes, targets):
+        data = runs[runs["target"] == target]
+        shown = [m for m in panels if m in target_metrics(data["tasks"].iloc[0])]
+        fractions = sorted(data["fraction"].unique())
+        for ax, (metric, label) in zip(row, panels.items()):
+            if metric not in shown:
+                ax.set_axis_off()
+                continue
+            sns.lineplot(data, x="fraction", y=metric, hue="init", marker="o", errorbar="sd", err_style="bars",
+                         ax=ax, palette="colorblind", legend=metric == shown[-1])
+            ax.set_xscale("log")
+            ax.set_xticks(fractions, [f"{100 * f:g} %" for f in fractions])
+            ax.set_xlabel("fraction of downstream training data")
+            ax.set_ylabel(label)
+            ax.set_title(target, loc="left", fontsize=9, weight="bold")
+            if metric == shown[-1]:
+                ax.legend(title="initialisation", fontsize=8)
     save_figure(fig, path)

@@ -5,12 +5,13 @@ Shenzhen) and CelebAMask-HQ parts.
 Importing the package registers each segmentation reader in
 :data:`~labelfactory.downstream.real.REAL_DATASETS` (``voc``, ``coco``,
 ``cityscapes``, ``chest_xray``, ``celebamask_hq``) and each detection source in
-:data:`DETECTION_DATASETS`; experiment imports it, so the readers are there
+:data:`DETECTION_DATASETS`, and the converters of the transfer targets
+(``voc``, ``cityscapes``, ``chest_xray``) in :data:`TARGET_SPLITS`; experiment imports it, so the readers are there
 whichever module comes first. pycocotools and detectron2 are imported only
 when a reader needs them.
 """
 
 from labelfactory.downstream.datasets import celebamask, chest_xray, cityscapes, coco, voc  # noqa: F401  (registration)
-from labelfactory.downstream.datasets.base import DETECTION_DATASETS, register_detection
+from labelfactory.downstream.datasets.base import DETECTION_DATASETS, TARGET_SPLITS, LabelledSplit, register_detection
 
-__all__ = ["DETECTION_DATASETS", "register_detection"]
+__all__ = ["DETECTION_DATASETS", "TARGET_SPLITS", "LabelledSplit", "register_detection"]

@@ -11,6 +11,7 @@ or refuses, naming the file, an image whose size differs from its first one's.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -198,3 +199,32 @@ def register_detection(name: str, spec: RealDataSpec, split: str) -> None:
     """Register ``split`` (``train``/``test``) of the real dataset ``spec`` in detectron2's
     catalogs as ``name``; ``DatasetCatalog.get(name)`` then gives its dataset dicts."""
     DETECTION_DATASETS.get(spec.type)(name, spec, split)
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """One split of a real dataset as a transfer target reads it: ``semantic`` (pairs of
+    uint8 image and label, :meth:`FileSegmentation.read`) with its label names ``labels``,
+    the instance ``categories`` and, where the dataset has instance masks on disk,
+    ``instances(i)``: item ``i``'s boolean masks ``[K,H,W]`` and their category ids (1-based)."""
+
+    semantic: FileSegmentation
+    labels: tuple[str, ...]
+    categories: tuple[str, ...]
+    instances: Callable[[int], tuple[np.ndarray, list[int]]] | None = None
+
+
+# type -> split(spec, split): what the rule target_data converts for the transfer experiment.
+TARGET_SPLITS: Registry[Callable[[RealDataSpec, str], LabelledSplit]] = Registry("transfer target")
+
+
+def instances_by_value(ids: np.ndarray, category_of: Callable[[int], int | None]) -> tuple[np.ndarray, list[int]]:
+    """Boolean masks ``[K,H,W]`` of the instance ids in ``ids`` (an instance-id image) whose
+    ``category_of(id)`` is a category id, in id order, with those category ids."""
+    masks, categories = [], []
+    for value in np.unique(ids).tolist():
+        category = category_of(value)
+        if category is not None:
+            masks.append(ids == value)
+            categories.append(category)
+    return np.asarray(masks, dtype=bool).reshape(-1, *ids.shape), categories

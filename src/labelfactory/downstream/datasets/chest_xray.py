@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 
 from labelfactory.annotations.labels import LabelSet
 from labelfactory.downstream.real import REAL_DATASETS, DatasetError, RealDataSpec
-from labelfactory.downstream.datasets.base import MaskFileSegmentation, check_names, dataset_root, first_missing, held_out, lookup, require
+from labelfactory.downstream.datasets.base import (TARGET_SPLITS, LabelledSplit, MaskFileSegmentation, check_names,
+                                                   dataset_root, first_missing, held_out, lookup, require)
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +66,9 @@ def chest_xray_split(spec: RealDataSpec, split: str, labels: LabelSet) -> Datase
         raise DatasetError(f"{root}: no annotated images in the {split} split")
     table = lookup(labels.ignore_index, {0: 0, 1: 1, 255: 1})
     return MaskFileSegmentation([p for p, _ in pairs], [m for _, m in pairs], table, spec.resize)
+
+
+@TARGET_SPLITS.register("chest_xray")
+def chest_xray_target(spec: RealDataSpec, split: str) -> LabelledSplit:
+    """The lung masks, semantic only (the lungs are no instances to detect)."""
+    return LabelledSplit(chest_xray_split(spec, split, LabelSet(CLASSES)), CLASSES, CLASSES[1:])

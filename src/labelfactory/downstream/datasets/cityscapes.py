@@ -6,19 +6,25 @@ Label ids become the 19 train ids (255 ignored) by the official table of
 cityscapesScripts (``cityscapesscripts/helpers/labels.py``, mcordts/cityscapesScripts),
 written out below as data; ``license plate`` (id −1) never occurs in labelIds
 images. Detection: detectron2's ``load_cityscapes_instances`` on the polygon
-JSONs (it needs cityscapesScripts and shapely).
+JSONs (it needs cityscapesScripts and shapely). As a transfer target
+(:data:`~labelfactory.downstream.datasets.base.TARGET_SPLITS`) the instances come
+from ``<stem>_gtFine_instanceIds.png`` (label id × 1000 + instance number for the
+instances of a class with instances, the bare label id elsewhere): those of the
+8 thing classes with a train id, as cityscapesScripts' instance evaluation.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from labelfactory.annotations.labels import LabelSet
 from labelfactory.downstream.real import REAL_DATASETS, DatasetError, RealDataSpec
-from labelfactory.downstream.datasets.base import (DETECTION_DATASETS, MaskFileSegmentation, check_names, dataset_root, first_missing, lookup,
-                   require, split_name)
+from labelfactory.downstream.datasets.base import (DETECTION_DATASETS, TARGET_SPLITS, LabelledSplit, MaskFileSegmentation,
+                   check_names, check_shape, dataset_root, first_missing, instances_by_value, lookup, read_mask, require,
+                   split_name)
 
 # (name, id, trainId) of cityscapesScripts' labels table, ids 0..33.
 LABELS = (
@@ -33,7 +39,9 @@ LABELS = (
 CLASSES = tuple(name for name, _, train_id in sorted(LABELS, key=lambda r: r[2]) if train_id != 255)
 THING_CLASSES = CLASSES[11:]  # person..bicycle: the classes with instances that are evaluated
 SPLITS = {"train": "train", "test": "val"}
-IMAGE_SUFFIX, LABEL_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
+IMAGE_SUFFIX, LABEL_SUFFIX, INSTANCE_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png", "_gtFine_instanceIds.png"
+# label id -> category id (1-based, in THING_CLASSES) of the classes whose instances are evaluated
+THING_CATEGORY = {i: THING_CLASSES.index(name) + 1 for name, i, t in LABELS if name in THING_CLASSES}
 
 
 def split_dirs(spec: RealDataSpec, split: str):
@@ -67,3 +75,18 @@ def register_cityscapes(name: str, spec: RealDataSpec, split: str) -> None:
                                           from_json=True, to_polygons=True))
     MetadataCatalog.get(name).set(thing_classes=list(THING_CLASSES), image_dir=str(image_dir), gt_dir=str(gt_dir),
                                   evaluator_type="cityscapes_instance")
+
+
+@TARGET_SPLITS.register("cityscapes")
+def cityscapes_target(spec: RealDataSpec, split: str) -> LabelledSplit:
+    """Cityscapes' train-id masks with the thing instances of ``*_gtFine_instanceIds.png``."""
+    semantic = cityscapes_split(spec, split, LabelSet(CLASSES))
+
+    def instances(i: int) -> tuple[np.ndarray, list[int]]:
+        label_path = semantic.masks[i][0]
+        path = label_path.with_name(label_path.name[:-len(LABEL_SUFFIX)] + INSTANCE_SUFFIX)
+        ids = read_mask(require(path, "instanceIds annotation of an image")).astype(np.int64)
+        check_shape(ids, read_mask(label_path), path, label_path)
+        return instances_by_value(ids, lambda v: THING_CATEGORY.get(v // 1000) if v >= 1000 else None)
+
+    return LabelledSplit(semantic, CLASSES, THING_CLASSES, instances)
