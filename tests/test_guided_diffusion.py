@@ -149,8 +149,10 @@ def test_cli_features_and_render_match_the_reference(model, tmp_path):
     assert list(f.files) == [k[len("feature."):] for k in ref.files if k.startswith("feature.")]
     for k in f.files:
         _close(f[k], ref[f"feature.{k}"], FEATURE_TOL)
-    b = _backend(model)
-    np.save(tmp_path / "xt.npy", b.draw_latents(ref_script.SAMPLE_SEEDS))
+    seeds = ",".join(map(str, ref_script.SAMPLE_SEEDS))
+    assert main(["latents", "--checkpoint", str(pt), "--model-flags", str(flags_path), "--seeds", seeds,
+                 "--out", str(tmp_path / "xt.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "xt.npy"), _backend(model).draw_latents(ref_script.SAMPLE_SEEDS))
     assert main(["render", *common, "--latents", str(tmp_path / "xt.npy"), "--sampler", "ddim", "--sampling-steps",
                  "10", "--out", str(tmp_path / "img.npy")]) == 0
     _close(np.load(tmp_path / "img.npy"), ref["sample.ddim10"], SAMPLE_TOL)

@@ -149,7 +149,7 @@ def _latents(args) -> None:
     from labelfactory.config import parse_range
     from labelfactory.generators.loading import load_generator
 
-    backend = load_generator(args.checkpoint, fmt=args.format)
+    backend = load_generator(args.checkpoint, fmt=args.format, model_flags=_model_flags(args))
     seeds = parse_range(args.seeds)
     classes = None if args.cls is None else [args.cls] * len(seeds)
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p))
@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("temperature", float), ("top-k", int), ("top-p", float)):
         l.add_argument(f"--{name}", type=kind, help="VQGAN prior sampling (default: the release's sample_fast.py)")
     l.add_argument("--format", default="auto")
+    l.add_argument("--model-flags", metavar="FLAGS.json",
+                   help="guided-diffusion: JSON of the state dict's create_model_and_diffusion flags (x_T per seed)")
     l.set_defaults(func=_latents)
 
     e = sub.add_parser("encode", help="encode images to VQGAN code grids")
