@@ -34,6 +34,7 @@ from labelfactory.annotations.label_studio import (
     Prediction,
     find_project,
     interpreter_predictions,
+    model_version,
     prediction_result,
     project_tasks,
     pull,
@@ -47,6 +48,7 @@ from labelfactory.interpreters import INTERPRETERS, TrainingData
 from labelfactory.toybench.annotator import Annotator, simulate_annotation
 
 LS_VENV = REPO / ".venv-label-studio"
+CAR = REPO / "weights" / "toy" / "stylegan2-car-32.safetensors"
 USER, PASSWORD, LEGACY_TOKEN = "annotator@labelfactory.test", "labelfactory-test", "legacy0token0labelfactory"
 NO_LABEL_STUDIO = "no Label Studio venv (.venv-label-studio): run `make setup` (envs/install_label_studio.sh)"
 needs_label_studio = pytest.mark.skipif(not (LS_VENV / "bin" / "label-studio").exists(), reason=NO_LABEL_STUDIO)
@@ -111,7 +113,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy():
     """The toy car generator, the simulated annotator and the car part labels."""
-    backend = load_generator(REPO / "weights" / "toy" / "stylegan2-car-32.safetensors")
+    backend = load_generator(CAR)
     annotator = Annotator.load(REPO / "weights" / "toy" / "annotator-32.safetensors")
     return backend, annotator
 
@@ -142,8 +144,10 @@ def _decoded(result: list[dict], labels: LabelSet, shape) -> np.ndarray:
     return mask
 
 
-def test_round_trip_and_an_active_learning_round_with_pre_annotations(server, toy, tmp_path):
+def test_round_trip_and_an_active_learning_round_with_pre_annotations(server, toy, tmp_path, monkeypatch):
     backend, annotator = toy
+    monkeypatch.setenv("LABEL_STUDIO_URL", server["url"])
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server["token"])
     client = LabelStudio(server["url"], server["token"])
     labels, drawn = _simulated(backend, annotator, range(6), tmp_path / "round1")
     title = "toy-car annotations"
@@ -153,7 +157,8 @@ def test_round_trip_and_an_active_learning_round_with_pre_annotations(server, to
     assert project["parsed_label_config"]["label"]["labels"] == list(labels.names[1:])
     _draw(client, project["id"], drawn, labels)
 
-    pull(client, title, tmp_path / "pulled", labels, backend)
+    assert main(["annotate", "pull", "--project", title, "--labels", str(tmp_path / "round1" / "drawn" / "labels.yaml"),
+                 "--checkpoint", str(CAR), "--out", str(tmp_path / "pulled")]) == 0
     aset = import_annotations(tmp_path / "pulled", backend, tmp_path / "annotations.h5", expected_count=6)
     assert aset.labels == labels and sorted(aset.ids) == sorted(drawn)
     for sid, mask in zip(aset.ids, aset.masks):
@@ -164,22 +169,24 @@ def test_round_trip_and_an_active_learning_round_with_pre_annotations(server, to
     kind = INTERPRETERS.get("mlp")
     data = TrainingData.from_annotations(FeatureStore.open(tmp_path / "features.h5"), load_annotation_set(
         tmp_path / "annotations.h5"))
-    interpreter = kind.fit(data, kind.config_class(num_members=2, max_epochs=2, eval_every=10, patience=3,
-                                                   holdout_pixels=64))
+    interpreter = kind.fit(data, kind.config_class(num_members=2, max_epochs=1, batch_size=512, eval_every=10,
+                                                   patience=3, holdout_pixels=64))
+    interpreter.save(tmp_path / "interpreter.safetensors")
 
     seeds = choose_seeds("uncertainty", candidate_seeds(0, 24, aset.seeds), 3, backend=backend,
                          interpreter=interpreter)
     assert not set(seeds) & set(aset.seeds)
     sample_for_annotation(backend, seeds, tmp_path / "round2")
     predictions = interpreter_predictions(backend, interpreter, tmp_path / "round2")
-    done = push(client, tmp_path / "round2", labels, title, predictions, model_version="round-1")
-    assert done == {"project": project["id"], "created": 3, "predictions": 3, "skipped": 0}
+    assert main(["annotate", "push", "--samples", str(tmp_path / "round2"), "--labels",
+                 str(tmp_path / "round1" / "drawn" / "labels.yaml"), "--project", title, "--checkpoint", str(CAR),
+                 "--interpreter", str(tmp_path / "interpreter.safetensors")]) == 0
     tasks = {t["id"]: t["data"]["id"] for t in project_tasks(client, project["id"])}
     stored = client.request("GET", "/api/predictions/", params={"project": project["id"]})
     assert sorted(tasks[p["task"]] for p in stored) == sorted(predictions)
     for p in stored:
         want = predictions[tasks[p["task"]]]
-        assert p["model_version"] == "round-1" and p["score"] == pytest.approx(want.score, rel=1e-6)
+        assert p["model_version"] == model_version(tmp_path / "interpreter.safetensors") and p["score"] == pytest.approx(want.score, rel=1e-6)
         np.testing.assert_array_equal(_decoded(p["result"], labels, want.labels.shape), want.labels)
     assert len({float(p["score"]) for p in stored}) > 1
 

@@ -230,7 +230,12 @@ def _probe_taps(args) -> None:
 
 
 def _annotate_push(args) -> None:
-    from labelfactory.annotations.label_studio import LabelStudio, interpreter_predictions, push
+    from labelfactory.annotations.label_studio import (
+        LabelStudio,
+        interpreter_predictions,
+        model_version,
+        push,
+    )
     from labelfactory.annotations.labels import load_labels
 
     if args.interpreter and not args.checkpoint:
@@ -238,7 +243,6 @@ def _annotate_push(args) -> None:
     labels = load_labels(args.labels)
     predictions, version = None, "labelfactory"
     if args.interpreter:
-        from labelfactory.core.io import sha256_file
         from labelfactory.core.runtime import resolve_device
         from labelfactory.generators.loading import load_generator
         from labelfactory.interpreters import load_interpreter
@@ -247,7 +251,7 @@ def _annotate_push(args) -> None:
         backend = load_generator(args.checkpoint, device, fmt=args.format)
         interpreter = load_interpreter(args.interpreter_type, args.interpreter, device)
         predictions = interpreter_predictions(backend, interpreter, args.samples, args.batch_size)
-        version = f"{Path(args.interpreter).stem}-{sha256_file(args.interpreter)[:12]}"
+        version = model_version(args.interpreter)
     done = push(LabelStudio(args.url), args.samples, labels, args.project, predictions, version)
     print(f"project {done['project']}: {done['created']} new tasks ({done['predictions']} with pre-annotations), "
           f"{done['skipped']} already there")

@@ -39,6 +39,7 @@ from labelfactory.annotations.cvat import BACKGROUND_NAMES
 from labelfactory.annotations.handout import IMAGE_SUFFIX, MANIFEST_FILE
 from labelfactory.annotations.importing import import_annotations
 from labelfactory.annotations.labels import LABELS_FILE, AnnotationError, LabelSet
+from labelfactory.core.io import sha256_file
 from labelfactory.generators.base import UNCONDITIONAL, GeneratorBackend
 from labelfactory.interpreters import Interpreter
 from labelfactory.synthesis.labelling import label_seeds
@@ -237,6 +238,11 @@ def interpreter_predictions(backend: GeneratorBackend, interpreter: Interpreter,
             order = {(int(s), int(c)): i for i, (s, c) in enumerate(zip(f["seed"][()], f["class"][()]))}
     rows = zip(manifest["id"], seeds, classes if backend.num_classes else [UNCONDITIONAL] * len(seeds))
     return {sid: Prediction(labels[order[s, c]], float(scores[order[s, c]])) for sid, s, c in rows}
+
+
+def model_version(interpreter_path: str | os.PathLike) -> str:
+    """The predictions' model version in Label Studio: the interpreter's file stem and sha256 prefix."""
+    return f"{Path(interpreter_path).stem}-{sha256_file(interpreter_path)[:12]}"
 
 
 def prediction_result(pred: Prediction, labels: LabelSet) -> list[dict]:
