@@ -3,16 +3,11 @@
 EXPORT_FORMATS = schema_node("$defs/task/properties/export/properties/formats/items")["enum"]
 
 
-def export_targets():
-    """Every export the config asks for (tasks.<name>.export.formats)."""
-    return [f"results/{name}/export/{fmt}/SHA256SUMS" for name in TASKS
-            for fmt in config["tasks"][name]["export"]["formats"]]
-
-
 rule export:
     """Target: every task's exports in its `export.formats` (none by default)."""
     input:
-        export_targets(),
+        lambda w: [f"results/{name}/export/{fmt}/SHA256SUMS" for name in TASKS
+                   for fmt in config["tasks"][name]["export"]["formats"]],
 
 
 rule export_format:

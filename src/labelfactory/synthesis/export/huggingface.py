@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from labelfactory import __version__
 from labelfactory.core.io import atomic_path, atomic_write_json, atomic_write_text
 from labelfactory.synthesis.dataset import Sample, SyntheticDataset
 from labelfactory.synthesis.export.base import EXPORTERS, ExportOptions, TaskInfo, pieces, png_bytes
@@ -75,8 +76,6 @@ def export_huggingface(samples: SyntheticDataset, out: Path, info: TaskInfo, opt
 def dataset_card(info: TaskInfo, options: ExportOptions, num_rows: int) -> str:
     """The dataset card: YAML metadata (the data files of the ``train`` split) and a summary of
     provenance (generator, interpreter, annotations, filter ratio, versions) and labels."""
-    from labelfactory import __version__
-
     meta = {"pretty_name": f"labelfactory synthetic set {info.name}", "task_categories": ["image-segmentation"],
             "tags": ["synthetic", "labelfactory"],
             "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{DATA}/train-*.parquet"}]}]}
