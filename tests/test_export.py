@@ -241,9 +241,10 @@ def test_coco_export_reads_back_with_pycocotools(conditional_task, tmp_path):
             assert anns == []
 
 
-def test_coco_refuses_an_unconditional_task(task, tmp_path):
+def test_coco_refuses_an_unconditional_task_and_writes_nothing(task, tmp_path):
     with pytest.raises(ValueError, match="class-conditional"):
         export_task(task, "coco", tmp_path / "coco", _options())
+    assert not (tmp_path / "coco").exists()
 
 
 def test_ignore_uncertain_labels_the_most_uncertain_pixels_255(task, tmp_path):

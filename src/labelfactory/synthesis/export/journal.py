@@ -35,7 +35,6 @@ class Journal:
     def __init__(self, out: str | os.PathLike, settings: dict, replace: bool = False):
         self.out = Path(out)
         self.settings = json.loads(json.dumps(settings, sort_keys=True))
-        self.out.mkdir(parents=True, exist_ok=True)
         journal = _complete_lines(self.out / JOURNAL)
         previous = json.loads((self.out / SETTINGS).read_text()) if (self.out / SETTINGS).exists() else None
         if previous is not None and previous["settings"] != self.settings:
@@ -47,10 +46,18 @@ class Journal:
         self.finished = previous is not None and (self.out / CHECKSUMS).exists() and \
             _verified(self.out, read_checksums(self.out / CHECKSUMS))
         self.pieces = {e["piece"]: e["files"] for e in journal[1:]}
-        if not self.finished:
+        self._opened = self.finished
+
+    def _open(self) -> None:
+        """Before the first write: drop an outdated ``SHA256SUMS``, start the journal anew (the
+        settings and the pieces still journaled; a torn last line dropped). Nothing is written
+        before, so an export refused up front leaves nothing behind."""
+        if not self._opened:
             (self.out / CHECKSUMS).unlink(missing_ok=True)  # a file changed since: export again
-            atomic_write_text(self.out / JOURNAL, "".join(json.dumps(e, sort_keys=True) + "\n"
-                                                          for e in [self.settings, *journal[1:]]))
+            atomic_write_text(self.out / JOURNAL, "".join(
+                json.dumps(e, sort_keys=True) + "\n"
+                for e in [self.settings, *({"piece": p, "files": f} for p, f in self.pieces.items())]))
+            self._opened = True
 
     def _other_export(self, settings: dict, files: list[str], replace: bool) -> None:
         """Refuse the export of other ``settings`` found in ``out``, or with ``replace`` delete its ``files``."""
@@ -71,6 +78,7 @@ class Journal:
     def record(self, piece: str, files: Iterable[str | os.PathLike]) -> None:
         """Journal ``piece`` as written, with the sha256 of each of its ``files`` (paths under ``out``)."""
         sums = {Path(f).relative_to(self.out).as_posix(): sha256_file(f) for f in files}
+        self._open()
         with open(self.out / JOURNAL, "a") as f:
             f.write(json.dumps({"piece": piece, "files": sums}, sort_keys=True) + "\n")
             f.flush()
@@ -80,6 +88,7 @@ class Journal:
     def finish(self, files: Iterable[str | os.PathLike] = ()) -> dict[str, str]:
         """Write ``export.json`` and then ``SHA256SUMS`` over every journaled file plus ``files``
         (paths under ``out``); remove the journal. Returns the checksums by relative path."""
+        self._open()
         sums = {name: sha for piece in self.pieces.values() for name, sha in piece.items()}
         sums.update({Path(f).relative_to(self.out).as_posix(): sha256_file(f) for f in files})
         atomic_write_json(self.out / SETTINGS, {"settings": self.settings, "files": sorted(sums)})
