@@ -131,8 +131,12 @@ def test_features_per_step_and_block(folder):
 
 
 def test_canonical_round_trip(folder, tmp_path):
+    from labelfactory.generators.fetch import fetch_checkpoint
+
     path, _, y = folder
     meta = convert_checkpoint(path, tmp_path / "d.safetensors")
+    fetched = fetch_checkpoint(str(path / "model_index.json"), tmp_path / "f.safetensors")  # a config's url
+    assert fetched["generator_hash"] == meta["generator_hash"]
     again = load_generator(tmp_path / "d.safetensors")
     assert meta["arch"] == "diffusers-unet" and again.generator_hash == load_generator(path).generator_hash
     again.set_sampling("ddim", 3)

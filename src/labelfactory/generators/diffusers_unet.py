@@ -2,7 +2,8 @@
 
 A folder as ``DDPMPipeline.save_pretrained`` writes it: ``unet/`` (``config.json`` +
 ``diffusion_pytorch_model.safetensors`` or ``.bin``) and ``scheduler/``
-(``scheduler_config.json``); nothing is downloaded. The model and schedulers are
+(``scheduler_config.json``), named by the folder or by its ``model_index.json`` (the
+file a config's ``url`` names, as the workflow fetches files); nothing is downloaded. The model and schedulers are
 diffusers' own classes, built from the configs the canonical sidecar keeps.
 
 - **Sampling** as diffusers' pipelines do it, from a given x_T: ``ddpm`` runs the
@@ -219,13 +220,19 @@ class DiffusersUNetBackend(GeneratorBackend):
 
 # --- the folder format ------------------------------------------------------------------
 def is_diffusers_folder(path: Path) -> bool:
+    """A pipeline folder, or its ``model_index.json`` (a file, which a config's ``url`` can name)."""
     path = Path(path)
+    if path.name == "model_index.json" and path.is_file():
+        return True
     return path.is_dir() and any((path / p).exists() for p in ("model_index.json", "unet", "scheduler"))
 
 
 def read_diffusers_folder(path: str | Path) -> RawCheckpoint:
-    """A ``UNet2DModel`` pipeline folder → its UNet tensors, with both configs as the architecture."""
+    """A ``UNet2DModel`` pipeline folder (or its ``model_index.json``) → its UNet tensors, with both
+    configs as the architecture."""
     path = Path(path)
+    if path.is_file():
+        path = path.parent
     index = path / "model_index.json"
     if index.exists():
         kinds = json.loads(index.read_text())
