@@ -29,12 +29,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
-from labelfactory.generators.base import GENERATORS, GeneratorBackend, Synthesis, load_strict
+from labelfactory.generators.base import GENERATORS, load_strict
 from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint
-from labelfactory.generators.guided_diffusion import PAPER_STEP_FRACTIONS, latent_digest_seed
+from labelfactory.generators.diffusion import PAPER_STEP_FRACTIONS, DiffusionBackend
 
 ARCH = "diffusers-unet"
 SAMPLERS = ("ddpm", "ddim")
@@ -56,7 +55,7 @@ def _scheduler(config: dict, ddim: bool):
 
 
 @GENERATORS.register(ARCH)
-class DiffusersUNetBackend(GeneratorBackend):
+class DiffusersUNetBackend(DiffusionBackend):
     """A diffusers ``UNet2DModel`` with its scheduler."""
 
     arch = ARCH
@@ -100,10 +99,6 @@ class DiffusersUNetBackend(GeneratorBackend):
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.module.config.in_channels, self.size, self.size)
 
-    @property
-    def z_dim(self) -> int:
-        return int(np.prod(self.latent_shape))
-
     def block_shapes(self) -> dict[str, tuple[int, int, int]]:
         """``(C, h, w)`` of each tappable block's output."""
         n, last = len(self.module.up_blocks), self.module.config.block_out_channels[-1]
@@ -129,10 +124,6 @@ class DiffusersUNetBackend(GeneratorBackend):
         if bad or not blocks:
             raise ValueError(f"unknown UNet blocks {bad or 'none'}; this UNet's are {', '.join(self.blocks)}")
         return [b for b in self.blocks if b in set(blocks)]
-
-    def set_feature_steps(self, steps: Sequence[int], noise_seed: int = 0) -> None:
-        self.feature_steps = self.check_steps(steps)
-        self.feature_noise_seed = int(noise_seed)
 
     def set_sampling(self, sampler: str, steps: int | str, eta: float = 0.0) -> None:
         """``ddpm`` (the folder's scheduler) or ``ddim`` (``DDIMScheduler`` from its config), K steps."""
@@ -184,38 +175,6 @@ class DiffusersUNetBackend(GeneratorBackend):
             for h in hooks:
                 h.remove()
         return out
-
-    # -- the backend interface --------------------------------------------------------------
-    def draw_latents(self, seeds, classes=None, truncation: float = 1.0, sampling: dict | None = None) -> np.ndarray:
-        """x_T per seed, as a pipeline draws it with ``torch.Generator().manual_seed(seed)``."""
-        if sampling or truncation != 1.0:
-            raise ValueError("diffusion latents come from seeds alone (no truncation or prior sampling options)")
-        return np.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s))).numpy()
-                         for s in seeds]).astype(np.float32)
-
-    def check_latents(self, z) -> np.ndarray:
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim != 4 or tuple(z.shape[1:]) != self.latent_shape:
-            raise ValueError(f"latents (x_T) must have shape [N, {', '.join(map(str, self.latent_shape))}], "
-                             f"got {list(z.shape)}")
-        return z
-
-    def synthesize(self, z, classes=None, truncation=1.0, noise="const", features=True, generator=None) -> Synthesis:
-        if truncation != 1.0:
-            raise ValueError("diffusion models have no truncation")
-        if noise == "const":
-            gens = [torch.Generator().manual_seed(latent_digest_seed(x)) for x in z]
-        elif noise == "random" and generator is not None:
-            seeds = torch.randint(0, 2 ** 62, (len(z),), generator=generator, device=generator.device)
-            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        else:
-            raise ValueError(f"noise {noise!r}: diffusion sampling takes const (per latent) or random (seeded)")
-        images = self.sample(z, classes, gens)
-        if not features:
-            return Synthesis(images, {})
-        shared = torch.randn((1, *self.latent_shape), generator=torch.Generator().manual_seed(self.feature_noise_seed))
-        return Synthesis(images, self.image_features(images.clamp(-1, 1), shared.to(images.device), classes,
-                                                     self.feature_steps, self.blocks))
 
 
 # --- the folder format ------------------------------------------------------------------

@@ -33,7 +33,6 @@ and source, and checked against outputs of the public code
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +40,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from labelfactory.generators.base import GENERATORS, GeneratorBackend, Synthesis, load_strict
+from labelfactory.generators.base import GENERATORS, load_strict
 from labelfactory.generators.checkpoints import (
     FORMATS,
     CheckpointError,
@@ -50,11 +49,11 @@ from labelfactory.generators.checkpoints import (
     torch_keys,
     torch_load,
 )
+from labelfactory.generators.diffusion import PAPER_STEP_FRACTIONS, DiffusionBackend
 from labelfactory.generators.guided_unet import GuidedUNet, normalise_flags
 
 ARCH = "guided-diffusion"
 SAMPLERS = ("ddpm", "ddim")
-PAPER_STEP_FRACTIONS = (0.05, 0.15, 0.25)  # ddpm-segmentation's steps 50, 150, 250 of T = 1000
 
 
 # --- schedule ------------------------------------------------------------------------
@@ -121,18 +120,13 @@ class Schedule:
         return torch.from_numpy(arr).to(t.device)[t].float()[:, None, None, None]
 
 
-def latent_digest_seed(x: torch.Tensor) -> int:
-    """A 63-bit seed from one sample's x_T: its stochastic steps' noise, independent of its batch."""
-    return int.from_bytes(hashlib.sha256(x.detach().float().cpu().numpy().tobytes()).digest()[:8], "little") >> 1
-
-
 def tap_name(step: int, block: int) -> str:
     return f"t{int(step)}.output_blocks.{int(block)}"
 
 
 # --- backend -----------------------------------------------------------------------
 @GENERATORS.register(ARCH)
-class GuidedDiffusionBackend(GeneratorBackend):
+class GuidedDiffusionBackend(DiffusionBackend):
     """A guided-diffusion UNet with its diffusion: samples from x_T, ddpm-segmentation's taps."""
 
     arch = ARCH
@@ -146,6 +140,7 @@ class GuidedDiffusionBackend(GeneratorBackend):
         steps = self.flag_schedule.num_steps
         self.feature_steps = [min(steps - 1, round(f * steps)) for f in PAPER_STEP_FRACTIONS]
         self.feature_noise_seed = 0
+        self.blocks = list(range(len(module.output_blocks)))
         self.set_sampling("ddim" if spacing.startswith("ddim") else "ddpm", spacing)
 
     @classmethod
@@ -171,10 +166,6 @@ class GuidedDiffusionBackend(GeneratorBackend):
     def latent_shape(self) -> tuple[int, int, int]:
         return (3, self.resolution, self.resolution)
 
-    @property
-    def z_dim(self) -> int:
-        return 3 * self.resolution ** 2
-
     def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
         shapes = self.module.output_shapes
         return {tap_name(t, i): shapes[i] for t in self.feature_steps for i in range(len(shapes))}
@@ -194,11 +185,6 @@ class GuidedDiffusionBackend(GeneratorBackend):
         if bad or not blocks:
             raise ValueError(f"unknown UNet blocks {bad or 'none'}; this model has output blocks 0..{n - 1}")
         return sorted({names[str(b)] for b in blocks})
-
-    def set_feature_steps(self, steps: Sequence[int], noise_seed: int = 0) -> None:
-        """The steps whose taps :meth:`feature_shapes` offers, and the seed of the shared noise."""
-        self.feature_steps = self.check_steps(steps)
-        self.feature_noise_seed = int(noise_seed)
 
     def set_sampling(self, sampler: str, spacing: str | int, eta: float = 0.0) -> None:
         """Sampler (``ddpm`` or ``ddim``), the retained steps and DDIM's ``eta``. ``spacing`` is a
@@ -283,42 +269,6 @@ class GuidedDiffusionBackend(GeneratorBackend):
             _, taps = self.module(x_t, t, y, taps=tuple(blocks))
             out.update({tap_name(step, b): taps[b] for b in blocks})
         return out
-
-    # -- the backend interface --------------------------------------------------------------
-    def draw_latents(self, seeds, classes=None, truncation: float = 1.0, sampling: dict | None = None) -> np.ndarray:
-        """x_T per seed: ``torch.randn`` of a generator seeded with the seed (as guided-diffusion's
-        sampler draws it after ``torch.manual_seed(seed)``)."""
-        if sampling or truncation != 1.0:
-            raise ValueError("diffusion latents come from seeds alone (no truncation or prior sampling options)")
-        return np.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s))).numpy()
-                         for s in seeds]).astype(np.float32)
-
-    def check_latents(self, z) -> np.ndarray:
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim != 4 or tuple(z.shape[1:]) != self.latent_shape:
-            raise ValueError(f"latents (x_T) must have shape [N, {', '.join(map(str, self.latent_shape))}], "
-                             f"got {list(z.shape)}")
-        return z
-
-    def synthesize(self, z, classes=None, truncation=1.0, noise="const", features=True, generator=None) -> Synthesis:
-        """Sample from x_T ``z`` (see :meth:`set_sampling`), and with ``features`` the taps of
-        :meth:`feature_shapes` on the sample, as ddpm-segmentation's ``generate_dataset.py`` takes them."""
-        if truncation != 1.0:
-            raise ValueError("diffusion models have no truncation")
-        if noise == "const":
-            gens = [torch.Generator().manual_seed(latent_digest_seed(x)) for x in z]
-        elif noise == "random" and generator is not None:
-            seeds = torch.randint(0, 2 ** 62, (len(z),), generator=generator, device=generator.device)
-            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        else:
-            raise ValueError(f"noise {noise!r}: diffusion sampling takes const (per latent) or random (seeded)")
-        images = self.sample(z, classes, gens)
-        if not features:
-            return Synthesis(images, {})
-        shared = torch.randn((1, *self.latent_shape), generator=torch.Generator().manual_seed(self.feature_noise_seed))
-        feats = self.image_features(images.clamp(-1, 1), shared.to(images.device), classes, self.feature_steps,
-                                    range(len(self.module.output_blocks)))
-        return Synthesis(images, feats)
 
 
 # --- the checkpoint format: guided-diffusion's plain state dict + the user's flags ------------
