@@ -51,6 +51,33 @@ def _chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return (max(1, min(c, _CHUNK_BYTES // (2 * h * w))), h, w)
 
 
+def _write_store(backend: GeneratorBackend, out_path: str | Path, ids: Sequence[str], layers: list[str],
+                 truncation: float, noise: str, batches) -> None:
+    """Write the feature file of ``ids`` from ``batches`` (an iterable of ``{layer: [B,C,h,w]}``, in id order)."""
+    shapes = backend.feature_shapes()
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({
+            "format_version": FORMAT_VERSION,
+            "generator_hash": backend.generator_hash,
+            "layers": json.dumps(layers),
+            "shapes": json.dumps({l: list(shapes[l]) for l in layers}),
+            "resolution": backend.resolution,
+            "truncation": float(truncation),
+            "noise": noise,
+            "ids": json.dumps(list(ids)),
+        })
+        done = 0
+        for features in batches:
+            n = len(features[layers[0]])
+            for j, image_id in enumerate(ids[done : done + n]):
+                g = f.create_group(image_id)
+                for l in layers:
+                    arr = features[l][j].float().cpu().numpy().astype(np.float16)
+                    g.create_dataset(l, data=arr, chunks=_chunks(arr.shape))
+            done += n
+            log.info("features: %d/%d images", done, len(ids))
+
+
 def extract_features(
     backend: GeneratorBackend,
     ids: Sequence[str],
@@ -68,22 +95,12 @@ def extract_features(
     ``expected_images`` (uint8 ``[N,H,W,3]``, e.g. the annotated images) guards
     against re-rendering something other than what was annotated."""
     layers = select_layers(backend, layers)
-    shapes = backend.feature_shapes()
     latents = backend.check_latents(latents)
     if len(ids) != len(latents) or len(set(ids)) != len(ids):
         raise ValueError("need one unique id per latent")
     cls = backend.check_classes(classes, len(latents))
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({
-            "format_version": FORMAT_VERSION,
-            "generator_hash": backend.generator_hash,
-            "layers": json.dumps(layers),
-            "shapes": json.dumps({l: list(shapes[l]) for l in layers}),
-            "resolution": backend.resolution,
-            "truncation": float(truncation),
-            "noise": noise,
-            "ids": json.dumps(list(ids)),
-        })
+
+    def batches():
         for start in range(0, len(latents), batch_size):
             z = torch.from_numpy(latents[start : start + batch_size]).to(backend.device)
             c = None if backend.num_classes == 0 else torch.from_numpy(cls[start : start + batch_size]).to(backend.device)
@@ -97,12 +114,43 @@ def extract_features(
                         "re-rendered images differ from the annotated ones: the generator, truncation or "
                         "noise mode is not the one the annotations were made with"
                     )
-            for j, image_id in enumerate(ids[start : start + batch_size]):
-                g = f.create_group(image_id)
-                for l in layers:
-                    arr = out.features[l][j].float().cpu().numpy().astype(np.float16)
-                    g.create_dataset(l, data=arr, chunks=_chunks(arr.shape))
-            log.info("features: %d/%d images", min(start + batch_size, len(latents)), len(latents))
+            yield out.features
+
+    _write_store(backend, out_path, ids, layers, truncation, noise, batches())
+    return layers
+
+
+def extract_image_features(
+    backend: GeneratorBackend,
+    ids: Sequence[str],
+    images: np.ndarray,
+    out_path: str | Path,
+    classes: np.ndarray | None = None,
+    layers: Sequence[str] | str | None = "all",
+    batch_size: int = 8,
+) -> list[str]:
+    """Store a diffusion generator's features of given uint8 images ``[N,H,W,3]`` (annotated
+    images: ``annotation.source: images``), noised with its seeded feature noise as its own
+    samples are (``image_taps``); returns the layers written. The file is laid out as
+    :func:`extract_features` writes it."""
+    if not hasattr(backend, "image_taps"):
+        raise FeatureStoreError(f"features of given images need a diffusion generator; this {backend.arch} "
+                                "generator's come from latents")
+    layers = select_layers(backend, layers)
+    want = (len(ids), backend.resolution, backend.resolution, 3)
+    if images.dtype != np.uint8 or images.shape != want or len(set(ids)) != len(ids):
+        raise ValueError(f"need uint8 images {list(want)} with one unique id each, got {images.dtype} "
+                         f"{list(images.shape)}")
+    cls = backend.check_classes(classes, len(images))
+
+    def batches():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            c = None if backend.num_classes == 0 else torch.from_numpy(cls[start : start + batch_size])
+            with torch.no_grad():
+                yield backend.image_taps(x.to(backend.device), None if c is None else c.to(backend.device))
+
+    _write_store(backend, out_path, ids, layers, 1.0, "const", batches())
     return layers
 
 

@@ -31,7 +31,8 @@ rule sample_for_annotation:
 
 
 rule import_annotations:
-    """Validate the annotation folder against the generator and labels.yaml; one HDF5 set."""
+    """Validate the annotation folder against the generator and labels.yaml; one HDF5 set (samples
+    re-rendered, or with `annotation.source: images` the annotated images themselves)."""
     wildcard_constraints:
         task=one_of(ANNOTATED_TASKS),
     input:
@@ -50,6 +51,7 @@ rule import_annotations:
         expected_per_class=lambda w: task_of(w).annotation.expected_per_class,
         latents=lambda w: task_of(w).annotation.latents,
         merge=lambda w: task_of(w).annotation.merge,
+        source=lambda w: task_of(w).annotation.source,
         generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
     log:

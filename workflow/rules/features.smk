@@ -1,5 +1,6 @@
 rule extract_features:
-    """Re-render the annotated latents; store each layer's features at native resolution."""
+    """Re-render the annotated latents (annotated images: a diffusion generator's features of them);
+    store each layer's features at native resolution."""
     input:
         weights=checkpoint_weights,
         average_latent=average_latent_file,

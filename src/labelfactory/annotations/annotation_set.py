@@ -15,6 +15,7 @@ from labelfactory.core.io import atomic_path
 
 H5_DATASETS = ("images", "masks", "latents", "seeds", "classes", "ids")
 H5_ATTRS = ("generator_hash", "labels", "ignore_index", "truncation", "noise", "resolution")
+SOURCES = ("samples", "images")  # the optional attribute `source`; files without it hold samples
 
 @dataclass
 class AnnotationSet:
@@ -23,6 +24,9 @@ class AnnotationSet:
     ``images`` uint8 ``[N,H,W,3]``, ``masks`` uint8 ``[N,H,W]``, ``latents``
     float32 ``[N,z_dim]`` (VQGAN: int64 code grids flattened to ``[N, h*w]``, see
     :mod:`labelfactory.annotations.reuse`), ``seeds`` int64 ``[N]``, ``classes`` int32 ``[N]``.
+    ``source`` ``"samples"``: generated samples, whose features are re-rendered from their
+    latents; ``"images"``: given images (latents ``[N, 0]``, seeds -1), whose features a
+    diffusion generator computes from the images themselves.
     """
 
     ids: list[str]
@@ -35,6 +39,7 @@ class AnnotationSet:
     generator_hash: str
     truncation: float
     noise: str
+    source: str = "samples"
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -54,7 +59,7 @@ class AnnotationSet:
             f.create_dataset("ids", data=list(self.ids), dtype=h5py.string_dtype("utf-8"))
             f.attrs.update(generator_hash=self.generator_hash, labels=json.dumps(list(self.labels.names)),
                            ignore_index=self.labels.ignore_index, truncation=float(self.truncation),
-                           noise=self.noise, resolution=self.resolution)
+                           noise=self.noise, resolution=self.resolution, source=self.source)
 
 
 def latent_array(latents: np.ndarray) -> np.ndarray:
@@ -73,6 +78,7 @@ def load_annotation_set(path: str | os.PathLike) -> AnnotationSet:
                 raise AnnotationError(path, problems)
             data = {k: f[k].asstr()[()] if k == "ids" else f[k][()] for k in H5_DATASETS}
             attrs = {k: f.attrs[k] for k in H5_ATTRS}
+            source = str(f.attrs.get("source", "samples"))
     except (OSError, TypeError) as e:
         raise AnnotationError(path, [f"unreadable HDF5 file ({e})"]) from e
     problems = []
@@ -88,6 +94,8 @@ def load_annotation_set(path: str | os.PathLike) -> AnnotationSet:
         problems.append(f"masks must be uint8 [N,H,W] matching the images, got {masks.dtype} {list(masks.shape)}")
     if latents.ndim != 2:
         problems.append(f"latents must be [N, z_dim], got {list(latents.shape)}")
+    if source not in SOURCES:
+        problems.append(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     try:
         labels = LabelSet(tuple(json.loads(attrs["labels"])), int(attrs["ignore_index"]))
     except (ValueError, TypeError) as e:
@@ -98,5 +106,5 @@ def load_annotation_set(path: str | os.PathLike) -> AnnotationSet:
         ids=[str(i) for i in data["ids"]], seeds=data["seeds"].astype(np.int64),
         classes=data["classes"].astype(np.int32), latents=latent_array(latents), images=images,
         masks=masks, labels=labels, generator_hash=str(attrs["generator_hash"]),
-        truncation=float(attrs["truncation"]), noise=str(attrs["noise"]),
+        truncation=float(attrs["truncation"]), noise=str(attrs["noise"]), source=source,
     )

@@ -10,7 +10,9 @@ palette PNG of label ids), a LabelMe ``<id>.json``, a napari/numpy label array
 folder (``labelmap.txt``), its ``SegmentationClass/<id>[.image].png``; optionally with the latent
 ``<id>.latent.npy`` and the annotated image ``<id>.image.png``. Folders in the
 layout of DatasetGAN's or BigDatasetGAN's release are recognised and read by
-:mod:`.datasetgan_release` and :mod:`.bigdatasetgan_release`. Every problem found
+:mod:`.datasetgan_release` and :mod:`.bigdatasetgan_release`. A diffusion task's folder of
+annotated *images* (``annotation.source: images``) is read by :func:`import_image_annotations`.
+Every problem found
 is reported at once in a single ``AnnotationError``, each as ``<file>: <problem>``,
 so a user fixes a folder in one round instead of one error at a time.
 """
@@ -35,6 +37,7 @@ from labelfactory.annotations.checks import (
     check_setting,
     class_problem,
     count_problems,
+    open_png,
     read_latent,
     read_npy_mask,
     read_png_mask,
@@ -51,8 +54,9 @@ from labelfactory.annotations.datasetgan_release import datasetgan_layout, impor
 from labelfactory.annotations.handout import IMAGE_SUFFIX, LATENT_SUFFIX, MANIFEST_FILE, render_uint8
 from labelfactory.annotations.labelme import read_labelme_mask
 from labelfactory.annotations.labels import LABELS_FILE, AnnotationError, LabelSet, resolve_labels
+from labelfactory.annotations.reuse import resize_annotations
 from labelfactory.generators.base import UNCONDITIONAL, GeneratorBackend
-from labelfactory.generators.view import view_of
+from labelfactory.generators.view import ImageView, view_of
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +80,15 @@ def _as_int(value: str) -> int | None:
 
 
 def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noise: str,
-                   classes: Sequence[int] | None, problems: list[str]) -> list[_Row]:
-    """Parse and check ``manifest.csv``; returns one row per distinct usable id."""
+                   classes: Sequence[int] | None, problems: list[str], samples: bool = True) -> list[_Row]:
+    """Parse and check ``manifest.csv``; returns one row per distinct usable id. Rows of given
+    images (not ``samples``) need no seed (it is not read) and no class where the generator is
+    unconditional, and the sample settings (generator hash, truncation, noise) are not theirs."""
     name = path.name
+    required = REQUIRED_COLUMNS if samples else ("id",)
     if not path.is_file():
-        problems.append(f"{name}: missing (one row per annotated sample: {', '.join(REQUIRED_COLUMNS)})")
+        what = "sample" if samples else "image"
+        problems.append(f"{name}: missing (one row per annotated {what}: {', '.join(required)})")
         return []
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -88,7 +96,7 @@ def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noi
         problems.append(f"{name}: unreadable CSV ({e})")
         return []
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         problems.append(f"{name}: missing required columns {missing} (has {list(df.columns)})")
         return []
@@ -100,15 +108,17 @@ def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noi
     if dup:
         problems.append(f"{name}: duplicate ids {dup}")
     rows, seen = [], set()
-    for line, (sid, seed_s, cls_s) in enumerate(zip(ids, df["seed"], df["class"]), start=2):
+    seeds = df["seed"] if samples else [""] * len(df)
+    cls_values = df["class"] if "class" in df.columns else [str(UNCONDITIONAL)] * len(df)
+    for line, (sid, seed_s, cls_s) in enumerate(zip(ids, seeds, cls_values), start=2):
         where = f"{name}: line {line} (id {sid!r})"
         if not sid or sid.startswith(".") or "/" in sid or "\\" in sid:
             problems.append(f"{where}: id must be a non-empty file name stem")
             continue
-        seed, cls = _as_int(seed_s), _as_int(cls_s)
-        if seed is None:
+        seed, cls = _as_int(seed_s) if samples else None, _as_int(cls_s)
+        if samples and seed is None:
             problems.append(f"{where}: seed {seed_s!r} is not an integer")
-        elif not 0 <= seed < 2**32:
+        elif seed is not None and not 0 <= seed < 2**32:
             problems.append(f"{where}: seed {seed} is outside [0, 2**32)")
             seed = None
         if cls is None:
@@ -123,7 +133,7 @@ def _read_manifest(path: Path, backend: GeneratorBackend, truncation: float, noi
             rows.append(_Row(sid, seed, cls))
     expected = {"generator_hash": backend.generator_hash, "truncation": truncation, "noise": noise}
     for col, want in expected.items():
-        if col in df.columns:
+        if samples and col in df.columns:
             check_setting(name, col, df[col].str.strip(), ids, want, problems)
     return rows
 
@@ -143,6 +153,42 @@ def _read_mask(path: Path, name: str, labelset: LabelSet | None, colours: dict[i
     return read_npy_mask(path, problems) if path.suffix == ".npy" else read_png_mask(path, problems)
 
 
+def _row_mask(ann_dir: Path, sid: str, labelset: LabelSet | None, colours: dict[int, int] | None,
+              problems: list[str]) -> tuple[str, np.ndarray | None]:
+    """The name (relative to the folder) and the decoded mask of row ``sid``; None (with the reason)
+    where it has none, several or an unreadable one."""
+    found = _mask_files(ann_dir, sid)
+    names = [p.relative_to(ann_dir).as_posix() for p in found]
+    if len(found) > 1:
+        problems.append(f"{names[-1]}: {', '.join(names[:-1])} and {names[-1]} exist; keep one mask")
+        return names[-1], None
+    if not found:
+        problems.append(f"{sid}.png: missing mask for manifest row {sid!r}")
+        return f"{sid}.png", None
+    return names[0], _read_mask(found[0], names[0], labelset, colours, problems)
+
+
+def _masked_rows(ann_dir: Path, rows: list[_Row], problems: list[str]) -> list[_Row]:
+    """``only_masked``: the rows that have a mask (how many were skipped logged)."""
+    masked = [r for r in rows if _mask_files(ann_dir, r.id)]
+    if len(masked) < len(rows):
+        log.warning("%s: importing the %d of %d manifest rows that have a mask; %d without one skipped",
+                    ann_dir, len(masked), len(rows), len(rows) - len(masked))
+    if not masked and rows:
+        problems.append(f"{MANIFEST_FILE}: no row has a mask")
+    return masked
+
+
+def _labelmap_colours(ann_dir: Path, labelset: LabelSet | None, problems: list[str]) -> dict[int, int] | None:
+    """The colours of a CVAT export's masks (its ``labelmap.txt``), None where the folder holds none."""
+    if (ann_dir / LABELMAP_FILE).is_file():
+        return read_labelmap(ann_dir / LABELMAP_FILE, labelset, problems)
+    if cvat_mask_ids(ann_dir):
+        problems.append(f"{LABELMAP_FILE}: missing (the colours of the masks in {SEGMENTATION_DIR}/; "
+                        "unpack the whole CVAT export)")
+    return None
+
+
 def _extra_masks(ann_dir: Path, known: set[str]) -> list[str]:
     """A problem for each mask, in any of the formats, of no manifest row."""
     files = [f for f in sorted(ann_dir.iterdir()) if f.suffix in MASK_SUFFIXES and f.is_file() and not (
@@ -150,6 +196,79 @@ def _extra_masks(ann_dir: Path, known: set[str]) -> list[str]:
     names = [f.name for f in files if f.stem not in known]
     names += [f"{SEGMENTATION_DIR}/{f.name}" for sid, f in cvat_mask_ids(ann_dir).items() if sid not in known]
     return [f"{name}: mask without a manifest row (extra file)" for name in names]
+
+
+def _read_image(path: Path, problems: list[str]) -> np.ndarray | None:
+    """An annotated image ``<id>.image.png`` as uint8 ``[H, W, 3]`` (RGB, or grey repeated), square."""
+    if not path.is_file():
+        problems.append(f"{path.name}: missing (the annotated image of its mask)")
+        return None
+    im = open_png(path, problems)
+    if im is None:
+        return None
+    if im.mode not in ("RGB", "L"):
+        problems.append(f"{path.name}: image mode {im.mode}; save the image as an RGB (or greyscale) PNG")
+        return None
+    if im.width != im.height:
+        problems.append(f"{path.name}: {im.height}x{im.width} (HxW) is not square; crop it and its mask to a square")
+        return None
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def import_image_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, out_h5: str | os.PathLike,
+                             labels: LabelSet | str | os.PathLike | None = None,
+                             expected_count: int | None = None, classes: Sequence[int] | None = None,
+                             expected_per_class: int | None = None, only_masked: bool = False) -> AnnotationSet:
+    """Annotated *images* (``annotation.source: images``): per manifest row (``id``, and ``class`` for a
+    class-conditional generator; other columns, e.g. another generator's seeds, are not read) the
+    image ``<id>.image.png`` and its mask in any of the formats, as large as the image.
+
+    Nothing is rendered: the images are the annotation set's (resized with their masks to the
+    generator's resolution by :func:`~labelfactory.annotations.reuse.resize_annotations`), and a
+    diffusion generator computes their features from them. So any annotated square images serve:
+    real photos, as ddpm-segmentation trains on, or another generator's annotated samples (a GAN
+    task's folder as it is). Refused in one line for a generator whose features come from latents.
+    The set records ``source: images``, seeds -1 and empty latents ``[N, 0]``."""
+    ann_dir = Path(ann_dir)
+    if not hasattr(backend, "image_taps"):
+        raise AnnotationError(ann_dir, [f"{ann_dir.name}: annotated images (annotation.source: images) need a "
+                                        f"diffusion generator, which computes features of any image; this "
+                                        f"{backend.arch} generator's come from latents"])
+    if view_of(backend) != ImageView():
+        raise AnnotationError(ann_dir, [f"{ann_dir.name}: annotated images are resized to the generator's "
+                                        "resolution; a task image view (image.size, image.crop) is for samples"])
+    problems: list[str] = []
+    labelset = resolve_labels(labels, ann_dir / LABELS_FILE, problems)
+    rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, 1.0, "const", classes, problems, samples=False)
+    if only_masked:
+        rows = _masked_rows(ann_dir, rows, problems)
+    colours = _labelmap_colours(ann_dir, labelset, problems)
+    images: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
+    for row in rows:
+        name, mask = _row_mask(ann_dir, row.id, labelset, colours, problems)
+        image = _read_image(ann_dir / f"{row.id}{IMAGE_SUFFIX}", problems)
+        if mask is None or image is None:
+            continue
+        if mask.shape != image.shape[:2]:
+            problems.append(f"{name}: {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {row.id}{IMAGE_SUFFIX} "
+                            f"is {image.shape[0]}x{image.shape[1]}")
+        elif check_mask(name, mask, mask.shape, labelset, problems) and row.cls is not None:
+            image, mask = resize_annotations(image[None].copy(), mask[None].copy(), backend.resolution)
+            images[row.id], masks[row.id] = image[0], mask[0]
+    problems += _extra_masks(ann_dir, {r.id for r in rows})
+    problems += count_problems(MANIFEST_FILE, [r.cls for r in rows], classes, expected_count, expected_per_class)
+    if problems:
+        raise AnnotationError(ann_dir, problems)
+    ids = [r.id for r in rows]
+    aset = AnnotationSet(
+        ids=ids, seeds=np.full(len(ids), -1, dtype=np.int64),
+        classes=np.array([r.cls for r in rows], dtype=np.int32), latents=np.zeros((len(ids), 0), np.float32),
+        images=np.stack([images[i] for i in ids]), masks=np.stack([masks[i] for i in ids]),
+        labels=labelset, generator_hash=backend.generator_hash, truncation=1.0, noise="const", source="images",
+    )
+    aset.save(out_h5)
+    return aset
 
 
 def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, out_h5: str | os.PathLike,
@@ -196,34 +315,15 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     res, view = backend.resolution, view_of(backend)
     shape = res if view.crop is None else view.shape(res)
     if only_masked:
-        masked = [r for r in rows if _mask_files(ann_dir, r.id)]
-        if len(masked) < len(rows):
-            log.warning("%s: importing the %d of %d manifest rows that have a mask; %d without one skipped",
-                        ann_dir, len(masked), len(rows), len(rows) - len(masked))
-        if not masked and rows:
-            problems.append(f"{MANIFEST_FILE}: no row has a mask")
-        rows = masked
-
-    colours = None
-    if (ann_dir / LABELMAP_FILE).is_file():
-        colours = read_labelmap(ann_dir / LABELMAP_FILE, labelset, problems)
-    elif cvat_mask_ids(ann_dir):
-        problems.append(f"{LABELMAP_FILE}: missing (the colours of the masks in {SEGMENTATION_DIR}/; "
-                        "unpack the whole CVAT export)")
+        rows = _masked_rows(ann_dir, rows, problems)
+    colours = _labelmap_colours(ann_dir, labelset, problems)
 
     masks: dict[str, np.ndarray] = {}
     latents: dict[str, np.ndarray] = {}
     for row in rows:
-        found = _mask_files(ann_dir, row.id)
-        names = [p.relative_to(ann_dir).as_posix() for p in found]
-        if len(found) > 1:
-            problems.append(f"{names[-1]}: {', '.join(names[:-1])} and {names[-1]} exist; keep one mask")
-        elif not found:
-            problems.append(f"{row.id}.png: missing mask for manifest row {row.id!r}")
-        else:
-            mask = _read_mask(found[0], names[0], labelset, colours, problems)
-            if mask is not None and check_mask(names[0], mask, shape, labelset, problems):
-                masks[row.id] = view.pad(mask, res, labelset.ignore_index)
+        name, mask = _row_mask(ann_dir, row.id, labelset, colours, problems)
+        if mask is not None and check_mask(name, mask, shape, labelset, problems):
+            masks[row.id] = view.pad(mask, res, labelset.ignore_index)
         if row.seed is not None:
             expected = backend.draw_latents([row.seed], None if row.cls is None or not backend.num_classes
                                             else [row.cls], truncation)[0]

@@ -15,6 +15,8 @@ from labelfactory.config.specs import DownstreamSpec, labels_file, task_classes
 
 # checkpoint formats that can hold a StyleGAN1 in DatasetGAN's layout (the canonical one: a converted one)
 STYLEGAN1_FORMATS = ("auto", "safetensors", "datasetgan-stylegan1")
+# checkpoint formats that can hold a diffusion model (whose features annotated images can have)
+DIFFUSION_FORMATS = ("auto", "safetensors", "guided-diffusion", "diffusers")
 
 
 def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = True) -> dict:
@@ -194,6 +196,13 @@ def _generator_problems(name: str, task: dict, checkpoint: dict, base_dir: Path,
                         "datasetgan-stylegan1 checkpoints do not hold (give the release's avg_latent_stylegan1.npy)")
     if avg is not None and check_files and not (base_dir / avg).is_file():
         problems.append(f"{where}.average_latent: {avg} does not exist")
+    if task["annotation"]["source"] == "images" and (fmt not in DIFFUSION_FORMATS or checkpoint.get("generator")):
+        other = "a user's torch module" if checkpoint.get("generator") else f"a {fmt} checkpoint"
+        problems.append(f"{where}.annotation.source: images is for diffusion generators, which compute features "
+                        f"of any image; {other} computes them from latents (use samples)")
+    if task["annotation"]["source"] == "images" and task["image"] != {"size": None, "crop": None}:
+        problems.append(f"{where}.image: annotated images (annotation.source: images) are resized to the "
+                        "generator's resolution; an image view is for samples")
     size, crop = task["image"]["size"], task["image"]["crop"]
     if crop is not None and not (crop[0] < crop[1] <= (size or crop[1]) and crop[2] < crop[3] <= (size or crop[3])):
         problems.append(f"{where}.image.crop: {crop} is not [top, bottom, left, right] with top < bottom and "

@@ -38,6 +38,7 @@ class AnnotationSpec:
     expected_count: int | None = None
     expected_per_class: int | None = None
     only_masked: bool = False
+    source: str = "samples"  # samples = rendered from seeds; images = given annotated images (diffusion generators)
     latents: str | None = None
     merge: str | None = None
     select: str = "random"  # random = the seed range; uncertainty = active learning (annotations.active_selection)

@@ -79,7 +79,10 @@ class DiffusionBackend(GeneratorBackend):
                          for s in seeds]).astype(np.float32)
 
     def check_latents(self, z) -> np.ndarray:
+        """x_T ``[N, *latent_shape]``, or flattened ``[N, z_dim]`` (as annotation sets store latents)."""
         z = np.asarray(z, dtype=np.float32)
+        if z.ndim == 2 and z.shape[1] == self.z_dim:
+            z = z.reshape(len(z), *self.latent_shape)
         if z.ndim != 4 or tuple(z.shape[1:]) != self.latent_shape:
             raise ValueError(f"latents (x_T) must have shape [N, {', '.join(map(str, self.latent_shape))}], "
                              f"got {list(z.shape)}")
