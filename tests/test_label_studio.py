@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from helpers import REPO
+from helpers import REPO, make_tiny_project, snakemake, update_config
 from PIL import Image
 
 from labelfactory.annotations.active_selection import candidate_seeds, choose_seeds
@@ -273,6 +273,25 @@ def test_a_legacy_token_works_where_the_server_accepts_it(server):
     assert r.ok, r.text[:300]
     client = LabelStudio(server["url"], LEGACY_TOKEN)
     assert client.request("GET", "/api/current-user/whoami")["email"] == USER
+
+
+def test_the_annotate_push_rule_pushes_an_active_learning_round_with_pre_annotations(server, tmp_path):
+    """The workflow's rule on the tiny project: its interpreter picks the pool's most uncertain
+    samples, which land in Label Studio with that interpreter's labels."""
+    make_tiny_project(tmp_path)
+    update_config(tmp_path, {"tasks": {"tiny": {"annotation": {"select": "uncertainty",
+                                                               "pool": {"seed_start": 100, "size": 12}}}}})
+    env = {**os.environ, "LABEL_STUDIO_URL": server["url"], "LABEL_STUDIO_API_KEY": server["token"]}
+    snakemake(tmp_path, "results/tiny/label_studio_push.json", env=env)
+    done = json.loads((tmp_path / "results" / "tiny" / "label_studio_push.json").read_text())
+    assert {k: done[k] for k in ("created", "predictions", "skipped")} == {"created": 4, "predictions": 4, "skipped": 0}
+    client = LabelStudio(server["url"], server["token"])
+    tasks = project_tasks(client, find_project(client, "labelfactory tiny")["id"])
+    assert sorted(int(t["data"]["seed"]) for t in tasks) == sorted(
+        int(p.name[1:9]) for p in (tmp_path / "results" / "tiny" / "for_annotation").glob("*.image.png"))
+    assert all(100 <= int(t["data"]["seed"]) < 112 for t in tasks)
+    stored = client.request("GET", "/api/predictions/", params={"project": done["project"]})
+    assert len(stored) == 4 and all(p["model_version"].startswith("interpreter-") for p in stored)
 
 
 # --- the brush RLE codec against the SDK's converter -------------------------------------

@@ -98,3 +98,35 @@ rule reuse_annotations:
         "../../envs/labelfactory.yaml"
     script:
         "../../scripts/reuse_annotations.py"
+
+
+rule annotate_push:
+    """Hand results/{task}/for_annotation out in Label Studio (not part of `all`): a project titled
+    after the task; with `annotation.select: uncertainty`, the interpreter that chose the samples
+    labels them as pre-annotations. Server and key: $LABEL_STUDIO_URL, $LABEL_STUDIO_API_KEY."""
+    wildcard_constraints:
+        task=one_of(ANNOTATED_TASKS),
+    input:
+        weights=checkpoint_weights,
+        average_latent=average_latent_file,
+        samples="results/{task}/for_annotation",
+        labels=lambda w: task_of(w).labels,
+        interpreter=lambda w: [f"results/{w.task}/interpreter.safetensors"] if task_selection(task_of(w)) else [],
+    output:
+        "results/{task}/label_studio_push.json",
+    params:
+        project=lambda w: f"labelfactory {w.task}",
+        interpreter_type=lambda w: task_of(w).interpreter["type"],
+        generator=lambda w: generator_options(task_of(w)),
+        device=CFG.device,
+    log:
+        "results/logs/annotate_push/{task}.log",
+    threads: 2
+    resources:
+        mem_mb=attempt_scaled(4000),
+        runtime=attempt_scaled(30),
+        gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
+    script:
+        "../../scripts/annotate_push.py"
