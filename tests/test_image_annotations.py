@@ -185,3 +185,36 @@ def test_bad_annotated_images_are_each_one_line(tmp_path):
         f"{ids[2]}.image.png: 32x24 (HxW) is not square; crop it and its mask to a square",
     ]
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_ddpm_segmentations_dataset_folder_as_it_is(tmp_path):
+    """ddpm-segmentation's ``datasets/<name>/real/train``: ``<name>.png``/``.jpg`` beside ``<name>.npy``, no
+    manifest, in sorted order; labels from the task. A stray mask and an image without one are named."""
+    from labelfactory.annotations.labels import LabelSet
+
+    backend = _backend(_pipeline(tmp_path / "ddpm", None))
+    folder = tmp_path / "train"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = {"b": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "a": rng.integers(0, 256, (16, 16, 3),
+                                                                                          dtype=np.uint8)}
+    masks = {"b": rng.integers(0, 3, (32, 32)).astype(np.int64), "a": rng.integers(0, 3, (16, 16)).astype(np.int64)}
+    Image.fromarray(images["a"]).save(folder / "a.png")
+    Image.fromarray(images["b"]).save(folder / "b.jpg", quality=95)
+    for name, mask in masks.items():
+        np.save(folder / f"{name}.npy", mask)
+    labels = LabelSet(("background", "head", "hair"))
+    ann = import_image_annotations(folder, backend, tmp_path / "a.h5", labels=labels, expected_count=2)
+    assert ann.ids == ["a", "b"] and ann.source == "images"
+    assert np.array_equal(ann.images[0], images["a"]) and np.array_equal(ann.masks[0], masks["a"])
+    jpeg = np.array(Image.open(folder / "b.jpg").convert("RGB"))[None]
+    want_image, want_mask = resize_annotations(jpeg, masks["b"].astype(np.uint8)[None], 16)
+    assert np.array_equal(ann.images[1], want_image[0]) and np.array_equal(ann.masks[1], want_mask[0])
+
+    np.save(folder / "c.npy", masks["a"])
+    Image.fromarray(images["a"]).save(folder / "d.png")
+    with pytest.raises(AnnotationError) as e:
+        import_image_annotations(folder, backend, tmp_path / "b.h5", labels=labels)
+    assert [p.strip() for p in str(e.value).splitlines()[1:]] == [
+        "c.npy: mask without an image c.png/.jpg (extra file)", "d.png: no mask d.npy beside it"]
+    assert not (tmp_path / "b.h5").exists()

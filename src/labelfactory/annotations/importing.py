@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from labelfactory.annotations.annotation_set import AnnotationSet, latent_array
 from labelfactory.annotations.bigdatasetgan_release import import_release_annotations, release_layout
@@ -37,7 +38,6 @@ from labelfactory.annotations.checks import (
     check_setting,
     class_problem,
     count_problems,
-    open_png,
     read_latent,
     read_npy_mask,
     read_png_mask,
@@ -198,13 +198,20 @@ def _extra_masks(ann_dir: Path, known: set[str]) -> list[str]:
     return [f"{name}: mask without a manifest row (extra file)" for name in names]
 
 
+DDPM_SEGMENTATION_IMAGES = (".png", ".jpg", ".jpeg")
+
+
 def _read_image(path: Path, problems: list[str]) -> np.ndarray | None:
-    """An annotated image ``<id>.image.png`` as uint8 ``[H, W, 3]`` (RGB, or grey repeated), square."""
+    """An annotated image (PNG or JPEG) as uint8 ``[H, W, 3]`` (RGB, or grey repeated), square."""
     if not path.is_file():
         problems.append(f"{path.name}: missing (the annotated image of its mask)")
         return None
-    im = open_png(path, problems)
-    if im is None:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = im.copy()
+    except (OSError, SyntaxError, ValueError) as e:
+        problems.append(f"{path.name}: unreadable or corrupt image ({e})")
         return None
     if im.mode not in ("RGB", "L"):
         problems.append(f"{path.name}: image mode {im.mode}; save the image as an RGB (or greyscale) PNG")
@@ -212,7 +219,31 @@ def _read_image(path: Path, problems: list[str]) -> np.ndarray | None:
     if im.width != im.height:
         problems.append(f"{path.name}: {im.height}x{im.width} (HxW) is not square; crop it and its mask to a square")
         return None
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def ddpm_segmentation_layout(ann_dir: Path) -> bool:
+    """A folder of ddpm-segmentation's datasets (``datasets/<name>/real/train``): no manifest, label
+    arrays ``<name>.npy`` beside the images."""
+    return not (ann_dir / MANIFEST_FILE).exists() and any(ann_dir.glob("*.npy"))
+
+
+def _ddpm_segmentation_pairs(ann_dir: Path, backend: GeneratorBackend, only_masked: bool,
+                             problems: list[str]) -> dict[str, tuple[Path, Path]]:
+    """``{name: (image, mask)}`` in sorted image order (its ``ImageLabelDataset``'s): every
+    ``<name>.{png,jpg,jpeg}`` with its ``<name>.npy``; an image without one (unless
+    ``only_masked``) and a mask without an image are problems."""
+    images = {p.stem: p for p in sorted(ann_dir.iterdir())
+              if p.is_file() and p.suffix.lower() in DDPM_SEGMENTATION_IMAGES and not p.name.startswith(".")}
+    masks = {p.stem: p for p in ann_dir.glob("*.npy")}
+    problems += [f"{masks[n].name}: mask without an image {n}.png/.jpg (extra file)"
+                 for n in sorted(set(masks) - set(images))]
+    if not only_masked:
+        problems += [f"{images[n].name}: no mask {n}.npy beside it" for n in images if n not in masks]
+    if backend.num_classes:
+        problems.append(f"{ann_dir.name}: ddpm-segmentation's folders hold no classes; a class-conditional "
+                        f"{backend.arch} model needs a {MANIFEST_FILE} with a class column")
+    return {n: (images[n], masks[n]) for n in images if n in masks}
 
 
 def import_image_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, out_h5: str | os.PathLike,
@@ -221,7 +252,9 @@ def import_image_annotations(ann_dir: str | os.PathLike, backend: GeneratorBacke
                              expected_per_class: int | None = None, only_masked: bool = False) -> AnnotationSet:
     """Annotated *images* (``annotation.source: images``): per manifest row (``id``, and ``class`` for a
     class-conditional generator; other columns, e.g. another generator's seeds, are not read) the
-    image ``<id>.image.png`` and its mask in any of the formats, as large as the image.
+    image ``<id>.image.png`` and its mask in any of the formats, as large as the image; or a folder
+    of ddpm-segmentation's datasets as it is (:func:`ddpm_segmentation_layout`: ``<name>.png`` or
+    ``.jpg`` beside its label array ``<name>.npy``, in sorted order, the labels from ``labels``).
 
     Nothing is rendered: the images are the annotation set's (resized with their masks to the
     generator's resolution by :func:`~labelfactory.annotations.reuse.resize_annotations`), and a
@@ -230,6 +263,8 @@ def import_image_annotations(ann_dir: str | os.PathLike, backend: GeneratorBacke
     task's folder as it is). Refused in one line for a generator whose features come from latents.
     The set records ``source: images``, seeds -1 and empty latents ``[N, 0]``."""
     ann_dir = Path(ann_dir)
+    if not ann_dir.is_dir():
+        raise AnnotationError(ann_dir, [f"{ann_dir.name}: annotation folder not found"])
     if not hasattr(backend, "image_taps"):
         raise AnnotationError(ann_dir, [f"{ann_dir.name}: annotated images (annotation.source: images) need a "
                                         f"diffusion generator, which computes features of any image; this "
@@ -239,25 +274,37 @@ def import_image_annotations(ann_dir: str | os.PathLike, backend: GeneratorBacke
                                         "resolution; a task image view (image.size, image.crop) is for samples"])
     problems: list[str] = []
     labelset = resolve_labels(labels, ann_dir / LABELS_FILE, problems)
-    rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, 1.0, "const", classes, problems, samples=False)
-    if only_masked:
-        rows = _masked_rows(ann_dir, rows, problems)
+    pairs = None
+    if ddpm_segmentation_layout(ann_dir):
+        pairs = _ddpm_segmentation_pairs(ann_dir, backend, only_masked, problems)
+        rows = [_Row(name, None, UNCONDITIONAL) for name in pairs]
+    else:
+        rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, 1.0, "const", classes, problems, samples=False)
+        if only_masked:
+            rows = _masked_rows(ann_dir, rows, problems)
     colours = _labelmap_colours(ann_dir, labelset, problems)
     images: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
     for row in rows:
-        name, mask = _row_mask(ann_dir, row.id, labelset, colours, problems)
-        image = _read_image(ann_dir / f"{row.id}{IMAGE_SUFFIX}", problems)
+        if pairs is None:
+            name, mask = _row_mask(ann_dir, row.id, labelset, colours, problems)
+            image_path = ann_dir / f"{row.id}{IMAGE_SUFFIX}"
+        else:
+            image_path, mask_path = pairs[row.id]
+            name, mask = mask_path.name, read_npy_mask(mask_path, problems)
+        image = _read_image(image_path, problems)
         if mask is None or image is None:
             continue
         if mask.shape != image.shape[:2]:
-            problems.append(f"{name}: {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {row.id}{IMAGE_SUFFIX} "
+            problems.append(f"{name}: {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {image_path.name} "
                             f"is {image.shape[0]}x{image.shape[1]}")
         elif check_mask(name, mask, mask.shape, labelset, problems) and row.cls is not None:
-            image, mask = resize_annotations(image[None].copy(), mask[None].copy(), backend.resolution)
+            image, mask = resize_annotations(image[None], mask[None].copy(), backend.resolution)
             images[row.id], masks[row.id] = image[0], mask[0]
-    problems += _extra_masks(ann_dir, {r.id for r in rows})
-    problems += count_problems(MANIFEST_FILE, [r.cls for r in rows], classes, expected_count, expected_per_class)
+    if pairs is None:
+        problems += _extra_masks(ann_dir, {r.id for r in rows})
+    problems += count_problems(MANIFEST_FILE if pairs is None else ann_dir.name, [r.cls for r in rows], classes,
+                               expected_count, expected_per_class)
     if problems:
         raise AnnotationError(ann_dir, problems)
     ids = [r.id for r in rows]
