@@ -59,7 +59,7 @@ rule target_data:
         directory(f"{TRANSFER}/converted/{{target}}/{{split}}"),
     params:
         type=lambda w: target_of(w).type,
-        data=lambda w: target_of(w).data,
+        data=lambda w: {k: target_of(w).data[k] for k in ("path", "splits")},  # what the conversion reads
         instances=lambda w: "instance" in target_of(w).tasks,
     log:
         "results/logs/target_data/{target}/{split}.log",
