@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from labelfactory.downstream.cross_validation import cross_validate, release_miou
 from labelfactory.downstream.experiment import SettingInputs, evaluate_downstream, seg_config, train_downstream
-from labelfactory.downstream.real import RealDataSpec
-from labelfactory.downstream.segmentation import SegTrainConfig, load_model
+from labelfactory.downstream.real import RealDataSpec, real_dataset
+from labelfactory.downstream.segmentation import SegTrainConfig, evaluate_segmentation, load_model
 
 from helpers import TINY_SEGMENTATION, make_real_folder
 from test_experiment import annotation_set
@@ -89,6 +89,19 @@ def test_a_run_keeps_its_snapshots_and_is_cross_validated(tmp_path):
     assert folds["folds"] == 5 and folds["images_per_fold"] == 1 and set(folds["chosen_step"]) <= {2, 4, 6}
     assert cv["miou"] == pytest.approx(np.mean(folds["fold_miou"]))
     assert json.loads((tmp_path / "cv.json").read_text())["miou"] == pytest.approx(cv["miou"])
+    # ddpm-segmentation's protocol: the snapshot best on the real train split, scored on the test split
+    val = evaluate_downstream(model_path, inputs.annotations, real, tmp_path / "val.json", protocol="validation")
+    chosen = val["validation"]
+    assert chosen["steps"] == [2, 4, 6] and chosen["images"] == 6
+    assert chosen["chosen_step"] == [2, 4, 6][int(np.argmax(chosen["miou"]))]
+    labels = inputs.labels()
+    for split, step, want in [("train", s, m) for s, m in zip([2, 4, 6], chosen["miou"])] + [
+            ("test", chosen["chosen_step"], val["miou"])]:
+        snapshot, _ = load_model(model_path, snapshot=step)
+        got = evaluate_segmentation(snapshot, real_dataset(real, split, labels), len(labels.names), "cpu",
+                                    ignore_index=labels.ignore_index)["miou"]
+        assert got == pytest.approx(want)
+    assert val["miou_final"] == pytest.approx(holdout["miou"])
     with pytest.raises(ValueError, match="protocol must be one of"):
         evaluate_downstream(model_path, inputs.annotations, real, tmp_path / "x.json", protocol="kfold")
 

@@ -270,8 +270,8 @@ def _snapshot_problems(where: str, ds: dict) -> list[str]:
     problems = []
     if ds["snapshots"] > ds["steps"]:
         problems.append(f"{where}.snapshots: {ds['snapshots']} snapshots of a {ds['steps']}-step run")
-    if ds["evaluation"]["protocol"] == "cross_validation" and ds["snapshots"] < 2:
-        problems.append(f"{where}.evaluation.protocol: cross_validation chooses among snapshots; "
+    if ds["evaluation"]["protocol"] != "holdout" and ds["snapshots"] < 2:
+        problems.append(f"{where}.evaluation.protocol: {ds['evaluation']['protocol']} chooses among snapshots; "
                         f"set {where}.snapshots >= 2")
     return problems
 

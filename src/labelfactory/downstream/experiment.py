@@ -219,7 +219,7 @@ def record_unlabelled_run(setting: str, upstream: dict, cfg: SegTrainConfig, out
     return info
 
 
-PROTOCOLS = ("holdout", "cross_validation")
+PROTOCOLS = ("holdout", "cross_validation", "validation")
 
 
 def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: RealDataSpec, out_json: str | Path,
@@ -232,7 +232,11 @@ def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: R
     ``protocol="cross_validation"`` is DatasetGAN's: the run's snapshot is chosen
     per fold of the test images (:func:`~labelfactory.downstream.cross_validation.cross_validate`);
     ``miou`` is then the mean over folds (``cross_validation`` has the folds,
-    ``miou_final`` the final weights' holdout mIoU, the other scores are the final weights')."""
+    ``miou_final`` the final weights' holdout mIoU, the other scores are the final weights').
+    ``protocol="validation"`` is ddpm-segmentation's (``train_deeplab.py``'s ``test``): the snapshot
+    with the highest mIoU on the real *train* split (the first of equals) is scored on the test
+    split; every score is that snapshot's (``validation``: each snapshot's step and train-split
+    mIoU and the chosen step; ``miou_final``: the final weights' test mIoU)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     labels = SettingInputs(str(annotations), class_aware=class_aware).labels()
@@ -247,11 +251,23 @@ def evaluate_downstream(model_path: str | Path, annotations: str | Path, real: R
                                    class_names=labels.names)
     result = {**meta["metrics"], **scores, "class_names": list(labels.names), "class_aware": class_aware is not None,
               "protocol": protocol}
+    steps = meta.get("snapshot_steps") or []
+    if protocol != "holdout" and len(steps) < 2:
+        raise ValueError(f"{model_path}: the {protocol} protocol chooses among snapshots, but the run kept "
+                         f"{len(steps)} (set downstream.snapshots > 1)")
+    if protocol == "validation":
+        validation = real_dataset(real, "train", labels)
+        val_miou = [evaluate_segmentation(snap, validation, len(labels.names), device,
+                                          ignore_index=labels.ignore_index)["miou"]
+                    for _, snap in load_snapshots(model_path, device)]
+        chosen = steps[int(np.argmax(val_miou))]
+        result["miou_final"] = result["miou"]
+        result.update(evaluate_segmentation(load_model(model_path, device, snapshot=chosen)[0], test,
+                                            len(labels.names), device, ignore_index=labels.ignore_index,
+                                            class_names=labels.names))
+        result["validation"] = {"steps": list(steps), "miou": val_miou, "chosen_step": chosen,
+                                "images": len(validation)}
     if protocol == "cross_validation":
-        steps = meta.get("snapshot_steps") or []
-        if len(steps) < 2:
-            raise ValueError(f"{model_path}: cross-validation chooses among snapshots, but the run kept "
-                             f"{len(steps)} (set downstream.snapshots > 1)")
         confusions = torch.stack([per_image_confusions(snap, test, len(labels.names), device,
                                                        ignore_index=labels.ignore_index)
                                   for _, snap in load_snapshots(model_path, device)])
