@@ -130,6 +130,8 @@ def test_lr_schedule_warms_up_and_decays_to_zero():
         f = [lr_factor(s, cfg) for s in range(101)]
         assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10] == 1.0
         assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[100] == pytest.approx(0.0)
+    f = [lr_factor(s, SegTrainConfig(steps=100, warmup_steps=10, schedule="constant")) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[10:] == [1.0] * 90
 
 
 def test_config_round_trips_through_json():

@@ -49,7 +49,7 @@ class SegTrainConfig:
     optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD uses momentum 0.9
     lr: float = 0.01
     weight_decay: float = 1e-4
-    schedule: Literal["poly", "cosine"] = "poly"
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
     poly_power: float = 0.9
     warmup_steps: int = 0
     augment: Augment = field(default_factory=Augment)
@@ -67,8 +67,8 @@ class SegTrainConfig:
             self.augment = Augment(**{k: tuple(v) if k == "scale" else v for k, v in self.augment.items()})
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("poly", "cosine"):
-            raise ValueError(f"schedule must be 'poly' or 'cosine', got {self.schedule!r}")
+        if self.schedule not in ("poly", "cosine", "constant"):
+            raise ValueError(f"schedule must be 'poly', 'cosine' or 'constant', got {self.schedule!r}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (BatchNorm after the ASPP image pooling needs it)")
         if not 0 <= self.warmup_steps < self.steps:
@@ -103,9 +103,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def lr_factor(step: int, cfg: SegTrainConfig) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then poly or cosine decay to 0."""
+    """Learning-rate multiplier at ``step``: linear warm-up, then poly or cosine decay to 0 (or
+    ``constant``: 1, as the DatasetGAN and ddpm-segmentation releases train DeepLab with Adam)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
     t = (step - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps)
     if cfg.schedule == "poly":
         return (1.0 - t) ** cfg.poly_power
