@@ -309,6 +309,24 @@ def _annotation(task: dict) -> dict | None:
     return max(done, key=lambda a: (a.get("updated_at") or "", a["id"])) if done else None
 
 
+def _painted(result: dict, where: str, labels: LabelSet, problems: list[str]) -> tuple[int, np.ndarray] | None:
+    """The label id and painted pixels of one annotation result, or None (with the reason)."""
+    value = result.get("value", {})
+    if result.get("type") != "brushlabels" or "rle" not in value:
+        problems.append(f"{where}: a {result.get('type')!r} result is not a brush mask")
+        return None
+    names = value.get("brushlabels") or []
+    if len(names) != 1 or names[0] not in brush_labels(labels):
+        problems.append(f"{where}: unknown label {names} (painted labels of {LABELS_FILE}: {brush_labels(labels)})")
+        return None
+    try:
+        painted = rle_to_mask(value["rle"], int(result["original_height"]), int(result["original_width"]))
+    except (ValueError, KeyError, TypeError) as e:
+        problems.append(f"{where}: unreadable brush mask of {names[0]!r} ({e})")
+        return None
+    return labels.names.index(names[0]), painted
+
+
 def task_mask(task: dict, labels: LabelSet, problems: list[str]) -> np.ndarray | None:
     """The label-id mask of a task's annotation, or None (with every reason in ``problems``)."""
     where = f"{task['data']['id']}.png (task {task['id']})"
@@ -316,45 +334,31 @@ def task_mask(task: dict, labels: LabelSet, problems: list[str]) -> np.ndarray |
     if annotation is None:
         problems.append(f"{where}: unfinished task (no submitted annotation)")
         return None
-    results = annotation.get("result", [])
-    if not results:
+    if not annotation.get("result"):
         problems.append(f"{where}: the annotation paints nothing (submit one with brush masks)")
         return None
-    mask, owner, ok = None, {}, True
-    for result in results:
-        value = result.get("value", {})
-        if result.get("type") != "brushlabels" or "rle" not in value:
-            problems.append(f"{where}: a {result.get('type')!r} result is not a brush mask")
-            ok = False
-            continue
-        names = value.get("brushlabels") or []
-        unknown = [n for n in names if n not in brush_labels(labels)]
-        if unknown or len(names) != 1:
-            problems.append(f"{where}: unknown label {unknown or names} (painted labels of {LABELS_FILE}: "
-                            f"{brush_labels(labels)})")
-            ok = False
-            continue
-        try:
-            painted = rle_to_mask(value["rle"], int(result["original_height"]), int(result["original_width"]))
-        except (ValueError, KeyError, TypeError) as e:
-            problems.append(f"{where}: unreadable brush mask of {names[0]!r} ({e})")
-            ok = False
-            continue
-        if mask is None:
-            mask = np.full(painted.shape, 0 if _background(labels) else labels.ignore_index, dtype=np.uint8)
-        if painted.shape != mask.shape:
-            problems.append(f"{where}: brush masks of sizes {mask.shape} and {painted.shape}")
-            ok = False
-            continue
-        label = labels.names.index(names[0])
-        for other, px in owner.items():
-            both = int((px & painted).sum()) if other != label else 0
+    found = [_painted(result, where, labels, problems) for result in annotation["result"]]
+    if any(f is None for f in found):
+        return None
+    if len({painted.shape for _, painted in found}) > 1:
+        problems.append(f"{where}: brush masks of different sizes {sorted({p.shape for _, p in found})}")
+        return None
+    by_label: dict[int, np.ndarray] = {}
+    for label, painted in found:  # several strokes of one label add up
+        by_label[label] = by_label.get(label, False) | painted
+    clean = True
+    for i, (a, pa) in enumerate(sorted(by_label.items())):
+        for b, pb in sorted(by_label.items())[i + 1 :]:
+            both = int((pa & pb).sum())
             if both:
-                problems.append(f"{where}: {both} px carry two labels ({labels.names[other]}, {names[0]})")
-                ok = False
-        owner[label] = owner.get(label, np.zeros_like(painted)) | painted
+                problems.append(f"{where}: {both} px carry two labels ({labels.names[a]}, {labels.names[b]})")
+                clean = False
+    if not clean:
+        return None
+    mask = np.full(found[0][1].shape, 0 if _background(labels) else labels.ignore_index, dtype=np.uint8)
+    for label, painted in by_label.items():
         mask[painted] = label
-    return mask if ok and mask is not None else None
+    return mask
 
 
 def _write_folder(client: LabelStudio, tasks: list[dict], labels: LabelSet, folder: Path,
