@@ -67,6 +67,9 @@ def test_paper_config_dry_runs(path, tmp_path):
     reusing = [t for t in typed.tasks.values() if t.reuse]
     assert counts["import_annotations"] == len(typed.tasks) - len(reusing)
     assert counts.get("reuse_annotations", 0) == len(reusing)
+    # samples to annotate are rendered for the tasks that annotate samples (not annotated images)
+    sampled = [t for t in typed.tasks.values() if not t.reuse and t.annotation.source == "samples"]
+    assert counts.get("sample_for_annotation", 0) == len(sampled)
 
 
 def test_bigdatasetgan_config_is_the_release_setting():
@@ -122,3 +125,35 @@ def test_datasetgan_config_is_the_release_setting(name):
     assert task.downstream.train["model"] == "deeplabv3_resnet101"
     names = load_labels(REPO / task.labels).names
     assert names == (MERGES[merge][1] if merge else names) and len(names) == int("".join(filter(str.isdigit, name)))
+
+
+@pytest.mark.parametrize("name,classes,training_number", [("ffhq34", 34, 20), ("bedroom28", 29, 40), ("cat15", 15, 30),
+                                                          ("horse21", 21, 30)])
+def test_ddpm_segmentation_configs_are_its_experiments(name, classes, training_number):
+    """ddpm-segmentation's experiments/<name>/datasetDDPM.json: its 256 px flags, blocks 5, 6, 7, 8, 12 at steps
+    50, 150, 250 (its dim of 8448 channels, measured on the UNet the flags build), annotated images, its
+    class count, and DeepLab scored by the snapshot best on the real train images."""
+    import torch
+
+    from labelfactory.annotations.labels import load_labels
+    from labelfactory.generators.guided_unet import GuidedUNet
+
+    typed = WorkflowConfig.from_dict(load_config(REPO / f"config/paper/ddpm-{name}.yaml", check_files=False))
+    (task,) = typed.tasks.values()
+    flags = typed.checkpoints[task.checkpoint].model_flags
+    with torch.device("meta"):
+        shapes = GuidedUNet(flags).output_shapes
+    taps = [(int(t[1:]), int(b)) for t, _, b in (layer.split(".") for layer in task.features.layers)]
+    assert taps == [(t, b) for t in (50, 150, 250) for b in (5, 6, 7, 8, 12)]
+    assert sum(shapes[b][0] for _, b in taps) == 8448
+    assert task.diffusion == {"sampler": "ddpm", "sampling_steps": 1000, "eta": 0.0, "feature_steps": [50, 150, 250],
+                              "feature_noise_seed": 0}
+    assert task.annotation.source == "images" and task.annotation.expected_count == training_number
+    assert len(load_labels(REPO / task.labels).names) == classes
+    assert (task.interpreter["num_members"], task.interpreter["lr"], task.interpreter["batch_size"]) == (10, 1e-3, 64)
+    ds = task.downstream
+    train = {k: ds.train[k] for k in ("snapshots", "steps", "batch_size", "schedule", "optimizer", "weight_decay", "lr")}
+    assert ds.evaluation["protocol"] == "validation" and train == {
+        "snapshots": 20, "steps": 22500, "batch_size": 8, "schedule": "constant", "optimizer": "adamw",
+        "weight_decay": 0.0, "lr": 1e-3}
+    assert len(task.synthesis.shards) * task.synthesis.samples_per_shard == 10000 and task.filter_ratio == 0.1

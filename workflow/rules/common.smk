@@ -200,7 +200,8 @@ def final_targets():
     targets = []
     for name in TASKS:
         task = CFG.tasks[name]
-        if not task.reuse:  # a reuse task's annotations are the reused task's
+        # a reuse task's annotations are the reused task's; annotated images need no samples to annotate
+        if not task.reuse and task.annotation.source == "samples":
             targets.append(f"results/{name}/for_annotation")
         targets += [f"results/{name}/manifest.parquet", f"results/{name}/report/samples.png"]
         if task.validation.enabled:
