@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from helpers import REPO, make_tiny_project, snakemake, update_config
+from helpers import REPO, make_tiny_project, snakemake, tiny_biggan, update_config
 from PIL import Image
 
 from labelfactory.annotations.active_selection import candidate_seeds, choose_seeds
@@ -240,6 +240,18 @@ def test_another_label_set_is_refused_in_one_line(server, toy, tmp_path):
     with pytest.raises(LabelStudioError, match="has brush labels"):
         pull(client, "label sets", tmp_path / "out", objects)
     assert not (tmp_path / "out").exists()
+
+
+def test_class_conditional_tasks_carry_their_class(server, tmp_path):
+    client = LabelStudio(server["url"], server["token"])
+    sample_for_annotation(tiny_biggan(), [3, 4], tmp_path / "hand", classes=[0, 1])
+    push(client, tmp_path / "hand", LabelSet(("background", "object")), "objects")
+    project = find_project(client, "objects")
+    assert project["parsed_label_config"]["label"]["labels"] == ["object"]
+    data = sorted((t["data"] for t in project_tasks(client, project["id"])), key=lambda d: d["id"])
+    assert [(d["id"], d["class"], d["seed"], d["caption"]) for d in data] == [
+        ("c0000_s00000003", "0", "3", "c0000_s00000003: class 0"), ("c0000_s00000004", "0", "4", "c0000_s00000004: class 0"),
+        ("c0001_s00000003", "1", "3", "c0001_s00000003: class 1"), ("c0001_s00000004", "1", "4", "c0001_s00000004: class 1")]
 
 
 def test_a_down_server_and_bad_tokens_are_one_line_errors(server, tmp_path, monkeypatch, capsys):
