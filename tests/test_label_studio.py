@@ -89,10 +89,10 @@ def server(tmp_path_factory):
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while True:
             assert proc.poll() is None, (data / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "Label Studio did not answer /health within 180 s"
+            assert time.monotonic() < deadline, "Label Studio did not answer /health within 300 s"
             try:
                 if requests.get(f"{url}/health", timeout=5).status_code == 200:
                     break
