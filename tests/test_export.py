@@ -317,3 +317,6 @@ def test_cli_export(conditional_task, tmp_path, capsys):
     assert len(coco.getImgIds()) == 10 and [c["name"] for c in coco.loadCats([1, 2])] == ["cat", "dog"]
     with pytest.raises(SystemExit):
         cli.main(["export", "--task-dir", str(conditional_task), "--format", "tiff", "--out", str(tmp_path / "t")])
+    assert cli.main(["export", "--task-dir", str(tmp_path / "no-task"), "--format", "hf", "--out",
+                     str(tmp_path / "n")]) == 1  # one logged line, no traceback
+    assert not (tmp_path / "n").exists()
