@@ -8,7 +8,6 @@ import json
 
 import datasets
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,6 @@ from labelfactory.downstream.data import to_tensors
 from labelfactory.downstream.experiment import SETTINGS, SettingInputs
 from labelfactory.synthesis import SyntheticDataset
 from labelfactory.synthesis.export import CHECKSUMS, ExportConflict, ExportOptions, export_task
-from labelfactory.synthesis.export import webdataset as wds_export
 from labelfactory.synthesis.export.journal import JOURNAL, read_checksums
 from labelfactory.synthesis.filtering import filter_manifest, read_manifest, write_manifest
 from labelfactory.synthesis.ignore import ignore_uncertain
