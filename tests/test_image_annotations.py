@@ -97,6 +97,9 @@ def test_annotated_images_train_the_interpreter_that_labels_a_shard(model, tmp_p
     majority = np.bincount(ann.masks[labelled]).max() / labelled.sum()
     assert accuracy > majority + 0.05, (accuracy, majority)
 
+    if num_classes is None:  # ddpm-segmentation's evaluation: the interpreter labels "real" images itself
+        _the_interpreter_scores_real_images(backend, interpreter, ann, tmp_path)
+
     seeds = [100, 101, 102]
     classes = None if num_classes is None else [1, 2, 3]
     synthesize_with_interpreter(backend, tmp_path / "interpreter.safetensors", tmp_path / "shard.h5", seeds, classes,
@@ -111,6 +114,33 @@ def test_annotated_images_train_the_interpreter_that_labels_a_shard(model, tmp_p
     assert np.array_equal(labels, vote_labels(probs).numpy())
     sample = ((np.clip(backend.render(z, classes), -1, 1) + 1) * 127.5 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
     assert np.array_equal(images, sample)
+
+
+def _the_interpreter_scores_real_images(backend, interpreter, ann, tmp_path):
+    """score_interpreter on a `folder` dataset of the annotated images: its confusion is the members'
+    vote on the taps of each image (stored as PNG, so exactly the annotation set's pixels) against its mask."""
+    from labelfactory.downstream.interpreter_test import InterpreterSegmenter, score_interpreter
+    from labelfactory.downstream.real import RealDataSpec
+
+    root = tmp_path / "real"
+    for split in ("train", "test"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i, (image, mask) in enumerate(zip(ann.images, ann.masks)):
+            Image.fromarray(image).save(root / split / "images" / f"{i:02d}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i:02d}.png")
+    result = score_interpreter(backend, interpreter, tmp_path / "annotations.h5",
+                               RealDataSpec(type="folder", path=str(root)), tmp_path / "interpreter_test.json")
+    x = torch.from_numpy(ann.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        votes = vote_labels(interpreter.member_probabilities(backend.image_taps(x))).numpy()
+    labelled = ann.masks != ann.labels.ignore_index
+    want = np.zeros((5, 5), np.int64)
+    np.add.at(want, (ann.masks[labelled], votes[labelled]), 1)
+    assert np.array_equal(np.array(result["confusion"]), want) and result["protocol"] == "interpreter"
+    assert result["pixel_accuracy"] == pytest.approx((votes == ann.masks)[labelled].mean())
+    with pytest.raises(ValueError, match="real images are 8x8, the diffusion model takes 16x16"):
+        InterpreterSegmenter(backend, interpreter)(torch.zeros((1, 3, 8, 8)))
 
 
 def test_the_diffusion_models_own_samples_annotated(model, tmp_path):
@@ -166,6 +196,11 @@ def test_config_refuses_annotated_images_for_a_gan(tmp_path):
         "a rosinality checkpoint computes them from latents (use samples)")
     with pytest.raises(ConfigError, match=r"invalid configuration \(1 problem\):\n  tasks.t.image: annotated images"):
         validate_config(config("auto", image={"size": 32}), check_files=False)
+    with pytest.raises(ConfigError) as e:
+        validate_config(config("biggan-pytorch", downstream={"score_interpreter": True}), check_files=False)
+    assert str(e.value).splitlines()[2].strip() == (
+        "tasks.t.downstream.score_interpreter: is for diffusion generators, which compute features of any image; "
+        "a biggan-pytorch checkpoint computes them from latents")
 
 
 def test_bad_annotated_images_are_each_one_line(tmp_path):

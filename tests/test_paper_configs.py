@@ -70,6 +70,7 @@ def test_paper_config_dry_runs(path, tmp_path):
     # samples to annotate are rendered for the tasks that annotate samples (not annotated images)
     sampled = [t for t in typed.tasks.values() if not t.reuse and t.annotation.source == "samples"]
     assert counts.get("sample_for_annotation", 0) == len(sampled)
+    assert counts.get("score_interpreter", 0) == sum(t.downstream.score_interpreter for t in typed.tasks.values())
 
 
 def test_bigdatasetgan_config_is_the_release_setting():
@@ -153,7 +154,7 @@ def test_ddpm_segmentation_configs_are_its_experiments(name, classes, training_n
     assert (task.interpreter["num_members"], task.interpreter["lr"], task.interpreter["batch_size"]) == (10, 1e-3, 64)
     ds = task.downstream
     train = {k: ds.train[k] for k in ("snapshots", "steps", "batch_size", "schedule", "optimizer", "weight_decay", "lr")}
-    assert ds.evaluation["protocol"] == "validation" and train == {
+    assert ds.score_interpreter and ds.evaluation["protocol"] == "validation" and train == {
         "snapshots": 20, "steps": 22500, "batch_size": 8, "schedule": "constant", "optimizer": "adamw",
         "weight_decay": 0.0, "lr": 1e-3}
     assert len(task.synthesis.shards) * task.synthesis.samples_per_shard == 10000 and task.filter_ratio == 0.1

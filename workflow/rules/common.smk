@@ -210,6 +210,8 @@ def final_targets():
             targets.append(f"results/{name}/report/samples_by_class.png")
         if task.downstream.enabled:
             targets.append(f"results/{name}/report/main_table.md")
+        if task.downstream.score_interpreter:
+            targets.append(f"results/{name}/report/interpreter_test.json")
         if task.downstream.reference_annotator or task.downstream.truth_masks:
             targets.append(f"results/{name}/report/uncertainty_vs_error.png")
     return targets

@@ -48,3 +48,29 @@ rule evaluate_downstream:
         "../../envs/labelfactory.yaml"
     script:
         "../../scripts/evaluate_downstream.py"
+
+
+rule score_interpreter:
+    """Diffusion tasks with `downstream.score_interpreter`: the interpreter itself labels the real
+    test images from the model's taps of them (ddpm-segmentation's DDPM rows), scored as the runs are."""
+    input:
+        weights=checkpoint_weights,
+        interpreter="results/{task}/interpreter.safetensors",
+        annotations="results/{task}/annotations.h5",
+    output:
+        "results/{task}/report/interpreter_test.json",
+    params:
+        real=lambda w: task_of(w).downstream.real,
+        generator=lambda w: generator_options(task_of(w)),
+        device=CFG.device,
+    log:
+        "results/logs/score_interpreter/{task}.log",
+    threads: 2
+    resources:
+        mem_mb=attempt_scaled(8000),
+        runtime=attempt_scaled(60),
+        gpu=GPUS,
+    conda:
+        "../../envs/labelfactory.yaml"
+    script:
+        "../../scripts/score_interpreter.py"

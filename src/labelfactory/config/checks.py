@@ -196,10 +196,14 @@ def _generator_problems(name: str, task: dict, checkpoint: dict, base_dir: Path,
                         "datasetgan-stylegan1 checkpoints do not hold (give the release's avg_latent_stylegan1.npy)")
     if avg is not None and check_files and not (base_dir / avg).is_file():
         problems.append(f"{where}.average_latent: {avg} does not exist")
-    if task["annotation"]["source"] == "images" and (fmt not in DIFFUSION_FORMATS or checkpoint.get("generator")):
+    if fmt not in DIFFUSION_FORMATS or checkpoint.get("generator"):
         other = "a user's torch module" if checkpoint.get("generator") else f"a {fmt} checkpoint"
-        problems.append(f"{where}.annotation.source: images is for diffusion generators, which compute features "
-                        f"of any image; {other} computes them from latents (use samples)")
+        if task["annotation"]["source"] == "images":
+            problems.append(f"{where}.annotation.source: images is for diffusion generators, which compute "
+                            f"features of any image; {other} computes them from latents (use samples)")
+        if task["downstream"]["score_interpreter"]:
+            problems.append(f"{where}.downstream.score_interpreter: is for diffusion generators, which compute "
+                            f"features of any image; {other} computes them from latents")
     if task["annotation"]["source"] == "images" and task["image"] != {"size": None, "crop": None}:
         problems.append(f"{where}.image: annotated images (annotation.source: images) are resized to the "
                         "generator's resolution; an image view is for samples")

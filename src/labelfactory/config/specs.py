@@ -143,16 +143,18 @@ class DownstreamSpec:
     evaluation: dict = field(default_factory=lambda: {"protocol": "holdout", "folds": 5})
     variant: str | None = None
     combine: tuple[str, ...] = ()
+    score_interpreter: bool = False  # diffusion tasks: the interpreter itself scored on the real test images
 
     @classmethod
     def from_dict(cls, d: dict) -> "DownstreamSpec":
         own = {"enabled", "settings", "seeds", "threads", "real", "reference_annotator", "report_samples", "labels",
-               "compare", "evaluation", "variant", "combine", "truth_masks"}
+               "compare", "evaluation", "variant", "combine", "truth_masks", "score_interpreter"}
         return cls(enabled=d["enabled"], settings=tuple(d["settings"]), seeds=d["seeds"], threads=d["threads"],
                    train={k: v for k, v in d.items() if k not in own}, real=dict(d["real"]),
                    reference_annotator=d["reference_annotator"], report_samples=d["report_samples"],
                    labels=d["labels"], compare=tuple(d["compare"]), evaluation=dict(d["evaluation"]),
-                   variant=d["variant"], combine=tuple(d["combine"]), truth_masks=d["truth_masks"])
+                   variant=d["variant"], combine=tuple(d["combine"]), truth_masks=d["truth_masks"],
+                   score_interpreter=d["score_interpreter"])
 
 
 @dataclass(frozen=True)
