@@ -21,5 +21,5 @@ with snakemake_job(snakemake):
         interpreter = load_interpreter(p.interpreter_type, files.interpreter[0], device)
         predictions = interpreter_predictions(backend, interpreter, files.samples)
         version = model_version(files.interpreter[0])
-    done = push(LabelStudio(), files.samples, load_labels(files.labels), p.project, predictions, version)
+    done = push(LabelStudio(p.url), files.samples, load_labels(files.labels), p.project, predictions, version)
     atomic_write_json(snakemake.output[0], done)

@@ -292,8 +292,9 @@ def test_the_annotate_push_rule_pushes_an_active_learning_round_with_pre_annotat
     samples, which land in Label Studio with that interpreter's labels."""
     make_tiny_project(tmp_path)
     update_config(tmp_path, {"tasks": {"tiny": {"annotation": {"select": "uncertainty",
-                                                               "pool": {"seed_start": 100, "size": 12}}}}})
-    env = {**os.environ, "LABEL_STUDIO_URL": server["url"], "LABEL_STUDIO_API_KEY": server["token"]}
+                                                               "pool": {"seed_start": 100, "size": 12}}}},
+                             "label_studio": {"url": server["url"]}})  # the server from the config, the key from env
+    env = {**{k: v for k, v in os.environ.items() if k != "LABEL_STUDIO_URL"}, "LABEL_STUDIO_API_KEY": server["token"]}
     snakemake(tmp_path, "results/tiny/label_studio_push.json", env=env)
     done = json.loads((tmp_path / "results" / "tiny" / "label_studio_push.json").read_text())
     assert {k: done[k] for k in ("created", "predictions", "skipped")} == {"created": 4, "predictions": 4, "skipped": 0}

@@ -103,7 +103,7 @@ rule reuse_annotations:
 rule annotate_push:
     """Hand results/{task}/for_annotation out in Label Studio (not part of `all`): a project titled
     after the task; with `annotation.select: uncertainty`, the interpreter that chose the samples
-    labels them as pre-annotations. Server and key: $LABEL_STUDIO_URL, $LABEL_STUDIO_API_KEY."""
+    labels them as pre-annotations. Server: label_studio.url, else $LABEL_STUDIO_URL; key: $LABEL_STUDIO_API_KEY."""
     wildcard_constraints:
         task=one_of(ANNOTATED_TASKS),
     input:
@@ -116,6 +116,7 @@ rule annotate_push:
         "results/{task}/label_studio_push.json",
     params:
         project=lambda w: f"labelfactory {w.task}",
+        url=config["label_studio"]["url"],
         interpreter_type=lambda w: task_of(w).interpreter["type"],
         generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
