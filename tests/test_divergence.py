@@ -1,10 +1,13 @@
 """A diverged training run through the workflow: recorded, the table still written (on_divergence:
 record), or one line on the console (on_divergence: fail); an interpreter whose members all diverged
-stops synthesis in one line."""
+is recorded in its shards, or stops synthesis in one line."""
+
+import json
 
 import pytest
 
 from helpers import make_tiny_project, snakemake, update_config
+from labelfactory.synthesis.shards import LABELLER_DIVERGED, verify_shard
 
 
 @pytest.mark.slow
@@ -30,13 +33,18 @@ def test_a_diverged_run_is_a_row_of_the_table_not_a_failed_target(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interpreter_whose_members_all_diverged_stops_synthesis_in_one_line(tmp_path):
+def test_an_interpreter_whose_members_all_diverged_is_recorded_or_stops_synthesis_in_one_line(tmp_path):
+    """on_divergence: record (default): the shard records the diverged interpreter and holds no sample
+    (what the downstream runs then record, tests/test_diverged_labeller.py); fail: one console line."""
     make_tiny_project(tmp_path)
     update_config(tmp_path, {"tasks": {"tiny": {"interpreter": {"lr": 1e30}}}})
-    proc = snakemake(tmp_path, "results/tiny/shards/00000.h5", check=False)
+    snakemake(tmp_path, "results/tiny/shards/00000.h5")
+    shard = verify_shard(tmp_path / "results/tiny/shards/00000.h5")
+    assert shard.num_samples == 0 and json.loads(shard.attrs[LABELLER_DIVERGED])["status"] == "diverged"
+    update_config(tmp_path, {"on_divergence": "fail"})
+    proc = snakemake(tmp_path, "results/tiny/shards/00001.h5", check=False)
     console = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in console
-    assert (tmp_path / "results/tiny/interpreter.json").exists()  # the interpreter's job recorded it
-    line = next(x for x in console.splitlines() if x.startswith("labelfactory: synthesize failed: ValueError: "))
-    assert "every member of this interpreter diverged in training" in line
-    assert "(log: results/logs/synthesize/tiny/00000.log)" in line
+    line = next(x for x in console.splitlines() if x.startswith("labelfactory: synthesize failed: Diverged: "))
+    assert "the loss became non-finite at step" in line
+    assert "(log: results/logs/synthesize/tiny/00001.log)" in line

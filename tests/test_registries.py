@@ -26,6 +26,8 @@ LISTS = {
     # toy_scenes targets are written by the workflow, coco ones read as they are: neither is converted
     "TARGET_SPLITS": ("labelfactory.downstream.datasets.base", ["$defs/target/properties/type"],
                       {"toy_scenes", "coco"}),
+    # the COCO exporter registers in the downstream layer (it needs the class-aware labels), the rest below it
+    "EXPORTERS": ("labelfactory.downstream.coco_export", [f"{TASK}/export/properties/formats/items"], set()),
     "ARCH_DEPTH": ("labelfactory.downstream.pretrain", ["$defs/pretraining/properties/arch"], set()),
     "SETTINGS": ("labelfactory.downstream.experiment", [f"{DS}/settings/items"], set()),
     "PROTOCOLS": ("labelfactory.downstream.experiment", [f"{DS}/evaluation/properties/protocol"], set()),
