@@ -61,3 +61,16 @@ def test_a_run_on_a_diverged_labellers_manifest_is_recorded_not_trained(tiny_bac
     _, meta = load_model(tmp_path / "model.safetensors")
     assert meta["metrics"]["status"] == "diverged"
     assert np.isfinite(info["last_finite_loss"])
+
+
+def test_reports_of_an_empty_diverged_manifest_say_why(tiny_backend, tmp_path):
+    from labelfactory.experiments.reporting import plot_class_grid, plot_sample_grid, write_unlabelled_quality
+
+    write_diverged_shard(tiny_backend, tmp_path / "s.h5", [0, 1], None, ShardSettings(), RECORD)
+    manifest = filter_manifest(read_shard_scores([tmp_path / "s.h5"]), 0.1)
+    plot_sample_grid(manifest, tmp_path / "samples.png")
+    plot_class_grid(manifest, tmp_path / "classes.png", {0: "car"})
+    summary = write_unlabelled_quality(manifest, tmp_path / "q.csv", tmp_path / "q.json", tmp_path / "q.png")
+    assert summary["status"] == "diverged" and summary["interpreter"] == RECORD and summary["samples"] == 0
+    assert json.loads((tmp_path / "q.json").read_text())["status"] == "diverged"
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("samples.png", "classes.png", "q.png"))

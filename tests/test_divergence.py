@@ -4,6 +4,7 @@ is recorded in its shards, or stops synthesis in one line."""
 
 import json
 
+import pandas as pd
 import pytest
 
 from helpers import make_tiny_project, snakemake, update_config
@@ -34,14 +35,21 @@ def test_a_diverged_run_is_a_row_of_the_table_not_a_failed_target(tmp_path):
 
 @pytest.mark.slow
 def test_an_interpreter_whose_members_all_diverged_is_recorded_or_stops_synthesis_in_one_line(tmp_path):
-    """on_divergence: record (default): the shard records the diverged interpreter and holds no sample
-    (what the downstream runs then record, tests/test_diverged_labeller.py); fail: one console line."""
-    make_tiny_project(tmp_path)
+    """on_divergence: record (default): the whole default target completes; the shards record the
+    diverged interpreter and hold no sample, the synthetic rows of the table are diverged runs, the
+    sample figure says why it is empty; fail: one console line."""
+    make_tiny_project(tmp_path, downstream=True)
     update_config(tmp_path, {"tasks": {"tiny": {"interpreter": {"lr": 1e30}}}})
-    snakemake(tmp_path, "results/tiny/shards/00000.h5")
+    snakemake(tmp_path)
     shard = verify_shard(tmp_path / "results/tiny/shards/00000.h5")
     assert shard.num_samples == 0 and json.loads(shard.attrs[LABELLER_DIVERGED])["status"] == "diverged"
+    table = pd.read_csv(tmp_path / "results/tiny/report/main_table.csv")
+    synthetic = table[table["setting"].str.startswith("synthetic")]
+    assert len(synthetic) == 2 and (synthetic["diverged"] == 2).all() and synthetic["miou_mean"].isna().all()
+    assert (table.loc[~table.index.isin(synthetic.index), "miou_mean"] > 0).all()
+    assert (tmp_path / "results/tiny/report/samples.png").stat().st_size > 1000
     update_config(tmp_path, {"on_divergence": "fail"})
+    (tmp_path / "results/tiny/shards/00001.h5").unlink()
     proc = snakemake(tmp_path, "results/tiny/shards/00001.h5", check=False)
     console = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in console

@@ -24,7 +24,7 @@ from labelfactory.core.visualize import overlay
 from labelfactory.downstream.experiment import SETTINGS
 from labelfactory.generators.base import sample_id
 from labelfactory.interpreters.validation import average_mask
-from labelfactory.synthesis.shards import read_samples
+from labelfactory.synthesis.shards import LABELLER_DIVERGED, read_samples
 
 SETTING_ORDER = SETTINGS.names()  # weakest to strongest supervision, as registered
 SETTING_TITLES = {
@@ -238,11 +238,32 @@ def _manifest_samples(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(labels)
 
 
+def unlabelled_note(manifest: pd.DataFrame) -> str | None:
+    """Why a manifest holds no sample: every member of the task's interpreter diverged in training
+    (:func:`~labelfactory.synthesis.shards.write_diverged_shard`); None for a manifest of samples."""
+    record = manifest.attrs.get(LABELLER_DIVERGED)
+    if record is None:
+        return None
+    return (f"no synthetic samples: every interpreter member diverged in training (its {record.get('what')} "
+            f"became non-finite at step {record.get('step')})")
+
+
+def plot_note(note: str, path: str | os.PathLike) -> None:
+    """A figure that says why there is nothing to draw."""
+    plt = pyplot()
+    fig = plt.figure(figsize=(7, 1.2))
+    fig.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
+    save_figure(fig, path)
+
+
 def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: int = 8) -> None:
     """Generated images with their labels overlaid: the ``per_row`` most certain
     samples, a random draw of the kept ones, and the most uncertain dropped ones
     (scores in the titles). Each group is a subfigure titled with its name, so
-    constrained layout keeps the titles clear of the rows around them."""
+    constrained layout keeps the titles clear of the rows around them. A diverged
+    interpreter's empty manifest gets a figure saying so (:func:`unlabelled_note`)."""
+    if (note := unlabelled_note(manifest)) is not None:
+        return plot_note(note, path)
     plt = pyplot()
     kept, dropped = manifest[manifest["kept"]], manifest[~manifest["kept"]]
     groups = [("most certain", kept.nsmallest(per_row, "score")),
@@ -377,6 +398,19 @@ def plot_uncertainty_vs_error(errors: pd.DataFrame, path: str | os.PathLike,
     save_figure(fig, path)
 
 
+def write_unlabelled_quality(manifest: pd.DataFrame, csv_path: str | os.PathLike, json_path: str | os.PathLike,
+                             png_path: str | os.PathLike) -> dict:
+    """The label-quality files of a task whose interpreter diverged (no sample to score): an empty
+    CSV, a summary with ``status: diverged`` and the interpreter's record, the note as the figure."""
+    with atomic_path(csv_path) as tmp:
+        pd.DataFrame(columns=[*manifest.columns, "error"]).to_csv(tmp, index=False)
+    summary = {"samples": 0, "status": "diverged", "interpreter": manifest.attrs[LABELLER_DIVERGED],
+               "device": describe_device()}
+    atomic_write_json(json_path, summary)
+    plot_note(unlabelled_note(manifest), png_path)
+    return summary
+
+
 def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_path: str | os.PathLike,
                         png_path: str | os.PathLike, reference: str = "simulated annotator",
                         class_iou: dict | None = None) -> dict:
@@ -394,7 +428,10 @@ def write_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLike, json_
 def plot_class_grid(manifest: pd.DataFrame, path: str | os.PathLike, class_names: dict[int, str],
                     per_class: int = 8, seed: int = 0) -> None:
     """A class-conditional task's synthetic data: per class, ``per_class`` random kept
-    samples above their object masks (coloured by class, as the class-aware labels)."""
+    samples above their object masks (coloured by class, as the class-aware labels); or
+    :func:`unlabelled_note` as a figure."""
+    if (note := unlabelled_note(manifest)) is not None:
+        return plot_note(note, path)
     plt = pyplot()
     kept = manifest[manifest["kept"]]
     classes = [c for c in class_names if (kept["class"] == c).any()]
