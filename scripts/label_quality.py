@@ -1,8 +1,8 @@
 """Rule label_quality: per-image uncertainty score against label error (truth masks or simulated annotator)."""
 from labelfactory.core.runtime import snakemake_job
 from labelfactory.annotations.annotation_set import load_annotation_set
-from labelfactory.experiments.reporting import (label_class_iou, label_errors, truth_label_errors, unlabelled_note,
-                                                write_label_quality, write_unlabelled_quality)
+from labelfactory.experiments.reporting import (label_class_iou, label_errors, scored_samples, truth_label_errors,
+                                                unlabelled_note, write_label_quality, write_unlabelled_quality)
 from labelfactory.synthesis.filtering import read_manifest
 from labelfactory.toybench.annotator import Annotator
 
@@ -16,6 +16,6 @@ with snakemake_job(snakemake):
     else:
         annotator, cls, n = Annotator.load(snakemake.input.annotator), snakemake.params.cls, snakemake.params.samples
         annotated = load_annotation_set(snakemake.input.annotations)
-        class_iou = label_class_iou(manifest, annotator, cls, n, annotated.masks, annotated.labels.names)
-        write_label_quality(label_errors(manifest, annotator, cls, n), out.csv, out.summary, out.figure,
-                            "simulated annotator", class_iou)
+        scored = scored_samples(manifest, annotator, cls, n)  # drawn and annotated once, scored twice
+        write_label_quality(label_errors(scored), out.csv, out.summary, out.figure, "simulated annotator",
+                            label_class_iou(scored, annotated.masks, annotated.labels.names))

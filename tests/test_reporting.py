@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from labelfactory.experiments.reporting import (collect_scores, error_summary, label_class_iou, label_errors, main_table, markdown_table,
-                                    plot_per_class_iou,
-                                    plot_sample_grid, write_main_table)
+from labelfactory.experiments.reporting import (collect_scores, error_summary, label_class_iou, label_errors, main_table,
+                                                markdown_table, plot_per_class_iou, plot_sample_grid, scored_samples,
+                                                write_main_table)
 from labelfactory.synthesis.shards import ShardSettings, synthesize_shard
 
 from helpers import tiny_generator
@@ -145,7 +145,8 @@ def test_label_errors_against_a_reference_and_sample_grid(tmp_path):
                      progress=False)
     manifest = pd.DataFrame({"shard": str(shard), "index": np.arange(10), "seed": np.arange(100, 110), "class": -1,
                              "score": np.linspace(0, 1, 10), "kept": [True] * 8 + [False] * 2})
-    errors = label_errors(manifest, Reference(), "car", n=6)
+    scored = scored_samples(manifest, Reference(), "car", n=6)
+    errors = label_errors(scored)
     assert len(errors) == 6 and set(errors["seed"]) <= set(range(100, 110))
     # vote of two members: ties on the disagreeing row go to the lower label id (0); the
     # reference says 1 on its left half, so 8 of 256 pixels differ in every image
@@ -154,11 +155,11 @@ def test_label_errors_against_a_reference_and_sample_grid(tmp_path):
     # pixels; an average mask of annotations that mostly say "left half" is the reference
     annotated = np.zeros((3, 16, 16), np.uint8)
     annotated[:2, :, :8] = 1
-    iou = label_class_iou(manifest, Reference(), "car", 6, annotated, ["background", "part"])
+    iou = label_class_iou(scored, annotated, ["background", "part"])
     assert iou["labels"]["iou_by_class"]["part"] == pytest.approx(120 / 128)
     assert iou["labels"]["iou_by_class"]["background"] == pytest.approx(128 / 136)
     assert iou["average_mask"]["miou"] == pytest.approx(1.0)
-    blank = label_class_iou(manifest, Reference(), "car", 6, np.zeros((3, 16, 16), np.uint8), ["background", "part"])
+    blank = label_class_iou(scored, np.zeros((3, 16, 16), np.uint8), ["background", "part"])
     assert blank["average_mask"]["iou_by_class"] == pytest.approx({"background": 0.5, "part": 0.0})
     plot_sample_grid(manifest, tmp_path / "grid.png", per_row=4)
     assert Image.open(tmp_path / "grid.png").size[1] > 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -285,10 +286,23 @@ def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: i
     save_figure(fig, path)
 
 
-def _scored_rows(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int, seed: int
-                 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """``n`` random manifest rows (in shard order), their labels and the simulated
-    annotator's labels of their images (see :func:`label_errors`)."""
+@dataclass(frozen=True)
+class ScoredSamples:
+    """``n`` random manifest rows (in shard order), their labels and the simulated annotator's
+    labels of their images: drawn and annotated once, scored by :func:`label_errors` and
+    :func:`label_class_iou`."""
+
+    rows: pd.DataFrame
+    labels: np.ndarray
+    reference: np.ndarray
+
+
+def scored_samples(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
+                   seed: int = 0) -> ScoredSamples:
+    """Draw ``n`` random samples of ``manifest`` and have the simulated ``annotator`` label them.
+    ``cls`` is the toy class of a part-labelled task, or for a class-conditional (BigDatasetGAN)
+    task the toy class of each generator class, whose samples are then labelled as binary object
+    masks."""
     rows = manifest.sample(min(n, len(manifest)), random_state=seed).sort_values(["shard", "index"])
     images, labels = _manifest_samples(rows)
     if isinstance(cls, dict):
@@ -299,36 +313,29 @@ def _scored_rows(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n
                 reference[sel] = annotator.object_masks(images[sel], name)
     else:
         reference = annotator.label(images, cls)
-    return rows, labels, reference
+    return ScoredSamples(rows, labels, reference)
 
 
-def label_errors(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
-                 seed: int = 0) -> pd.DataFrame:
-    """Score ``n`` random samples' labels against the simulated annotator's:
-    ``error`` is the share of pixels where the two disagree. ``cls`` is the toy
-    class of a part-labelled task, or for a class-conditional (BigDatasetGAN) task
-    the toy class of each generator class, whose samples are then scored as binary
-    object masks. Columns: manifest columns plus ``error``."""
-    rows, labels, reference = _scored_rows(manifest, annotator, cls, n, seed)
-    out = rows.reset_index(drop=True).copy()
-    out["error"] = (reference != labels).mean(axis=(1, 2))
+def label_errors(scored: ScoredSamples) -> pd.DataFrame:
+    """Each scored sample's label error against the simulated annotator: ``error`` is the share
+    of pixels where the two disagree. Columns: manifest columns plus ``error``."""
+    out = scored.rows.reset_index(drop=True).copy()
+    out["error"] = (scored.reference != scored.labels).mean(axis=(1, 2))
     return out
 
 
-def label_class_iou(manifest: pd.DataFrame, annotator, cls: str | dict[int, str], n: int,
-                    annotated_masks: np.ndarray, class_names: Sequence[str], seed: int = 0) -> dict:
-    """Per-class IoU against the simulated annotator, on the same ``n`` samples as
-    :func:`label_errors`, of the synthetic labels and of the free baseline the issue of
-    poor labels measures them by: the annotations' *average mask* (the label annotated
-    most often at each pixel) drawn on every image. ``{"labels": scores, "average_mask":
-    scores}``, each as :func:`scores_from_confusion` gives them (confusion left out)."""
-    rows, labels, reference = _scored_rows(manifest, annotator, cls, n, seed)
+def label_class_iou(scored: ScoredSamples, annotated_masks: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Per-class IoU against the simulated annotator, on the scored samples, of the synthetic
+    labels and of the free baseline the issue of poor labels measures them by: the annotations'
+    *average mask* (the label annotated most often at each pixel) drawn on every image.
+    ``{"labels": scores, "average_mask": scores}``, each as :func:`scores_from_confusion` gives
+    them (confusion left out)."""
     k = len(class_names)
-    mean_mask = np.broadcast_to(average_mask(annotated_masks, k), labels.shape)
+    mean_mask = np.broadcast_to(average_mask(annotated_masks, k), scored.labels.shape)
     out = {}
-    for name, pred in (("labels", labels), ("average_mask", mean_mask)):
+    for name, pred in (("labels", scored.labels), ("average_mask", mean_mask)):
         scores = scores_from_confusion(confusion_matrix(torch.from_numpy(np.ascontiguousarray(pred)),
-                                                        torch.from_numpy(reference), k), class_names)
+                                                        torch.from_numpy(scored.reference), k), class_names)
         out[name] = {key: v for key, v in scores.items() if key != "confusion"}
     return out
 
