@@ -5,7 +5,10 @@ a 10-member ensemble of DatasetGAN's MLPs over every synthesis layer (20
 classes) at 128², 256² and 512². BigDatasetGAN's shape: a random-weight
 BigGAN (BigGAN-PyTorch's ``get_config``, 1000 classes) and the class-conditional
 conv interpreter (3 members, release widths 128/64/32, binary labels) over
-every block and attention tap, at 512² (``--biggan-sizes``). In one run,
+every block and attention tap, at 512² (``--biggan-sizes``). ddpm-segmentation's
+shape (``--ddpm``, 256²): a random-weight guided-diffusion UNet from flags, small
+enough for a CPU (``DDPM_FLAGS``), DDIM sampling, the taps of decoder blocks
+``DDPM_BLOCKS`` at its steps 50/150/250 and the 10-member MLP ensemble. In one run,
 interleaved round by round:
 
 - ``bare``: the generator alone (``backend.synthesize``);
@@ -14,13 +17,19 @@ interleaved round by round:
 - ``reference`` (StyleGAN2 only; not at 512² unless ``--reference``): the same
   with the per-member reference interpreter (:meth:`MLPEnsemble.member_probabilities_reference`).
 
+For the UNet, ``bare`` is sampling alone, ``features`` adds the feature passes
+(one UNet pass per feature step), ``labelled`` is the whole shard; with
+``--ddpm-steps K`` < 50 it samples K DDIM steps and scales to DDIM-50 by the
+measured per-step cost (sampling is K identical UNet passes; the per-step cost
+and the feature pass cost are printed side by side to show it).
+
 Prints labelled/bare throughput ratios (medians over rounds), the share of
 labelled time in generator / interpreter / uncertainty (JS, score, vote) /
 writing and the rest, and the peak memory of whole shards of two sizes (fresh
 subprocesses: peak RSS, and peak device memory on a GPU). Uses the GPU when
 there is one (``--batch`` images per batch, matmuls in bfloat16 there).
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_synthesis.py [--quick] [--sizes 128 256 512]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_synthesis.py [--quick] [--sizes 128 256 512] [--ddpm 256]
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from labelfactory.generators.biggan import BigGANBackend, BigGANConfig, BigGANGenerator  # noqa: E402
+from labelfactory.generators.guided_diffusion import GuidedDiffusionBackend  # noqa: E402
+from labelfactory.generators.guided_unet import GuidedUNet, normalise_flags  # noqa: E402
 from labelfactory.generators.stylegan2 import Generator, StyleGAN2Backend, StyleGAN2Config  # noqa: E402
 from labelfactory.interpreters import conv  # noqa: E402
 from labelfactory.interpreters.mlp import MemberHistory, MLPEnsemble, MLPEnsembleConfig, build_member  # noqa: E402
@@ -48,15 +59,25 @@ from labelfactory.synthesis.uncertainty import image_scores, js_divergence, vote
 
 MEMBERS, CLASSES = 10, 20
 CONV_MEMBERS = 3
+# ddpm-segmentation's FFHQ-256 flags, narrowed for a CPU (it has num_channels 256, num_res_blocks 2,
+# attention at 32,16,8): 12 output blocks at 8..256 px instead of 18
+DDPM_FLAGS = {"image_size": 256, "num_channels": 32, "num_res_blocks": 1, "attention_resolutions": "16",
+              "num_head_channels": 32, "learn_sigma": True, "resblock_updown": True, "use_scale_shift_norm": True}
+# its blocks 5, 6/7, 8, 12 (outputs at 32, 32, 64, 128 px) are blocks 3, 4, 5, 7 of this UNet
+DDPM_BLOCKS, DDIM_STEPS = [3, 4, 5, 7], 50
 
 
 def setup(size: int, device: str, seed: int = 0) -> tuple[StyleGAN2Backend, MLPEnsemble]:
-    """A random-weight generator and a random ensemble over all its layers (BatchNorm statistics
-    randomised too, so that no member is degenerate)."""
+    """A random-weight generator and a random ensemble over all its layers."""
     torch.manual_seed(seed)
     module = Generator(StyleGAN2Config(size=size))
     backend = StyleGAN2Backend(module, module.cfg.to_dict(), generator_hash=f"bench-{size}").to(device)
-    shapes = backend.feature_shapes()
+    return backend, random_ensemble(backend.feature_shapes(), size, backend.generator_hash, device, seed)
+
+
+def random_ensemble(shapes: dict, size: int, generator_hash: str, device: str, seed: int = 0) -> MLPEnsemble:
+    """A random MLP ensemble over ``shapes`` (BatchNorm statistics randomised too, so that no member
+    is degenerate)."""
     dim = sum(c for c, _, _ in shapes.values())
     gen = torch.Generator().manual_seed(seed)
     members = [build_member(dim, CLASSES, gen) for _ in range(MEMBERS)]
@@ -65,11 +86,11 @@ def setup(size: int, device: str, seed: int = 0) -> tuple[StyleGAN2Backend, MLPE
             bn.running_mean.normal_(0, 0.5, generator=gen)
             bn.running_var.uniform_(0.5, 2.0, generator=gen)
     ens = MLPEnsemble(members, MLPEnsembleConfig(num_members=MEMBERS), list(shapes),
-                      [c for c, _, _ in shapes.values()], CLASSES, size, backend.generator_hash,
+                      [c for c, _, _ in shapes.values()], CLASSES, size, generator_hash,
                       [MemberHistory(seed=0, train_pixels=0, holdout_pixels=0)] * MEMBERS).to(device)
     if device != "cpu":
         ens.compute_dtype = torch.bfloat16
-    return backend, ens
+    return ens
 
 
 def setup_biggan(size: int, device: str, seed: int = 0) -> tuple[BigGANBackend, conv.ConvEnsemble]:
@@ -86,6 +107,51 @@ def setup_biggan(size: int, device: str, seed: int = 0) -> tuple[BigGANBackend, 
     if device != "cpu":
         ens.compute_dtype = torch.float16
     return backend, ens.eval()
+
+
+def setup_ddpm(size: int, device: str, seed: int = 0) -> tuple[GuidedDiffusionBackend, MLPEnsemble]:
+    """A random-weight guided-diffusion UNet (``DDPM_FLAGS``) with taps ``DDPM_BLOCKS`` at steps
+    50/150/250, and a random MLP ensemble over them (as :func:`setup`)."""
+    torch.manual_seed(seed)
+    flags = normalise_flags({**DDPM_FLAGS, "image_size": size})
+    backend = GuidedDiffusionBackend(GuidedUNet(flags).eval(), flags, generator_hash=f"bench-ddpm-{size}").to(device)
+    backend.blocks = DDPM_BLOCKS
+    shapes = {k: v for k, v in backend.feature_shapes().items() if int(k.rsplit(".", 1)[1]) in DDPM_BLOCKS}
+    return backend, random_ensemble(shapes, size, backend.generator_hash, device, seed)
+
+
+def measure_ddpm(size: int, steps: int, rounds: int, batch: int, device: str, tmp: Path) -> dict:
+    """Per image: DDIM sampling (``steps`` steps), + features, + labelling (whole shard); scaled to
+    DDIM-50 by the measured per-step cost."""
+    backend, ens = setup_ddpm(size, device)
+    backend.set_sampling("ddim", steps)
+    times: dict[str, list[float]] = {v: [] for v in ("bare", "features", "labelled")}
+    interp: list[float] = []
+    for r in range(rounds + 1):  # round 0 warms up
+        seeds = np.arange(r * batch, (r + 1) * batch)
+        for v, vt in times.items():
+            _sync(device)
+            t = time.perf_counter()
+            if v == "labelled":
+                lab = Timed(ens, "member_probabilities", device)
+                synthesize_shard(backend, lab, tmp / "ddpm.h5", seeds, None, ShardSettings(batch_size=batch),
+                                 progress=False)
+            else:
+                with torch.no_grad():
+                    backend.synthesize(torch.from_numpy(backend.draw_latents(seeds)).to(device),
+                                       features=v == "features")
+            _sync(device)
+            if r:
+                vt.append((time.perf_counter() - t) / batch)
+                if v == "labelled":
+                    interp.append(lab.seconds / batch)
+    med = {v: float(np.median(t)) for v, t in times.items()}
+    per_step = med["bare"] / steps
+    full = {v: s + (DDIM_STEPS - steps) * per_step for v, s in med.items()}
+    passes = len(backend.feature_steps)
+    return {"steps": steps, "per_step": per_step, "feature_pass": (med["features"] - med["bare"]) / passes,
+            "interpreter": float(np.median(interp)), "dim": ens.members[0][0].in_features, "measured": med,
+            "full": full, "ratio": {v: full["bare"] / full[v] for v in ("features", "labelled")}}
 
 
 def _sync(device: str) -> None:
@@ -200,6 +266,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="images per batch (default: 1 on CPU, 8 on GPU)")
     ap.add_argument("--reference", action="store_true", help="also time the reference path at 512²")
     ap.add_argument("--quick", action="store_true", help="2 rounds, StyleGAN2 at 128² and 256², BigGAN at 128²")
+    ap.add_argument("--ddpm", type=int, nargs="*", default=[], metavar="SIZE",
+                    help="guided-diffusion UNet + MLP ensemble at these sizes (256: ddpm-segmentation's); "
+                         "only this case unless --sizes/--biggan-sizes are given too")
+    ap.add_argument("--ddpm-steps", type=int, default=10, help="DDIM steps sampled; scaled to DDIM-50")
     ap.add_argument("--child", type=int)
     ap.add_argument("--samples", type=int)
     args = ap.parse_args()
@@ -214,6 +284,20 @@ def main() -> None:
         cases, rounds = [("stylegan2", 128), ("stylegan2", 256), ("biggan", 128)], 2
     print(f"device {device}, {torch.get_num_threads()} thread(s), batch {batch}, {MEMBERS} members, {CLASSES} classes, "
           f"{rounds} rounds, medians")
+    if args.ddpm:
+        with tempfile.TemporaryDirectory() as tmp:
+            for size in args.ddpm:
+                r = measure_ddpm(size, args.ddpm_steps, rounds, batch, device, Path(tmp))
+                m, f = r["measured"], r["full"]
+                print(f"guided-diffusion {size}² ({DDPM_FLAGS['num_channels']} channels, blocks {DDPM_BLOCKS} at steps "
+                      f"50/150/250, D {r['dim']}): sampled DDIM-{r['steps']}: {m['bare']:.2f} s/img bare, "
+                      f"{m['features']:.2f} + features, {m['labelled']:.2f} labelled (interpreter {r['interpreter']:.2f}); "
+                      f"per DDIM step {r['per_step']:.3f} s, per feature pass {r['feature_pass']:.3f} s")
+                print(f"  scaled to DDIM-{DDIM_STEPS} (+{DDIM_STEPS - r['steps']} steps at the per-step cost): "
+                      f"bare {f['bare']:.1f} s/img, + features {f['features']:.1f}, labelled {f['labelled']:.1f}; "
+                      f"features/bare {r['ratio']['features']:.2f}, labelled/bare {r['ratio']['labelled']:.2f}")
+        if "--sizes" not in sys.argv and "--biggan-sizes" not in sys.argv:
+            return
     print(f"{'model':>9s} {'size':>5s} {'D':>5s} {'bare s/img':>10s} {'labelled/bare':>13s} {'reference/bare':>14s} "
           f"{'generator':>9s} {'interp.':>7s} {'uncert.':>7s} {'writing+rest':>12s}")
     with tempfile.TemporaryDirectory() as tmp:
