@@ -1,4 +1,4 @@
-"""Rule reuse_annotations: a VQGAN task's annotations from another task's, encoded and decoded."""
+"""Rule reuse_annotations: a VQGAN's or diffusion model's annotations from another task's."""
 from labelfactory.toybench.annotator import Annotator
 from labelfactory.generators.view import load_task_generator
 from labelfactory.core.runtime import resolve_device, snakemake_job
@@ -10,4 +10,5 @@ with snakemake_job(snakemake):
     annotator = Annotator.load(snakemake.input.annotator) if snakemake.input.annotator else None
     reuse_annotation_file(snakemake.input.source, backend, out.annotations, out.report, out.summary,
                           annotator=annotator, min_psnr=p.min_psnr,
-                          annotator_classes={int(k): v for k, v in p.toy_classes.items()} if p.toy_classes else ())
+                          annotator_classes={int(k): v for k, v in p.annotator_classes.items()},
+                          image_class=p.image_class)

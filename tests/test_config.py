@@ -186,7 +186,7 @@ def test_reuse_and_combine_problems_are_reported_at_once(tmp_path):
     lines = sorted(str(err.value).splitlines()[1:])
     assert lines == [
         "  tasks.v.synthesis.sampling.top_p: 1.5 is greater than the maximum of 1",
-        "  tasks.x: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN re-encodes), "
+        "  tasks.x: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN re-encodes or a diffusion model reads), "
         "neither is set",
         "  tasks.y.classes: [0] differ from the reused task 't''s [0, 1] (its annotations keep their classes)",
         "  tasks.z.downstream.combine: the setting synthetic_combined needs the tasks to combine, and `combine` "
@@ -201,7 +201,7 @@ def test_reuse_and_combine_problems_are_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert sorted(str(err.value).splitlines()[1:]) == [
-        "  tasks.v: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN re-encodes), "
+        "  tasks.v: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN re-encodes or a diffusion model reads), "
         "not both",
         "  tasks.w.reuse.task: 'u' has no annotation folder of its own to reuse",
     ]

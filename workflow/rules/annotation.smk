@@ -69,8 +69,9 @@ rule import_annotations:
 
 
 rule reuse_annotations:
-    """BigDatasetGAN's VQGAN: encode and decode another task's annotated images; the
-    reconstructions keep its masks (report: per-image PSNR and annotator agreement)."""
+    """Another task's annotations for a VQGAN (BigDatasetGAN: its annotated images encoded and decoded,
+    the reconstructions keep its masks; report: per-image PSNR and annotator agreement) or for a
+    diffusion model (the annotated images themselves, its features computed from them)."""
     wildcard_constraints:
         task=one_of(REUSE_TASKS),
     input:
@@ -83,7 +84,8 @@ rule reuse_annotations:
         summary="results/{task}/report/reuse.json",
     params:
         min_psnr=lambda w: task_of(w).reuse["min_psnr"],
-        toy_classes=lambda w: toy_classes(task_of(w)) if task_of(w).downstream.reference_annotator else None,
+        image_class=lambda w: reuse_image_class(task_of(w)),
+        annotator_classes=lambda w: annotator_class_names(task_of(w)) if task_of(w).downstream.reference_annotator else {},
         generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
     log:

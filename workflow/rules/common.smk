@@ -140,6 +140,20 @@ def toy_classes(task):
     return real["class"]
 
 
+def annotator_class_names(task):
+    """{class id of the annotated images: toy-world name} for the reference annotator (a single-class
+    task's images carry its `class`, -1 for an unconditional generator's)."""
+    names = toy_classes(task)
+    return {int(k): v for k, v in names.items()} if isinstance(names, dict) else {task.cls: names}
+
+
+def reuse_image_class(task):
+    """The class every reused image takes: a single-class task's (`class`) reusing an unconditional
+    task's annotations; None keeps the reused task's classes."""
+    source = CFG.tasks[task.reuse["task"]]
+    return task.cls if task.cls >= 0 and source.annotation_classes is None else None
+
+
 def compared_scores(wildcards):
     """The runs of the tasks a task's table compares against (`downstream.compare`)."""
     return [p for other in task_of(wildcards).downstream.compare for p in task_scores(other)]

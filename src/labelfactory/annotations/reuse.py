@@ -1,4 +1,4 @@
-"""Reuse a BigGAN task's annotations for a VQGAN (BigDatasetGAN's second generator).
+"""Reuse another task's annotations for a VQGAN (BigDatasetGAN's second generator) or a diffusion model.
 
 BigDatasetGAN labels VQGAN samples with the annotations made on BigGAN samples:
 each annotated image is encoded into VQGAN codes, and the codes become the
@@ -8,6 +8,10 @@ image, so :func:`reuse_annotations` measures it per image: the PSNR of the
 reconstruction against the original and, given a reference annotator (any
 object with ``label(images, class_name)``: the toy bench's simulated one, or a
 lab's own model), how well its labels of the two agree. Images below a PSNR threshold are named in a warning.
+
+A diffusion generator needs no reconstruction: its features are computed from
+images (ddpm-segmentation's recipe), so :func:`reuse_images` hands it the annotated
+images themselves (``source: images``), resized to its resolution where they differ.
 
 The result is an ordinary :class:`~labelfactory.annotations.annotation_set.AnnotationSet`
 (latents: the int64 code grids flattened to ``[N, h*w]``, images: the
@@ -134,6 +138,23 @@ def reuse_annotations(ann: AnnotationSet, backend: GeneratorBackend, annotator: 
     return reused, report
 
 
+def reuse_images(ann: AnnotationSet, backend: GeneratorBackend) -> tuple[AnnotationSet, pd.DataFrame]:
+    """A diffusion generator's reuse: the annotated images and masks as they are (resized to
+    its resolution where they differ), ``source: images``, so its features are computed from
+    them; the report has the ``id``, ``class`` and whether the image was ``resized``."""
+    if not hasattr(backend, "image_taps"):
+        raise ValueError(f"reusing annotated images as they are needs a diffusion generator, got {backend.arch}")
+    images, masks = resize_annotations(ann.images, ann.masks, backend.resolution)
+    reused = AnnotationSet(
+        ids=list(ann.ids), seeds=np.full(len(ann), -1, dtype=np.int64), classes=ann.classes.copy(),
+        latents=np.zeros((len(ann), 0), np.float32), images=images, masks=masks, labels=ann.labels,
+        generator_hash=backend.generator_hash, truncation=1.0, noise="const", source="images",
+    )
+    report = pd.DataFrame({"id": list(ann.ids), "class": np.asarray(ann.classes, dtype=np.int64),
+                           "resized": np.full(len(ann), ann.resolution != backend.resolution)})
+    return reused, report
+
+
 def reuse_summary(report: pd.DataFrame, min_psnr: float = DEFAULT_MIN_PSNR) -> dict:
     """The reconstruction check in numbers: PSNR (mean, median, min), the annotator's
     agreement and object IoU (means, None without an annotator), and the images below ``min_psnr``."""
@@ -152,16 +173,31 @@ def reuse_summary(report: pd.DataFrame, min_psnr: float = DEFAULT_MIN_PSNR) -> d
 def reuse_annotation_file(source: str | os.PathLike, backend: GeneratorBackend, out_h5: str | os.PathLike,
                           report_csv: str | os.PathLike, summary_json: str | os.PathLike,
                           annotator: ReferenceAnnotator | None = None, min_psnr: float = DEFAULT_MIN_PSNR,
-                          annotator_classes: ClassNames = ()) -> dict:
-    """:func:`reuse_annotations` of the annotation set at ``source`` (a BigGAN task's): writes
-    the VQGAN's annotation set, the per-image report and its :func:`reuse_summary` with the
-    backend's ``device`` (:func:`~labelfactory.core.provenance.describe_device`), each atomically."""
-    reused, report = reuse_annotations(load_annotation_set(source), backend, annotator, min_psnr, annotator_classes)
-    summary = {**reuse_summary(report, min_psnr), "device": describe_device(backend.device)}
+                          annotator_classes: ClassNames = (), image_class: int | None = None) -> dict:
+    """The annotation set at ``source`` reused by ``backend``: a VQGAN's reconstructions
+    (:func:`reuse_annotations`, summary :func:`reuse_summary`) or a diffusion model's images
+    (:func:`reuse_images`). ``image_class`` gives every image that generator class (a
+    single-class task reusing an unconditional task's annotations). Writes the annotation set,
+    the per-image report and the summary with the backend's ``device``
+    (:func:`~labelfactory.core.provenance.describe_device`), each atomically."""
+    ann = load_annotation_set(source)
+    if image_class is not None:
+        ann.classes = np.full(len(ann), image_class, dtype=np.int32)
+    if hasattr(backend, "image_taps"):
+        reused, report = reuse_images(ann, backend)
+        summary = {"n": len(report), "mode": "images", "resolution": backend.resolution,
+                   "resized": bool(report["resized"].any())}
+    else:
+        reused, report = reuse_annotations(ann, backend, annotator, min_psnr, annotator_classes)
+        summary = {"mode": "reconstructions", **reuse_summary(report, min_psnr)}
+    summary["device"] = describe_device(backend.device)
     with atomic_path(report_csv) as tmp:
         report.to_csv(tmp, index=False)
     atomic_write_json(summary_json, summary)
     reused.save(out_h5)
-    log.info("reused %d annotations: PSNR %.1f dB mean (min %.1f), annotator agreement %s", summary["n"],
-             summary["psnr_mean"], summary["psnr_min"], summary["annotator_agreement_mean"])
+    if summary["mode"] == "images":
+        log.info("reused %d annotated images as a diffusion model's input", summary["n"])
+    else:
+        log.info("reused %d annotations: PSNR %.1f dB mean (min %.1f), annotator agreement %s", summary["n"],
+                 summary["psnr_mean"], summary["psnr_min"], summary["annotator_agreement_mean"])
     return summary

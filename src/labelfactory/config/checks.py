@@ -110,7 +110,7 @@ def _reuse_problems(cfg: dict, name: str) -> list[str]:
     task, where = cfg["tasks"][name], f"tasks.{name}"
     if bool(task.get("annotations")) == bool(task["reuse"]):
         return [f"{where}: give either `annotations` (a folder) or `reuse` (a task whose annotations a VQGAN "
-                f"re-encodes), {'not both' if task['reuse'] else 'neither is set'}"]
+                f"re-encodes or a diffusion model reads), {'not both' if task['reuse'] else 'neither is set'}"]
     if not task["reuse"]:
         return []
     source = task["reuse"]["task"]

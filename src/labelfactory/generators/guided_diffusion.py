@@ -158,6 +158,11 @@ class GuidedDiffusionBackend(DiffusionBackend):
     def num_classes(self) -> int:
         return self.module.num_classes
 
+    def class_embedding(self) -> torch.Tensor | None:
+        """``label_emb``'s ``[1000, 4·num_channels]`` class vectors (class-conditional models), which the
+        conv interpreter conditions on as it does on a BigGAN's shared embedding."""
+        return self.module.label_emb.weight if self.num_classes else None
+
     @property
     def num_timesteps(self) -> int:
         return self.flags["diffusion_steps"]

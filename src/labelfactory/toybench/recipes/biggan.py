@@ -27,8 +27,8 @@ from torch import nn
 from labelfactory.generators.base import images_to_uint8
 from labelfactory.generators.biggan import BN, CCBN, BigGANConfig, BigGANGenerator, SNConv2d, SNLinear
 from labelfactory.toybench import world as toyworld
-from labelfactory.toybench.recipes.gan import TRAIN_SEED_OFFSET
-from labelfactory.toybench.recipes.state import resume_state, save_state
+from labelfactory.toybench.recipes.real_images import real_batch
+from labelfactory.toybench.recipes.state import resume_state, save_state, update_ema
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +113,6 @@ def ortho_init(module: nn.Module) -> None:
             nn.init.orthogonal_(m.weight)
 
 
-def real_batch(cfg: BigGANTrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Toy-world images of random classes for ``step`` (floats in [-1, 1]) and their class ids."""
-    rng = np.random.default_rng([cfg.seed, step])
-    classes = rng.integers(0, len(cfg.classes), cfg.batch)
-    start = TRAIN_SEED_OFFSET + step * cfg.batch
-    imgs = np.empty((cfg.batch, cfg.size, cfg.size, 3), dtype=np.uint8)
-    for c in np.unique(classes):
-        idx = np.flatnonzero(classes == c)
-        imgs[idx] = toyworld.render_batch([start + int(i) for i in idx], cfg.classes[c], cfg.size)[0]
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    return x, torch.from_numpy(classes)
-
-
-def _ema(g_ema: nn.Module, g: nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        src = g.state_dict()
-        for k, v in g_ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.lerp_(src[k], 1.0 - decay)
-            else:
-                v.copy_(src[k])
-
-
 @torch.no_grad()
 def standing_stats(g: BigGANGenerator, n_classes: int, batches: int, batch: int = 64, seed: int = 0) -> None:
     """Re-estimate every batch norm's stored mean and variance over ``batches`` batches of G's
@@ -209,7 +186,7 @@ def train(cfg: BigGANTrainConfig, out_dir: Path, progress: bool = True) -> Path:
         g_loss.backward()
         g_opt.step()
         step += 1
-        _ema(g_ema, g, 0.0 if step < cfg.ema_start else cfg.ema_decay)
+        update_ema(g_ema, g, 0.0 if step < cfg.ema_start else cfg.ema_decay)
 
         if step % 50 == 0 or step == total_steps:
             rate = (step - seen0) * cfg.batch * cfg.d_steps / (time.time() - t0)

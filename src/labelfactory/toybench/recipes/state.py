@@ -42,6 +42,17 @@ def resume_state(path: Path, nets: dict[str, torch.nn.Module],
     return int(st["step"]), float(st.get("elapsed", 0.0))
 
 
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """``ema ← decay·ema + (1 − decay)·net`` for floating tensors (parameters and buffers); others copied."""
+    with torch.no_grad():
+        src = net.state_dict()
+        for k, v in ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.lerp_(src[k], 1.0 - decay)
+            else:
+                v.copy_(src[k])
+
+
 def trained_sidecar(source: str, cfg, work: Path) -> dict:
     """The sidecar entries of weights trained by a project recipe: the exact command,
     training config, code version and the final losses and time of ``work/history.jsonl``."""
