@@ -6,6 +6,9 @@
         --cls car face house tree --out weights/toy/biggan-32.quality.json --grid docs/toy-biggan-samples.png
     python scripts/evaluate_toy_generator.py --checkpoint weights/toy/vqgan-32.safetensors --n 500 \
         --cls car face house tree --out weights/toy/vqgan-32.quality.json --grid docs/toy-vqgan-samples.png
+    python scripts/evaluate_toy_generator.py --checkpoint weights/toy/ddpm-32.safetensors --n 500 \
+        --sampler ddim --sampling-steps 10 --cls car face house tree --out weights/toy/ddpm-32.quality.json \
+        --grid docs/toy-ddpm-samples.png
 
 For a class-conditional generator, ``--cls`` names the toy class of each generator
 class in order (class i is the i-th name); each is measured on its own samples. A generator that
@@ -35,10 +38,15 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--truncation", type=float, default=1.0)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], help="diffusion models: the sampler (as a task's "
+                   "diffusion.sampler; default: the checkpoint's)")
+    p.add_argument("--sampling-steps", type=int, default=50, help="diffusion models: retained sampling steps")
     p.add_argument("--grid", type=Path, help="PNG grid of the first 64 samples (seeds 0..63), 2x upscaled")
     a = p.parse_args()
     setup_logging()
     backend = load_generator(a.checkpoint)
+    if a.sampler:
+        backend.set_sampling(a.sampler, a.sampling_steps)
     annotator = Annotator.load(a.annotator)
     conditional = backend.num_classes > 0
     if conditional:
@@ -48,6 +56,8 @@ def main() -> None:
         q = generator_quality(backend, annotator, a.cls[0], a.n, a.truncation)
     if hasattr(backend, "encode"):
         q["reconstruction"] = {name: reconstruction_quality(backend, name, a.n) for name in a.cls}
+    if a.sampler:
+        q["sampling"] = {"sampler": a.sampler, "sampling_steps": a.sampling_steps}
     atomic_write_json(a.out, {**q, "command": command_line(), "code_version": code_version()})
     print(json.dumps(q, indent=2))
     if a.grid:

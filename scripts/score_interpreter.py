@@ -12,4 +12,4 @@ with snakemake_job(snakemake):
     device = resolve_device(p.device)
     backend = load_task_generator(snakemake.input.weights, device, **p.generator)
     score_interpreter(backend, load_interpreter(None, snakemake.input.interpreter, device),
-                      snakemake.input.annotations, RealDataSpec.from_dict(p.real), snakemake.output[0])
+                      snakemake.input.annotations, RealDataSpec.from_dict(p.real), snakemake.output[0], cls=p.cls)

@@ -99,6 +99,8 @@ def test_annotated_images_train_the_interpreter_that_labels_a_shard(model, tmp_p
 
     if num_classes is None:  # ddpm-segmentation's evaluation: the interpreter labels "real" images itself
         _the_interpreter_scores_real_images(backend, interpreter, ann, tmp_path)
+    else:
+        _a_conditional_model_labels_real_images_of_one_class(backend, interpreter, ann)
 
     seeds = [100, 101, 102]
     classes = None if num_classes is None else [1, 2, 3]
@@ -141,6 +143,21 @@ def _the_interpreter_scores_real_images(backend, interpreter, ann, tmp_path):
     assert result["pixel_accuracy"] == pytest.approx((votes == ann.masks)[labelled].mean())
     with pytest.raises(ValueError, match="real images are 8x8, the diffusion model takes 16x16"):
         InterpreterSegmenter(backend, interpreter)(torch.zeros((1, 3, 8, 8)))
+
+
+def _a_conditional_model_labels_real_images_of_one_class(backend, interpreter, ann):
+    """A single-class task on a class-conditional model: every real image is taken as its class."""
+    from labelfactory.downstream.interpreter_test import InterpreterSegmenter
+
+    with pytest.raises(ValueError, match="with 4 classes and no class"):
+        InterpreterSegmenter(backend, interpreter)
+    segmenter = InterpreterSegmenter(backend, interpreter, cls=2)
+    x = torch.from_numpy(ann.images[:4]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    got = segmenter(((x + 1) / 2 - segmenter.mean) / segmenter.std).argmax(1)
+    with torch.no_grad():
+        want = vote_labels(interpreter.member_probabilities(backend.image_taps(x, torch.full((4,), 2))))
+        other = vote_labels(interpreter.member_probabilities(backend.image_taps(x, torch.full((4,), 0))))
+    assert (got == want).float().mean() > 0.99 and (want != other).any()
 
 
 def test_the_diffusion_models_own_samples_annotated(model, tmp_path):

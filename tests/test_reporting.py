@@ -66,6 +66,22 @@ def test_compared_variants_follow_the_task_rows_and_are_named(runs, tmp_path):
     assert "| synthetic, unfiltered (conv interpreter) " in markdown_table(table)
 
 
+def test_a_diffusion_tasks_interpreter_is_a_one_run_row_beside_few_shot(runs, tmp_path):
+    """score_interpreter's file (the interpreter itself on the real test images) is a row of the
+    compared task's block, after its few-shot row, with one run and a spread of 0."""
+    (tmp_path / "ddpm").mkdir()
+    ddpm = [write_scores(tmp_path / "ddpm", "synthetic", s, m, (0.9, m), 2000) for s, m in enumerate((0.7, 0.8))]
+    ddpm.append(write_scores(tmp_path / "ddpm", "interpreter", 0, 0.55, (0.9, 0.2), 16))
+    both = collect_scores(sorted(tmp_path.glob("*.json")) + ddpm, {str(p): "DDPM features" for p in ddpm})
+    assert list(dict.fromkeys(both["setting"].astype(str))) == \
+        ["few_shot", "synthetic", "fully_supervised", "interpreter | DDPM features", "synthetic | DDPM features"]
+    table = main_table(both)
+    row = table.loc["interpreter | DDPM features"]
+    assert row["runs"] == 1 and row["train_images"] == 16 and row["gain_over_few_shot"] == pytest.approx(5.0)
+    assert "| interpreter itself (annotations only) (DDPM features) |      1 |" in markdown_table(table)
+    assert "55.0 ± 0.0" in markdown_table(table)
+
+
 def test_vqgan_and_combined_rows_follow_in_setting_order(runs, tmp_path):
     """BigDatasetGAN's table: the VQGAN task's rows, then the BigGAN + VQGAN ones."""
     (tmp_path / "vq").mkdir()

@@ -110,10 +110,12 @@ def synthesis_options(task):
 
 
 def task_scores(name):
-    """Every downstream run's scores of task ``name``: each setting × seed."""
+    """Every downstream run's scores of task ``name``: each setting × seed, and with
+    `score_interpreter` the interpreter's own (a one-run row of the table)."""
     ds = CFG.tasks[name].downstream
+    own = [f"results/{name}/report/interpreter_test.json"] if ds.score_interpreter else []
     return expand("results/{task}/downstream/{setting}/seed{seed}/scores.json", task=name,
-                  setting=ds.settings, seed=range(ds.seeds))
+                  setting=ds.settings, seed=range(ds.seeds)) + own
 
 
 def downstream_scores(wildcards):

@@ -61,6 +61,7 @@ rule score_interpreter:
         "results/{task}/report/interpreter_test.json",
     params:
         real=lambda w: task_of(w).downstream.real,
+        cls=lambda w: task_of(w).cls if task_of(w).cls >= 0 else None,
         generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
     log:

@@ -33,15 +33,18 @@ log = logging.getLogger(__name__)
 class InterpreterSegmenter(nn.Module):
     """A diffusion ``backend`` and an ``interpreter`` trained on its taps as a segmentation model:
     normalised images ``[B,3,H,W]`` (H = W = the model's resolution) → one-hot scores ``[B,C,H,W]``
-    of the members' majority vote (ties to the lowest class, as ``torch.mode``)."""
+    of the members' majority vote (ties to the lowest class, as ``torch.mode``). A class-conditional
+    model takes every image as class ``cls`` (a single-class task's)."""
 
-    def __init__(self, backend: GeneratorBackend, interpreter: Interpreter):
+    def __init__(self, backend: GeneratorBackend, interpreter: Interpreter, cls: int | None = None):
         super().__init__()
-        if not hasattr(backend, "image_taps") or backend.num_classes:
-            raise ValueError(f"scoring the interpreter on real images needs an unconditional diffusion model "
-                             f"(which computes the taps of any image); this is a {backend.arch} generator"
-                             + (f" with {backend.num_classes} classes" if backend.num_classes else ""))
+        if not hasattr(backend, "image_taps") or (backend.num_classes and cls is None):
+            raise ValueError(f"scoring the interpreter on real images needs a diffusion model (which computes "
+                             f"the taps of any image), unconditional or with the images' class; this is a "
+                             f"{backend.arch} generator"
+                             + (f" with {backend.num_classes} classes and no class" if backend.num_classes else ""))
         self.backend, self.interpreter = backend, interpreter
+        self.cls = cls if backend.num_classes else None
         self.module = backend.module  # moved with the segmenter
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -52,26 +55,34 @@ class InterpreterSegmenter(nn.Module):
         if images.shape[-2:] != (self.backend.resolution,) * 2:
             raise ValueError(f"real images are {images.shape[-2]}x{images.shape[-1]}, the diffusion model takes "
                              f"{self.backend.resolution}x{self.backend.resolution}: set downstream.real.resize")
-        features = interpreter_features(self.interpreter, self.backend.image_taps(images), images)
+        classes = None if self.cls is None else torch.full((len(images),), self.cls, device=images.device)
+        features = interpreter_features(self.interpreter, self.backend.image_taps(images, classes), images)
         votes = vote_labels(self.interpreter.member_probabilities(features))
         return F.one_hot(votes, self.interpreter.num_classes).permute(0, 3, 1, 2).float()
 
 
+INTERPRETER_SETTING = "interpreter"  # the main table's row of the interpreter itself
+
+
 def score_interpreter(backend: GeneratorBackend, interpreter: Interpreter, annotations: str | Path,
-                      real: RealDataSpec, out_json: str | Path, batch_size: int = 4) -> dict:
+                      real: RealDataSpec, out_json: str | Path, batch_size: int = 4, cls: int | None = None) -> dict:
     """Score ``interpreter`` (with ``backend``'s taps) on the real test split, labelled as the
     annotations at ``annotations`` are; writes and returns the scores (per-class IoU, mIoU,
-    pixel accuracy, confusion) with the device and ``protocol: interpreter``."""
-    labels = load_annotation_set(annotations).labels
+    pixel accuracy, confusion) with the device and ``protocol: interpreter``, as the main table's
+    one-run row ``setting: interpreter`` (trained on the annotations alone). ``cls``: the real
+    images' class for a class-conditional model (a single-class task's)."""
+    annotated = load_annotation_set(annotations)
+    labels = annotated.labels
     test = real_dataset(real, "test", labels)
-    scores = evaluate_segmentation(InterpreterSegmenter(backend, interpreter), test, len(labels.names),
+    scores = evaluate_segmentation(InterpreterSegmenter(backend, interpreter, cls), test, len(labels.names),
                                    backend.device, batch_size=batch_size, ignore_index=labels.ignore_index,
                                    class_names=labels.names)
     result = {**scores, "class_names": list(labels.names), "protocol": "interpreter",
+              "setting": INTERPRETER_SETTING, "seed": 0, "num_train_images": len(annotated),
               "device": describe_device(backend.device)}
     atomic_write_json(out_json, result)
     log.info("interpreter: mIoU %.4f on %d real test images", result["miou"], len(test))
     return result
 
 
-__all__ = ["InterpreterSegmenter", "score_interpreter"]
+__all__ = ["INTERPRETER_SETTING", "InterpreterSegmenter", "score_interpreter"]

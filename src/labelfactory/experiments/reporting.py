@@ -23,13 +23,18 @@ from labelfactory.core.metrics import confusion_matrix, scores_from_confusion
 from labelfactory.core.provenance import describe_device, device_line
 from labelfactory.core.visualize import overlay
 from labelfactory.downstream.experiment import SETTINGS
+from labelfactory.downstream.interpreter_test import INTERPRETER_SETTING
 from labelfactory.generators.base import sample_id
 from labelfactory.interpreters.validation import average_mask
 from labelfactory.synthesis.shards import LABELLER_DIVERGED, read_samples
 
-SETTING_ORDER = SETTINGS.names()  # weakest to strongest supervision, as registered
+# weakest to strongest supervision, as registered; the interpreter itself (diffusion tasks'
+# downstream.score_interpreter) beside few-shot, both trained on the annotations alone
+SETTING_ORDER = list(SETTINGS.names())
+SETTING_ORDER.insert(SETTING_ORDER.index("few_shot") + 1, INTERPRETER_SETTING)
 SETTING_TITLES = {
     "few_shot": "few-shot (annotations only)",
+    INTERPRETER_SETTING: "interpreter itself (annotations only)",
     "synthetic": "synthetic, unfiltered",
     "synthetic_filtered": "synthetic, filtered",
     "synthetic_combined": "synthetic, filtered, combined",
