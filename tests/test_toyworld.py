@@ -94,3 +94,53 @@ def test_sample_sheet(tmp_path):
     tw.sample_sheet(tmp_path / "s.png", size=32, per_class=3)
     img = np.asarray(Image.open(tmp_path / "s.png"))
     assert img.shape == (32 * 2 * len(tw.CLASSES), 32 * 3, 3)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("cls", ["car", "face"])
+def test_keypoints_lie_on_their_parts(cls, size):
+    """Every keypoint sits on the part it names: a centre (wheel, light, eye, nose) on a pixel of
+    that part, a corner (roof, mouth corners) on its outline, within one pixel of it."""
+    corners = {"roof_rear", "roof_front", "left_mouth", "right_mouth"}
+    names = tw.keypoint_names(cls)
+    assert len(names) == 5 and tw.KEYPOINTS[cls][0][0] == names[0]
+    for seed in range(30):
+        s = tw.render(seed, cls, size)
+        assert s.keypoints.shape == (5, 3) and s.keypoints.dtype == np.float32
+        assert (s.keypoints[:, 2] == 2).all()  # the toy objects stay inside the image
+        for (name, part), (x, y, _) in zip(tw.KEYPOINTS[cls], s.keypoints):
+            ys, xs = np.nonzero(s.parts == tw.PARTS[cls].index(part) + 1)
+            dist = np.maximum(abs(ys - round(y)), abs(xs - round(x))).min()
+            assert dist <= (1 if name in corners else 0), (seed, name, dist)
+
+
+def test_keypoints_scale_with_the_image_and_name_sides_consistently():
+    """Keypoints are exact geometry: at twice the size they are twice as far from the image
+    corner (pixel centres at integers); a face's left eye and mouth corner (the subject's) are on
+    the image's right in mirrored and unmirrored scenes alike, a car's front wheel on its light's side."""
+    for seed in range(20):
+        for cls in ("car", "face"):
+            a, b = tw.render(seed, cls, 64).keypoints, tw.render(seed, cls, 128).keypoints
+            assert np.allclose((a[:, :2] + 0.5) * 2, b[:, :2] + 0.5, atol=1e-3)
+        face = dict(zip(tw.keypoint_names("face"), tw.render(seed, "face", 64).keypoints))
+        assert face["left_eye"][0] > face["right_eye"][0] and face["left_mouth"][0] > face["right_mouth"][0]
+    car = [dict(zip(tw.keypoint_names("car"), tw.render(seed, "car", 64).keypoints)) for seed in range(20)]
+    facing = [np.sign(k["front_wheel"][0] - k["rear_wheel"][0]) for k in car]
+    assert all(f == np.sign(k["light"][0] - k["rear_wheel"][0]) for f, k in zip(facing, car))
+    assert set(facing) == {-1.0, 1.0}  # both mirror images occur
+    assert tw.keypoint_names("house") == () and tw.render(0, "house", 32).keypoints.shape == (0, 3)
+
+
+def test_rendering_is_unchanged_by_the_keypoints():
+    """Images and part masks hash as they did before the renderer gave keypoints (trained toy
+    generators and their weights depend on every pixel)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for cls in tw.ALL_CLASSES:
+        for size in (32, 64):
+            for seed in range(5):
+                s = tw.render(seed, cls, size)
+                h.update(s.image.tobytes())
+                h.update(s.parts.tobytes())
+    assert h.hexdigest() == "58076c2bd33ce880067659dfb76148c9def8fa15084c855210b007c0429711ec"

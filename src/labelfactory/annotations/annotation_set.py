@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from labelfactory.annotations.labels import AnnotationError, LabelSet
+from labelfactory.annotations.keypoints import KeypointSet
+from labelfactory.annotations.labels import AnnotationError, KeypointSpec, LabelSet
 from labelfactory.core.io import atomic_path
 
 H5_DATASETS = ("images", "masks", "latents", "seeds", "classes", "ids")
@@ -26,7 +27,10 @@ class AnnotationSet:
     :mod:`labelfactory.annotations.reuse`), ``seeds`` int64 ``[N]``, ``classes`` int32 ``[N]``.
     ``source`` ``"samples"``: generated samples, whose features are re-rendered from their
     latents; ``"images"``: given images (latents ``[N, 0]``, seeds -1), whose features a
-    diffusion generator computes from the images themselves.
+    diffusion generator computes from the images themselves. ``keypoints`` (optional): the
+    images' :class:`~labelfactory.annotations.keypoints.KeypointSet`, in the order of ``ids``,
+    stored as the dataset ``keypoints`` ``[N, K, 3]`` and its spec as the attribute ``keypoints``
+    (files without them load as before, with ``keypoints`` None).
     """
 
     ids: list[str]
@@ -40,6 +44,7 @@ class AnnotationSet:
     truncation: float
     noise: str
     source: str = "samples"
+    keypoints: KeypointSet | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,6 +55,8 @@ class AnnotationSet:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to HDF5 atomically (temporary file beside ``path``, renamed at the end)."""
+        if self.keypoints is not None and self.keypoints.ids != list(self.ids):
+            raise ValueError("the keypoints' ids differ from the annotation set's")
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("images", data=self.images.astype(np.uint8))
             f.create_dataset("masks", data=self.masks.astype(np.uint8))
@@ -60,6 +67,9 @@ class AnnotationSet:
             f.attrs.update(generator_hash=self.generator_hash, labels=json.dumps(list(self.labels.names)),
                            ignore_index=self.labels.ignore_index, truncation=float(self.truncation),
                            noise=self.noise, resolution=self.resolution, source=self.source)
+            if self.keypoints is not None:
+                f.create_dataset("keypoints", data=self.keypoints.keypoints.astype(np.float32))
+                f.attrs["keypoints"] = json.dumps(self.keypoints.spec.as_dict())
 
 
 def latent_array(latents: np.ndarray) -> np.ndarray:
@@ -79,6 +89,8 @@ def load_annotation_set(path: str | os.PathLike) -> AnnotationSet:
             data = {k: f[k].asstr()[()] if k == "ids" else f[k][()] for k in H5_DATASETS}
             attrs = {k: f.attrs[k] for k in H5_ATTRS}
             source = str(f.attrs.get("source", "samples"))
+            keypoints = f["keypoints"][()] if "keypoints" in f else None
+            keypoint_spec = f.attrs.get("keypoints")
     except (OSError, TypeError) as e:
         raise AnnotationError(path, [f"unreadable HDF5 file ({e})"]) from e
     problems = []
@@ -96,15 +108,28 @@ def load_annotation_set(path: str | os.PathLike) -> AnnotationSet:
         problems.append(f"latents must be [N, z_dim], got {list(latents.shape)}")
     if source not in SOURCES:
         problems.append(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    spec = None
+    if (keypoints is None) != (keypoint_spec is None):
+        problems.append("the keypoints dataset and the keypoints attribute come together; one is missing")
+    elif keypoint_spec is not None:
+        try:
+            spec = KeypointSpec.from_dict(json.loads(keypoint_spec))
+        except (ValueError, TypeError, KeyError) as e:
+            problems.append(f"bad keypoints attribute ({e})")
+        if spec is not None and keypoints.shape != (len(images), len(spec.names), 3):
+            problems.append(f"keypoints must be [N, K, 3] = {[len(images), len(spec.names), 3]}, "
+                            f"got {list(keypoints.shape)}")
     try:
-        labels = LabelSet(tuple(json.loads(attrs["labels"])), int(attrs["ignore_index"]))
+        labels = LabelSet(tuple(json.loads(attrs["labels"])), int(attrs["ignore_index"]), spec)
     except (ValueError, TypeError) as e:
         problems.append(f"bad label attributes ({e})")
     if problems:
         raise AnnotationError(path, problems)
+    ids = [str(i) for i in data["ids"]]
     return AnnotationSet(
-        ids=[str(i) for i in data["ids"]], seeds=data["seeds"].astype(np.int64),
+        ids=ids, seeds=data["seeds"].astype(np.int64),
         classes=data["classes"].astype(np.int32), latents=latent_array(latents), images=images,
         masks=masks, labels=labels, generator_hash=str(attrs["generator_hash"]),
         truncation=float(attrs["truncation"]), noise=str(attrs["noise"]), source=source,
+        keypoints=None if spec is None else KeypointSet(ids, keypoints, spec),
     )

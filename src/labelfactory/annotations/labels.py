@@ -1,4 +1,11 @@
 """Label sets (``labels.yaml``) and the error every annotation check reports into.
+
+``labels.yaml`` names the mask labels (``names``, ``ignore_index``) and, optionally, keypoints::
+
+    keypoints:
+      names: [left_eye, right_eye, nose]
+      flip_pairs: [[left_eye, right_eye]]   # swapped by a horizontal flip
+      skeleton: [[left_eye, nose], [right_eye, nose]]   # edges drawn between keypoints
 """
 
 from __future__ import annotations
@@ -46,12 +53,94 @@ def _label_problems(names, ignore_index) -> list[str]:
     return problems
 
 
+KEYPOINT_KEYS = ("names", "flip_pairs", "skeleton")
+
+
+def _name_pairs(key: str, pairs, names: Sequence[str]) -> list[str]:
+    """Problems of ``keypoints.<key>``: a list of two-name lists naming known, distinct keypoints."""
+    if not isinstance(pairs, (list, tuple)):
+        return [f"keypoints.{key} must be a list of [name, name] pairs, got {type(pairs).__name__}"]
+    problems = []
+    for i, pair in enumerate(pairs):
+        where = f"keypoints.{key}[{i}]"
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            problems.append(f"{where} must be a pair of keypoint names, got {pair!r}")
+            continue
+        unknown = [n for n in pair if n not in names]
+        if unknown:
+            problems.append(f"{where} names unknown keypoints {unknown}")
+        elif pair[0] == pair[1]:
+            problems.append(f"{where} pairs keypoint {pair[0]!r} with itself")
+    return problems
+
+
+def keypoint_problems(doc) -> list[str]:
+    """Every problem of a ``keypoints`` section (a mapping with ``names``, optional ``flip_pairs``
+    and ``skeleton``), one line each naming its key."""
+    if not isinstance(doc, dict) or "names" not in doc:
+        return ["keypoints must be a mapping with a 'names' list"]
+    unknown = sorted(set(doc) - set(KEYPOINT_KEYS))
+    problems = [f"keypoints: unknown keys {unknown}"] if unknown else []
+    names = doc["names"]
+    if not isinstance(names, (list, tuple)) or not names:
+        return problems + [f"keypoints.names must be a non-empty list of names, got {names!r}"]
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        problems.append(f"keypoints.names must be non-empty strings, got {bad}")
+    dup = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    if dup:
+        problems.append(f"keypoints.names has duplicates {dup}")
+    for key in ("flip_pairs", "skeleton"):
+        problems += _name_pairs(key, doc.get(key, []), names)
+    pairs = doc.get("flip_pairs", [])
+    flipped = [n for pair in (pairs if isinstance(pairs, (list, tuple)) else [])
+               if isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] != pair[1] for n in pair]
+    twice = sorted({n for n in flipped if isinstance(n, str) and flipped.count(n) > 1})
+    if twice:
+        problems.append(f"keypoints.flip_pairs names {twice} in more than one pair")
+    return problems
+
+
+@dataclass(frozen=True)
+class KeypointSpec:
+    """Keypoint names (index = position in a keypoint array), the pairs a horizontal flip swaps,
+    and the skeleton's edges (pairs of names)."""
+
+    names: tuple[str, ...]
+    flip_pairs: tuple[tuple[str, str], ...] = ()
+    skeleton: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        problems = keypoint_problems(self.as_dict())
+        if problems:
+            raise ValueError("invalid keypoints: " + "; ".join(problems))
+        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "flip_pairs", tuple(tuple(p) for p in self.flip_pairs))
+        object.__setattr__(self, "skeleton", tuple(tuple(p) for p in self.skeleton))
+
+    def as_dict(self) -> dict:
+        """The ``keypoints`` section of ``labels.yaml`` (lists, for YAML and JSON)."""
+        return {"names": list(self.names), "flip_pairs": [list(p) for p in self.flip_pairs],
+                "skeleton": [list(p) for p in self.skeleton]}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "KeypointSpec":
+        return cls(tuple(doc["names"]), tuple(doc.get("flip_pairs", ())), tuple(doc.get("skeleton", ())))
+
+    def flip_permutation(self) -> list[int]:
+        """For each keypoint, the index of the one it becomes under a horizontal flip."""
+        partner = {a: b for pair in self.flip_pairs for a, b in (pair, pair[::-1])}
+        return [self.names.index(partner.get(n, n)) for n in self.names]
+
+
 @dataclass(frozen=True)
 class LabelSet:
-    """Label names (index = label id in the masks) and the mask value to ignore."""
+    """Label names (index = label id in the masks), the mask value to ignore and, if the
+    annotations have them, the keypoints."""
 
     names: tuple[str, ...]
     ignore_index: int = 255
+    keypoints: KeypointSpec | None = None
 
     def __post_init__(self):
         problems = _label_problems(self.names, self.ignore_index)
@@ -70,12 +159,15 @@ def _read_labels(path: Path) -> tuple[LabelSet | None, list[str]]:
         return None, [f"{path.name}: unreadable YAML ({e})"]
     if not isinstance(doc, dict) or "names" not in doc:
         return None, [f"{path.name}: must be a mapping with a 'names' list"]
-    unknown = sorted(set(doc) - {"names", "ignore_index"})
+    unknown = sorted(set(doc) - {"names", "ignore_index", "keypoints"})
     problems = [f"unknown keys {unknown}"] if unknown else []
     problems += _label_problems(doc["names"], doc.get("ignore_index", 255))
+    if "keypoints" in doc:
+        problems += keypoint_problems(doc["keypoints"])
     if problems:
         return None, [f"{path.name}: {p}" for p in problems]
-    return LabelSet(tuple(doc["names"]), doc.get("ignore_index", 255)), []
+    spec = KeypointSpec.from_dict(doc["keypoints"]) if "keypoints" in doc else None
+    return LabelSet(tuple(doc["names"]), doc.get("ignore_index", 255), spec), []
 
 
 def resolve_labels(labels: LabelSet | str | os.PathLike | None, default: Path,
@@ -90,7 +182,7 @@ def resolve_labels(labels: LabelSet | str | os.PathLike | None, default: Path,
 
 
 def load_labels(path: str | os.PathLike) -> LabelSet:
-    """Read ``labels.yaml`` (``names``, optional ``ignore_index``); raises
+    """Read ``labels.yaml`` (``names``, optional ``ignore_index`` and ``keypoints``); raises
     :class:`AnnotationError` naming every problem."""
     labels, problems = _read_labels(Path(path))
     if problems:

@@ -15,7 +15,7 @@ and fresh renders are the "real" test set.
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -36,6 +36,31 @@ PARTS: dict[str, tuple[str, ...]] = {
     "tree": ("trunk", "foliage", "fruit"),
     "portrait": ("skin", "hair", "eyebrow", "eye", "nose", "lips"),
 }
+
+# Keypoints per class: (name, the part it lies on). Pairs named left_/right_ are the subject's
+# left and right (COCO's convention: a frontal face's left eye is on the image's right); a car
+# is seen from the side, so front and rear keep their names under a mirror.
+KEYPOINTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "car": (("rear_wheel", "wheel"), ("front_wheel", "wheel"), ("light", "light"),
+            ("roof_rear", "body"), ("roof_front", "body")),
+    "face": (("left_eye", "eye"), ("right_eye", "eye"), ("nose", "skin"),
+             ("left_mouth", "mouth"), ("right_mouth", "mouth")),
+}
+KEYPOINT_FLIP_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "car": (),
+    "face": (("left_eye", "right_eye"), ("left_mouth", "right_mouth")),
+}
+KEYPOINT_SKELETON: dict[str, tuple[tuple[str, str], ...]] = {
+    "car": (("rear_wheel", "front_wheel"), ("roof_rear", "roof_front"), ("front_wheel", "light"),
+            ("rear_wheel", "roof_rear"), ("front_wheel", "roof_front")),
+    "face": (("left_eye", "right_eye"), ("left_eye", "nose"), ("right_eye", "nose"),
+             ("nose", "left_mouth"), ("nose", "right_mouth"), ("left_mouth", "right_mouth")),
+}
+
+
+def keypoint_names(cls: str) -> tuple[str, ...]:
+    """Keypoint names of a class, in the order of :attr:`Scene.keypoints` (empty: no keypoints)."""
+    return tuple(name for name, _ in KEYPOINTS.get(cls, ()))
 
 
 def part_labels(cls: str) -> tuple[str, ...]:
@@ -72,13 +97,17 @@ def global_part_offset(cls: str) -> int:
 @dataclass(frozen=True)
 class Scene:
     """One rendered scene: uint8 image ``[H,W,3]``, part mask ``[H,W]``
-    (0 = background, 1..P = the class's parts), object mask ``[H,W]`` (0/1)."""
+    (0 = background, 1..P = the class's parts), object mask ``[H,W]`` (0/1), and the
+    exact keypoints float32 ``[K,3]`` (:func:`keypoint_names` order; ``[0,3]`` for classes
+    without): ``x, y`` in pixels, the centre of pixel ``(row i, column j)`` at ``(j, i)``, and
+    COCO's visibility, 2 inside the image, 1 outside it (still exact)."""
 
     image: np.ndarray
     parts: np.ndarray
     object: np.ndarray
     cls: int
     seed: int
+    keypoints: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
 
 
 # --- colour ranges: (hue range, saturation range, value range); hue wraps ----
@@ -202,7 +231,9 @@ def _car(rng, u, v):
     wx = length - r - rng.uniform(0.1, 0.2)
     wheel = _ellipse(u, v, -wx, 0.45, r, r) | _ellipse(u, v, wx, 0.45, r, r)
     light = _rect(u, v, length - 0.18, length, top + 0.06, top + 0.24)
-    return [("body", body), ("window", window), ("wheel", wheel), ("light", light)]
+    points = {"rear_wheel": (-wx, 0.45), "front_wheel": (wx, 0.45), "light": (length - 0.09, top + 0.15),
+              "roof_rear": (cab0 + 0.18, roof), "roof_front": (cab1 - 0.15, roof)}
+    return [("body", body), ("window", window), ("wheel", wheel), ("light", light)], points
 
 
 def _face(rng, u, v):
@@ -214,8 +245,12 @@ def _face(rng, u, v):
     ex = rng.uniform(0.24, 0.32)
     er = rng.uniform(0.11, 0.15)
     eye = _ellipse(u, v, -ex, ey, er, er * 0.8) | _ellipse(u, v, ex, ey, er, er * 0.8)
-    mouth = _ellipse(u, v, 0.0, rng.uniform(0.4, 0.5), rng.uniform(0.22, 0.32), rng.uniform(0.07, 0.12))
-    return [("hair", hair_back), ("skin", skin), ("hair", fringe), ("eye", eye), ("mouth", mouth)]
+    my, mw = rng.uniform(0.4, 0.5), rng.uniform(0.22, 0.32)
+    mouth = _ellipse(u, v, 0.0, my, mw, rng.uniform(0.07, 0.12))
+    # object u grows to the image's right unmirrored: the subject's left is +u (see KEYPOINTS)
+    points = {"left_eye": (ex, ey), "right_eye": (-ex, ey), "nose": (0.0, 0.5 * (ey + my)),
+              "left_mouth": (mw, my), "right_mouth": (-mw, my)}
+    return [("hair", hair_back), ("skin", skin), ("hair", fringe), ("eye", eye), ("mouth", mouth)], points
 
 
 def _house(rng, u, v):
@@ -232,7 +267,7 @@ def _house(rng, u, v):
     window = _rect(u, v, left_c - ws, left_c + ws, wy, wy + 2 * ws) | _rect(
         u, v, right_c - ws, right_c + ws, wy, wy + 2 * ws
     )
-    return [("wall", wall), ("roof", roof), ("door", door), ("window", window)]
+    return [("wall", wall), ("roof", roof), ("door", door), ("window", window)], {}
 
 
 def _tree(rng, u, v):
@@ -251,7 +286,7 @@ def _tree(rng, u, v):
         fu, fv = rng.uniform(-0.55, 0.55), rng.uniform(-0.7, 0.1)
         fruit |= _ellipse(u, v, fu, fv, fr, fr)
     fruit &= foliage
-    return [("trunk", trunk), ("foliage", foliage), ("fruit", fruit)]
+    return [("trunk", trunk), ("foliage", foliage), ("fruit", fruit)], {}
 
 
 def _portrait(rng, u, v):
@@ -271,7 +306,7 @@ def _portrait(rng, u, v):
     nose = _ellipse(u, v, 0.0, ey + rng.uniform(0.2, 0.26), rng.uniform(0.07, 0.09), rng.uniform(0.12, 0.16))
     lips = _ellipse(u, v, 0.0, rng.uniform(0.45, 0.52), rng.uniform(0.17, 0.24), rng.uniform(0.05, 0.07))
     return [("hair", hair_back), ("skin", skin), ("hair", fringe), ("eyebrow", brow), ("eye", eye), ("nose", nose),
-            ("lips", lips)]
+            ("lips", lips)], {}
 
 
 _SHAPES = {"car": _car, "face": _face, "house": _house, "tree": _tree, "portrait": _portrait}
@@ -322,7 +357,8 @@ def render(seed: int, cls: int | str, size: int = 64) -> Scene:
 
     parts = np.zeros((size, size), dtype=np.uint8)
     part_id = {p: i + 1 for i, p in enumerate(PARTS[name])}
-    for part, mask in _SHAPES[name](rng, u, v):
+    shapes, points = _SHAPES[name](rng, u, v)
+    for part, mask in shapes:
         parts[mask] = part_id[part]
     table = np.stack([np.zeros(3, np.float32)] + [colours[p] for p in PARTS[name]])
     obj = parts > 0
@@ -330,7 +366,26 @@ def render(seed: int, cls: int | str, size: int = 64) -> Scene:
 
     img = img + rng.uniform(0.01, 0.04) * rng.standard_normal(img.shape, dtype=np.float32)
     image = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return Scene(image=image, parts=parts, object=(parts > 0).astype(np.uint8), cls=ci, seed=int(seed))
+    keypoints = _image_keypoints(name, points, size, s, theta, flip, cx, cy)
+    return Scene(image=image, parts=parts, object=(parts > 0).astype(np.uint8), cls=ci, seed=int(seed),
+                 keypoints=keypoints)
+
+
+def _image_keypoints(cls: str, points: dict[str, tuple[float, float]], size: int, s: float, theta: float,
+                     flip: float, cx: float, cy: float) -> np.ndarray:
+    """Object-coordinate ``points`` through the inverse of the scene's pose into pixels, ``[K,3]``.
+    A mirrored scene swaps the names of left/right pairs: the subject faces the other way."""
+    swap = {a: b for pair in KEYPOINT_FLIP_PAIRS.get(cls, ()) for a, b in (pair, pair[::-1])} if flip < 0 else {}
+    out = np.zeros((len(KEYPOINTS.get(cls, ())), 3), np.float32)
+    cos, sin = np.cos(theta), np.sin(theta)
+    for k, name in enumerate(keypoint_names(cls)):
+        pu, pv = points[swap.get(name, name)]
+        a = pu * flip  # u = a·flip, (a, v) the rotated offset from the centre
+        gx, gy = cx + s * (cos * a - sin * pv), cy + s * (sin * a + cos * pv)
+        x, y = (gx + 1.0) * 0.5 * size - 0.5, (gy + 1.0) * 0.5 * size - 0.5
+        inside = -0.5 <= x < size - 0.5 and -0.5 <= y < size - 0.5
+        out[k] = (x, y, 2.0 if inside else 1.0)
+    return out
 
 
 def render_batch(seeds, cls: int | str, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
