@@ -76,10 +76,13 @@ def test_every_registry_is_listed():
 
 def test_settings_have_one_order():
     """The downstream settings in table order are the registry's registration order, which the
-    reports use; the schema's enum lists them in that order too."""
+    reports use, with the interpreter's own row (score_interpreter) after few-shot; the schema's
+    enum lists the settings in that order too."""
     from labelfactory.downstream.experiment import SETTINGS
+    from labelfactory.downstream.interpreter_test import INTERPRETER_SETTING
     from labelfactory.experiments.reporting import SETTING_ORDER, SETTING_TITLES
 
-    assert SETTING_ORDER == SETTINGS.names()
+    assert [s for s in SETTING_ORDER if s != INTERPRETER_SETTING] == list(SETTINGS.names())
+    assert SETTING_ORDER[SETTING_ORDER.index("few_shot") + 1] == INTERPRETER_SETTING
     assert tuple(schema_node(f"{DS}/settings/items")["enum"]) == SETTINGS.names()
-    assert set(SETTING_TITLES) == set(SETTINGS)
+    assert set(SETTING_TITLES) == set(SETTINGS) | {INTERPRETER_SETTING}

@@ -119,3 +119,25 @@ def test_a_diffusion_model_reuses_the_annotated_images_as_they_are(tmp_path):
 def test_reusing_images_needs_a_diffusion_model(tiny_backend):
     with pytest.raises(ValueError, match="needs a diffusion generator"):
         reuse_images(_unconditional_cars(), tiny_backend)
+
+
+def test_the_default_runs_ddpm_tasks_reuse_the_gan_tasks_annotations():
+    """The shipped toy DDPM is the default config's guided-diffusion checkpoint (sha256 as configured,
+    a few MB); its tasks reuse toy-car's and toy-objects' annotations and read the taps ddpm-segmentation does."""
+    from labelfactory.config import load_config
+    from labelfactory.core.io import sha256_file
+
+    from helpers import REPO
+
+    cfg = load_config(REPO / "config/config.yaml", check_files=False)
+    ckpt = cfg["checkpoints"]["toy-ddpm"]
+    path = REPO / ckpt["url"]
+    assert sha256_file(path) == ckpt["sha256"] and path.stat().st_size < 5e6
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["arch"] == "guided-diffusion" and "scripts/train_toy_ddpm.py" in sidecar["recipe"]["command"]
+    car, objects = cfg["tasks"]["toy-car-ddpm"], cfg["tasks"]["toy-objects-ddpm"]
+    assert car["reuse"]["task"] == "toy-car" and car["class"] == 0 and car["checkpoint"] == "toy-ddpm"
+    assert objects["reuse"]["task"] == "toy-objects" and objects["classes"] == cfg["tasks"]["toy-objects"]["classes"]
+    assert car["diffusion"]["feature_steps"] == [50, 150, 250]
+    assert "toy-car-ddpm" in cfg["tasks"]["toy-car"]["downstream"]["compare"]
+    assert "toy-objects-ddpm" in cfg["tasks"]["toy-objects"]["downstream"]["compare"]
