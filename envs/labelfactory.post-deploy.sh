@@ -7,7 +7,7 @@
 #   - by hand after `conda env create -f envs/labelfactory.yaml`.
 # Snakemake rebuilds a rule's environment when this file changes, so it carries the digests of
 # what it installs (tests/test_envs.py keeps them current):
-#   requirements.txt sha256 e9810cc13ddaede79b58cf4fdd05a621d96ff54fdb1673e83e7000d4823a8cc7
+#   requirements.txt sha256 e0a2a1616e9146a784932ea5e7de1030e20994bc93958b52c243ca9842d250d3
 #   envs/install_detectron2.sh sha256 ed2ded45ce8caa207b123624480c1ad8c82653ae280fb275ddb5fa2df959b3f8
 # A torch build for another CUDA comes from PIP_EXTRA_INDEX_URL (make TORCH_INDEX_URL=... sets it).
 #

@@ -158,3 +158,19 @@ def test_ddpm_segmentation_configs_are_its_experiments(name, classes, training_n
         "snapshots": 20, "steps": 22500, "batch_size": 8, "schedule": "constant", "optimizer": "adamw",
         "weight_decay": 0.0, "lr": 1e-3}
     assert len(task.synthesis.shards) * task.synthesis.samples_per_shard == 10000 and task.filter_ratio == 0.1
+
+
+def test_datasetdm_config_is_its_setting():
+    """DatasetDM's VOC setting on a Stable Diffusion folder: one text prompt per class (named as the class),
+    50 guided steps at 7.5, the decoder blocks' taps at t = 1 of annotated real images."""
+    typed = WorkflowConfig.from_dict(load_config(REPO / "config/paper/datasetdm-sd.yaml", check_files=False))
+    (task,) = typed.tasks.values()
+    assert typed.checkpoints[task.checkpoint].format == "stable-diffusion"
+    prompts = task.diffusion["class_prompts"]
+    assert task.classes == tuple(range(20)) and len(prompts) == len(task.class_names) == 20
+    assert all(name.replace("tv", "tv ").replace("dining", "dining ").replace("potted", "potted ") in prompt
+               for name, prompt in zip(task.class_names, prompts))
+    assert (task.diffusion["sampler"], task.diffusion["sampling_steps"], task.diffusion["guidance_scale"]) == \
+        ("ddim", 50, 7.5)
+    assert list(task.features.layers) == [f"t1.{b}" for b in ("mid_block", *(f"up_blocks.{i}" for i in range(4)))]
+    assert task.annotation.source == "images"

@@ -20,12 +20,16 @@ def _model_flags(args) -> dict | None:
 
 
 def _load_backend(args):
-    """The generator a render-like command names; a guided-diffusion state dict with its --model-flags."""
+    """The generator a render-like command names; a guided-diffusion state dict with its --model-flags,
+    a Stable Diffusion folder with its --prompts."""
     from labelfactory.core.runtime import resolve_device
     from labelfactory.generators.loading import load_generator
+    from labelfactory.generators.view import set_class_prompts
 
-    return load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format,
-                          model_flags=_model_flags(args))
+    backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format,
+                             model_flags=_model_flags(args))
+    set_class_prompts(backend, args.prompts, args.guidance_scale, "--prompts")
+    return backend
 
 
 def _is_diffusion(backend) -> bool:
@@ -300,9 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--checkpoint", required=True,
                        help="canonical .safetensors, rosinality .pt, NVIDIA .pkl, BigGAN-PyTorch .pth, "
                             "a taming-transformers release folder / .ckpt, a guided-diffusion .pt (with "
-                            "--model-flags) or a diffusers UNet2DModel pipeline folder")
+                            "--model-flags), a diffusers UNet2DModel pipeline folder or a Stable Diffusion folder "
+                            "(with --prompts)")
         r.add_argument("--model-flags", metavar="FLAGS.json",
                        help="guided-diffusion: JSON of the checkpoint's create_model_and_diffusion flags")
+        r.add_argument("--prompts", nargs="+", metavar="TEXT",
+                       help="Stable Diffusion: the text prompt of each class id (class 0 first)")
+        r.add_argument("--guidance-scale", type=float,
+                       help="Stable Diffusion: classifier-free guidance scale (default: the pipeline's 7.5)")
         r.add_argument("--latents",
                        help=".npy with z [N, z_dim] (or one [z_dim]); VQGAN: int64 codes [N, h, w] (or one [h, w]); "
                             "diffusion models: the initial noise x_T [N, 3, H, W] (render)")
@@ -342,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", help="comma-separated layer names (default: every tapped layer)")
     f.add_argument("--images", help="diffusion models: .npy with float32 images [N, 3, H, W] in [-1, 1]")
     f.add_argument("--image-noise", help="diffusion models: .npy with the noise [N or 1, 3, H, W] that makes "
-                                         "each x_t (the same at every step)")
+                                         "each x_t (the same at every step; Stable Diffusion: [N or 1, 4, H/8, "
+                                         "W/8], the VAE latents' shape)")
     f.add_argument("--steps", type=int, nargs="+", metavar="T", help="diffusion models: the noise steps")
     f.add_argument("--blocks", nargs="+", metavar="B",
                    help="diffusion models: decoder blocks, in the output's order per step: guided-diffusion "

@@ -16,7 +16,9 @@ from labelfactory.config.specs import DownstreamSpec, labels_file, task_classes
 # checkpoint formats that can hold a StyleGAN1 in DatasetGAN's layout (the canonical one: a converted one)
 STYLEGAN1_FORMATS = ("auto", "safetensors", "datasetgan-stylegan1")
 # checkpoint formats that can hold a diffusion model (whose features annotated images can have)
-DIFFUSION_FORMATS = ("auto", "safetensors", "guided-diffusion", "diffusers")
+DIFFUSION_FORMATS = ("auto", "safetensors", "guided-diffusion", "diffusers", "stable-diffusion")
+# checkpoint formats that can hold a Stable Diffusion folder (whose classes are text prompts)
+PROMPT_FORMATS = ("auto", "safetensors", "stable-diffusion")
 
 
 def validate_config(cfg: dict, base_dir: str | Path = ".", check_files: bool = True) -> dict:
@@ -89,6 +91,9 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
     if accepted("checkpoint", "truncation", "average_latent", "truncation_cutoff", "image") \
             and task["checkpoint"] in checkpoints:
         problems += _generator_problems(name, task, checkpoints[task["checkpoint"]], base_dir, check_files)
+    if accepted("checkpoint", "diffusion", "classes", "class", "synthesis.classes") \
+            and task["checkpoint"] in checkpoints:
+        problems += _prompt_problems(name, task, checkpoints[task["checkpoint"]])
     if accepted("downstream.snapshots", "downstream.steps", "downstream.evaluation"):
         problems += _snapshot_problems(f"tasks.{name}.downstream", task["downstream"])
     for key in ("compare", "combine"):
@@ -212,6 +217,28 @@ def _generator_problems(name: str, task: dict, checkpoint: dict, base_dir: Path,
         problems.append(f"{where}.image.crop: {crop} is not [top, bottom, left, right] with top < bottom and "
                         f"left < right" + (f" inside the {size}x{size} image" if size else ""))
     return problems
+
+
+def _prompt_problems(name: str, task: dict, checkpoint: dict) -> list[str]:
+    """A Stable Diffusion checkpoint's class prompts: needed there, one for every class the task
+    annotates or synthesises (by class id), and refused for every other format."""
+    where, fmt = f"tasks.{name}.diffusion", checkpoint.get("format", "auto")
+    diffusion = task["diffusion"] or {}
+    prompts = diffusion.get("class_prompts")
+    if fmt not in PROMPT_FORMATS or checkpoint.get("generator"):
+        given = [k for k in ("class_prompts", "guidance_scale") if diffusion.get(k) is not None]
+        return [f"{where}.{given[0]}: is for Stable Diffusion checkpoints, not format {fmt!r}"] if given else []
+    if prompts is None:
+        return [f"{where}.class_prompts: a stable-diffusion checkpoint needs one text prompt per class"] \
+            if fmt == "stable-diffusion" else []
+    classes = set(task_classes(task["classes"]) or ()) | set(task_classes(task["synthesis"]["classes"]) or ())
+    classes |= {task["class"]} if task["class"] >= 0 else set()
+    if not classes:
+        return [f"{where}.class_prompts: prompts are per class; give the task's `classes` (or `class`)"]
+    if max(classes) >= len(prompts):
+        return [f"{where}.class_prompts: {len(prompts)} prompts for classes up to {max(classes)} (one prompt "
+                "per class id, class 0 first)"]
+    return []
 
 
 def pretraining_files(cfg: dict) -> dict[str, str]:

@@ -187,7 +187,7 @@ class TaskSpec:
     noise: str = "const"
     average_latent: str | None = None
     truncation_cutoff: int | None = None  # StyleGAN1: None = its resolution's (8 from 512 px up, else 7)
-    diffusion: dict | None = None  # diffusion generators: sampler and feature steps (generators.view.set_diffusion)
+    diffusion: dict | None = None  # diffusion generators: sampler, steps, class prompts (generators.view.set_diffusion)
     image: dict = field(default_factory=_schema_default("$defs/task/properties/image"))
     annotation: AnnotationSpec = field(default_factory=AnnotationSpec)
     features: FeatureSpec = field(default_factory=FeatureSpec)

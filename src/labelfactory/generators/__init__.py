@@ -6,6 +6,7 @@ from labelfactory.generators import (
     diffusers_unet,  # noqa: F401  (registers "diffusers-unet" and the diffusers folder format)
     guided_diffusion,  # noqa: F401  (registers "guided-diffusion" and its state-dict format)
     nvidia_pickle,  # noqa: F401  (registers the "stylegan2-ada-pickle" checkpoint format)
+    stable_diffusion,  # noqa: F401  (registers "stable-diffusion" and the Stable Diffusion folder format)
     stylegan1,  # noqa: F401  (registers "stylegan1" and its checkpoint format)
     stylegan2,  # noqa: F401  (registers "stylegan2")
     torch_module,  # noqa: F401  (registers "torch-module": a user's nn.Module class)

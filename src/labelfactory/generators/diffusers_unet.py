@@ -18,8 +18,8 @@ diffusers' own classes, built from the configs the canonical sidecar keeps.
   outputs of the named blocks (``mid_block``, ``up_blocks.N``); taps are named
   ``t{step}.{block}``, for each step, for each block in the UNet's order.
 
-The Stable Diffusion layout (``UNet2DConditionModel`` + VAE + text encoder) is not
-read here: such a folder is refused with that reason.
+The Stable Diffusion layout (``UNet2DConditionModel`` + VAE + text encoder) is read by
+:mod:`.stable_diffusion`: this format does not claim such a folder, and refuses it when named.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 from labelfactory.generators.base import GENERATORS, load_strict
 from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint
 from labelfactory.generators.diffusion import PAPER_STEP_FRACTIONS, DiffusionBackend
+from labelfactory.generators.stable_diffusion import is_stable_diffusion_folder
 
 ARCH = "diffusers-unet"
 SAMPLERS = ("ddpm", "ddim")
@@ -179,8 +180,11 @@ class DiffusersUNetBackend(DiffusionBackend):
 
 # --- the folder format ------------------------------------------------------------------
 def is_diffusers_folder(path: Path) -> bool:
-    """A pipeline folder, or its ``model_index.json`` (a file, which a config's ``url`` can name)."""
+    """A pipeline folder, or its ``model_index.json`` (a file, which a config's ``url`` can name),
+    that is not a Stable Diffusion one (:mod:`.stable_diffusion` reads those)."""
     path = Path(path)
+    if is_stable_diffusion_folder(path):
+        return False
     if path.name == "model_index.json" and path.is_file():
         return True
     return path.is_dir() and any((path / p).exists() for p in ("model_index.json", "unet", "scheduler"))
@@ -197,7 +201,7 @@ def read_diffusers_folder(path: str | Path) -> RawCheckpoint:
         kinds = json.loads(index.read_text())
         if "vae" in kinds or "text_encoder" in kinds:
             raise CheckpointError(f"{path}: a Stable Diffusion layout (UNet2DConditionModel + VAE + text encoder) "
-                                  "is not supported; give a UNet2DModel pipeline folder (unet/ + scheduler/)")
+                                  "is read as format stable-diffusion, not diffusers (a UNet2DModel pipeline folder)")
     unet_cfg, sched_cfg = path / "unet" / "config.json", path / "scheduler" / "scheduler_config.json"
     weights = [path / "unet" / w for w in WEIGHT_FILES if (path / "unet" / w).exists()]
     missing = [str(p.relative_to(path)) for p in (unet_cfg, sched_cfg) if not p.exists()]

@@ -139,10 +139,30 @@ def set_truncation_cutoff(backend: GeneratorBackend, cutoff: int | None, option:
         raise ValueError(f"{option}: {e}") from None
 
 
+def set_class_prompts(backend: GeneratorBackend, prompts: list[str] | None, guidance_scale: float | None,
+                      option: str) -> None:
+    """Give a text-conditioned backend (Stable Diffusion) the prompt of each class and its guidance
+    scale, refusing in one line naming ``option`` prompts for another generator, or none for one."""
+    takes = hasattr(backend, "set_class_prompts")
+    if takes and not prompts:
+        raise ValueError(f"{option}: a {backend.arch} checkpoint needs class prompts, one text per class")
+    if not takes and (prompts is not None or guidance_scale is not None):
+        raise ValueError(f"{option}: class prompts and guidance scale are for Stable Diffusion checkpoints; "
+                         f"this {backend.arch} checkpoint is not one")
+    if takes:
+        try:
+            backend.set_class_prompts(prompts, guidance_scale)
+        except ValueError as e:
+            raise ValueError(f"{option}: {e}") from None
+
+
 def set_diffusion(backend: GeneratorBackend, settings: dict | None, option: str) -> None:
-    """Give a diffusion backend its sampler and feature steps (a task's ``diffusion``), refusing
-    in one line naming ``option`` a generator that is not one or settings it cannot take."""
-    if settings is None:
+    """Give a diffusion backend its sampler, feature steps and class prompts (a task's ``diffusion``),
+    refusing in one line naming ``option`` a generator that is not one or settings it cannot take."""
+    settings = settings or {}
+    set_class_prompts(backend, settings.get("class_prompts"), settings.get("guidance_scale"),
+                      f"{option}.class_prompts")
+    if not settings:
         return
     if not hasattr(backend, "set_sampling"):
         raise ValueError(f"{option} is for diffusion generators; this {backend.arch} checkpoint is not one")
@@ -165,7 +185,8 @@ def load_task_generator(weights: str | Path, device: str | torch.device = "cpu",
     in one line naming ``tasks.<task>.average_latent``. ``truncation_cutoff`` (StyleGAN1:
     the layers below it are truncated; None = 8 from 512 px up, else 7) likewise names
     ``tasks.<task>.truncation_cutoff`` on a generator without one, and ``diffusion`` (sampler
-    and feature steps) ``tasks.<task>.diffusion`` on one that is not a diffusion model."""
+    and feature steps) ``tasks.<task>.diffusion`` on one that is not a diffusion model; a Stable
+    Diffusion checkpoint needs ``tasks.<task>.diffusion.class_prompts``."""
     backend = load_generator(weights, device)
     set_truncation_cutoff(backend, truncation_cutoff, f"tasks.{task}.truncation_cutoff")
     set_diffusion(backend, diffusion, f"tasks.{task}.diffusion")
@@ -178,6 +199,6 @@ def load_task_generator(weights: str | Path, device: str | torch.device = "cpu",
     return backend if view == ImageView() else ViewedBackend(backend, view)
 
 
-__all__ = ["ImageView", "ViewedBackend", "load_task_generator", "set_average_latent", "set_diffusion",
-           "set_truncation_cutoff", "view_of"]
+__all__ = ["ImageView", "ViewedBackend", "load_task_generator", "set_average_latent", "set_class_prompts",
+           "set_diffusion", "set_truncation_cutoff", "view_of"]
 

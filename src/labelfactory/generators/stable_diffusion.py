@@ -1,0 +1,321 @@
+"""Stable Diffusion folders as a generator backend (arch ``"stable-diffusion"``): DatasetDM's setting.
+
+A folder as ``StableDiffusionPipeline.save_pretrained`` writes it: ``unet/`` (a
+``UNet2DConditionModel``), ``vae/`` (``AutoencoderKL``), ``text_encoder/`` (transformers'
+``CLIPTextModel``), ``tokenizer/`` (``CLIPTokenizer``) and ``scheduler/``, named by the folder
+or by its ``model_index.json``; nothing is downloaded. Every part is diffusers' or
+transformers' own class, read with its own ``from_pretrained`` and rebuilt from the configs
+the canonical sidecar keeps (the tokenizer's files too, as text); the canonical tensors are
+the three networks' state dicts under ``unet.``, ``vae.`` and ``text_encoder.``.
+
+- **Classes are text prompts**: a task gives one prompt per class id (``class_prompts``,
+  :meth:`StableDiffusionBackend.set_class_prompts`); each is encoded once by the text
+  encoder as the pipeline encodes a prompt, and the empty prompt likewise for
+  classifier-free guidance (``guidance_scale`` > 1, the pipeline's 7.5 by default).
+- **Sampling** as ``StableDiffusionPipeline`` does it from given ``latents`` x_T (the VAE
+  latents ``[4, H/8, W/8]``): ``ddpm`` runs the folder's scheduler, ``ddim`` a
+  ``DDIMScheduler`` from its config (with ``eta``), K steps; the image is the VAE decoding
+  of the final latent divided by the VAE's ``scaling_factor``.
+- **Features** (DatasetDM / ddpm-segmentation): the image VAE-encoded (the latent
+  distribution's mean times ``scaling_factor``: deterministic), noised with the scheduler's
+  ``add_noise`` at each chosen training step with one shared noise, the UNet run with the
+  class's prompt embedding; forward hooks keep ``mid_block`` / ``up_blocks.N``, taps
+  ``t{step}.{block}``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from labelfactory.generators.base import GENERATORS, load_strict
+from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint
+from labelfactory.generators.diffusion import PAPER_STEP_FRACTIONS, DiffusionBackend
+
+ARCH = "stable-diffusion"
+SAMPLERS = ("ddpm", "ddim")
+NETWORKS = ("unet", "vae", "text_encoder")
+PARTS = (*NETWORKS, "tokenizer", "scheduler")
+DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's guidance_scale
+WEIGHTS = {"unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+           "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+           "text_encoder": ("model.safetensors", "pytorch_model.bin")}
+CONFIGS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+           "tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
+VOLATILE = ("transformers_version", "architectures", "dtype", "torch_dtype")  # not the model's architecture
+
+
+def plain_config(cfg: dict) -> dict:
+    """A saved config without its bookkeeping (versions, names, dtype), the class name kept."""
+    return {k: v for k, v in cfg.items() if (not k.startswith("_") or k == "_class_name") and k not in VOLATILE}
+
+
+def build_networks(arch_config: dict) -> torch.nn.ModuleDict:
+    """The UNet, VAE and text encoder from their configs (random weights, to be loaded)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    for part, cls in (("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL")):
+        if arch_config[part].get("_class_name", cls) != cls:
+            raise ValueError(f"{part} is a {arch_config[part]['_class_name']}, not a {cls}")
+    return torch.nn.ModuleDict({"unet": UNet2DConditionModel.from_config(arch_config["unet"]),
+                                "vae": AutoencoderKL.from_config(arch_config["vae"]),
+                                "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(arch_config["text_encoder"]))})
+
+
+def build_tokenizer(files: dict[str, str]):
+    """transformers' ``CLIPTokenizer`` from the text of its folder's files."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        return CLIPTokenizer.from_pretrained(tmp)
+
+
+def build_scheduler(config: dict, ddim: bool):
+    """The folder's scheduler (``ddim``: a ``DDIMScheduler`` from its config), corrected as
+    ``StableDiffusionPipeline`` corrects older configs: ``steps_offset`` 1, ``clip_sample`` off."""
+    import diffusers
+
+    cls = diffusers.DDIMScheduler if ddim else getattr(diffusers, config.get("_class_name", ""), None)
+    if cls is None or not hasattr(cls, "step"):
+        raise ValueError(f"unknown diffusers scheduler {config.get('_class_name')!r}")
+    scheduler = cls.from_config(config)
+    fixes = {k: v for k, v in (("steps_offset", 1), ("clip_sample", False)) if scheduler.config.get(k, v) != v}
+    return cls.from_config({**plain_config(dict(scheduler.config)), **fixes}) if fixes else scheduler
+
+
+@GENERATORS.register(ARCH)
+class StableDiffusionBackend(DiffusionBackend):
+    """A ``UNet2DConditionModel`` on a VAE's latents, conditioned on the class's text prompt."""
+
+    arch = ARCH
+
+    def __init__(self, module: torch.nn.ModuleDict, arch_config: dict, generator_hash: str | None = None):
+        super().__init__(module, arch_config, generator_hash)
+        cfg = module["unet"].config
+        if isinstance(cfg.sample_size, (list, tuple)) and cfg.sample_size[0] != cfg.sample_size[1]:
+            raise ValueError(f"only square UNets are supported, got sample_size {cfg.sample_size}")
+        if cfg.time_cond_proj_dim is not None or cfg.class_embed_type is not None or cfg.addition_embed_type:
+            raise ValueError("only text-conditioned UNets are supported (no time_cond_proj_dim, class or "
+                             "addition embeddings)")
+        self.size = int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
+        self.vae_scale = 2 ** (len(module["vae"].config.block_out_channels) - 1)
+        self.train_steps = int(arch_config["scheduler"].get("num_train_timesteps", 1000))
+        self.blocks = ["mid_block"] + [f"up_blocks.{i}" for i in range(len(module["unet"].up_blocks))]
+        self.feature_steps = [min(self.train_steps - 1, round(f * self.train_steps)) for f in PAPER_STEP_FRACTIONS]
+        self.feature_noise_seed = 0
+        self.tokenizer = build_tokenizer(arch_config["tokenizer"])
+        self.prompts: list[str] = []
+        self.guidance_scale = DEFAULT_GUIDANCE
+        self.set_sampling("ddpm", 50)
+
+    @classmethod
+    def from_tensors(cls, arch_config, tensors, generator_hash=None):
+        if set(arch_config) != set(PARTS):
+            raise ValueError(f"stable-diffusion config needs {', '.join(PARTS)}, got {sorted(arch_config)}")
+        build_scheduler(arch_config["scheduler"], ddim=False)
+        module = load_strict(build_networks(arch_config), tensors, "Stable Diffusion")
+        return cls(module, arch_config, generator_hash)
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def unet(self):
+        return self.module["unet"]
+
+    @property
+    def vae(self):
+        return self.module["vae"]
+
+    @property
+    def resolution(self) -> int:
+        return self.size * self.vae_scale
+
+    @property
+    def num_classes(self) -> int:
+        """One class per text prompt (0 until :meth:`set_class_prompts`)."""
+        return len(self.prompts)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.unet.config.in_channels, self.size, self.size)
+
+    def block_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """``(C, h, w)`` of each tappable block's output (on the latent grid)."""
+        n, last = len(self.unet.up_blocks), self.unet.config.block_out_channels[-1]
+        shapes = {"mid_block": (last, self.size >> (n - 1), self.size >> (n - 1))}
+        for i, block in enumerate(self.unet.up_blocks):
+            r = (self.size >> (n - 1 - i)) * (2 if block.upsamplers else 1)
+            shapes[f"up_blocks.{i}"] = (block.resnets[-1].out_channels, r, r)
+        return shapes
+
+    def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
+        shapes = self.block_shapes()
+        return {f"t{t}.{b}": shapes[b] for t in self.feature_steps for b in self.blocks}
+
+    # -- settings -------------------------------------------------------------------------
+    def check_steps(self, steps: Sequence[int]) -> list[int]:
+        bad = [int(t) for t in steps if not 0 <= int(t) < self.train_steps]
+        if bad or not steps:
+            raise ValueError(f"diffusion steps {bad or 'none'} are outside the schedule [0, {self.train_steps})")
+        return [int(t) for t in steps]
+
+    def check_blocks(self, blocks: Sequence[str]) -> list[str]:
+        bad = [b for b in blocks if b not in self.blocks]
+        if bad or not blocks:
+            raise ValueError(f"unknown UNet blocks {bad or 'none'}; this UNet's are {', '.join(self.blocks)}")
+        return [b for b in self.blocks if b in set(blocks)]
+
+    def set_sampling(self, sampler: str, steps: int | str, eta: float = 0.0) -> None:
+        """``ddpm`` (the folder's scheduler) or ``ddim`` (``DDIMScheduler`` from its config), K steps."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r} (one of {', '.join(SAMPLERS)})")
+        if eta < 0 or (sampler == "ddpm" and eta):
+            raise ValueError(f"eta must be >= 0 and only for ddim, got {eta} with {sampler}")
+        if not str(steps).isdigit() or not 1 <= int(steps) <= self.train_steps:
+            raise ValueError(f"sampling steps must be a count K in [1, {self.train_steps}], got {steps!r}")
+        self.sampler, self.sampling_steps, self.eta = sampler, int(steps), float(eta)
+
+    def set_class_prompts(self, prompts: Sequence[str], guidance_scale: float | None = None) -> None:
+        """The text prompt of each class id, and the classifier-free guidance scale (None: 7.5)."""
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("class prompts must be a non-empty list of strings, one per class")
+        scale = DEFAULT_GUIDANCE if guidance_scale is None else float(guidance_scale)
+        if scale < 0:
+            raise ValueError(f"guidance scale must be >= 0, got {scale:g}")
+        self.prompts, self.guidance_scale = list(prompts), scale
+
+    # -- computation ----------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``[N, 77, d]`` text embeddings, as the pipeline's ``encode_prompt`` makes them."""
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        encoder = self.module["text_encoder"]
+        mask = tok.attention_mask.to(self.device) if getattr(encoder.config, "use_attention_mask", False) else None
+        return encoder(tok.input_ids.to(self.device), attention_mask=mask)[0]
+
+    def class_context(self, y: torch.Tensor | None) -> torch.Tensor:
+        """The prompt embedding of each sample's class."""
+        if not self.prompts:
+            raise ValueError("a Stable Diffusion generator needs its class prompts (class_prompts / --prompts)")
+        if y is None:
+            raise ValueError("a Stable Diffusion generator needs each sample's class (its prompt)")
+        return self.encode_prompts([self.prompts[i] for i in y.tolist()])
+
+    def sample(self, x_t: torch.Tensor, y: torch.Tensor | None, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The pipeline's loop from the latents x_T (classifier-free guidance above scale 1), VAE-decoded."""
+        context = self.class_context(y)
+        guided = self.guidance_scale > 1
+        if guided:
+            context = torch.cat([self.encode_prompts([""]).expand_as(context), context])
+        scheduler = build_scheduler(self.arch_config["scheduler"], ddim=self.sampler == "ddim")
+        scheduler.set_timesteps(self.sampling_steps, device=x_t.device)
+        takes = inspect.signature(scheduler.step).parameters
+        extra = {k: v for k, v in (("generator", list(generators)), ("eta", self.eta)) if k in takes}
+        x = x_t * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            eps = self.unet(x_in, t, encoder_hidden_states=context).sample
+            if guided:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + self.guidance_scale * (cond - uncond)
+            x = scheduler.step(eps, t, x, **extra).prev_sample
+        return self.vae.decode(x / self.vae.config.scaling_factor).sample
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[N, 3, H, W]`` in [-1, 1] → VAE latents (the distribution's mean × ``scaling_factor``)."""
+        if tuple(images.shape[1:]) != (3, self.resolution, self.resolution):
+            raise ValueError(f"images must be [N, 3, {self.resolution}, {self.resolution}], got {list(images.shape)}")
+        return self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
+
+    def image_features(self, images: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None,
+                       steps: Sequence[int], blocks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Taps of images ``[N,3,H,W]`` in [-1, 1], their VAE latents noised with ``noise``
+        (``[N or 1, *latent_shape]``) at each step, the UNet given each image's class prompt."""
+        steps, blocks = self.check_steps(steps), self.check_blocks(blocks)
+        if tuple(noise.shape[1:]) != self.latent_shape or noise.shape[0] not in (1, images.shape[0]):
+            raise ValueError(f"noise must be [N or 1, {', '.join(map(str, self.latent_shape))}] (the VAE latents' "
+                             f"shape), got {list(noise.shape)}")
+        context = self.class_context(y)
+        latents = self.encode_images(images)
+        scheduler = build_scheduler(self.arch_config["scheduler"], ddim=True)  # add_noise: the training schedule
+        kept: dict[str, torch.Tensor] = {}
+        hooks = [self.unet.get_submodule(b).register_forward_hook(
+            lambda _m, _i, out, b=b: kept.__setitem__(b, out)) for b in blocks]
+        out = {}
+        try:
+            for step in steps:
+                t = torch.full((latents.shape[0],), step, dtype=torch.long, device=latents.device)
+                self.unet(scheduler.add_noise(latents, noise.expand_as(latents), t), t, encoder_hidden_states=context)
+                out.update({f"t{step}.{b}": kept[b] for b in blocks})
+        finally:
+            for h in hooks:
+                h.remove()
+        return out
+
+
+# --- the folder format ------------------------------------------------------------------
+def folder_of(path: Path) -> Path:
+    """The pipeline folder of ``path`` (itself, or the folder of its ``model_index.json``)."""
+    return path.parent if path.is_file() else path
+
+
+def is_stable_diffusion_folder(path: Path) -> bool:
+    """A folder (or its ``model_index.json``) whose index names a VAE or a text encoder."""
+    index = folder_of(Path(path)) / "model_index.json"
+    if (Path(path).is_file() and Path(path).name != "model_index.json") or not index.is_file():
+        return False
+    try:
+        kinds = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(kinds, dict) and ("vae" in kinds or "text_encoder" in kinds)
+
+
+def missing_parts(path: Path) -> list[str]:
+    """The configs and weights a Stable Diffusion folder lacks."""
+    missing = [f"{part}/{name}" for part, name in CONFIGS.items() if not (path / part / name).is_file()]
+    missing += [f"{part}/{' or '.join(names)}" for part, names in WEIGHTS.items()
+                if not any((path / part / n).is_file() for n in names)]
+    return missing
+
+
+def read_stable_diffusion_folder(path: str | Path) -> RawCheckpoint:
+    """A Stable Diffusion pipeline folder (or its ``model_index.json``) → the three networks'
+    float32 tensors, with every part's config (and the tokenizer's files) as the architecture."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+    from transformers.utils import logging as hf_logging
+
+    path = folder_of(Path(path))
+    missing = missing_parts(path)
+    if missing:
+        raise CheckpointError(f"{path}: Stable Diffusion layout lacks {', '.join(missing)}")
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a command's error output stays one line
+    try:
+        nets = {"unet": UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True),
+                "vae": AutoencoderKL.from_pretrained(path / "vae", local_files_only=True),
+                "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)}
+        config = {part: plain_config(json.loads((path / part / CONFIGS[part]).read_text()))
+                  for part in (*NETWORKS, "scheduler")}
+        config["tokenizer"] = {f.name: f.read_text() for f in sorted((path / "tokenizer").iterdir()) if f.is_file()}
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable Stable Diffusion folder ({type(e).__name__}: {e})") from e
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+    tensors = {f"{part}.{k}": v.detach().float() if v.is_floating_point() else v.detach()
+               for part, net in nets.items() for k, v in net.state_dict().items()}
+    return RawCheckpoint(ARCH, config, tensors, "stable-diffusion")
+
+
+FORMATS.register("stable-diffusion")(FormatReader(is_stable_diffusion_folder, read_stable_diffusion_folder))
+
+__all__ = ["StableDiffusionBackend", "read_stable_diffusion_folder"]
