@@ -135,6 +135,34 @@ def test_round_trip(folder, backend, out):
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
 
 
+def _with_keypoints(folder, entries):
+    """labels.yaml names two keypoints; each sample gets ``entries[i]`` as its keypoints file."""
+    (folder / "labels.yaml").write_text(yaml.safe_dump({"names": LABELS, "keypoints": {"names": ["a", "b"]}}))
+    for sid, doc in zip([sample_id(s, -1) for s in SEEDS], entries):
+        (folder / f"{sid}.keypoints.json").write_text(json.dumps(doc))
+
+
+def test_keypoint_files_beside_the_masks(folder, backend, out):
+    """<id>.keypoints.json beside each mask: kept in the set (through HDF5) in labels.yaml's order."""
+    docs = [{"keypoints": [1, 2, 2, 3.5, 4, 1]}, {"keypoints": {"b": [5, 6, 2]}}, {"keypoints": [0, 0, 0, 7, 1, 2]}]
+    _with_keypoints(folder, docs)
+    aset = import_annotations(folder, backend, out)
+    want = np.array([[[1, 2, 2], [3.5, 4, 1]], [[0, 0, 0], [5, 6, 2]], [[0, 0, 0], [7, 1, 2]]], np.float32)
+    for a in (aset, load_annotation_set(out)):
+        assert a.keypoints.ids == a.ids and a.keypoints.spec.names == ("a", "b")
+        np.testing.assert_array_equal(a.keypoints.keypoints, want)
+
+
+def test_bad_keypoint_files_are_each_one_line_with_the_masks_problems(folder, backend, out):
+    ids = [sample_id(s, -1) for s in SEEDS]
+    _with_keypoints(folder, [{"keypoints": [1, 2, 3, 0, 0, 0]}, {"keypoints": {"c": [1, 1, 2]}}])
+    (folder / "s99999999.keypoints.json").write_text("{}")
+    (folder / f"{ids[0]}.png").unlink()
+    expect_failure(folder, backend, out, f"{ids[0]}.keypoints.json: keypoint 'a': visibility 3 is not one of",
+                   f"{ids[1]}.keypoints.json: unknown keypoints ['c']", f"{ids[2]}.keypoints.json: missing",
+                   "s99999999.keypoints.json: keypoints without a manifest row (extra file)", f"{ids[0]}.png")
+
+
 def test_annotation_error_pickles():
     err = pickle.loads(pickle.dumps(AnnotationError("ann", ["a.png: bad", "b.png: worse"])))
     assert err.problems == ["a.png: bad", "b.png: worse"] and "2 problems in ann" in str(err)

@@ -8,11 +8,14 @@ model's own samples annotated the usual way, and the one-line refusals.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 import torch
 from PIL import Image
 
@@ -158,6 +161,21 @@ def _a_conditional_model_labels_real_images_of_one_class(backend, interpreter, a
         want = vote_labels(interpreter.member_probabilities(backend.image_taps(x, torch.full((4,), 2))))
         other = vote_labels(interpreter.member_probabilities(backend.image_taps(x, torch.full((4,), 0))))
     assert (got == want).float().mean() > 0.99 and (want != other).any()
+
+
+def test_keypoints_of_annotated_images_follow_the_resize(model, tmp_path):
+    """Keypoint files beside annotated 32 px images: in the frame of the images resized to 16 px."""
+    path, num_classes, folder = model
+    ann_dir = shutil.copytree(folder, tmp_path / "ann")
+    labels = yaml.safe_load((ann_dir / "labels.yaml").read_text())
+    (ann_dir / "labels.yaml").write_text(yaml.safe_dump({**labels, "keypoints": {"names": ["p"]}}))
+    ids = pd.read_csv(ann_dir / "manifest.csv")["id"].tolist()
+    for i, sid in enumerate(ids):
+        (ann_dir / f"{sid}.keypoints.json").write_text(json.dumps({"keypoints": [i, 31, 2]}))
+    stored = import_image_annotations(ann_dir, _backend(path), tmp_path / "annotations.h5")
+    want = np.array([[[(i + 0.5) / 2 - 0.5, 15.25, 2]] for i in range(len(ids))], np.float32)
+    np.testing.assert_allclose(load_annotation_set(tmp_path / "annotations.h5").keypoints.keypoints, want)
+    assert stored.keypoints.ids == ids
 
 
 def test_the_diffusion_models_own_samples_annotated(model, tmp_path):

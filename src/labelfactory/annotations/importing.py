@@ -52,6 +52,7 @@ from labelfactory.annotations.cvat import (
 )
 from labelfactory.annotations.datasetgan_release import datasetgan_layout, import_datasetgan_annotations
 from labelfactory.annotations.handout import IMAGE_SUFFIX, LATENT_SUFFIX, MANIFEST_FILE, render_uint8
+from labelfactory.annotations.keypoints import KEYPOINTS_SUFFIX, KeypointSet, read_keypoint_files
 from labelfactory.annotations.labelme import read_labelme_mask
 from labelfactory.annotations.labels import LABELS_FILE, AnnotationError, LabelSet, resolve_labels
 from labelfactory.annotations.reuse import resize_annotations
@@ -192,10 +193,35 @@ def _labelmap_colours(ann_dir: Path, labelset: LabelSet | None, problems: list[s
 def _extra_masks(ann_dir: Path, known: set[str]) -> list[str]:
     """A problem for each mask, in any of the formats, of no manifest row."""
     files = [f for f in sorted(ann_dir.iterdir()) if f.suffix in MASK_SUFFIXES and f.is_file() and not (
-        f.name.startswith(".") or f.name.endswith(IMAGE_SUFFIX) or f.name.endswith(LATENT_SUFFIX))]
+        f.name.startswith(".") or f.name.endswith((IMAGE_SUFFIX, LATENT_SUFFIX, KEYPOINTS_SUFFIX)))]
     names = [f.name for f in files if f.stem not in known]
+    names += [f.name for f in sorted(ann_dir.glob(f"*{KEYPOINTS_SUFFIX}"))
+              if f.name.removesuffix(KEYPOINTS_SUFFIX) not in known]
     names += [f"{SEGMENTATION_DIR}/{f.name}" for sid, f in cvat_mask_ids(ann_dir).items() if sid not in known]
-    return [f"{name}: mask without a manifest row (extra file)" for name in names]
+    return [f"{name}: {'keypoints' if name.endswith(KEYPOINTS_SUFFIX) else 'mask'} without a manifest row "
+            "(extra file)" for name in names]
+
+
+def folder_keypoints(ann_dir: Path, ids: Sequence[str], labelset: LabelSet | None, width: int, height: int,
+                     problems: list[str]) -> KeypointSet | None:
+    """The ``<id>.keypoints.json`` of every image ``ids`` (``width`` x ``height``) where labels.yaml
+    names keypoints (None where it does not), every file's problems added to ``problems``."""
+    if labelset is None or labelset.keypoints is None:  # no labels.yaml: its problem is reported already
+        return None
+    keypoints, found = read_keypoint_files(ann_dir, ids, labelset.keypoints, (width, height))
+    problems += found
+    return keypoints
+
+
+def moved_keypoints(keypoints: KeypointSet, shift: tuple[float, float] = (0.0, 0.0), scale: float = 1.0
+                    ) -> KeypointSet:
+    """Labelled keypoints (v > 0) in another frame: shifted by ``(dx, dy)`` (a crop's left, top in the
+    whole image), then scaled about pixel centres by ``scale`` (an image resized by that factor)."""
+    k = keypoints.keypoints.copy()
+    labelled = k[..., 2] > 0
+    for axis, d in enumerate(shift):
+        k[..., axis] = np.where(labelled, (k[..., axis] + d + 0.5) * scale - 0.5, 0.0)
+    return KeypointSet(keypoints.ids, k, keypoints.spec)
 
 
 DDPM_SEGMENTATION_IMAGES = (".png", ".jpg", ".jpeg")
@@ -285,6 +311,7 @@ def import_image_annotations(ann_dir: str | os.PathLike, backend: GeneratorBacke
     colours = _labelmap_colours(ann_dir, labelset, problems)
     images: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
+    keypoints: dict[str, np.ndarray] = {}
     for row in rows:
         if pairs is None:
             name, mask = _row_mask(ann_dir, row.id, labelset, colours, problems)
@@ -299,6 +326,9 @@ def import_image_annotations(ann_dir: str | os.PathLike, backend: GeneratorBacke
             problems.append(f"{name}: {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {image_path.name} "
                             f"is {image.shape[0]}x{image.shape[1]}")
         elif check_mask(name, mask, mask.shape, labelset, problems) and row.cls is not None:
+            kp = folder_keypoints(ann_dir, [row.id], labelset, image.shape[1], image.shape[0], problems)
+            if kp is not None:  # in the frame of the image resized to the generator's resolution
+                keypoints[row.id] = moved_keypoints(kp, scale=backend.resolution / image.shape[1]).keypoints[0]
             image, mask = resize_annotations(image[None], mask[None].copy(), backend.resolution)
             images[row.id], masks[row.id] = image[0], mask[0]
     if pairs is None:
@@ -313,6 +343,7 @@ def import_image_annotations(ann_dir: str | os.PathLike, backend: GeneratorBacke
         classes=np.array([r.cls for r in rows], dtype=np.int32), latents=np.zeros((len(ids), 0), np.float32),
         images=np.stack([images[i] for i in ids]), masks=np.stack([masks[i] for i in ids]),
         labels=labelset, generator_hash=backend.generator_hash, truncation=1.0, noise="const", source="images",
+        keypoints=KeypointSet(ids, np.stack([keypoints[i] for i in ids]), labelset.keypoints) if keypoints else None,
     )
     aset.save(out_h5)
     return aset
@@ -380,6 +411,8 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
                 latents[row.id] = z
 
     problems += _extra_masks(ann_dir, {r.id for r in rows})
+    height, width = (shape, shape) if isinstance(shape, int) else shape
+    keypoints = folder_keypoints(ann_dir, [r.id for r in rows], labelset, width, height, problems)
 
     by_id = {r.id: r for r in rows}
     rendered: dict[str, np.ndarray] = {}
@@ -402,6 +435,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
         latents=latent_array(np.stack([latents[i] for i in ids]).reshape(len(ids), -1)),
         images=np.stack([rendered[i] for i in ids]), masks=np.stack([masks[i] for i in ids]),
         labels=labelset, generator_hash=backend.generator_hash, truncation=float(truncation), noise=noise,
+        keypoints=None if keypoints is None else moved_keypoints(keypoints, (view.box(res)[2], view.box(res)[0])),
     )
     aset.save(out_h5)
     return aset
