@@ -3,8 +3,10 @@
 The tiny folder is built here from a fixed seed with diffusers' and transformers' classes (a
 UNet2DConditionModel, an AutoencoderKL, a CLIPTextModel and a CLIPTokenizer whose character
 vocabulary is written here) and saved with ``save_pretrained``, as a user's folder would be.
-Tolerances allow float32 rounding where batch layout or kernels differ: features ``2e-6 * max|ref|``
-(one UNet pass), samples ``5e-5`` absolute in [0, 1] (the pipeline's output scale).
+The backend runs those classes and schedulers, so on one machine samples and features came out
+bit-identical (max difference 0.0 on a 2-core EPYC, December 2026); the tolerances allow float32
+rounding where batch layout or kernels differ: features ``2e-6 * max|ref|`` (one UNet pass), samples
+``5e-5`` absolute in [0, 1] (the pipeline's output scale).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import string
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ import torch
 
 from labelfactory.cli import main
 from labelfactory.generators.loading import convert_checkpoint, load_generator
-from labelfactory.generators.view import set_diffusion
+from labelfactory.generators.view import set_class_prompts, set_diffusion
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -236,3 +239,5 @@ def test_config_with_prompts_reaches_the_backend(tmp_path, folder):
     assert backend.prompts == PROMPTS and backend.guidance_scale == 2.0 and backend.num_classes == 2
     with pytest.raises(ValueError, match=r"^tasks.t.diffusion.class_prompts: a stable-diffusion checkpoint needs"):
         load_task_generator(folder[0], task=task.name, diffusion=None)
+    with pytest.raises(ValueError, match=r"^--prompts: class prompts and guidance scale are for Stable Diffusion"):
+        set_class_prompts(SimpleNamespace(arch="biggan"), PROMPTS, None, "--prompts")

@@ -114,7 +114,7 @@ class StableDiffusionBackend(DiffusionBackend):
         self.tokenizer = build_tokenizer(arch_config["tokenizer"])
         self.prompts: list[str] = []
         self.guidance_scale = DEFAULT_GUIDANCE
-        self.set_sampling("ddpm", 50)
+        self.set_sampling("ddpm", min(50, self.train_steps))  # the pipeline's 50 steps
 
     @classmethod
     def from_tensors(cls, arch_config, tensors, generator_hash=None):
@@ -267,10 +267,14 @@ def folder_of(path: Path) -> Path:
 
 
 def is_stable_diffusion_folder(path: Path) -> bool:
-    """A folder (or its ``model_index.json``) whose index names a VAE or a text encoder."""
-    index = folder_of(Path(path)) / "model_index.json"
-    if (Path(path).is_file() and Path(path).name != "model_index.json") or not index.is_file():
+    """A folder (or its ``model_index.json``) whose index names a VAE or a text encoder, or a folder
+    without an index that has ``vae/`` or ``text_encoder/``."""
+    path = Path(path)
+    if path.is_file() and path.name != "model_index.json":
         return False
+    index = folder_of(path) / "model_index.json"
+    if not index.is_file():
+        return path.is_dir() and ((path / "vae").is_dir() or (path / "text_encoder").is_dir())
     try:
         kinds = json.loads(index.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
