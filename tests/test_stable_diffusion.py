@@ -241,3 +241,16 @@ def test_config_with_prompts_reaches_the_backend(tmp_path, folder):
         load_task_generator(folder[0], task=task.name, diffusion=None)
     with pytest.raises(ValueError, match=r"^--prompts: class prompts and guidance scale are for Stable Diffusion"):
         set_class_prompts(SimpleNamespace(arch="biggan"), PROMPTS, None, "--prompts")
+
+
+def test_annotated_images_give_the_workflows_feature_file(backend, tmp_path):
+    """``extract_features`` of annotated images (annotation.source: images): each image's taps with its
+    class's prompt, in the feature file the interpreters read."""
+    from labelfactory.features import FeatureStore, extract_image_features
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    backend.set_feature_steps([1])
+    layers = extract_image_features(backend, ["a", "b"], images, tmp_path / "f.h5", classes=np.array(CLASSES))
+    store = FeatureStore.open(tmp_path / "f.h5")
+    assert layers == store.layers == list(backend.feature_shapes()) and store.shapes == backend.feature_shapes()
+    assert store.ids == ["a", "b"] and store.generator_hash == backend.generator_hash
