@@ -33,11 +33,10 @@ import torch
 
 from labelfactory.generators.base import GENERATORS, load_strict
 from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint
-from labelfactory.generators.diffusion import PAPER_STEP_FRACTIONS, DiffusionBackend
+from labelfactory.generators.diffusers_taps import SAMPLERS, DiffusersUNetTaps
 from labelfactory.generators.stable_diffusion import is_stable_diffusion_folder
 
 ARCH = "diffusers-unet"
-SAMPLERS = ("ddpm", "ddim")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
@@ -56,23 +55,17 @@ def _scheduler(config: dict, ddim: bool):
 
 
 @GENERATORS.register(ARCH)
-class DiffusersUNetBackend(DiffusionBackend):
+class DiffusersUNetBackend(DiffusersUNetTaps):
     """A diffusers ``UNet2DModel`` with its scheduler."""
 
     arch = ARCH
 
     def __init__(self, module, arch_config: dict, generator_hash: str | None = None):
         super().__init__(module, arch_config, generator_hash)
-        cfg = module.config
-        if isinstance(cfg.sample_size, (list, tuple)) and cfg.sample_size[0] != cfg.sample_size[1]:
-            raise ValueError(f"only square UNets are supported, got sample_size {cfg.sample_size}")
-        if cfg.class_embed_type is not None:
-            raise ValueError(f"class_embed_type {cfg.class_embed_type!r}: only num_class_embeds classes are supported")
-        self.size = int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
-        self.train_steps = int(arch_config["scheduler"].get("num_train_timesteps", 1000))
-        self.blocks = ["mid_block"] + [f"up_blocks.{i}" for i in range(len(module.up_blocks))]
-        self.feature_steps = [min(self.train_steps - 1, round(f * self.train_steps)) for f in PAPER_STEP_FRACTIONS]
-        self.feature_noise_seed = 0
+        if module.config.class_embed_type is not None:
+            raise ValueError(f"class_embed_type {module.config.class_embed_type!r}: only num_class_embeds classes "
+                             "are supported")
+        self.setup_unet(arch_config)
         self.set_sampling("ddpm", self.train_steps)
 
     @classmethod
@@ -95,49 +88,6 @@ class DiffusersUNetBackend(DiffusionBackend):
     @property
     def num_classes(self) -> int:
         return int(self.module.config.num_class_embeds or 0)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (self.module.config.in_channels, self.size, self.size)
-
-    def block_shapes(self) -> dict[str, tuple[int, int, int]]:
-        """``(C, h, w)`` of each tappable block's output."""
-        n, last = len(self.module.up_blocks), self.module.config.block_out_channels[-1]
-        shapes = {"mid_block": (last, self.size >> (n - 1), self.size >> (n - 1))}
-        for i, block in enumerate(self.module.up_blocks):
-            r = (self.size >> (n - 1 - i)) * (2 if block.upsamplers else 1)
-            shapes[f"up_blocks.{i}"] = (block.resnets[-1].out_channels, r, r)
-        return shapes
-
-    def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
-        shapes = self.block_shapes()
-        return {f"t{t}.{b}": shapes[b] for t in self.feature_steps for b in self.blocks}
-
-    # -- settings -------------------------------------------------------------------------
-    def check_steps(self, steps: Sequence[int]) -> list[int]:
-        bad = [int(t) for t in steps if not 0 <= int(t) < self.train_steps]
-        if bad or not steps:
-            raise ValueError(f"diffusion steps {bad or 'none'} are outside the schedule [0, {self.train_steps})")
-        return [int(t) for t in steps]
-
-    def check_blocks(self, blocks: Sequence[str]) -> list[str]:
-        bad = [b for b in blocks if b not in self.blocks]
-        if bad or not blocks:
-            raise ValueError(f"unknown UNet blocks {bad or 'none'}; this UNet's are {', '.join(self.blocks)}")
-        return [b for b in self.blocks if b in set(blocks)]
-
-    def set_sampling(self, sampler: str, steps: int | str, eta: float = 0.0) -> None:
-        """``ddpm`` (the folder's scheduler) or ``ddim`` (``DDIMScheduler`` from its config), K steps."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r} (one of {', '.join(SAMPLERS)})")
-        if eta < 0 or (sampler == "ddpm" and eta):
-            raise ValueError(f"eta must be >= 0 and only for ddim, got {eta} with {sampler}")
-        if not str(steps).isdigit():
-            raise ValueError(f"diffusers sampling steps must be a count K, got {steps!r}")
-        k = int(steps)
-        if not 1 <= k <= self.train_steps:
-            raise ValueError(f"sampling steps {k} outside [1, {self.train_steps}]")
-        self.sampler, self.sampling_steps, self.eta = sampler, k, float(eta)
 
     # -- computation ----------------------------------------------------------------------
     def _unet(self, x, t, y):

@@ -35,10 +35,9 @@ import torch
 
 from labelfactory.generators.base import GENERATORS, load_strict
 from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint
-from labelfactory.generators.diffusion import PAPER_STEP_FRACTIONS, DiffusionBackend
+from labelfactory.generators.diffusers_taps import SAMPLERS, DiffusersUNetTaps
 
 ARCH = "stable-diffusion"
-SAMPLERS = ("ddpm", "ddim")
 NETWORKS = ("unet", "vae", "text_encoder")
 PARTS = (*NETWORKS, "tokenizer", "scheduler")
 DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's guidance_scale
@@ -92,7 +91,7 @@ def build_scheduler(config: dict, ddim: bool):
 
 
 @GENERATORS.register(ARCH)
-class StableDiffusionBackend(DiffusionBackend):
+class StableDiffusionBackend(DiffusersUNetTaps):
     """A ``UNet2DConditionModel`` on a VAE's latents, conditioned on the class's text prompt."""
 
     arch = ARCH
@@ -100,17 +99,11 @@ class StableDiffusionBackend(DiffusionBackend):
     def __init__(self, module: torch.nn.ModuleDict, arch_config: dict, generator_hash: str | None = None):
         super().__init__(module, arch_config, generator_hash)
         cfg = module["unet"].config
-        if isinstance(cfg.sample_size, (list, tuple)) and cfg.sample_size[0] != cfg.sample_size[1]:
-            raise ValueError(f"only square UNets are supported, got sample_size {cfg.sample_size}")
         if cfg.time_cond_proj_dim is not None or cfg.class_embed_type is not None or cfg.addition_embed_type:
             raise ValueError("only text-conditioned UNets are supported (no time_cond_proj_dim, class or "
                              "addition embeddings)")
-        self.size = int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
+        self.setup_unet(arch_config)
         self.vae_scale = 2 ** (len(module["vae"].config.block_out_channels) - 1)
-        self.train_steps = int(arch_config["scheduler"].get("num_train_timesteps", 1000))
-        self.blocks = ["mid_block"] + [f"up_blocks.{i}" for i in range(len(module["unet"].up_blocks))]
-        self.feature_steps = [min(self.train_steps - 1, round(f * self.train_steps)) for f in PAPER_STEP_FRACTIONS]
-        self.feature_noise_seed = 0
         self.tokenizer = build_tokenizer(arch_config["tokenizer"])
         self.prompts: list[str] = []
         self.guidance_scale = DEFAULT_GUIDANCE
@@ -142,46 +135,7 @@ class StableDiffusionBackend(DiffusionBackend):
         """One class per text prompt (0 until :meth:`set_class_prompts`)."""
         return len(self.prompts)
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (self.unet.config.in_channels, self.size, self.size)
-
-    def block_shapes(self) -> dict[str, tuple[int, int, int]]:
-        """``(C, h, w)`` of each tappable block's output (on the latent grid)."""
-        n, last = len(self.unet.up_blocks), self.unet.config.block_out_channels[-1]
-        shapes = {"mid_block": (last, self.size >> (n - 1), self.size >> (n - 1))}
-        for i, block in enumerate(self.unet.up_blocks):
-            r = (self.size >> (n - 1 - i)) * (2 if block.upsamplers else 1)
-            shapes[f"up_blocks.{i}"] = (block.resnets[-1].out_channels, r, r)
-        return shapes
-
-    def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
-        shapes = self.block_shapes()
-        return {f"t{t}.{b}": shapes[b] for t in self.feature_steps for b in self.blocks}
-
     # -- settings -------------------------------------------------------------------------
-    def check_steps(self, steps: Sequence[int]) -> list[int]:
-        bad = [int(t) for t in steps if not 0 <= int(t) < self.train_steps]
-        if bad or not steps:
-            raise ValueError(f"diffusion steps {bad or 'none'} are outside the schedule [0, {self.train_steps})")
-        return [int(t) for t in steps]
-
-    def check_blocks(self, blocks: Sequence[str]) -> list[str]:
-        bad = [b for b in blocks if b not in self.blocks]
-        if bad or not blocks:
-            raise ValueError(f"unknown UNet blocks {bad or 'none'}; this UNet's are {', '.join(self.blocks)}")
-        return [b for b in self.blocks if b in set(blocks)]
-
-    def set_sampling(self, sampler: str, steps: int | str, eta: float = 0.0) -> None:
-        """``ddpm`` (the folder's scheduler) or ``ddim`` (``DDIMScheduler`` from its config), K steps."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r} (one of {', '.join(SAMPLERS)})")
-        if eta < 0 or (sampler == "ddpm" and eta):
-            raise ValueError(f"eta must be >= 0 and only for ddim, got {eta} with {sampler}")
-        if not str(steps).isdigit() or not 1 <= int(steps) <= self.train_steps:
-            raise ValueError(f"sampling steps must be a count K in [1, {self.train_steps}], got {steps!r}")
-        self.sampler, self.sampling_steps, self.eta = sampler, int(steps), float(eta)
-
     def set_class_prompts(self, prompts: Sequence[str], guidance_scale: float | None = None) -> None:
         """The text prompt of each class id, and the classifier-free guidance scale (None: 7.5)."""
         if not prompts or not all(isinstance(p, str) for p in prompts):
