@@ -4,7 +4,9 @@ their shapes, and the checks of steps, blocks and sampling settings."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
+
+import torch
 
 from labelfactory.generators.diffusion import PAPER_STEP_FRACTIONS, DiffusionBackend
 
@@ -69,6 +71,25 @@ class DiffusersUNetTaps(DiffusionBackend):
         if not str(steps).isdigit() or not 1 <= int(steps) <= self.train_steps:
             raise ValueError(f"sampling steps must be a count K in [1, {self.train_steps}], got {steps!r}")
         self.sampler, self.sampling_steps, self.eta = sampler, int(steps), float(eta)
+
+
+    def noised_taps(self, x0: torch.Tensor, noise: torch.Tensor, steps: Sequence[int], blocks: Sequence[str],
+                    scheduler, run: Callable[[torch.Tensor, torch.Tensor], object]) -> dict[str, torch.Tensor]:
+        """``t{step}.{block}``: the outputs of ``blocks`` (forward hooks on :attr:`unet`) when ``run(x_t, t)``
+        runs the UNet on ``x0`` noised with ``noise`` by ``scheduler.add_noise``, for each step in turn."""
+        kept: dict[str, torch.Tensor] = {}
+        hooks = [self.unet.get_submodule(b).register_forward_hook(
+            lambda _m, _i, out, b=b: kept.__setitem__(b, out)) for b in blocks]
+        out = {}
+        try:
+            for step in steps:
+                t = torch.full((x0.shape[0],), step, dtype=torch.long, device=x0.device)
+                run(scheduler.add_noise(x0, noise.expand_as(x0), t), t)
+                out.update({f"t{step}.{b}": kept[b] for b in blocks})
+        finally:
+            for h in hooks:
+                h.remove()
+        return out
 
 
 __all__ = ["DiffusersUNetTaps", "SAMPLERS"]

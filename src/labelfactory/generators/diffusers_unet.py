@@ -113,19 +113,7 @@ class DiffusersUNetBackend(DiffusersUNetTaps):
             raise ValueError(f"images must be [N, {', '.join(map(str, self.latent_shape))}] and noise [N or 1, "
                              f"...] of the same size, got {list(images.shape)} and {list(noise.shape)}")
         scheduler = _scheduler(self.arch_config["scheduler"], ddim=False)
-        kept: dict[str, torch.Tensor] = {}
-        hooks = [self.module.get_submodule(b).register_forward_hook(
-            lambda _m, _i, out, b=b: kept.__setitem__(b, out)) for b in blocks]
-        out = {}
-        try:
-            for step in steps:
-                t = torch.full((images.shape[0],), step, dtype=torch.long, device=images.device)
-                self._unet(scheduler.add_noise(images, noise.expand_as(images), t), t, y)
-                out.update({f"t{step}.{b}": kept[b] for b in blocks})
-        finally:
-            for h in hooks:
-                h.remove()
-        return out
+        return self.noised_taps(images, noise, steps, blocks, scheduler, lambda x_t, t: self._unet(x_t, t, y))
 
 
 # --- the folder format ------------------------------------------------------------------

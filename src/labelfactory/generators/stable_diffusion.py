@@ -199,19 +199,8 @@ class StableDiffusionBackend(DiffusersUNetTaps):
         context = self.class_context(y)
         latents = self.encode_images(images)
         scheduler = build_scheduler(self.arch_config["scheduler"], ddim=True)  # add_noise: the training schedule
-        kept: dict[str, torch.Tensor] = {}
-        hooks = [self.unet.get_submodule(b).register_forward_hook(
-            lambda _m, _i, out, b=b: kept.__setitem__(b, out)) for b in blocks]
-        out = {}
-        try:
-            for step in steps:
-                t = torch.full((latents.shape[0],), step, dtype=torch.long, device=latents.device)
-                self.unet(scheduler.add_noise(latents, noise.expand_as(latents), t), t, encoder_hidden_states=context)
-                out.update({f"t{step}.{b}": kept[b] for b in blocks})
-        finally:
-            for h in hooks:
-                h.remove()
-        return out
+        return self.noised_taps(latents, noise, steps, blocks, scheduler,
+                                lambda x_t, t: self.unet(x_t, t, encoder_hidden_states=context))
 
 
 # --- the folder format ------------------------------------------------------------------
