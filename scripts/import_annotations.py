@@ -17,4 +17,4 @@ with snakemake_job(snakemake):
         import_annotations(p.annotations, backend, snakemake.output[0], truncation=p.truncation, noise=p.noise,
                            labels=load_labels(p.labels), expected_count=p.expected_count, classes=p.classes,
                            expected_per_class=p.expected_per_class, latents=p.latents, merge=p.merge,
-                           only_masked=only_masked)
+                           only_masked=only_masked, masks=p.masks)

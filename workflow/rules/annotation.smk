@@ -52,6 +52,7 @@ rule import_annotations:
         latents=lambda w: task_of(w).annotation.latents,
         merge=lambda w: task_of(w).annotation.merge,
         source=lambda w: task_of(w).annotation.source,
+        masks=lambda w: task_of(w).annotation.masks,
         generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
     log:

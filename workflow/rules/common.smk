@@ -211,6 +211,16 @@ def real_training_data(wildcards):
     return {k: v for k, v in real.items() if not k.startswith("test_")}
 
 
+KEYPOINT_TASKS = [n for n in TASKS if CFG.tasks[n].keypoints]
+
+
+def keypoint_targets(name):
+    """A keypoint task's table, and its synthetic keypoints' quality where an annotator can tell."""
+    task = CFG.tasks[name]
+    quality = [f"results/{name}/report/keypoint_quality.json"] if task.keypoints.reference_annotator else []
+    return [f"results/{name}/report/keypoints.md", *quality]
+
+
 def final_targets():
     """What `snakemake` builds by default: the manifest, and the tables and figures where enabled."""
     targets = []
@@ -219,6 +229,10 @@ def final_targets():
         # a reuse task's annotations are the reused task's; annotated images need no samples to annotate
         if not task.reuse and task.annotation.source == "samples":
             targets.append(f"results/{name}/for_annotation")
+        if task.keypoints and task.keypoints.enabled:
+            targets += keypoint_targets(name)
+        if not task.segmentation:  # a keypoint-only task
+            continue
         targets += [f"results/{name}/manifest.parquet", f"results/{name}/report/samples.png"]
         if task.validation.enabled:
             targets.append(f"results/{name}/report/validation.png")

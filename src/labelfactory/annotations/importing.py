@@ -354,7 +354,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
                        labels: LabelSet | str | os.PathLike | None = None,
                        expected_count: int | None = None, classes: Sequence[int] | None = None,
                        expected_per_class: int | None = None, latents: str | os.PathLike | None = None,
-                       merge: str | None = None, only_masked: bool = False) -> AnnotationSet:
+                       merge: str | None = None, only_masked: bool = False, masks: bool = True) -> AnnotationSet:
     """Validate an annotation folder, re-render its samples and write them to HDF5.
 
     ``labels`` (a :class:`LabelSet` or a ``labels.yaml`` path) replaces the
@@ -370,6 +370,8 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     image view (:mod:`labelfactory.generators.view`), masks and images are its crop.
     With ``only_masked`` the manifest rows without a mask are left out (their
     number logged) instead of being problems; the counts are of the rows kept.
+    With ``masks`` False the folder is keypoint-only: no mask is read (the set's masks are all
+    ``ignore_index``) and labels.yaml must name keypoints.
     Raises one :class:`AnnotationError` listing every problem; ``out_h5`` is
     written atomically and only when there are none.
     """
@@ -392,16 +394,22 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
     rows = _read_manifest(ann_dir / MANIFEST_FILE, backend, float(truncation), noise, classes, problems)
     res, view = backend.resolution, view_of(backend)
     shape = res if view.crop is None else view.shape(res)
-    if only_masked:
+    if only_masked and masks:
         rows = _masked_rows(ann_dir, rows, problems)
-    colours = _labelmap_colours(ann_dir, labelset, problems)
+    if not masks and labelset is not None and labelset.keypoints is None:
+        problems.append(f"{LABELS_FILE}: a keypoint-only folder (annotation.masks: false) must name `keypoints`")
+    colours = _labelmap_colours(ann_dir, labelset, problems) if masks else None
 
-    masks: dict[str, np.ndarray] = {}
+    mask_of: dict[str, np.ndarray] = {}
     latents: dict[str, np.ndarray] = {}
     for row in rows:
-        name, mask = _row_mask(ann_dir, row.id, labelset, colours, problems)
-        if mask is not None and check_mask(name, mask, shape, labelset, problems):
-            masks[row.id] = view.pad(mask, res, labelset.ignore_index)
+        if not masks:
+            if labelset is not None:
+                mask_of[row.id] = np.full((res, res), labelset.ignore_index, np.uint8)
+        else:
+            name, mask = _row_mask(ann_dir, row.id, labelset, colours, problems)
+            if mask is not None and check_mask(name, mask, shape, labelset, problems):
+                mask_of[row.id] = view.pad(mask, res, labelset.ignore_index)
         if row.seed is not None:
             expected = backend.draw_latents([row.seed], None if row.cls is None or not backend.num_classes
                                             else [row.cls], truncation)[0]
@@ -433,7 +441,7 @@ def import_annotations(ann_dir: str | os.PathLike, backend: GeneratorBackend, ou
         ids=ids, seeds=np.array([by_id[i].seed for i in ids], dtype=np.int64),
         classes=np.array([by_id[i].cls for i in ids], dtype=np.int32),
         latents=latent_array(np.stack([latents[i] for i in ids]).reshape(len(ids), -1)),
-        images=np.stack([rendered[i] for i in ids]), masks=np.stack([masks[i] for i in ids]),
+        images=np.stack([rendered[i] for i in ids]), masks=np.stack([mask_of[i] for i in ids]),
         labels=labelset, generator_hash=backend.generator_hash, truncation=float(truncation), noise=noise,
         keypoints=None if keypoints is None else moved_keypoints(keypoints, (view.box(res)[2], view.box(res)[0])),
     )

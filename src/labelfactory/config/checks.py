@@ -106,6 +106,24 @@ def _task_problems(cfg: dict, name: str, rejected: list[tuple], base_dir: Path, 
         problems += _uncertainty_problems(cfg, name)
     if accepted("downstream.settings", "downstream.labels", "synthesis.store_probabilities"):
         problems += _soft_target_problems(name, task)
+    if accepted("keypoints", "annotation.masks", "annotation.source", "reuse", "classes"):
+        problems += _keypoint_problems(name, task)
+    return problems
+
+
+def _keypoint_problems(name: str, task: dict) -> list[str]:
+    """A keypoint-only folder needs the keypoint stages; the keypoint stages need rendered samples of one kind."""
+    where, kp = f"tasks.{name}", task["keypoints"]
+    problems = []
+    if not task["annotation"]["masks"] and not kp:
+        problems.append(f"{where}.annotation.masks: false (a keypoint-only folder) needs the `keypoints` section, "
+                        "the only stages such a task runs")
+    if kp or not task["annotation"]["masks"]:
+        if task.get("reuse") or task["annotation"]["source"] != "samples":
+            problems.append(f"{where}.keypoints: keypoints are read from a samples folder (annotation.source: "
+                            "samples, no reuse)")
+        if task["classes"] is not None:
+            problems.append(f"{where}.keypoints: keypoint tasks are of one class (`class`), not `classes`")
     return problems
 
 
@@ -325,6 +343,9 @@ def downstream_file_problems(cfg: dict, base_dir: str | Path = ".") -> list[str]
                  "real.path": ds["real"]["path"] if ds["real"]["type"] != "toyworld" else None}
         problems += [f"tasks.{name}.downstream.{key}: {path} does not exist" for key, path in files.items()
                      if path and not (Path(base_dir) / path).exists()]
+        kp = task.get("keypoints") or {}
+        if kp.get("reference_annotator") and not (Path(base_dir) / kp["reference_annotator"]).exists():
+            problems.append(f"tasks.{name}.keypoints.reference_annotator: {kp['reference_annotator']} does not exist")
     return problems
 
 

@@ -45,6 +45,7 @@ class AnnotationSpec:
     pool: dict = field(default_factory=lambda: {"seed_start": 1_000_000, "size": 1000})
     diversity: str = "none"
     oversample: float = 4.0
+    masks: bool = True  # false: a keypoint-only folder; the task runs the keypoint stages only
 
     @property
     def seeds(self) -> list[int]:
@@ -158,6 +159,31 @@ class DownstreamSpec:
 
 
 @dataclass(frozen=True)
+class KeypointsSpec:
+    """DatasetGAN's keypoint experiment of a task (config ``tasks.<t>.keypoints``): the ``head``
+    (:class:`~labelfactory.interpreters.keypoints.KeypointHeadConfig` keys), its shards' options,
+    the filter, and the detector runs (``detector`` options over the task's downstream ones,
+    ``real``: None for the task's downstream real data)."""
+
+    enabled: bool = False
+    head: dict = field(default_factory=dict)
+    store_heatmaps: bool = False
+    filter_ratio: float = 0.1
+    settings: tuple[str, ...] = ("few_shot", "synthetic", "synthetic_filtered", "fully_supervised")
+    seeds: int = 3
+    threads: int = 4
+    sigma: float = 2.0
+    detector: dict = field(default_factory=dict)
+    real: dict | None = None
+    reference_annotator: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KeypointsSpec":
+        return cls(**{**d, "head": dict(d["head"]), "settings": tuple(d["settings"]), "detector": dict(d["detector"]),
+                      "real": dict(d["real"]) if d["real"] else None})
+
+
+@dataclass(frozen=True)
 class ValidationSpec:
     """The config's ``tasks.<t>.validation``: ``folds`` (at most one per image), ensemble
     ``members`` per fold (None: the task's), the floor ``min_iou`` of every class's IoU,
@@ -197,6 +223,22 @@ class TaskSpec:
     filter_ratio: float = 0.1
     downstream: DownstreamSpec = field(default_factory=DownstreamSpec)
     reuse: dict | None = None  # {task, min_psnr}: a VQGAN re-encodes that task's annotations
+    keypoints: KeypointsSpec | None = None  # DatasetGAN's keypoint experiment
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether the task runs the segmentation stages (its annotations have masks)."""
+        return self.annotation.masks
+
+    @property
+    def keypoint_train(self) -> dict:
+        """The keypoint detector's training options: the task's downstream ones, ``keypoints.detector`` over them."""
+        return {**self.downstream.train, **self.keypoints.detector}
+
+    @property
+    def keypoint_real(self) -> dict:
+        """The keypoint experiment's real data: ``keypoints.real``, else the task's ``downstream.real``."""
+        return self.keypoints.real or self.downstream.real
 
     @property
     def variant(self) -> str:
@@ -307,6 +349,7 @@ class WorkflowConfig:
                 filter_ratio=float(t["filter"]["ratio"]),
                 downstream=DownstreamSpec.from_dict(t["downstream"]),
                 reuse=dict(t["reuse"]) if t["reuse"] else None,
+                keypoints=KeypointsSpec.from_dict(t["keypoints"]) if t["keypoints"] else None,
             )
         pretraining = PretrainingSpec.from_dict(cfg["pretraining"]) if cfg.get("pretraining") else None
         return cls(device=cfg["device"], checkpoints=ckpts, tasks=tasks, pretraining=pretraining)

@@ -184,11 +184,11 @@ def write_main_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: s
                      runs_path: str | os.PathLike, real: dict | None = None) -> pd.DataFrame:
     """Write the main table (CSV and Markdown, ``real`` as for :func:`markdown_table`) and every
     run's scores (CSV)."""
-    return _write_table(main_table(runs), lambda table: markdown_table(table, real), runs, csv_path, md_path,
+    return write_table(main_table(runs), lambda table: markdown_table(table, real), runs, csv_path, md_path,
                         runs_path, "%.5f")
 
 
-def _write_table(table: pd.DataFrame, markdown, runs: pd.DataFrame, csv_path, md_path, runs_path,
+def write_table(table: pd.DataFrame, markdown, runs: pd.DataFrame, csv_path, md_path, runs_path,
                  runs_format: str) -> pd.DataFrame:
     """``table`` as CSV and as ``markdown(table)``, and the runs it summarises as CSV, each atomically."""
     with atomic_path(csv_path) as tmp:
@@ -546,7 +546,7 @@ def transfer_markdown(table: pd.DataFrame) -> str:
 def write_transfer_table(runs: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
                          runs_path: str | os.PathLike) -> pd.DataFrame:
     """Write the transfer table (CSV and Markdown) and every run's metrics (CSV)."""
-    return _write_table(transfer_table(runs), transfer_markdown, runs, csv_path, md_path, runs_path, "%.4f")
+    return write_table(transfer_table(runs), transfer_markdown, runs, csv_path, md_path, runs_path, "%.4f")
 
 
 def plot_data_efficiency(runs: pd.DataFrame, path: str | os.PathLike) -> None:

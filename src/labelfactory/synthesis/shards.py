@@ -108,7 +108,7 @@ class ShardSettings:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
 
-class _BackgroundWriter:
+class BackgroundWriter:
     """Writes batches into pre-created datasets from one thread, in submission order
     (so the file is the same as a serial write), while the caller keeps the device
     busy. A write error is re-raised in the caller at its next submit or on exit."""
@@ -119,7 +119,7 @@ class _BackgroundWriter:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
 
-    def __enter__(self) -> "_BackgroundWriter":
+    def __enter__(self) -> "BackgroundWriter":
         self._thread.start()
         return self
 
@@ -175,7 +175,7 @@ def _label_batch(backend: GeneratorBackend, interpreter: Interpreter, z: torch.T
     return arrays
 
 
-def _seeds_and_classes(backend: GeneratorBackend, seeds: Sequence[int] | np.ndarray,
+def seeds_and_classes(backend: GeneratorBackend, seeds: Sequence[int] | np.ndarray,
                        classes: int | Sequence[int] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The seeds as int64 and one class per seed (checked by the backend); refuses no seeds."""
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
@@ -246,7 +246,7 @@ def synthesize_shard(
     if not isinstance(settings, ShardSettings):
         raise TypeError(f"settings must be a ShardSettings, got {type(settings).__name__}")
     s = settings
-    seeds, cls_all = _seeds_and_classes(backend, seeds, classes)
+    seeds, cls_all = seeds_and_classes(backend, seeds, classes)
     n = len(seeds)
     labeller_generator = getattr(interpreter, "generator_hash", None)
     if labeller_generator is not None and labeller_generator != backend.generator_hash:
@@ -277,7 +277,7 @@ def synthesize_shard(
         f.create_dataset("seed", data=seeds, chunks=scalar_chunks, fletcher32=True)
         f.create_dataset("class", data=cls_all.astype(np.int32), chunks=scalar_chunks, fletcher32=True)
 
-        with _BackgroundWriter(datasets) as writer, \
+        with BackgroundWriter(datasets) as writer, \
                 tqdm(total=n, desc=Path(out_path).name, unit="img", disable=not progress) as bar:
             for start in range(0, n, s.batch_size):
                 batch_seeds = seeds[start : start + s.batch_size]
@@ -305,7 +305,7 @@ def write_diverged_shard(backend: GeneratorBackend, out_path: str | os.PathLike,
     the root attribute ``labeller_diverged``. The filter carries it into the manifest, and the
     downstream runs on it are recorded as diverged (:func:`read_shard_scores`) instead of the
     DAG stopping at synthesis."""
-    seeds, cls_all = _seeds_and_classes(backend, seeds, classes)
+    seeds, cls_all = seeds_and_classes(backend, seeds, classes)
     record = json.dumps(dict(diverged), sort_keys=True)
     root_attrs = _root_attrs(backend, settings, seeds, cls_all, {**(attrs or {}), LABELLER_DIVERGED: record},
                              num_samples=0)
