@@ -29,6 +29,7 @@ from labelfactory.downstream.keypoint_detector import (
     save_keypoint_detector,
     train_keypoint_detector,
 )
+from labelfactory.downstream import datasets  # noqa: F401  (registers the coco_keypoints reader)
 from labelfactory.downstream.real import RealDataSpec
 from labelfactory.downstream.real_keypoints import real_keypoint_images
 from labelfactory.downstream.segmentation import SegTrainConfig

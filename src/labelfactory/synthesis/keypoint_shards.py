@@ -70,7 +70,8 @@ def synthesize_keypoint_shard(backend: GeneratorBackend, head_path: str | os.Pat
                               truncation: float = 1.0, noise: str = "const", batch_size: int = 16,
                               store_heatmaps: bool = False, progress: bool = False) -> int:
     """Render one sample per seed, label it with the keypoint head at ``head_path`` and write the
-    shard; returns its sample count. Same seeds and options give a byte-identical shard."""
+    shard; returns its sample count. Same seeds and options (the batch size included: batched
+    matmuls round differently) give the same shard on the same device."""
     head = KeypointHead.load(head_path, backend.device)
     if head.generator_hash != backend.generator_hash:
         raise ValueError(f"{head_path}: the keypoint head was trained on features of generator "
@@ -83,7 +84,8 @@ def synthesize_keypoint_shard(backend: GeneratorBackend, head_path: str | os.Pat
     labeller = sha256_file(head_path)
     config = {"format_version": FORMAT_VERSION, "generator_hash": backend.generator_hash, "labeller_hash": labeller,
               "seeds": seeds.tolist(), "classes": cls_all.tolist(), "truncation": float(truncation), "noise": noise,
-              "view": list(view_of(backend).box(backend.resolution)), "store_heatmaps": bool(store_heatmaps)}
+              "view": list(view_of(backend).box(backend.resolution)), "store_heatmaps": bool(store_heatmaps),
+              "batch_size": int(batch_size)}  # sub-pixel positions move by float noise with the batch
     h, w = view_of(backend).shape(backend.resolution)
     per_sample = {"images": ((n, h, w, 3), np.uint8), "keypoints": ((n, k, 3), np.float32),
                   "spread": ((n, k), np.float32)}
@@ -121,9 +123,10 @@ def _open_checked(path: str | os.PathLike) -> h5py.File:
     except OSError as e:
         raise ShardError(f"{path}: not a readable HDF5 file ({e})") from None
     missing = [d for d in ("images", "keypoints", "spread", "score", "seed", "class") if d not in f]
-    if f.attrs.get("kind") != KIND or missing:
+    kind = f.attrs.get("kind")
+    if kind != KIND or missing:
         f.close()
-        raise ShardError(f"{path}: not a keypoint shard (kind {f.attrs.get('kind')!r}, missing {missing})")
+        raise ShardError(f"{path}: not a keypoint shard (kind {kind!r}, missing {missing})")
     return f
 
 
