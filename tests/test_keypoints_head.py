@@ -105,3 +105,11 @@ def test_head_trained_on_16_toy_cars_finds_keypoints_on_held_out_ones(tmp_path, 
     assert torch.equal(loaded.member_heatmaps(features), head.member_heatmaps(features))
     with pytest.raises(ValueError, match="keypoints must be"):
         train_keypoint_head(data, keypoints[:3], tw.keypoint_names("car"))
+
+
+def test_rectangular_maps_decode_to_their_peaks():
+    truth = np.array([[[13.2, 3.0, 2], [1.0, 5.4, 2]]], dtype=np.float32)  # a 6 x 16 (H x W) image
+    heat = gaussian_heatmaps(truth, (6, 16), sigma=1.5)
+    assert heat.shape == (1, 2, 6, 16) and heat[0, 0].argmax() == 3 * 16 + 13
+    out = decode_heatmaps(heat[None])
+    assert torch.allclose(out.positions[0], torch.as_tensor(truth[0, :, :2]), atol=0.15)

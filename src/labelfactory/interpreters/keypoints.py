@@ -65,34 +65,34 @@ class KeypointHeadConfig:
             raise ValueError("invalid keypoint head config: " + ", ".join(bad))
 
 
-def gaussian_heatmaps(keypoints: np.ndarray, resolution: int, sigma: float) -> torch.Tensor:
-    """Float32 ``[N, K, R, R]`` targets: ``exp(-d² / 2σ²)`` around each keypoint of ``keypoints``
-    ``[N, K, 3]`` (pixels, the centre of pixel ``(i, j)`` at ``(x=j, y=i)``); zero for keypoints
-    with visibility 0."""
+def gaussian_heatmaps(keypoints: np.ndarray, resolution: int | tuple[int, int], sigma: float) -> torch.Tensor:
+    """Float32 ``[N, K, H, W]`` targets (``resolution`` ``R`` for ``R x R``, or ``(H, W)``):
+    ``exp(-d² / 2σ²)`` around each keypoint of ``keypoints`` ``[N, K, 3]`` (pixels, the centre of
+    pixel ``(i, j)`` at ``(x=j, y=i)``); zero for keypoints with visibility 0."""
     kp = torch.as_tensor(np.asarray(keypoints, dtype=np.float32))
-    grid = torch.arange(resolution, dtype=torch.float32)
-    dx = grid[None, None, None, :] - kp[..., 0, None, None]
-    dy = grid[None, None, :, None] - kp[..., 1, None, None]
+    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    dx = torch.arange(w, dtype=torch.float32)[None, None, None, :] - kp[..., 0, None, None]
+    dy = torch.arange(h, dtype=torch.float32)[None, None, :, None] - kp[..., 1, None, None]
     heat = torch.exp(-(dx.square() + dy.square()) / (2 * sigma**2))
     return heat * (kp[..., 2] > 0).float()[..., None, None]
 
 
 def _refine(heat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Sub-pixel offsets in [-0.5, 0.5] of peaks at flat ``index`` ``[..]`` of maps ``heat`` ``[.., R, R]``,
+    """Sub-pixel offsets in [-0.5, 0.5] of peaks at flat ``index`` ``[..]`` of maps ``heat`` ``[.., H, W]``,
     from the parabola through each peak and its two neighbours along x and along y."""
-    r = heat.shape[-1]
+    h, w = heat.shape[-2:]
     flat = heat.flatten(-2)
-    y, x = index // r, index % r
+    y, x = index // w, index % w
 
-    def along(pos: torch.Tensor, step: int) -> torch.Tensor:
+    def along(pos: torch.Tensor, step: int, size: int) -> torch.Tensor:
         lo = flat.gather(-1, (index - step * (pos > 0).long())[..., None])[..., 0]
-        hi = flat.gather(-1, (index + step * (pos < r - 1).long())[..., None])[..., 0]
+        hi = flat.gather(-1, (index + step * (pos < size - 1).long())[..., None])[..., 0]
         mid = flat.gather(-1, index[..., None])[..., 0]
         curve = lo - 2 * mid + hi
         off = torch.where(curve < 0, 0.5 * (lo - hi) / curve.clamp(max=-1e-12), torch.zeros_like(mid))
         return off.clamp(-0.5, 0.5)
 
-    return torch.stack([x.float() + along(x, 1), y.float() + along(y, r)], -1)
+    return torch.stack([x.float() + along(x, 1, w), y.float() + along(y, w, h)], -1)
 
 
 @dataclass
@@ -112,12 +112,12 @@ class DecodedKeypoints:
 
 
 def decode_heatmaps(heatmaps: torch.Tensor) -> DecodedKeypoints:
-    """Decode the members' heatmaps ``[M, B, K, R, R]`` (see :class:`DecodedKeypoints`)."""
-    r = heatmaps.shape[-1]
+    """Decode the members' heatmaps ``[M, B, K, H, W]`` (see :class:`DecodedKeypoints`)."""
+    w = heatmaps.shape[-1]
     mean = heatmaps.mean(0)
     peak, index = mean.flatten(-2).max(-1)
     member_index = heatmaps.flatten(-2).argmax(-1)
-    member_xy = torch.stack([member_index % r, member_index // r], -1).float()
+    member_xy = torch.stack([member_index % w, member_index // w], -1).float()
     spread = (member_xy - member_xy.mean(0)).square().sum(-1).mean(0).sqrt()
     return DecodedKeypoints(_refine(mean, index), peak, spread)
 
