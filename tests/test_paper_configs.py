@@ -63,7 +63,11 @@ def test_paper_config_dry_runs(path, tmp_path):
     out = snakemake(tmp_path, "-n", "--quiet", "rules", timeout=300).stdout
     counts = job_counts(out)
     typed = WorkflowConfig.from_dict(load_config(tmp_path / "config.yaml", check_files=False))
-    assert counts["synthesize"] == sum(len(t.synthesis.shards) for t in typed.tasks.values())
+    assert counts.get("synthesize", 0) == sum(len(t.synthesis.shards) for t in typed.tasks.values() if t.segmentation)
+    assert counts.get("synthesize_keypoints", 0) == sum(len(t.synthesis.shards) for t in typed.tasks.values()
+                                                        if t.keypoints and t.keypoints.enabled)
+    assert counts.get("train_keypoint_detector", 0) == sum(len(t.keypoints.settings) * t.keypoints.seeds
+                                                           for t in typed.tasks.values() if t.keypoints)
     reusing = [t for t in typed.tasks.values() if t.reuse]
     assert counts["import_annotations"] == len(typed.tasks) - len(reusing)
     assert counts.get("reuse_annotations", 0) == len(reusing)
@@ -174,3 +178,17 @@ def test_datasetdm_config_is_its_setting():
         ("ddim", 50, 7.5)
     assert list(task.features.layers) == [f"t1.{b}" for b in ("mid_block", *(f"up_blocks.{i}" for i in range(4)))]
     assert task.annotation.source == "images"
+
+
+@pytest.mark.parametrize("name", ["car", "face"])
+def test_keypoint_configs_run_only_the_keypoint_stages(name):
+    task = WorkflowConfig.from_dict(load_config(REPO / f"config/paper/{name}-keypoints.yaml",
+                                                check_files=False)).tasks[f"{name}-keypoints"]
+    assert not task.segmentation and task.keypoints.enabled
+    assert task.keypoint_real["type"] == "coco_keypoints"
+    train = task.keypoint_train  # the downstream options with keypoints.detector over them
+    assert train["model"] == "deeplabv3_resnet50" and train["model_options"] == {"output_stride": 8}
+    from labelfactory.annotations.labels import load_labels
+
+    spec = load_labels(REPO / task.labels).keypoints
+    assert len(spec.names) == {"car": 12, "face": 5}[name] and all(len(p) == 2 for p in spec.flip_pairs)
