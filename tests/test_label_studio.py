@@ -1,6 +1,7 @@
 """The Label Studio round trip against a real Label Studio server (its own venv, started here):
 push -> the simulated annotator draws through the API -> pull -> import -> interpreter -> a
-second active-learning round pushed with pre-annotations; bad servers, tokens and projects.
+second active-learning round pushed with pre-annotations; bad servers, tokens and projects;
+keypoints beside the brushes and keypoint-only projects.
 The brush RLE codec is checked against the Label Studio SDK's own converter."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from labelfactory.annotations.brush_rle import (
 )
 from labelfactory.annotations.handout import sample_for_annotation
 from labelfactory.annotations.importing import import_annotations
+from labelfactory.annotations.keypoints import load_keypoints
 from labelfactory.annotations.label_studio import (
     LabelStudio,
     LabelStudioError,
@@ -40,7 +42,7 @@ from labelfactory.annotations.label_studio import (
     pull,
     push,
 )
-from labelfactory.annotations.labels import AnnotationError, LabelSet, load_labels
+from labelfactory.annotations.labels import AnnotationError, KeypointSpec, LabelSet, load_labels
 from labelfactory.cli import main
 from labelfactory.features import FeatureStore, extract_features
 from labelfactory.generators.loading import load_generator
@@ -305,6 +307,115 @@ def test_the_annotate_push_rule_pushes_an_active_learning_round_with_pre_annotat
     assert all(100 <= int(t["data"]["seed"]) < 112 for t in tasks)
     stored = client.request("GET", "/api/predictions/", params={"project": done["project"]})
     assert len(stored) == 4 and all(p["model_version"].startswith("interpreter-") for p in stored)
+
+
+# --- keypoints ---------------------------------------------------------------------------
+CAR_POINTS = KeypointSpec(("front_wheel", "back_wheel", "roof"), flip_pairs=(("front_wheel", "back_wheel"),))
+
+
+def _point(name: str, x: float, y: float, size: int = 32) -> dict:
+    """A keypoint result as Label Studio's editor stores a click on pixel (row y, column x)'s
+    centre: percent of the image's width and height from its top-left corner."""
+    return {"from_name": "keypoint", "to_name": "image", "type": "keypointlabels", "original_width": size,
+            "original_height": size, "image_rotation": 0,
+            "value": {"x": (x + 0.5) / size * 100, "y": (y + 0.5) / size * 100, "width": 0.6, "keypointlabels": [name]}}
+
+
+def _annotate(client: LabelStudio, project_id: int, results: dict[str, list[dict]]) -> dict[str, int]:
+    """Submit ``results`` by sample id through the API, as the editor does; the task ids by sample id."""
+    tasks = {t["data"]["id"]: t["id"] for t in project_tasks(client, project_id)}
+    for sid, result in results.items():
+        client.request("POST", f"/api/tasks/{tasks[sid]}/annotations/", json={"result": result, "was_cancelled": False})
+    return tasks
+
+
+def test_keypoints_are_placed_beside_the_brushes_and_pulled_into_keypoint_files(server, toy, tmp_path):
+    backend, annotator = toy
+    client = LabelStudio(server["url"], server["token"])
+    car, drawn = _simulated(backend, annotator, range(70, 72), tmp_path)
+    labels = LabelSet(car.names, car.ignore_index, CAR_POINTS)
+    push(client, tmp_path / "hand", labels, "car keypoints")
+    project = find_project(client, "car keypoints")
+    config = project["parsed_label_config"]
+    assert config["label"]["labels"] == list(car.names[1:]) and config["keypoint"]["labels"] == list(CAR_POINTS.names)
+    a, b = sorted(drawn)
+    brushes = {sid: prediction_result(Prediction(drawn[sid], 0.0), labels) for sid in drawn}
+    _annotate(client, project["id"], {a: brushes[a] + [_point("front_wheel", 3, 20), _point("roof", 15.25, 4)],
+                                      b: brushes[b]})  # b: no keypoint placed, all v = 0
+    pull(client, "car keypoints", tmp_path / "pulled", labels, backend)
+    assert load_labels(tmp_path / "pulled" / "labels.yaml") == labels
+    points = load_keypoints(tmp_path / "pulled", [a, b], CAR_POINTS, 32).keypoints
+    np.testing.assert_allclose(points, [[[3, 20, 2], [0, 0, 0], [15.25, 4, 2]], np.zeros((3, 3))], atol=1e-4)
+    aset = import_annotations(tmp_path / "pulled", backend, tmp_path / "annotations.h5")
+    for sid, mask in zip(aset.ids, aset.masks):
+        np.testing.assert_array_equal(mask, drawn[sid])
+    np.testing.assert_allclose(aset.keypoints.subset([a]).keypoints[0], points[0], atol=1e-4)
+
+
+def test_a_keypoint_only_project_pulls_keypoints_without_masks_and_names_every_bad_task(server, toy, tmp_path,
+                                                                                        monkeypatch):
+    backend, _ = toy
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server["token"])
+    client = LabelStudio(server["url"], server["token"])
+    manifest = sample_for_annotation(backend, range(80, 85), tmp_path / "hand")
+    ids = list(manifest["id"])
+    labels = LabelSet(("background", "car"), keypoints=CAR_POINTS)
+    push(client, tmp_path / "hand", labels, "points only", masks=False)
+    project = find_project(client, "points only")
+    assert set(project["parsed_label_config"]) == {"keypoint"}  # no brushes
+    body = np.zeros((32, 32), bool)
+    body[4:20, 4:20] = True
+    tasks = _annotate(client, project["id"], {
+        ids[0]: [_point("front_wheel", 0, 31), _point("back_wheel", 30.5, 29), _point("roof", 16, 2)],
+        ids[1]: [_point("roof", 16, 2), _point("roof", 17, 3), _point("sunroof", 9, 9)],
+        ids[2]: [_point("roof", 31.5, 2)],  # at the right border: outside the last pixel
+        ids[3]: [{"from_name": "label", "to_name": "image", "type": "brushlabels", "original_width": 32,
+                  "original_height": 32, "value": {"format": "rle", "rle": mask_to_rle(body), "brushlabels": ["car"]}}],
+    })  # ids[4]: unfinished
+    out = tmp_path / "pulled"
+    with pytest.raises(AnnotationError) as err:
+        pull(client, "points only", out, labels, backend, masks=False)
+    lines = err.value.problems
+    assert sorted(lines) == sorted([
+        (f"{ids[1]}.keypoints.json (task {tasks[ids[1]]}): unknown keypoint ['sunroof'] (keypoints of labels.yaml: "
+         "['front_wheel', 'back_wheel', 'roof'])"),
+        f"{ids[1]}.keypoints.json (task {tasks[ids[1]]}): keypoint 'roof' placed 2 times (place each once)",
+        f"{ids[2]}.keypoints.json (task {tasks[ids[2]]}): keypoint 'roof' at (31.5, 2.0) lies outside the 32x32 image",
+        f"{ids[3]}.keypoints.json (task {tasks[ids[3]]}): a 'brushlabels' result is not a keypoint",
+        f"{ids[4]}.keypoints.json (task {tasks[ids[4]]}): unfinished task (no submitted annotation)"]), lines
+    assert not out.exists()
+
+    sample_for_annotation(backend, [80], tmp_path / "again")  # the first sample alone, in a project of its own
+    (tmp_path / "labels.yaml").write_text(f"names: [background, car]\nkeypoints: {json.dumps(CAR_POINTS.as_dict())}\n")
+    assert main(["annotate", "push", "--samples", str(tmp_path / "again"), "--labels", str(tmp_path / "labels.yaml"),
+                 "--project", "points again", "--no-masks", "--url", server["url"]]) == 0
+    _annotate(client, find_project(client, "points again")["id"],
+              {ids[0]: [_point("front_wheel", 0, 31), _point("back_wheel", 30.5, 29)]})
+    assert main(["annotate", "pull", "--project", "points again", "--labels", str(tmp_path / "labels.yaml"),
+                 "--checkpoint", str(CAR), "--out", str(out), "--no-masks", "--url", server["url"]]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{ids[0]}.image.png", f"{ids[0]}.keypoints.json", "labels.yaml", "manifest.csv"])  # no mask
+    np.testing.assert_allclose(load_keypoints(out, [ids[0]], CAR_POINTS, 32).keypoints[0],
+                               [[0, 31, 2], [30.5, 29, 2], [0, 0, 0]], atol=1e-4)
+    aset = import_annotations(out, backend, tmp_path / "points.h5", masks=False)
+    assert aset.ids == [ids[0]] and (aset.masks == labels.ignore_index).all()
+
+
+def test_keypoint_projects_refuse_another_keypoint_set_and_keypoints_only_without_keypoints(server, toy, tmp_path):
+    backend, _ = toy
+    client = LabelStudio(server["url"], server["token"])
+    sample_for_annotation(backend, [90], tmp_path / "hand")
+    labels = LabelSet(("background", "car"), keypoints=CAR_POINTS)
+    push(client, tmp_path / "hand", labels, "point sets")
+    other = LabelSet(labels.names, keypoints=KeypointSpec(("nose",)))
+    with pytest.raises(LabelStudioError, match=r"^project 'point sets' \(id \d+\) at .* has keypoint labels "
+                                               r"\['front_wheel', 'back_wheel', 'roof'\], labels.yaml has \['nose'\]"):
+        pull(client, "point sets", tmp_path / "out", other)
+    with pytest.raises(LabelStudioError, match=r"has brush labels \['car'\], labels.yaml has \[\]"):
+        push(client, tmp_path / "hand", labels, "point sets", masks=False)
+    with pytest.raises(ValueError, match="keypoint-only project .* needs keypoints: labels.yaml names none"):
+        pull(client, "point sets", tmp_path / "out", LabelSet(labels.names), masks=False)
+    assert not (tmp_path / "out").exists()
 
 
 # --- the brush RLE codec against the SDK's converter -------------------------------------

@@ -256,7 +256,7 @@ def _annotate_push(args) -> None:
         interpreter = load_interpreter(args.interpreter_type, args.interpreter, device)
         predictions = interpreter_predictions(backend, interpreter, args.samples, args.batch_size)
         version = model_version(args.interpreter)
-    done = push(LabelStudio(args.url), args.samples, labels, args.project, predictions, version)
+    done = push(LabelStudio(args.url), args.samples, labels, args.project, predictions, version, masks=args.masks)
     print(f"project {done['project']}: {done['created']} new tasks ({done['predictions']} with pre-annotations), "
           f"{done['skipped']} already there")
 
@@ -271,7 +271,8 @@ def _annotate_pull(args) -> None:
         from labelfactory.generators.loading import load_generator
 
         backend = load_generator(args.checkpoint, resolve_device(args.device), fmt=args.format)
-    manifest = pull(LabelStudio(args.url), args.project, args.out, load_labels(args.labels), backend)
+    manifest = pull(LabelStudio(args.url), args.project, args.out, load_labels(args.labels), backend,
+                    masks=args.masks)
     print(f"wrote {len(manifest)} annotated samples to {args.out}")
 
 
@@ -441,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--checkpoint", help="the task's generator (push: to run --interpreter; pull: check the "
                                               "annotated images against their seeds' re-renders)")
         cmd.add_argument("--url", help="the Label Studio server (default: $LABEL_STUDIO_URL)")
+        cmd.add_argument("--no-masks", dest="masks", action="store_false",
+                         help="keypoint-only (annotation.masks: false): keypoints of labels.yaml, no brushes or masks")
         cmd.add_argument("--format", default="auto", help="checkpoint format (default: detect)")
         cmd.add_argument("--device", default="auto")
 

@@ -1,12 +1,15 @@
 """Label Studio round trip: hand samples out to a Label Studio server and take the masks back.
 
 :func:`push` creates (or reuses) a project whose labelling config is a ``BrushLabels``
-config of ``labels.yaml``, uploads the images that ``sample_for_annotation`` wrote with
-their manifest rows as task data and, given an interpreter's labels, attaches them as
-predictions (pre-annotations scored by the sample's uncertainty), so an annotator
-corrects instead of drawing. :func:`pull` exports the project, decodes each task's
-brush masks into one label-id mask and writes an annotation folder the importer reads,
-only when every task is finished and clean (all problems reported at once).
+config of ``labels.yaml`` (with a ``KeyPointLabels`` control beside it where ``labels.yaml``
+names keypoints, or instead of it for a keypoint-only task, ``masks=False``), uploads the
+images that ``sample_for_annotation`` wrote with their manifest rows as task data and, given
+an interpreter's labels, attaches them as predictions (pre-annotations scored by the sample's
+uncertainty), so an annotator corrects instead of drawing. :func:`pull` exports the project,
+decodes each task's brush masks into one label-id mask (and its keypoints into
+``<id>.keypoints.json``) and writes an annotation folder the importer reads, only when every
+task is finished and clean (all problems reported at once). Label Studio's points carry no
+occlusion, so every placed keypoint is visible (v = 2) and one not placed is not labelled.
 
 The server is the user's; this module talks to it over plain HTTP (``requests``),
 authorised by a personal access token (JWT refresh token, exchanged for short-lived
@@ -38,6 +41,7 @@ from labelfactory.annotations.brush_rle import mask_to_rle, rle_to_mask
 from labelfactory.annotations.cvat import BACKGROUND_NAMES
 from labelfactory.annotations.handout import IMAGE_SUFFIX, MANIFEST_FILE
 from labelfactory.annotations.importing import import_annotations
+from labelfactory.annotations.keypoints import KEYPOINTS_SUFFIX, KeypointSet, parse_keypoints, write_keypoints
 from labelfactory.annotations.labels import LABELS_FILE, AnnotationError, LabelSet
 from labelfactory.core.io import sha256_file
 from labelfactory.generators.base import UNCONDITIONAL, GeneratorBackend
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 
 URL_ENV, KEY_ENV = "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"
 FROM_NAME, TO_NAME = "label", "image"  # the BrushLabels control and the Image object of the config
+KEYPOINT_NAME = "keypoint"  # the KeyPointLabels control
+VISIBLE = 2  # Label Studio's points carry no occlusion: every placed keypoint is visible
 TIMEOUT_S = 60
 UPLOAD_BATCH = 50  # images per upload request (the server limits files per request)
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
@@ -143,17 +149,34 @@ def brush_labels(labels: LabelSet) -> list[str]:
     return list(labels.names[1:] if _background(labels) else labels.names)
 
 
-def label_config(labels: LabelSet) -> str:
-    """A Label Studio labelling config: the image, its caption (id and class) and one brush per label."""
-    brushes = "".join(f"<Label value={quoteattr(name)} background={quoteattr(PALETTE[i % len(PALETTE)])}/>"
-                      for i, name in enumerate(brush_labels(labels)))
-    return (f'<View><Header value="$caption"/><Image name="{TO_NAME}" value="$image" zoom="true"/>'
-            f'<BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">{brushes}</BrushLabels></View>')
+def check_masks(labels: LabelSet, masks: bool) -> None:
+    """A keypoint-only project (``masks`` False) needs keypoints to place: else a one-line error."""
+    if not masks and labels.keypoints is None:
+        raise ValueError(f"a keypoint-only project (no masks) needs keypoints: {LABELS_FILE} names none")
 
 
-def _project_labels(project: dict) -> list[str]:
-    parsed = (project.get("parsed_label_config") or {}).get(FROM_NAME) or {}
-    return list(parsed.get("labels", [])) if parsed.get("type") == "BrushLabels" else []
+def _labels_xml(names, model_index: bool = False) -> str:
+    """``<Label>`` tags of ``names`` in the palette's colours; ``model_index`` gives each its position,
+    the keypoint order the Label Studio SDK's COCO export reads."""
+    return "".join(f"<Label value={quoteattr(name)} background={quoteattr(PALETTE[i % len(PALETTE)])}"
+                   + (f' model_index="{i}"' if model_index else "") + "/>" for i, name in enumerate(names))
+
+
+def label_config(labels: LabelSet, masks: bool = True) -> str:
+    """A Label Studio labelling config: the image, its caption (id and class), one brush per label
+    (unless ``masks`` is False) and, where ``labels`` names keypoints, one keypoint label per keypoint."""
+    check_masks(labels, masks)
+    brushes = (f'<BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">{_labels_xml(brush_labels(labels))}'
+               "</BrushLabels>") if masks else ""
+    points = (f'<KeyPointLabels name="{KEYPOINT_NAME}" toName="{TO_NAME}">'
+              f"{_labels_xml(labels.keypoints.names, model_index=True)}</KeyPointLabels>") if labels.keypoints else ""
+    image = f'<Header value="$caption"/><Image name="{TO_NAME}" value="$image" zoom="true"/>'
+    return f"<View>{image}{brushes}{points}</View>"
+
+
+def _project_labels(project: dict, name: str = FROM_NAME, kind: str = "BrushLabels") -> list[str]:
+    parsed = (project.get("parsed_label_config") or {}).get(name) or {}
+    return list(parsed.get("labels", [])) if parsed.get("type") == kind else []
 
 
 def find_project(client: LabelStudio, title: str) -> dict | None:
@@ -171,23 +194,28 @@ def find_project(client: LabelStudio, title: str) -> dict | None:
     return found[0] if found else None
 
 
-def label_set_problem(client: LabelStudio, project: dict, labels: LabelSet) -> str | None:
-    """Why ``project`` does not paint ``labels`` (another label set), or None."""
-    have, want = _project_labels(project), brush_labels(labels)
-    if sorted(have) == sorted(want):
-        return None
-    return (f"project {project['title']!r} (id {project['id']}) at {client.url} has brush labels {have}, "
-            f"{LABELS_FILE} has {want}: use another project title or the project's own {LABELS_FILE}")
+def label_set_problem(client: LabelStudio, project: dict, labels: LabelSet, masks: bool = True) -> str | None:
+    """Why ``project`` does not paint (with ``masks``) and place ``labels`` (another label set), or None."""
+    keypoints = list(labels.keypoints.names) if labels.keypoints else []
+    for what, have, want in (("brush", _project_labels(project), brush_labels(labels) if masks else []),
+                             ("keypoint", _project_labels(project, KEYPOINT_NAME, "KeyPointLabels"), keypoints)):
+        if sorted(have) != sorted(want):
+            return (f"project {project['title']!r} (id {project['id']}) at {client.url} has {what} labels {have}, "
+                    f"{LABELS_FILE} has {want}: use another project title or the project's own {LABELS_FILE}")
+    return None
 
 
-def open_project(client: LabelStudio, title: str, labels: LabelSet, create: bool) -> dict:
-    """The project titled ``title`` if it paints ``labels``; else created (``create``) or an error."""
+def open_project(client: LabelStudio, title: str, labels: LabelSet, create: bool, masks: bool = True) -> dict:
+    """The project titled ``title`` if it paints (with ``masks``) and places ``labels``; else created
+    (``create``) or an error."""
+    check_masks(labels, masks)
     project = find_project(client, title)
     if project is None:
         if not create:
             raise LabelStudioError(f"no project titled {title!r} at {client.url}")
-        return client.request("POST", "/api/projects/", json={"title": title, "label_config": label_config(labels)})
-    problem = label_set_problem(client, project, labels)
+        return client.request("POST", "/api/projects/", json={"title": title,
+                                                              "label_config": label_config(labels, masks)})
+    problem = label_set_problem(client, project, labels, masks)
     if problem:
         raise LabelStudioError(problem)
     return project
@@ -275,13 +303,17 @@ def _caption(row: pd.Series) -> str:
 
 
 def push(client: LabelStudio, samples_dir: str | os.PathLike, labels: LabelSet, title: str,
-         predictions: dict[str, Prediction] | None = None, model_version: str = "labelfactory") -> dict:
+         predictions: dict[str, Prediction] | None = None, model_version: str = "labelfactory",
+         masks: bool = True) -> dict:
     """Hand a ``sample_for_annotation`` folder out in the project ``title`` (created if new):
     one task per sample not already in it, its manifest row as task data, with
-    ``predictions`` (by sample id) as pre-annotations. Returns the project id and counts."""
+    ``predictions`` (by sample id) as pre-annotations. ``masks`` False: a keypoint-only project
+    (no brushes, so no brush predictions). Returns the project id and counts."""
+    if predictions and not masks:
+        raise ValueError("pre-annotations are brush masks: a keypoint-only project (no masks) takes none")
     samples_dir = Path(samples_dir)
     manifest = read_manifest(samples_dir)
-    project = open_project(client, title, labels, create=True)
+    project = open_project(client, title, labels, create=True, masks=masks)
     present = {t["data"].get("id") for t in project_tasks(client, project["id"])}
     new = manifest[~manifest["id"].isin(present)]
     urls = _upload_images(client, project["id"], samples_dir, list(new["id"])) if len(new) else {}
@@ -327,17 +359,30 @@ def _painted(result: dict, where: str, labels: LabelSet, problems: list[str]) ->
     return labels.names.index(names[0]), painted
 
 
-def task_mask(task: dict, labels: LabelSet, problems: list[str]) -> np.ndarray | None:
-    """The label-id mask of a task's annotation, or None (with every reason in ``problems``)."""
-    where = f"{task['data']['id']}.png (task {task['id']})"
+def _where(task: dict, suffix: str = ".png") -> str:
+    """A task's file in problem lines: ``<id><suffix> (task <n>)``."""
+    return f"{task['data']['id']}{suffix} (task {task['id']})"
+
+
+def _results(task: dict, where: str, problems: list[str]) -> list[dict] | None:
+    """The results of the task's latest submitted annotation; None (with the reason) if unfinished."""
     annotation = _annotation(task)
     if annotation is None:
         problems.append(f"{where}: unfinished task (no submitted annotation)")
         return None
-    if not annotation.get("result"):
+    return annotation.get("result") or []
+
+
+def _is_keypoint(result: dict, labels: LabelSet) -> bool:
+    return labels.keypoints is not None and result.get("type") == "keypointlabels"
+
+
+def _mask(where: str, results: list[dict], labels: LabelSet, problems: list[str]) -> np.ndarray | None:
+    """The label-id mask of an annotation's brush ``results``, or None (with every reason)."""
+    if not results:
         problems.append(f"{where}: the annotation paints nothing (submit one with brush masks)")
         return None
-    found = [_painted(result, where, labels, problems) for result in annotation["result"]]
+    found = [_painted(result, where, labels, problems) for result in results]
     if any(f is None for f in found):
         return None
     if len({painted.shape for _, painted in found}) > 1:
@@ -361,9 +406,75 @@ def task_mask(task: dict, labels: LabelSet, problems: list[str]) -> np.ndarray |
     return mask
 
 
-def _write_folder(client: LabelStudio, tasks: list[dict], labels: LabelSet, folder: Path,
+def _point(result: dict, where: str, labels: LabelSet, problems: list[str]
+           ) -> tuple[str, float, float, tuple[int, int]] | None:
+    """The keypoint name, pixel ``x, y`` (pixel centres at integers) and image ``(width, height)``
+    of one keypoint result, or None (with the reason). Label Studio stores ``x, y`` in percent of
+    the image's width and height from its top-left corner."""
+    value = result.get("value", {})
+    names = value.get("keypointlabels") or []
+    if len(names) != 1 or names[0] not in labels.keypoints.names:
+        problems.append(f"{where}: unknown keypoint {names} (keypoints of {LABELS_FILE}: "
+                        f"{list(labels.keypoints.names)})")
+        return None
+    try:
+        size = int(result["original_width"]), int(result["original_height"])
+        x, y = float(value["x"]) / 100 * size[0] - 0.5, float(value["y"]) / 100 * size[1] - 0.5
+    except (ValueError, KeyError, TypeError) as e:
+        problems.append(f"{where}: unreadable keypoint {names[0]!r} ({type(e).__name__}: {e})")
+        return None
+    return names[0], x, y, size
+
+
+def _keypoints(where: str, results: list[dict], labels: LabelSet, required: bool,
+               problems: list[str]) -> np.ndarray | None:
+    """The ``[K, 3]`` keypoints of an annotation's keypoint ``results`` (keypoints not placed:
+    v = 0), or None (with every reason); ``required``: an annotation placing none is a problem."""
+    if required and not results:
+        problems.append(f"{where}: the annotation places no keypoint (submit one with keypoints)")
+        return None
+    read = [_point(result, where, labels, problems) for result in results]
+    points = [p for p in read if p is not None]
+    names = [p[0] for p in points]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    problems += [f"{where}: keypoint {n!r} placed {names.count(n)} times (place each once)" for n in twice]
+    sizes = sorted({p[3] for p in points})
+    if len(sizes) > 1:
+        problems.append(f"{where}: keypoints on images of different sizes {sizes}")
+    if twice or len(sizes) > 1 or len(points) < len(read):
+        return None
+    if not points:
+        return np.zeros((len(labels.keypoints.names), 3), np.float32)
+    (width, height), = sizes
+    row, found = parse_keypoints(where, {"keypoints": {n: [x, y, VISIBLE] for n, x, y, _ in points}},
+                                 labels.keypoints, width, height)
+    problems += found
+    return row
+
+
+def _task_files(task: dict, labels: LabelSet, masks: bool, problems: list[str]
+                ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """The mask (with ``masks``) and keypoints (where ``labels`` names them) of a task's annotation,
+    or None (with every reason)."""
+    results = _results(task, _where(task, ".png" if masks else KEYPOINTS_SUFFIX), problems)
+    if results is None:
+        return None
+    points = [r for r in results if _is_keypoint(r, labels)]
+    others = [r for r in results if not _is_keypoint(r, labels)]
+    if not masks:
+        problems += [f"{_where(task, KEYPOINTS_SUFFIX)}: a {r.get('type')!r} result is not a keypoint" for r in others]
+    mask = _mask(_where(task), others, labels, problems) if masks else None
+    keypoints = (_keypoints(_where(task, KEYPOINTS_SUFFIX), points, labels, not (masks or others), problems)
+                 if labels.keypoints else None)
+    if (masks and mask is None) or (labels.keypoints and keypoints is None) or (others and not masks):
+        return None
+    return mask, keypoints
+
+
+def _write_folder(client: LabelStudio, tasks: list[dict], labels: LabelSet, folder: Path, masks: bool,
                   problems: list[str]) -> pd.DataFrame:
-    """Write masks, images, manifest and labels of the tasks into ``folder``; the manifest."""
+    """Write masks (with ``masks``), keypoints, images, manifest and labels of the tasks into
+    ``folder``; the manifest."""
     rows = []
     for task in tasks:
         data = task.get("data", {})
@@ -371,39 +482,51 @@ def _write_folder(client: LabelStudio, tasks: list[dict], labels: LabelSet, fold
             problems.append(f"task {task['id']}: not a labelfactory sample (no id/image in its data)")
             continue
         rows.append({k: v for k, v in data.items() if k not in ("image", "caption")})
-        mask = task_mask(task, labels, problems)
+        files = _task_files(task, labels, masks, problems)
+        if files is None:
+            continue
+        mask, keypoints = files
         if mask is not None:
             Image.fromarray(mask).save(folder / f"{data['id']}.png")
-            (folder / f"{data['id']}{IMAGE_SUFFIX}").write_bytes(client.request("GET", data["image"], raw=True))
+        if keypoints is not None:
+            write_keypoints(folder, KeypointSet([data["id"]], keypoints[None], labels.keypoints))
+        (folder / f"{data['id']}{IMAGE_SUFFIX}").write_bytes(client.request("GET", data["image"], raw=True))
     manifest = pd.DataFrame(rows)
     manifest.to_csv(folder / MANIFEST_FILE, index=False)
-    (folder / LABELS_FILE).write_text(yaml.safe_dump({"names": list(labels.names),
-                                                       "ignore_index": labels.ignore_index}))
+    doc = {"names": list(labels.names), "ignore_index": labels.ignore_index}
+    if labels.keypoints is not None:
+        doc["keypoints"] = labels.keypoints.as_dict()
+    (folder / LABELS_FILE).write_text(yaml.safe_dump(doc))
     return manifest
 
 
-def _import_problems(folder: Path, manifest: pd.DataFrame, backend: GeneratorBackend) -> list[str]:
-    """The importer's problems with the pulled folder (images against their seeds' re-renders...)."""
+def _import_problems(folder: Path, manifest: pd.DataFrame, backend: GeneratorBackend, masks: bool) -> list[str]:
+    """The importer's problems with the pulled folder (images against their seeds' re-renders...),
+    less the missing files of tasks whose problems are reported already."""
     first = manifest.iloc[0]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             import_annotations(folder, backend, Path(tmp) / "check.h5", truncation=float(first.get("truncation", 1.0)),
-                               noise=first.get("noise", "const"), only_masked=True)
+                               noise=first.get("noise", "const"), only_masked=True, masks=masks)
         except AnnotationError as e:
-            return e.problems
+            reported = tuple(f"{sid}{KEYPOINTS_SUFFIX}: missing" for sid in manifest["id"]
+                             if not (folder / f"{sid}{IMAGE_SUFFIX}").is_file())
+            return [p for p in e.problems if not p.startswith(reported)]
     return []
 
 
 def pull(client: LabelStudio, title: str, out_dir: str | os.PathLike, labels: LabelSet,
-         backend: GeneratorBackend | None = None) -> pd.DataFrame:
+         backend: GeneratorBackend | None = None, masks: bool = True) -> pd.DataFrame:
     """Write the project's annotations as an annotation folder ``out_dir`` (``labels.yaml``,
-    ``manifest.csv``, ``<id>.png`` masks, ``<id>.image.png`` as annotated); with ``backend`` also
-    checked by the importer. Raises one AnnotationError naming every problem (unfinished
-    tasks, unknown labels, pixels with two labels, ...) and then writes nothing."""
+    ``manifest.csv``, ``<id>.png`` masks, ``<id>.keypoints.json`` where ``labels`` names keypoints,
+    ``<id>.image.png`` as annotated); ``masks`` False: a keypoint-only project, no masks written or
+    required. With ``backend`` also checked by the importer. Raises one AnnotationError naming
+    every problem (unfinished tasks, unknown labels, pixels with two labels, a keypoint placed
+    twice, ...) and then writes nothing."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AnnotationError(out, [f"{out.name}: exists and is not empty; pull into a new folder"])
-    project = open_project(client, title, labels, create=False)
+    project = open_project(client, title, labels, create=False, masks=masks)
     tasks = project_tasks(client, project["id"])
     where = f"Label Studio project {title!r} (id {project['id']}) at {client.url}"
     if not tasks:
@@ -412,9 +535,9 @@ def pull(client: LabelStudio, title: str, out_dir: str | os.PathLike, labels: La
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         problems: list[str] = []
-        manifest = _write_folder(client, tasks, labels, tmp, problems)
+        manifest = _write_folder(client, tasks, labels, tmp, masks, problems)
         if backend is not None and any(tmp.glob("*.image.png")):
-            problems += _import_problems(tmp, manifest, backend)
+            problems += _import_problems(tmp, manifest, backend, masks)
         if problems:
             raise AnnotationError(where, problems)
         tmp.chmod(0o755)
