@@ -75,10 +75,9 @@ def train_keypoint_detector(images: np.ndarray, keypoints: np.ndarray, cfg: SegT
     ``cfg.batch_size`` images drawn with replacement by a generator seeded with ``cfg.seed``,
     ``cfg``'s optimizer, learning rate schedule and threads. ``cfg.augment.hflip`` flips half of
     the images with their keypoints (:func:`flip_keypoints` with ``flip_pairs``); its ``scale``
-    is not applied (rescaling would move the targets off a small object's pixels; toy and crop
-    images keep the object's scale). Returns the model in eval mode and the history: per-step
-    ``loss`` and ``lr``, ``wall_s``, ``threads``, ``diverged`` (None or the
-    :func:`~labelfactory.core.divergence.divergence` record)."""
+    is ignored (the detector learns the object scales its training images show). Returns the
+    model in eval mode and the history: per-step ``loss`` and ``lr``, ``wall_s``, ``threads``,
+    ``diverged`` (None or the :func:`~labelfactory.core.divergence.divergence` record)."""
     keypoints = np.asarray(keypoints, dtype=np.float32)
     x = _normalised(images)
     n, size = len(x), x.shape[-1]
@@ -130,8 +129,7 @@ def predict_keypoints(model: SegmentationNet, images: np.ndarray, batch_size: in
     model.eval().to(device)
     x = _normalised(images)
     out = [decode_heatmaps(model(batch.to(device))[None].float().cpu()).as_coco() for batch in x.split(batch_size)]
-    return np.concatenate(out).astype(np.float32) if out else \
-        np.zeros((0, model.classifier[-1].out_channels, 3), np.float32)
+    return np.concatenate(out).astype(np.float32)
 
 
 def keypoint_scores(pred: np.ndarray, truth: np.ndarray, areas: np.ndarray, names: Sequence[str]) -> dict:
