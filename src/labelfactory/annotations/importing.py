@@ -50,6 +50,7 @@ from labelfactory.annotations.cvat import (
     read_cvat_mask,
     read_labelmap,
 )
+from labelfactory.annotations.cvat_keypoints import COCO_KEYPOINTS_EXPORT, read_coco_export_keypoints
 from labelfactory.annotations.datasetgan_release import datasetgan_layout, import_datasetgan_annotations
 from labelfactory.annotations.handout import IMAGE_SUFFIX, LATENT_SUFFIX, MANIFEST_FILE, render_uint8
 from labelfactory.annotations.keypoints import KEYPOINTS_SUFFIX, KeypointSet, read_keypoint_files
@@ -205,10 +206,13 @@ def _extra_masks(ann_dir: Path, known: set[str]) -> list[str]:
 def folder_keypoints(ann_dir: Path, ids: Sequence[str], labelset: LabelSet | None, width: int, height: int,
                      problems: list[str]) -> KeypointSet | None:
     """The ``<id>.keypoints.json`` of every image ``ids`` (``width`` x ``height``) where labels.yaml
-    names keypoints (None where it does not), every file's problems added to ``problems``."""
+    names keypoints (None where it does not), every file's problems added to ``problems``; where there
+    are none, a CVAT "COCO Keypoints 1.0" export unpacked in the folder."""
     if labelset is None or labelset.keypoints is None:  # no labels.yaml: its problem is reported already
         return None
-    keypoints, found = read_keypoint_files(ann_dir, ids, labelset.keypoints, (width, height))
+    cvat = (ann_dir / COCO_KEYPOINTS_EXPORT).is_file() and not any(ann_dir.glob(f"*{KEYPOINTS_SUFFIX}"))
+    read = read_coco_export_keypoints if cvat else read_keypoint_files
+    keypoints, found = read(ann_dir, ids, labelset.keypoints, (width, height))
     problems += found
     return keypoints
 
