@@ -66,8 +66,10 @@ def test_predictions_are_positions_and_confidences(cars, trained):
     assert pred.shape == (5, len(CAR), 3) and pred.dtype == np.float32
     assert (pred[..., :2] >= -0.5).all() and (pred[..., :2] <= 31.5).all()
     assert predict_keypoints(trained[0], cars.images[:0]).shape == (0, len(CAR), 3)
-    with pytest.raises(ValueError, match="square uint8 images"):
-        predict_keypoints(trained[0], cars.images[:, :30])
+    wide = predict_keypoints(trained[0], cars.images[:5, 8:24])  # a 16 x 32 crop: rectangular images work
+    assert wide.shape == (5, len(CAR), 3) and (wide[..., 1] <= 15.5).all() and (wide[..., 0] <= 31.5).all()
+    with pytest.raises(ValueError, match="uint8 images"):
+        predict_keypoints(trained[0], cars.images.astype(np.float32))
 
 
 def test_flip_keypoints_mirrors_x_and_swaps_left_and_right():

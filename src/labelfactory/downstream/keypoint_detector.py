@@ -15,21 +15,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from labelfactory.core.divergence import divergence, finite_weights
 from labelfactory.core.io import atomic_write_json
 from labelfactory.core.keypoint_metrics import coco_keypoint_ap, pck
 from labelfactory.downstream.data import to_tensors
 from labelfactory.downstream.models import SegmentationNet, build_segmentation_model
-from labelfactory.downstream.segmentation import (SegTrainConfig, build_optimizer, load_model, lr_factor, save_model,
-                                                  torch_threads)
+from labelfactory.downstream.segmentation import SegTrainConfig, load_model, optimise, save_model, torch_threads
 from labelfactory.interpreters.keypoints import decode_heatmaps, gaussian_heatmaps
 
 log = logging.getLogger(__name__)
@@ -38,10 +34,10 @@ DETECTOR_KEY = "keypoint_detector"  # the sidecar entry that makes a saved model
 
 
 def _normalised(images: np.ndarray) -> torch.Tensor:
-    """uint8 square images ``[N, S, S, 3]`` → the downstream networks' input ``[N, 3, S, S]``."""
+    """uint8 images ``[N, H, W, 3]`` → the downstream networks' input ``[N, 3, H, W]``."""
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"expected square uint8 images [N, S, S, 3], got {images.dtype} {list(images.shape)}")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
     blank = np.zeros(images.shape[1:3], np.int64)
     return torch.stack([to_tensors(image, blank)[0] for image in images]) if len(images) else \
         torch.zeros(0, 3, *images.shape[1:3])
@@ -59,9 +55,9 @@ def flip_keypoints(keypoints: np.ndarray, width: int, flip_pairs: Sequence[tuple
 
 
 def heatmap_loss(heatmaps: torch.Tensor, keypoints: np.ndarray, sigma: float) -> torch.Tensor:
-    """Mean squared error of ``heatmaps`` ``[B, K, S, S]`` to the Gaussian targets of
+    """Mean squared error of ``heatmaps`` ``[B, K, H, W]`` to the Gaussian targets of
     ``keypoints`` ``[B, K, 3]``, over the maps of labelled keypoints only (0 if there are none)."""
-    target = gaussian_heatmaps(keypoints, heatmaps.shape[-1], sigma).to(heatmaps.device)
+    target = gaussian_heatmaps(keypoints, tuple(heatmaps.shape[-2:]), sigma).to(heatmaps.device)
     labelled = torch.as_tensor(keypoints[..., 2] > 0, device=heatmaps.device).float()
     squared = (heatmaps - target).square().mean((-2, -1))
     return (squared * labelled).sum() / labelled.sum().clamp(min=1.0)
@@ -70,17 +66,16 @@ def heatmap_loss(heatmaps: torch.Tensor, keypoints: np.ndarray, sigma: float) ->
 def train_keypoint_detector(images: np.ndarray, keypoints: np.ndarray, cfg: SegTrainConfig, sigma: float = 1.5,
                             flip_pairs: Sequence[tuple[int, int]] = (), device: str | torch.device = "cpu"
                             ) -> tuple[SegmentationNet, dict]:
-    """Train ``cfg.model`` with one output per keypoint on ``images`` uint8 ``[N, S, S, 3]`` and
+    """Train ``cfg.model`` with one output per keypoint on ``images`` uint8 ``[N, H, W, 3]`` and
     their ``keypoints`` ``[N, K, 3]`` (pixels, x, y, v): ``cfg.steps`` batches of
     ``cfg.batch_size`` images drawn with replacement by a generator seeded with ``cfg.seed``,
     ``cfg``'s optimizer, learning rate schedule and threads. ``cfg.augment.hflip`` flips half of
     the images with their keypoints (:func:`flip_keypoints` with ``flip_pairs``); its ``scale``
     is ignored (the detector learns the object scales its training images show). Returns the
-    model in eval mode and the history: per-step ``loss`` and ``lr``, ``wall_s``, ``threads``,
-    ``diverged`` (None or the :func:`~labelfactory.core.divergence.divergence` record)."""
+    model in eval mode and the history of :func:`~labelfactory.downstream.segmentation.optimise`."""
     keypoints = np.asarray(keypoints, dtype=np.float32)
     x = _normalised(images)
-    n, size = len(x), x.shape[-1]
+    n, width = len(x), x.shape[-1]
     if keypoints.ndim != 3 or keypoints.shape[0] != n or keypoints.shape[2] != 3 or keypoints.shape[1] < 1:
         raise ValueError(f"keypoints must be [N, K, 3] with N = {n} images, got {list(keypoints.shape)}")
     if not (keypoints[..., 2] > 0).any():
@@ -88,36 +83,18 @@ def train_keypoint_detector(images: np.ndarray, keypoints: np.ndarray, cfg: SegT
     device = torch.device(device)
     with torch_threads(cfg.threads):
         torch.manual_seed(cfg.seed)
-        model = build_segmentation_model(cfg.model, keypoints.shape[1], **cfg.model_options).to(device).train()
+        model = build_segmentation_model(cfg.model, keypoints.shape[1], **cfg.model_options).to(device)
         generator = torch.Generator().manual_seed(cfg.seed)
-        opt = build_optimizer(model, cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-        history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads(), "diverged": None}
-        t0 = time.perf_counter()
-        for step in range(cfg.steps):
+
+        def batch_loss(step: int) -> torch.Tensor:
             pick = torch.randint(n, (cfg.batch_size,), generator=generator)
             flip = (torch.rand(cfg.batch_size, generator=generator) < 0.5) & cfg.augment.hflip
             batch, kp = x[pick], keypoints[pick.numpy()]
             batch[flip] = batch[flip].flip(-1)
-            kp[flip.numpy()] = flip_keypoints(kp[flip.numpy()], size, flip_pairs)
-            loss = heatmap_loss(model(batch.to(device)), kp, sigma)
-            value = loss.item()
-            if not math.isfinite(value):
-                history["diverged"] = divergence(step, history["loss"])
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            history["lr"].append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-            history["loss"].append(value)
-            if (step + 1) % cfg.log_every == 0:
-                recent = history["loss"][-cfg.log_every:]
-                log.info("step %d/%d heatmap loss %.5f (%.1f s)", step + 1, cfg.steps, sum(recent) / len(recent),
-                         time.perf_counter() - t0)
-        if history["diverged"] is None and not finite_weights(model):
-            history["diverged"] = divergence(cfg.steps - 1, history["loss"], "weights")
-        history["wall_s"] = time.perf_counter() - t0
+            kp[flip.numpy()] = flip_keypoints(kp[flip.numpy()], width, flip_pairs)
+            return heatmap_loss(model(batch.to(device)), kp, sigma)
+
+        history = optimise(model, cfg, batch_loss, what="heatmap loss")
     return model.eval(), history
 
 
@@ -125,7 +102,7 @@ def train_keypoint_detector(images: np.ndarray, keypoints: np.ndarray, cfg: SegT
 def predict_keypoints(model: SegmentationNet, images: np.ndarray, batch_size: int = 64,
                       device: str | torch.device = "cpu") -> np.ndarray:
     """Float32 ``[N, K, 3]``: (x, y, confidence) of each keypoint in ``images`` uint8
-    ``[N, S, S, 3]``, decoded from the model's heatmaps (one member, so no spread)."""
+    ``[N, H, W, 3]``, decoded from the model's heatmaps (one member, so no spread)."""
     model.eval().to(device)
     x = _normalised(images)
     out = [decode_heatmaps(model(batch.to(device))[None].float().cpu()).as_coco() for batch in x.split(batch_size)]

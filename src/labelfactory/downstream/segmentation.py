@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Collection, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -172,16 +172,51 @@ def dataset_class_weights(dataset: Dataset, num_classes: int, balance: float, se
     return class_weights_from_counts(counts, balance)
 
 
+def optimise(model: nn.Module, cfg: SegTrainConfig, batch_loss: Callable[[int], torch.Tensor],
+             keep: Collection[int] = (), progress: bool = True, what: str = "loss") -> dict:
+    """``cfg.steps`` optimiser steps of ``model`` on ``batch_loss(step)`` (the loss of the next
+    batch) with ``cfg``'s optimizer and learning rate schedule; the one training loop of every
+    downstream network. Returns the history: per-step ``loss`` and ``lr``, ``threads``,
+    ``snapshots`` ``{step: state dict}`` after the steps in ``keep``, ``wall_s`` and ``diverged``:
+    None, or the :func:`~labelfactory.core.divergence.divergence` record of a run stopped at a
+    non-finite loss (or ending with non-finite weights)."""
+    opt = build_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads(), "snapshots": {},
+                               "diverged": None}
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        loss = batch_loss(step)
+        value = loss.item()
+        if not math.isfinite(value):
+            history["diverged"] = divergence(step, history["loss"])
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        history["lr"].append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        history["loss"].append(value)
+        if step + 1 in keep:
+            history["snapshots"][step + 1] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if progress and (step + 1) % cfg.log_every == 0:
+            recent = history["loss"][-cfg.log_every:]
+            log.info("step %d/%d %s %.4g (%.1f s)", step + 1, cfg.steps, what, sum(recent) / len(recent),
+                     time.perf_counter() - t0)
+    if history["diverged"] is None and not finite_weights(model):
+        history["diverged"] = divergence(cfg.steps - 1, history["loss"], "weights")
+    history["wall_s"] = time.perf_counter() - t0
+    return history
+
+
 def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, device: str | torch.device = "cpu",
                        progress: bool = True) -> tuple[SegmentationNet, dict]:
     """Train a fresh model on ``dataset`` for ``cfg.steps`` batches (epochs
     wrap around, so few-shot and large sets get the same schedule).
 
-    Returns the model in eval mode and the history: per-step ``loss`` and
-    ``lr``, ``wall_s``, ``threads``, with ``cfg.snapshots`` > 1
-    ``snapshots`` ``{step: state dict}`` (the last is the returned model's), and
-    ``diverged``: None, or the :func:`~labelfactory.core.divergence.divergence`
-    record of a run stopped at a non-finite loss (or ending with non-finite weights).
+    Returns the model in eval mode and the history of :func:`optimise`, with ``cfg.snapshots`` > 1
+    the snapshots (the last is the returned model's).
     """
     if len(dataset) == 0:
         raise ValueError("cannot train a segmentation network on an empty dataset")
@@ -197,38 +232,14 @@ def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, 
         if weight is not None:
             log.info("class weights %s", [round(w, 3) for w in weight.tolist()])
             weight = weight.to(device)
-        opt = build_optimizer(model, cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-        history: dict[str, Any] = {"loss": [], "lr": [], "threads": torch.get_num_threads(), "snapshots": {},
-                                   "diverged": None}
-        keep = set(cfg.snapshot_steps) if cfg.snapshots > 1 else set()
-        model.train()
-        t0 = time.perf_counter()
         batches = iter(loader)
-        for step in range(cfg.steps):
+
+        def batch_loss(step: int) -> torch.Tensor:
             image, label = next(batches)
-            image = image.to(device, non_blocking=True)
-            label = label.to(device, non_blocking=True)
-            loss = segmentation_loss(model(image), label, cfg.ignore_index, weight)
-            value = loss.item()
-            if not math.isfinite(value):
-                history["diverged"] = divergence(step, history["loss"])
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            history["lr"].append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-            history["loss"].append(value)
-            if step + 1 in keep:
-                history["snapshots"][step + 1] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if progress and (step + 1) % cfg.log_every == 0:
-                recent = history["loss"][-cfg.log_every:]
-                log.info("step %d/%d loss %.4f (%.1f s)", step + 1, cfg.steps, sum(recent) / len(recent),
-                         time.perf_counter() - t0)
-        if history["diverged"] is None and not finite_weights(model):
-            history["diverged"] = divergence(cfg.steps - 1, history["loss"], "weights")
-        history["wall_s"] = time.perf_counter() - t0
+            return segmentation_loss(model(image.to(device, non_blocking=True)), label.to(device, non_blocking=True),
+                                     cfg.ignore_index, weight)
+
+        history = optimise(model, cfg, batch_loss, set(cfg.snapshot_steps) if cfg.snapshots > 1 else (), progress)
     return model.eval(), history
 
 
