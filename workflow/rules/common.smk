@@ -227,11 +227,14 @@ def final_targets():
     for name in TASKS:
         task = CFG.tasks[name]
         # a reuse task's annotations are the reused task's; annotated images need no samples to annotate
+        keypoints = bool(task.keypoints and task.keypoints.enabled)
+        if not task.segmentation and not keypoints:  # a keypoint-only task outside the default run
+            continue
         if not task.reuse and task.annotation.source == "samples":
             targets.append(f"results/{name}/for_annotation")
-        if task.keypoints and task.keypoints.enabled:
+        if keypoints:
             targets += keypoint_targets(name)
-        if not task.segmentation:  # a keypoint-only task
+        if not task.segmentation:
             continue
         targets += [f"results/{name}/manifest.parquet", f"results/{name}/report/samples.png"]
         if task.validation.enabled:
