@@ -124,13 +124,13 @@ def train_keypoint_run(setting: str, inputs: KeypointInputs, cfg: SegTrainConfig
 def evaluate_keypoint_run(model_path: str | Path, names: Sequence[str], real: RealDataSpec, out_json: str | Path,
                           device: str = "cpu") -> dict:
     """Score a saved detector on the real test split (PCK@0.05, PCK@0.1, AP); writes and returns the
-    scores with the run's setting, seed and training-set size."""
+    scores with the run's setting, seed, training-set size and the device it trained on."""
     model, meta = load_keypoint_detector(model_path, device)
     test = real_keypoint_images(real, "test", names)
     pred = predict_keypoints(model, test.images, device=device)
     run = meta["metrics"]
-    result = {**keypoint_scores(pred, test.keypoints, test.areas, names),
-              **{k: run[k] for k in ("setting", "seed", "num_train_images")}}
+    result = {**keypoint_scores(pred, test.keypoints, test.areas, names), "keypoint_names": list(names),
+              **{k: run[k] for k in ("setting", "seed", "num_train_images", "device")}}
     atomic_write_json(out_json, result)
     log.info("%s seed %s: PCK@0.1 %.3f, AP %.3f on %d real test images", result["setting"], result["seed"],
              result["pck@0.1"], result["ap"], len(test.images))

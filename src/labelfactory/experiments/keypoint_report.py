@@ -25,12 +25,12 @@ SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "fully_supervise
 
 def collect_keypoint_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """One row per detector run: setting, seed, training images, the :data:`METRICS`, per-keypoint
-    PCK@0.1 (``pck/<name>``) and device."""
+    PCK@0.1 (``pck/<name>``, in the keypoints' order) and device."""
     rows = []
     for p in paths:
         s = json.loads(Path(p).read_text())
         rows.append({"setting": s["setting"], "seed": s["seed"], "num_train_images": s["num_train_images"],
-                     **{m: s[m] for m in METRICS}, **{f"pck/{k}": v for k, v in s["per_keypoint"].items()},
+                     **{m: s[m] for m in METRICS}, **{f"pck/{k}": s["per_keypoint"][k] for k in s["keypoint_names"]},
                      "device": run_device(s)})
     df = pd.DataFrame(rows)
     order = [s for s in SETTING_ORDER if s in set(df["setting"])]
