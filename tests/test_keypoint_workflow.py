@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 NAMES = list(tw.keypoint_names("car"))
 KEYPOINT_RULES = ("train_keypoint_head", "synthesize_keypoints", "filter_keypoints", "train_keypoint_detector",
-                  "evaluate_keypoint_detector", "keypoint_table", "keypoint_label_quality")
+                  "evaluate_keypoint_detector", "keypoint_table", "keypoint_sample_grid", "keypoint_label_quality")
 
 
 def image_keypoints(image: np.ndarray) -> np.ndarray:
@@ -96,6 +96,7 @@ def test_keypoint_target_runs_end_to_end_and_reruns_nothing(project):
     for title in ("few-shot", "synthetic, filtered", "fully supervised (real)", "PCK@0.1", "AP (OKS)", "Device: "):
         assert title in table
     assert "unrecorded" not in table  # every run names its device
+    assert (project / "results/tiny/report/keypoint_samples.png").stat().st_size > 1000
     quality = json.loads((project / "results/tiny/report/keypoint_quality.json").read_text())
     assert quality["samples"] == 12 and 0 <= quality["pck_kept"] <= 1
     assert not (project / "results/tiny/interpreter.safetensors").exists()  # no segmentation stage ran

@@ -215,10 +215,10 @@ KEYPOINT_TASKS = [n for n in TASKS if CFG.tasks[n].keypoints]
 
 
 def keypoint_targets(name):
-    """A keypoint task's table, and its synthetic keypoints' quality where an annotator can tell."""
+    """A keypoint task's table and sample grid, and its synthetic keypoints' quality where an annotator can tell."""
     task = CFG.tasks[name]
     quality = [f"results/{name}/report/keypoint_quality.json"] if task.keypoints.reference_annotator else []
-    return [f"results/{name}/report/keypoints.md", *quality]
+    return [f"results/{name}/report/keypoints.md", f"results/{name}/report/keypoint_samples.png", *quality]
 
 
 def final_targets():

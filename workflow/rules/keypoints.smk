@@ -153,6 +153,25 @@ rule keypoint_table:
         "../../scripts/keypoint_table.py"
 
 
+rule keypoint_sample_grid:
+    """Generated images with the head's keypoints: most certain, random kept, most uncertain."""
+    input:
+        manifest="results/{task}/keypoints/manifest.parquet",
+        labels=lambda w: task_of(w).labels,
+    output:
+        "results/{task}/report/keypoint_samples.png",
+    log:
+        "results/logs/keypoint_sample_grid/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/labelfactory.yaml"
+    script:
+        "../../scripts/keypoint_sample_grid.py"
+
+
 rule keypoint_label_quality:
     """The synthetic keypoints against the task's `keypoints.reference_annotator`: error of kept and dropped samples."""
     input:

@@ -15,9 +15,10 @@ import pandas as pd
 from labelfactory.core.io import atomic_path, atomic_write_json
 from labelfactory.core.keypoint_metrics import object_scale
 from labelfactory.downstream.keypoint_detector import load_keypoint_detector, predict_keypoints
-from labelfactory.experiments.reporting import error_summary, mean_sd, run_device, setting_title, write_table
+from labelfactory.experiments.reporting import (error_summary, mean_sd, pyplot, run_device, sample_groups, save_figure,
+                                                setting_title, write_table)
 from labelfactory.synthesis.filtering import read_manifest
-from labelfactory.synthesis.keypoint_shards import read_keypoint_samples
+from labelfactory.synthesis.keypoint_shards import keypoint_names_of, read_keypoint_samples
 
 METRICS = {"pck@0.05": "PCK@0.05", "pck@0.1": "PCK@0.1", "ap": "AP (OKS)"}
 SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "fully_supervised")
@@ -102,3 +103,30 @@ def write_keypoint_label_quality(errors: pd.DataFrame, csv_path: str | os.PathLi
         errors.to_csv(tmp, index=False, float_format="%.5f")
     atomic_write_json(json_path, summary)
     return summary
+
+
+def plot_keypoint_grid(manifest: pd.DataFrame, path: str | os.PathLike, skeleton: Sequence[tuple[str, str]] = (),
+                       per_row: int = 8) -> None:
+    """Generated images with the head's keypoints (one colour per keypoint, the ``skeleton``'s edges
+    between them): the most certain samples, random kept ones and the most uncertain dropped ones,
+    each titled with its score (the members' mean spread in pixels)."""
+    plt = pyplot()
+    groups = sample_groups(manifest, per_row)
+    names = keypoint_names_of(manifest["shard"].iloc[0])
+    index = {n: i for i, n in enumerate(names)}
+    colours = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
+    fig = plt.figure(figsize=(1.3 * per_row, 1.6 * len(groups) + 0.4), layout="constrained")
+    for sub, (name, rows) in zip(fig.subfigures(len(groups), 1, squeeze=False).ravel(), groups):
+        sub.suptitle(name, x=0.01, ha="left", fontsize=9, weight="bold")
+        for ax, (_, row) in zip(sub.subplots(1, per_row, squeeze=False).ravel(), rows.iterrows()):
+            image, kp, _ = read_keypoint_samples(row["shard"], [row["index"]])
+            ax.imshow(image[0], interpolation="nearest")
+            for a, b in skeleton:
+                ax.plot(kp[0, [index[a], index[b]], 0], kp[0, [index[a], index[b]], 1], color="white", lw=0.6)
+            ax.scatter(kp[0, :, 0], kp[0, :, 1], c=colours, s=9, edgecolors="black", linewidths=0.3)
+            ax.set_title(f"{row['score']:.2f}", fontsize=7)
+        for ax in sub.axes:
+            ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=n) for n, c in zip(names, colours)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(names), 6), fontsize=7, frameon=False)
+    save_figure(fig, path)

@@ -262,6 +262,16 @@ def plot_note(note: str, path: str | os.PathLike) -> None:
     save_figure(fig, path)
 
 
+def sample_groups(manifest: pd.DataFrame, per_row: int) -> list[tuple[str, pd.DataFrame]]:
+    """The rows a sample grid shows, by group: the ``per_row`` most certain samples, a seeded random
+    draw of the kept ones, and the most uncertain dropped ones (empty groups left out)."""
+    kept, dropped = manifest[manifest["kept"]], manifest[~manifest["kept"]]
+    groups = [("most certain", kept.nsmallest(per_row, "score")),
+              ("random kept", kept.sample(min(per_row, len(kept)), random_state=0) if len(kept) else kept),
+              ("most uncertain (dropped)", dropped.nlargest(per_row, "score"))]
+    return [(name, rows) for name, rows in groups if len(rows)]
+
+
 def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: int = 8) -> None:
     """Generated images with their labels overlaid: the ``per_row`` most certain
     samples, a random draw of the kept ones, and the most uncertain dropped ones
@@ -271,11 +281,7 @@ def plot_sample_grid(manifest: pd.DataFrame, path: str | os.PathLike, per_row: i
     if (note := unlabelled_note(manifest)) is not None:
         return plot_note(note, path)
     plt = pyplot()
-    kept, dropped = manifest[manifest["kept"]], manifest[~manifest["kept"]]
-    groups = [("most certain", kept.nsmallest(per_row, "score")),
-              ("random kept", kept.sample(min(per_row, len(kept)), random_state=0) if len(kept) else kept),
-              ("most uncertain (dropped)", dropped.nlargest(per_row, "score"))]
-    groups = [(name, rows) for name, rows in groups if len(rows)]
+    groups = sample_groups(manifest, per_row)
     fig = plt.figure(figsize=(1.3 * per_row, 2.9 * len(groups)), layout="constrained")
     for sub, (name, rows) in zip(fig.subfigures(len(groups), 1, squeeze=False).ravel(), groups):
         sub.suptitle(name, x=0.01, ha="left", fontsize=9, weight="bold")
