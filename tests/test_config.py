@@ -32,7 +32,7 @@ def test_defaults_are_filled(tmp_path):
     assert t["truncation"] == 1.0 and t["noise"] == "const" and t["class"] == -1
     assert t["annotation"] == {"num_samples": 16, "seed_start": 0, "expected_count": None, "expected_per_class": None,
                                "select": "random", "pool": {"seed_start": 1000000, "size": 1000}, "diversity": "none",
-                               "oversample": 4, "latents": None, "merge": None, "only_masked": False,
+                               "oversample": 4, "latents": None, "merge": None, "only_masked": False, "masks": True,
                                "source": "samples"}
     assert t["features"] == {"layers": "all", "batch_size": 8}
 

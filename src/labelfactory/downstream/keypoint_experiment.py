@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,7 +39,8 @@ from labelfactory.synthesis.keypoint_shards import read_keypoint_samples
 
 log = logging.getLogger(__name__)
 
-KEYPOINT_SETTINGS: Registry = Registry("keypoint setting")
+# where a setting's training images and keypoints come from, in table order
+KEYPOINT_SETTINGS: Registry[Callable[[KeypointInputs], tuple[np.ndarray, np.ndarray]]] = Registry("keypoint setting")
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ import pandas as pd
 from labelfactory.core.io import atomic_path, atomic_write_json
 from labelfactory.core.keypoint_metrics import object_scale
 from labelfactory.downstream.keypoint_detector import load_keypoint_detector, predict_keypoints
+from labelfactory.downstream.keypoint_experiment import KEYPOINT_SETTINGS
 from labelfactory.experiments.reporting import (error_summary, mean_sd, pyplot, run_device, sample_groups, save_figure,
                                                 setting_title, write_table)
 from labelfactory.synthesis.filtering import read_manifest
 from labelfactory.synthesis.keypoint_shards import keypoint_names_of, read_keypoint_samples
 
 METRICS = {"pck@0.05": "PCK@0.05", "pck@0.1": "PCK@0.1", "ap": "AP (OKS)"}
-SETTING_ORDER = ("few_shot", "synthetic", "synthetic_filtered", "fully_supervised")
 
 
 def collect_keypoint_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
@@ -34,7 +34,7 @@ def collect_keypoint_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
                      **{m: s[m] for m in METRICS}, **{f"pck/{k}": s["per_keypoint"][k] for k in s["keypoint_names"]},
                      "device": run_device(s)})
     df = pd.DataFrame(rows)
-    order = [s for s in SETTING_ORDER if s in set(df["setting"])]
+    order = [s for s in KEYPOINT_SETTINGS.names() if s in set(df["setting"])]
     df["setting"] = pd.Categorical(df["setting"], categories=order, ordered=True)
     return df.sort_values(["setting", "seed"]).reset_index(drop=True)
 
