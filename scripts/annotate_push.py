@@ -21,7 +21,6 @@ with snakemake_job(snakemake):
         interpreter = load_interpreter(p.interpreter_type, files.interpreter[0], device)
         predictions = interpreter_predictions(backend, interpreter, files.samples)
         version = model_version(files.interpreter[0])
-    masks = snakemake.config["tasks"][snakemake.wildcards.task]["annotation"]["masks"]  # false: keypoint-only
     done = push(LabelStudio(p.url), files.samples, load_labels(files.labels), p.project, predictions, version,
-                masks=masks)
+                masks=p.masks)
     atomic_write_json(snakemake.output[0], done)

@@ -121,6 +121,7 @@ rule annotate_push:
         project=lambda w: f"labelfactory {w.task}",
         url=config["label_studio"]["url"],
         interpreter_type=lambda w: task_of(w).interpreter["type"],
+        masks=lambda w: task_of(w).annotation.masks,  # false: a keypoint-only project
         generator=lambda w: generator_options(task_of(w)),
         device=CFG.device,
     log:
