@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from labelfactory.core.keypoint_metrics import pck
+from labelfactory.annotations.labels import KeypointSpec
 from labelfactory.downstream.keypoint_detector import (flip_keypoints, keypoint_scores, load_keypoint_detector,
                                                        predict_keypoints, save_keypoint_detector,
                                                        train_keypoint_detector)
@@ -74,7 +75,7 @@ def test_predictions_are_positions_and_confidences(cars, trained):
 
 def test_flip_keypoints_mirrors_x_and_swaps_left_and_right():
     names = toyworld.keypoint_names("face")
-    pairs = [(names.index(a), names.index(b)) for a, b in toyworld.KEYPOINT_FLIP_PAIRS["face"]]
+    pairs = KeypointSpec(names, toyworld.KEYPOINT_FLIP_PAIRS["face"]).flip_permutation()
     scene = toyworld.render(5, "face", 32)
     flipped = flip_keypoints(scene.keypoints, 32, pairs)
     left, right = names.index("left_eye"), names.index("right_eye")

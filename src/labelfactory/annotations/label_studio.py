@@ -493,10 +493,7 @@ def _write_folder(client: LabelStudio, tasks: list[dict], labels: LabelSet, fold
         (folder / f"{data['id']}{IMAGE_SUFFIX}").write_bytes(client.request("GET", data["image"], raw=True))
     manifest = pd.DataFrame(rows)
     manifest.to_csv(folder / MANIFEST_FILE, index=False)
-    doc = {"names": list(labels.names), "ignore_index": labels.ignore_index}
-    if labels.keypoints is not None:
-        doc["keypoints"] = labels.keypoints.as_dict()
-    (folder / LABELS_FILE).write_text(yaml.safe_dump(doc))
+    (folder / LABELS_FILE).write_text(yaml.safe_dump(labels.as_dict()))
     return manifest
 
 

@@ -148,6 +148,11 @@ class LabelSet:
             raise ValueError("invalid label set: " + "; ".join(problems))
         object.__setattr__(self, "names", tuple(self.names))
 
+    def as_dict(self) -> dict:
+        """The ``labels.yaml`` document: ``names``, ``ignore_index`` and, where there are any, ``keypoints``."""
+        doc = {"names": list(self.names), "ignore_index": self.ignore_index}
+        return doc if self.keypoints is None else {**doc, "keypoints": self.keypoints.as_dict()}
+
 
 def _read_labels(path: Path) -> tuple[LabelSet | None, list[str]]:
     """The label set in ``path`` and, if none could be made, why not."""

@@ -56,7 +56,7 @@ from labelfactory.downstream import datasets  # noqa: F401  (registers the publi
 from labelfactory.downstream.data import ArraySegmentation, ShardSegmentation, WithAnnotations
 from labelfactory.downstream.real import RealDataSpec, real_dataset
 from labelfactory.downstream.segmentation import (SegTrainConfig, evaluate_segmentation, load_model, load_snapshots, per_image_confusions,
-                           save_model, train_segmentation)
+                           run_record, save_model, train_segmentation)
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,7 @@ def train_downstream(setting: str, inputs: SettingInputs, cfg: SegTrainConfig, o
     log.info("%s: %d training images, seed %d", setting, len(dataset), cfg.seed)
     model, history = train_segmentation(dataset, len(labels.names), cfg, device)
     status = run_status(history["diverged"], on_divergence, f"{setting} seed {cfg.seed}")
-    recent = history["loss"][-20:]
-    info = {"setting": setting, "seed": cfg.seed, "num_train_images": len(dataset), "wall_s": history["wall_s"],
-            "threads": history["threads"], "final_loss": float(np.mean(recent)) if recent else None,
-            "device": describe_device(device, history["threads"]), **status}
+    info = {**run_record(setting, cfg.seed, len(dataset), history, device), **status}
     save_model(model, out, cfg, len(labels.names), metrics=info, class_names=labels.names,
                snapshots=history["snapshots"])
     return info

@@ -43,15 +43,13 @@ def _normalised(images: np.ndarray) -> torch.Tensor:
         torch.zeros(0, 3, *images.shape[1:3])
 
 
-def flip_keypoints(keypoints: np.ndarray, width: int, flip_pairs: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+def flip_keypoints(keypoints: np.ndarray, width: int, flip_order: Sequence[int] | None = None) -> np.ndarray:
     """Keypoints ``[..., K, 3]`` of the horizontally flipped image ``width`` pixels wide:
-    ``x → width - 1 - x``, and the keypoints of each ``flip_pairs`` (indices) swapped."""
+    ``x → width - 1 - x``, keypoint ``k`` taken from ``flip_order[k]``
+    (:meth:`~labelfactory.annotations.labels.KeypointSpec.flip_permutation`; None keeps the order)."""
     out = np.array(keypoints, dtype=np.float32)
     out[..., 0] = width - 1 - out[..., 0]
-    order = list(range(out.shape[-2]))
-    for a, b in flip_pairs:
-        order[a], order[b] = b, a
-    return out[..., order, :]
+    return out if flip_order is None else out[..., list(flip_order), :]
 
 
 def heatmap_loss(heatmaps: torch.Tensor, keypoints: np.ndarray, sigma: float) -> torch.Tensor:
@@ -64,13 +62,13 @@ def heatmap_loss(heatmaps: torch.Tensor, keypoints: np.ndarray, sigma: float) ->
 
 
 def train_keypoint_detector(images: np.ndarray, keypoints: np.ndarray, cfg: SegTrainConfig, sigma: float = 1.5,
-                            flip_pairs: Sequence[tuple[int, int]] = (), device: str | torch.device = "cpu"
+                            flip_order: Sequence[int] | None = None, device: str | torch.device = "cpu"
                             ) -> tuple[SegmentationNet, dict]:
     """Train ``cfg.model`` with one output per keypoint on ``images`` uint8 ``[N, H, W, 3]`` and
     their ``keypoints`` ``[N, K, 3]`` (pixels, x, y, v): ``cfg.steps`` batches of
     ``cfg.batch_size`` images drawn with replacement by a generator seeded with ``cfg.seed``,
     ``cfg``'s optimizer, learning rate schedule and threads. ``cfg.augment.hflip`` flips half of
-    the images with their keypoints (:func:`flip_keypoints` with ``flip_pairs``); its ``scale``
+    the images with their keypoints (:func:`flip_keypoints` with ``flip_order``); its ``scale``
     is ignored (the detector learns the object scales its training images show). Returns the
     model in eval mode and the history of :func:`~labelfactory.downstream.segmentation.optimise`."""
     keypoints = np.asarray(keypoints, dtype=np.float32)
@@ -91,7 +89,7 @@ def train_keypoint_detector(images: np.ndarray, keypoints: np.ndarray, cfg: SegT
             flip = (torch.rand(cfg.batch_size, generator=generator) < 0.5) & cfg.augment.hflip
             batch, kp = x[pick], keypoints[pick.numpy()]
             batch[flip] = batch[flip].flip(-1)
-            kp[flip.numpy()] = flip_keypoints(kp[flip.numpy()], width, flip_pairs)
+            kp[flip.numpy()] = flip_keypoints(kp[flip.numpy()], width, flip_order)
             return heatmap_loss(model(batch.to(device)), kp, sigma)
 
         history = optimise(model, cfg, batch_loss, what="heatmap loss")

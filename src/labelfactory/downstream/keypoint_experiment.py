@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from labelfactory.annotations.annotation_set import load_annotation_set
+from labelfactory.annotations.importing import moved_keypoints
 from labelfactory.core.io import atomic_write_json
-from labelfactory.core.provenance import describe_device
 from labelfactory.core.registry import Registry
 from labelfactory.downstream.keypoint_detector import (
     keypoint_scores,
@@ -32,7 +32,7 @@ from labelfactory.downstream.keypoint_detector import (
 from labelfactory.downstream import datasets  # noqa: F401  (registers the coco_keypoints reader)
 from labelfactory.downstream.real import RealDataSpec
 from labelfactory.downstream.real_keypoints import real_keypoint_images
-from labelfactory.downstream.segmentation import SegTrainConfig
+from labelfactory.downstream.segmentation import SegTrainConfig, run_record
 from labelfactory.generators.view import ImageView
 from labelfactory.synthesis.filtering import read_manifest
 from labelfactory.synthesis.keypoint_shards import read_keypoint_samples
@@ -81,10 +81,7 @@ def few_shot(inputs: KeypointInputs) -> tuple[np.ndarray, np.ndarray]:
     if aset.keypoints is None:
         raise ValueError(f"{inputs.annotations}: the annotation set has no keypoints")
     top, bottom, left, right = inputs.view.box(aset.images.shape[1])
-    keypoints = aset.keypoints.keypoints.copy()
-    keypoints[..., 0] -= left
-    keypoints[..., 1] -= top
-    return aset.images[:, top:bottom, left:right], keypoints
+    return aset.images[:, top:bottom, left:right], moved_keypoints(aset.keypoints, (-left, -top)).keypoints
 
 
 @KEYPOINT_SETTINGS.register("synthetic")
@@ -110,14 +107,10 @@ def train_keypoint_run(setting: str, inputs: KeypointInputs, cfg: SegTrainConfig
     records the setting, seed, training-set size and device)."""
     spec = load_annotation_set(inputs.annotations).keypoints.spec
     images, keypoints = KEYPOINT_SETTINGS.get(setting)(inputs)
-    index = {n: i for i, n in enumerate(spec.names)}
-    pairs = [(index[a], index[b]) for a, b in spec.flip_pairs]
     log.info("%s: %d training images, seed %d", setting, len(images), cfg.seed)
-    model, history = train_keypoint_detector(images, keypoints, cfg, sigma=sigma, flip_pairs=pairs, device=device)
-    recent = history["loss"][-20:]
-    info = {"setting": setting, "seed": cfg.seed, "num_train_images": len(images), "wall_s": history["wall_s"],
-            "threads": history["threads"], "final_loss": float(np.mean(recent)) if recent else None,
-            "device": describe_device(device, history["threads"])}
+    model, history = train_keypoint_detector(images, keypoints, cfg, sigma=sigma, flip_order=spec.flip_permutation(),
+                                             device=device)
+    info = run_record(setting, cfg.seed, len(images), history, device)
     save_keypoint_detector(model, out, cfg, spec.names, sigma, metrics=info)
     return info
 

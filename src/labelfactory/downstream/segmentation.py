@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from labelfactory.core.divergence import divergence, finite_weights
 from labelfactory.core.io import atomic_path, atomic_write_json, sha256_file
+from labelfactory.core.provenance import describe_device
 from labelfactory.core.metrics import class_weights_from_counts, confusion_matrix, scores_from_confusion
 from labelfactory.core.typed import strict_from_dict
 from labelfactory.downstream.data import IGNORE_INDEX, Augment, Augmented, ShardGroupedSampler
@@ -208,6 +210,15 @@ def optimise(model: nn.Module, cfg: SegTrainConfig, batch_loss: Callable[[int], 
         history["diverged"] = divergence(cfg.steps - 1, history["loss"], "weights")
     history["wall_s"] = time.perf_counter() - t0
     return history
+
+
+def run_record(setting: str, seed: int, num_train_images: int, history: dict, device: str | torch.device) -> dict:
+    """What a trained run's sidecar records of it: setting, seed, training-set size, wall time,
+    threads, the mean loss of its last 20 steps and the device (from :func:`optimise`'s history)."""
+    recent = history["loss"][-20:]
+    return {"setting": setting, "seed": seed, "num_train_images": num_train_images, "wall_s": history["wall_s"],
+            "threads": history["threads"], "final_loss": float(np.mean(recent)) if recent else None,
+            "device": describe_device(device, history["threads"])}
 
 
 def train_segmentation(dataset: Dataset, num_classes: int, cfg: SegTrainConfig, device: str | torch.device = "cpu",

@@ -33,7 +33,7 @@ import torch
 
 from labelfactory.generators.base import GENERATORS, load_strict
 from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint
-from labelfactory.generators.diffusers_taps import SAMPLERS, DiffusersUNetTaps
+from labelfactory.generators.diffusers_taps import DiffusersUNetTaps
 from labelfactory.generators.stable_diffusion import is_stable_diffusion_folder
 
 ARCH = "diffusers-unet"

@@ -35,7 +35,7 @@ import torch
 
 from labelfactory.generators.base import GENERATORS, load_strict
 from labelfactory.generators.checkpoints import FORMATS, CheckpointError, FormatReader, RawCheckpoint
-from labelfactory.generators.diffusers_taps import SAMPLERS, DiffusersUNetTaps
+from labelfactory.generators.diffusers_taps import DiffusersUNetTaps
 
 ARCH = "stable-diffusion"
 NETWORKS = ("unet", "vae", "text_encoder")

@@ -14,14 +14,14 @@ seeds of those ranges) nor the generators' training seeds.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image
 
-from labelfactory.annotations.handout import IMAGE_SUFFIX, MANIFEST_FILE
+from labelfactory.annotations.handout import IMAGE_SUFFIX, LATENT_SUFFIX, MANIFEST_FILE
 from labelfactory.annotations.keypoints import KeypointSet, write_keypoints
 from labelfactory.annotations.label_studio import read_manifest
 from labelfactory.annotations.labels import KeypointSpec, load_labels
@@ -74,9 +74,9 @@ class KeypointAnnotatorRecipe:
 
 def train_keypoint_annotator(recipe: KeypointAnnotatorRecipe) -> tuple[SegmentationNet, dict]:
     """:func:`train_keypoint_detector` on the recipe's training scenes (flips swap the class's flip pairs)."""
-    spec, data = keypoint_spec(recipe.cls), recipe.images("train")
-    pairs = [(spec.names.index(a), spec.names.index(b)) for a, b in spec.flip_pairs]
-    return train_keypoint_detector(data.images, data.keypoints, recipe.train, recipe.sigma, pairs)
+    data = recipe.images("train")
+    return train_keypoint_detector(data.images, data.keypoints, recipe.train, recipe.sigma,
+                                   keypoint_spec(recipe.cls).flip_permutation())
 
 
 def clicked_keypoints(model: SegmentationNet, images: np.ndarray) -> np.ndarray:
@@ -113,10 +113,9 @@ def make_keypoint_folder(source: str | Path, out_dir: str | Path, model: Segment
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / MANIFEST_FILE, out_dir / MANIFEST_FILE)
     for i in ids:
-        for suffix in (IMAGE_SUFFIX, ".latent.npy"):
+        for suffix in (IMAGE_SUFFIX, LATENT_SUFFIX):
             shutil.copyfile(source / f"{i}{suffix}", out_dir / f"{i}{suffix}")
-    doc = {"names": list(labels.names), "ignore_index": labels.ignore_index, "keypoints": spec.as_dict()}
     (out_dir / "labels.yaml").write_text(f"# {cls} keypoints (no masks), clicked by {who}\n"
-                                         + yaml.safe_dump(doc, sort_keys=False))
+                                         + yaml.safe_dump(replace(labels, keypoints=spec).as_dict(), sort_keys=False))
     annotate_folder(out_dir, out_dir, model, spec)
     return len(ids)
